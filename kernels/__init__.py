@@ -1,0 +1,1 @@
+"""Kernels: CutMix/ResizeMix boxes, in-place paste and resize-paste, batched log-domain Sinkhorn."""

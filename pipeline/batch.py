@@ -1,0 +1,42 @@
+"""The hand-off objects between loader, mixer and loss.
+
+Every loader (DALI or the torch reference) yields, per step, a mapping from stream name
+("uniform" = P, "minority" = Q) to a ``Batch``. Mixers turn those into one ``MixedBatch``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+
+
+@dataclass(frozen=True)
+class Batch:
+    images: torch.Tensor  # [B,3,H,W] on the training device (memory may be channels_last)
+    labels: torch.Tensor  # int64 [B]
+    index: torch.Tensor  # int64 [B]: sample ids (rows of the split's index.npy)
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass(frozen=True)
+class MixedBatch:
+    """What the model trains on. Loss = lam·ℓ(y_a) + (1−lam)·ℓ(y_b) (ALGORITHMS.md §0).
+
+    y_a is the background/base label, y_b the pasted foreground's; identity is y_b = y_a, lam = 1.
+    """
+
+    images: torch.Tensor  # [B,3,H,W]
+    y_a: torch.Tensor  # int64 [B]
+    y_b: torch.Tensor  # int64 [B]
+    lam: torch.Tensor  # float32 [B]: weight of y_a
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def unmixed(cls, batch: Batch, **extras: Any) -> "MixedBatch":
+        lam = torch.ones(len(batch), dtype=torch.float32, device=batch.labels.device)
+        return cls(batch.images, batch.labels, batch.labels, lam, {"index": batch.index, **extras})

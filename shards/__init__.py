@@ -1,0 +1,1 @@
+"""Shards: WebDataset tar shards, manifest, random-access and DALI indexes."""

@@ -1,0 +1,1 @@
+"""Train: mixers, losses, models and the lean training loop."""

@@ -1,0 +1,90 @@
+"""Shared by every benchmark: the result JSON schema (DEVELOPERS.md) and honest timers."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable
+
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "bench" / "results"
+SCHEMA_KEYS = ("name", "date", "git", "device", "cpu_count", "params", "results", "baselines")
+
+
+def git_hash() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+            cwd=Path(__file__).resolve().parent,
+        )
+        dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], capture_output=True,
+                               text=True, cwd=Path(__file__).resolve().parent).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def device_name() -> str:
+    """GPU name, or "cpu" when the figures come from the CPU."""
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
+def write_result(name: str, params: dict, results: dict, baselines: dict | None = None,
+                 out_dir: str | Path | None = None, device: str | None = None) -> Path:
+    """Write ``<out_dir>/<name>-<device>.json`` atomically and return its path."""
+    doc = {
+        "name": name,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "git": git_hash(),
+        "device": device or device_name(),
+        "cpu_count": os.cpu_count(),
+        "params": params,
+        "results": results,
+        "baselines": baselines or {},
+    }
+    out_dir = Path(out_dir or RESULTS_DIR)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tag = "cpu" if doc["device"] == "cpu" else doc["device"].replace(" ", "-").lower()
+    path = out_dir / f"{name}-{tag}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def validate_result(doc: dict) -> None:
+    missing = [k for k in SCHEMA_KEYS if k not in doc]
+    if missing:
+        raise ValueError(f"bench result: missing keys {missing}")
+    for k in ("params", "results", "baselines"):
+        if not isinstance(doc[k], dict):
+            raise ValueError(f"bench result: {k} must be an object")
+
+
+def time_cuda(fn: Callable[[], object], warmup: int = 10, runs: int = 50) -> list[float]:
+    """Per-run milliseconds of ``fn`` with CUDA events after warm-up (wall clock on the CPU)."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    if not torch.cuda.is_available():
+        out = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            fn()
+            out.append((time.perf_counter() - t0) * 1e3)
+        return out
+    torch.cuda.synchronize()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
+    for s, e in zip(starts, ends):
+        s.record()
+        fn()
+        e.record()
+    torch.cuda.synchronize()
+    return [s.elapsed_time(e) for s, e in zip(starts, ends)]
