@@ -1,0 +1,108 @@
+"""M2m (ALGORITHMS.md §3): confidence threshold, rejection rate, seeds from larger classes only."""
+
+import pytest
+import torch
+from torch import nn
+
+from ltpipe.pipeline.batch import Batch
+from ltpipe.train.mixers.base import MixerEnv, StepContext
+from ltpipe.train.mixers.m2m import M2m
+
+COUNTS = torch.tensor([1000, 100, 10])
+
+
+class Toy(nn.Module):
+    """A frozen linear classifier on centred pixels: easy to push to any class within L2 ≈ 1."""
+
+    def __init__(self, seed=0, c=3, d=3 * 4 * 4, scale=1.0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.w = nn.Parameter(scale * torch.randn(c, d, generator=g))
+
+    def forward(self, x):
+        return (x.flatten(1) - 0.5) @ self.w.t()
+
+
+def env(epochs=10):
+    return MixerEnv(class_counts=COUNTS, device=torch.device("cpu"), image_size=4, batch_size=8,
+                    epochs=epochs)
+
+
+def ctx(epoch, seed=0, model=None):
+    return StepContext(epoch=epoch, epochs=10, step=0, class_counts=COUNTS,
+                       generator=torch.Generator().manual_seed(seed), model=model)
+
+
+def batch(labels, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.as_tensor(labels)
+    return Batch(torch.rand(len(y), 3, 4, 4, generator=g), y, torch.arange(len(y)))
+
+
+def test_before_start_epoch_plain_uniform_and_default_start():
+    m = M2m(env(epochs=200), classifier=Toy())
+    assert m.start_epoch == 160
+    m = M2m(env(), classifier=Toy(), start_epoch=5)
+    streams = {"uniform": batch([0, 0, 1]), "balanced": batch([2, 2, 2], seed=1)}
+    out = m(streams, ctx(4))
+    assert out.images is streams["uniform"].images and torch.equal(out.y_a, streams["uniform"].labels)
+    assert torch.all(out.lam == 1)
+
+
+def test_accepted_samples_reach_gamma_and_f_untouched():
+    g_model, f_model = Toy(0), Toy(1)
+    m = M2m(env(), classifier=g_model, start_epoch=0, gamma=0.9, beta=0.0)  # beta=0: p=1 for gaps
+    f_model.train()
+    labels = [0] * 8 + [1] * 8 + [2] * 16
+    b = batch(labels)
+    out = m({"uniform": b, "balanced": b}, ctx(0, model=f_model))
+    acc, seeds = out.extras["accepted"], out.extras["seed_labels"]
+    conf = torch.softmax(g_model(out.images), 1).gather(1, out.y_a[:, None]).squeeze(1)
+    assert acc.sum() >= 4  # the toy g is easy to fool: most generated rows pass
+    assert torch.all(conf[acc] >= 0.9)
+    # every accepted row kept its label k and was translated from a strictly larger class
+    assert torch.all(COUNTS[seeds[acc]] > COUNTS[out.y_a[acc]])
+    assert torch.equal(out.images[~acc], b.images[~acc])  # rejected rows: the real sample
+    assert not acc[:8].any() and torch.all(seeds[:8] == -1)  # the head class is never generated
+    assert f_model.training and f_model.w.grad is None and g_model.w.grad is None
+
+
+def test_generation_raises_target_probability():
+    g_model = Toy(0)
+    m = M2m(env(), classifier=g_model, start_epoch=0, gamma=0.999999, beta=0.0)
+    b = batch([0] * 16 + [2] * 16)
+    c = ctx(0)
+    gen_rows, seed, _ = m.choose(b.labels, torch.Generator().manual_seed(0))
+    x0 = b.images[seed[gen_rows]]
+    k = b.labels[gen_rows]
+    x = m._generate(x0, k, b.labels[seed[gen_rows]], 0.0, 1.0, c, c.generator)
+    before = torch.softmax(g_model(x0), 1).gather(1, k[:, None])
+    after = torch.softmax(g_model(x), 1).gather(1, k[:, None])
+    assert (after > before).float().mean() == 1.0
+    assert (x - x0).flatten(1).norm(dim=1).max() <= 0.5 + 10 * 0.1 + 1e-5  # δ ≤ .5, T·η ≤ 1
+
+
+def test_rejection_rate_follows_formula():
+    """gamma ≈ 0 and T = 0 isolate the rejection rule: E[accept_i] = Σ_j p_ij² / Σ_j p_ij."""
+    m = M2m(env(), classifier=Toy(), start_epoch=0, gamma=1e-9, T=0, beta=0.999)
+    labels = torch.tensor([0] * 8 + [1] * 24 + [2] * 32)
+    p = m.seed_probabilities(labels)
+    assert p[40, 0].item() == pytest.approx(1 - 0.999 ** 990)
+    assert torch.all(p[:8] == 0) and torch.all(p[8:32, 8:] == 0)  # seeds only from larger classes
+    expect_acc = (p ** 2).sum(1) / p.sum(1).clamp(min=1e-12)  # per row, given it is generated
+    expect_gen = 1 - COUNTS[labels].float() / 1000
+    expected = (expect_gen * expect_acc).sum().item()
+    total, reps = 0.0, 150
+    for s in range(reps):
+        b = batch(labels.tolist(), seed=s)
+        total += m({"uniform": b, "balanced": b}, ctx(0, seed=s)).extras["accepted"].sum().item()
+    rate = total / reps
+    var = (expect_gen * expect_acc * (1 - expect_gen * expect_acc)).sum().item()
+    assert abs(rate - expected) <= 4 * (var / reps) ** 0.5, (rate, expected)
+
+
+def test_bad_params_are_one_line_errors():
+    with pytest.raises(ValueError, match="needs a frozen classifier"):
+        M2m(env())
+    with pytest.raises(ValueError, match="gamma"):
+        M2m(env(), classifier=Toy(), gamma=1.5)
