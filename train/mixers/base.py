@@ -56,6 +56,7 @@ class Mixer(nn.Module):
     """
 
     streams: tuple[str, ...] = ("uniform",)
+    aux_terms: tuple[str, ...] = ()  # loss terms the trainer adds (losses/aux.py AUX_TERMS)
 
     def __init__(self, env: MixerEnv):
         super().__init__()
@@ -87,3 +88,10 @@ def active_in_epoch(epoch: int, epochs: int, schedule: str) -> bool:
 
 
 MixerFactory = Callable[..., Mixer]
+
+
+def mix_gate(prob: float, generator: torch.Generator) -> torch.Tensor:
+    """bool [] on device: True with probability ``prob`` (the repo's ``r < mixup_prob``)."""
+    if prob >= 1.0:
+        return torch.ones((), dtype=torch.bool, device=generator.device)
+    return torch.rand((), generator=generator, device=generator.device) < prob

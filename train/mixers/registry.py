@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 
 from ltpipe.train.mixers.base import Mixer
 
@@ -28,5 +29,20 @@ def mixer_class(name: str) -> type[Mixer]:
     return getattr(importlib.import_module(module), cls)
 
 
+def mixer_params(name: str) -> list[str]:
+    """The keyword parameters a mixer's constructor accepts (besides ``env``)."""
+    sig = inspect.signature(mixer_class(name).__init__)
+    return [p for p in sig.parameters if p not in ("self", "env")]
+
+
 def build_mixer(name: str, **params) -> Mixer:
-    return mixer_class(name)(**params)
+    """``build_mixer(name, env=MixerEnv(...), **params)``; a param the constructor does not
+    accept raises a one-line ValueError naming it."""
+    cls = mixer_class(name)
+    sig = inspect.signature(cls.__init__)
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+        unknown = [k for k in params if k not in sig.parameters or k == "self"]
+        if unknown:
+            raise ValueError(f"mixer {name!r}: unknown parameter {unknown[0]!r} "
+                             f"(accepts: {', '.join(mixer_params(name)) or 'none'})")
+    return cls(**params)

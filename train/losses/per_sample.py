@@ -1,0 +1,86 @@
+"""Per-sample base losses ℓ(logits [B,C], y [B]) -> [B] (ALGORITHMS.md §5).
+
+- ``ce``: cross-entropy.
+- ``ldam``: CE(s·(z − Δ_y·onehot(y)), y), Δ_k ∝ n_k^{−1/4} scaled to max Δ = 0.5, s = 30
+  [cmo:losses.py LDAMLoss]; meant for the cosine classifier.
+- ``bs``: Balanced Softmax, CE(z + log π, y) [002 Eq.5].
+- ``la``: logit adjustment, CE(z + τ·log π, y), τ = 1 by default.
+- ``focal``: (1 − p_y)^γ·CE with γ = 1 [m2m:config.py] (no ×10 factor of the CMO repo).
+The prior shift of bs/la applies in training only; evaluation reads raw logits.
+All math runs in fp32 on whatever device the logits are on.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _log_prior(class_counts: torch.Tensor) -> torch.Tensor:
+    counts = class_counts.double().clamp_min(1)  # n_k = 0 -> max(n_k, 1) (§6.3)
+    return (counts / counts.sum()).log().float()
+
+
+class CrossEntropy(nn.Module):
+    def __init__(self, class_counts: torch.Tensor):
+        super().__init__()
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), y, reduction="none")
+
+
+class LDAM(nn.Module):
+    def __init__(self, class_counts: torch.Tensor, max_margin: float = 0.5, scale: float = 30.0):
+        super().__init__()
+        margins = class_counts.double().clamp_min(1).pow(-0.25)
+        self.register_buffer("margins", (margins * (max_margin / margins.max())).float())
+        self.scale = scale
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        z = logits.float()
+        shifted = z.scatter_add(1, y[:, None], -self.margins[y][:, None])  # z − Δ_y at column y
+        return F.cross_entropy(self.scale * shifted, y, reduction="none")
+
+
+class LogitAdjusted(nn.Module):
+    """CE on z + τ·log π; τ = 1 is Balanced Softmax."""
+
+    def __init__(self, class_counts: torch.Tensor, tau: float = 1.0):
+        super().__init__()
+        self.register_buffer("shift", tau * _log_prior(class_counts))
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float() + self.shift, y, reduction="none")
+
+
+class Focal(nn.Module):
+    def __init__(self, class_counts: torch.Tensor, gamma: float = 1.0):
+        super().__init__()
+        self.gamma = gamma
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        ce = F.cross_entropy(logits.float(), y, reduction="none")
+        return (1 - torch.exp(-ce)).pow(self.gamma) * ce
+
+
+# name -> (class, the params its constructor accepts besides class_counts)
+BASE_LOSSES: dict[str, type[nn.Module]] = {
+    "ce": CrossEntropy,
+    "ldam": LDAM,
+    "bs": LogitAdjusted,
+    "la": LogitAdjusted,
+    "focal": Focal,
+}
+NEEDS_COSINE = frozenset({"ldam"})
+
+
+def build_base_loss(name: str, class_counts: torch.Tensor, **params) -> nn.Module:
+    if name not in BASE_LOSSES:
+        raise ValueError(f"loss: unknown {name!r} (choose from {', '.join(BASE_LOSSES)})")
+    if name == "bs" and "tau" in params:
+        raise ValueError("loss: 'bs' is logit adjustment with tau=1; use 'la' to set tau")
+    try:
+        return BASE_LOSSES[name](class_counts, **params)
+    except TypeError as exc:
+        raise ValueError(f"loss {name!r}: bad parameter ({exc})") from None

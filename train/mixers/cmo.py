@@ -1,0 +1,43 @@
+"""CMO: Context-rich Minority Oversampling (Park et al., CVPR 2022; ALGORITHMS.md §1, §7).
+
+Background (x_bg, y_bg) from the uniform stream P, foreground (x_fg, y_fg) from the minority
+stream Q (class probability ∝ n_k^{−r}, r = ``fg_r``); the foreground batch is cut to the
+background's size [cmo:cifar_train.py]. A CutMix box of x_fg is pasted at the same coordinates
+into x_bg; y_a = y_bg, y_b = y_fg, lam = 1 − box area/HW.
+
+Params: ``prob`` (0.5: the repo's mixup_prob), ``mix_schedule`` ("repo": only when 3 < e < E−3,
+"paper": off in the last 3 epochs, "always"), ``box`` ("batch": one box for the whole batch as
+in the papers' code, "sample": one per sample), ``alpha`` (Beta(α,α), 1), ``fg_r`` (1.0 = paper's
+q(1); the paper recipes set 0, which is what the published code drew, §7.1).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from ltpipe.pipeline.batch import Batch, MixedBatch
+from ltpipe.train.mixers.base import Mixer, MixerEnv, StepContext, active_in_epoch
+from ltpipe.train.mixers.cutmix import check_common, paste_mix_
+
+
+class CMO(Mixer):
+    streams = ("uniform", "minority")
+
+    def __init__(self, env: MixerEnv, prob: float = 0.5, mix_schedule: str = "repo",
+                 box: str = "batch", alpha: float = 1.0, fg_r: float = 1.0):
+        super().__init__(env)
+        check_common("cmo", prob, alpha, mix_schedule, box)
+        self.prob, self.alpha, self.mix_schedule, self.box = prob, alpha, mix_schedule, box
+        self.fg_r = float(fg_r)
+
+    def forward(self, streams: Mapping[str, Batch], ctx: StepContext) -> MixedBatch:
+        bg, fg = streams["uniform"], streams["minority"]
+        if not active_in_epoch(ctx.epoch, ctx.epochs, self.mix_schedule):
+            return MixedBatch.unmixed(bg)
+        B = len(bg)
+        images = bg.images  # the background batch is consumed: the paste is in place
+        boxes, lam = paste_mix_(images, fg.images[:B], alpha=self.alpha,
+                                per_sample=self.box == "sample", prob=self.prob,
+                                generator=ctx.generator)
+        return MixedBatch(images, bg.labels, fg.labels[:B], lam,
+                          {"index": bg.index, "fg_index": fg.index[:B], "boxes": boxes})

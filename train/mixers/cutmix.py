@@ -1,0 +1,98 @@
+"""CutMix and Mixup within one stream (P), and the box-paste step CMO shares (ALGORITHMS.md §1).
+
+CutMix [Yun et al. 2019, as in cmo:cifar_train.py]: lam0 ~ Beta(α,α), a box of area ≈ (1−lam0)·HW,
+``x[:, box] = x[perm][:, box]``, lam = 1 − area/HW recomputed from the clipped box (§6.1–6.2).
+Mixup [Zhang et al. 2018]: x = lam·x + (1−lam)·x[perm], one lam ~ Beta(α,α) per batch.
+Every random draw uses the step generator on the batch's device; the p-gate is applied by
+emptying the boxes (lam = 1) so no value is read back to the host.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from ltpipe.kernels.boxes import cutmix_boxes, sample_lam
+from ltpipe.pipeline.batch import Batch, MixedBatch
+from ltpipe.train.mixers.base import Mixer, MixerEnv, StepContext, active_in_epoch, mix_gate
+
+BOX_MODES = ("batch", "sample")
+
+
+def check_common(name: str, prob: float, alpha: float, mix_schedule: str, box: str) -> None:
+    if not 0.0 <= prob <= 1.0:
+        raise ValueError(f"mixer {name}: prob must be in [0, 1], got {prob!r}")
+    if not alpha > 0:
+        raise ValueError(f"mixer {name}: alpha must be > 0, got {alpha!r}")
+    active_in_epoch(0, 1, mix_schedule)  # raises on an unknown schedule
+    if box not in BOX_MODES:
+        raise ValueError(f"mixer {name}: box must be one of {BOX_MODES}, got {box!r}")
+
+
+def paste_mix_(images: torch.Tensor, src: torch.Tensor, *, alpha: float, per_sample: bool,
+               prob: float, generator: torch.Generator,
+               src_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paste CutMix boxes of ``src[src_index]`` [B,3,H,W] into ``images`` in place, gated by
+    ``prob`` (src may be images itself: kernels.paste_ then reads from a snapshot).
+
+    Returns (boxes int32 [B,4] (x0,y0,x1,y1), lam float32 [B]): lam is the background's pixel
+    fraction; a gated-off batch gets empty boxes and lam = 1.
+    """
+    from ltpipe.kernels.paste import paste_
+
+    B, _, H, W = images.shape
+    lam0 = sample_lam(B, alpha, generator)  # [B] (row 0 only when per_sample is False)
+    boxes, lam = cutmix_boxes(lam0, H, W, generator, per_sample=per_sample)
+    gate = mix_gate(prob, generator)  # bool []
+    boxes = boxes * gate.to(boxes.dtype)  # all-zero box = empty: nothing pasted
+    lam = torch.where(gate, lam, torch.ones_like(lam))
+    paste_(images, src, boxes, src_index, validate=False)  # boxes are valid by construction
+    return boxes, lam
+
+
+class CutMix(Mixer):
+    streams = ("uniform",)
+
+    def __init__(self, env: MixerEnv, prob: float = 0.5, alpha: float = 1.0,
+                 mix_schedule: str = "always", box: str = "batch"):
+        super().__init__(env)
+        check_common("cutmix", prob, alpha, mix_schedule, box)
+        self.prob, self.alpha, self.mix_schedule, self.box = prob, alpha, mix_schedule, box
+
+    def forward(self, streams: Mapping[str, Batch], ctx: StepContext) -> MixedBatch:
+        batch = streams["uniform"]
+        if not active_in_epoch(ctx.epoch, ctx.epochs, self.mix_schedule):
+            return MixedBatch.unmixed(batch)
+        perm = torch.randperm(len(batch), generator=ctx.generator, device=batch.labels.device)
+        images = batch.images
+        boxes, lam = paste_mix_(images, images, alpha=self.alpha, per_sample=self.box == "sample",
+                                prob=self.prob, generator=ctx.generator, src_index=perm)
+        return MixedBatch(images, batch.labels, batch.labels[perm], lam,
+                          {"index": batch.index, "fg_index": batch.index[perm], "boxes": boxes})
+
+
+class Mixup(Mixer):
+    streams = ("uniform",)
+
+    def __init__(self, env: MixerEnv, prob: float = 1.0, alpha: float = 1.0,
+                 mix_schedule: str = "always"):
+        super().__init__(env)
+        check_common("mixup", prob, alpha, mix_schedule, "batch")
+        self.prob, self.alpha, self.mix_schedule = prob, alpha, mix_schedule
+
+    def forward(self, streams: Mapping[str, Batch], ctx: StepContext) -> MixedBatch:
+        batch = streams["uniform"]
+        if not active_in_epoch(ctx.epoch, ctx.epochs, self.mix_schedule):
+            return MixedBatch.unmixed(batch)
+        g = ctx.generator
+        B = len(batch)
+        perm = torch.randperm(B, generator=g, device=batch.labels.device)
+        lam = sample_lam(1, self.alpha, g)  # [1]: one lam per batch
+        lam = torch.where(mix_gate(self.prob, g), lam, torch.ones_like(lam)).expand(B)
+        x = batch.images
+        w = lam.to(x.dtype).view(B, 1, 1, 1)
+        # lerp(start, end, 1) returns end exactly, so a gated-off batch is unchanged.
+        images = torch.lerp(x[perm], x, w)
+        return MixedBatch(images, batch.labels, batch.labels[perm], lam.contiguous(),
+                          {"index": batch.index, "fg_index": batch.index[perm]})
