@@ -84,17 +84,22 @@ def _blend(img: torch.Tensor, other: torch.Tensor, f: torch.Tensor) -> torch.Ten
 
 def augment_view(x: torch.Tensor, gen: torch.Generator, mean=None, std=None,
                  color: bool = True) -> torch.Tensor:
-    """One fresh SMC view A_v(x) of a float batch x [B,3,H,W] in the loader's normalization.
+    """One fresh SMC view A_v(x) of a batch x [B,3,H,W] (uint8, or float in the loader's normalization).
 
     mean/std (per channel, or None when x is raw [0,1]) undo the normalization for the colour
     operations, which need raw pixels; the crop/flip do not care.
     """
-    y = random_resized_crop_flip(x, gen).float()
-    if color:
+    raw_uint8 = not x.is_floating_point()  # uint8 [0,255] pixels: work on [0,1] floats
+    y = random_resized_crop_flip(x.float() / 255 if raw_uint8 else x.float(), gen)
+    if color and raw_uint8:
+        y = color_jitter(y, gen)
+    elif color:
         if mean is not None:
             m = torch.as_tensor(mean, dtype=y.dtype, device=y.device).view(1, -1, 1, 1)
             s = torch.as_tensor(std, dtype=y.dtype, device=y.device).view(1, -1, 1, 1)
             y = (color_jitter(y * s + m, gen) - m) / s
         else:
             y = color_jitter(y, gen)
+    if raw_uint8:
+        return (y * 255).round().clamp(0, 255).to(x.dtype)
     return y.to(x.dtype)

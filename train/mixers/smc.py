@@ -1,0 +1,75 @@
+"""SMC mixing (Jeong & Kim, arXiv 2211.11938; ALGORITHMS.md §2): ResizeMix with a minority foreground.
+
+Background ~ P ("uniform"), foreground ~ Q ("minority", class probability ∝ n_k^{−γ}, γ = fg_r).
+Every sample is mixed. The foreground ratio lf = 0.2 + 0.6·u (u ~ U(0,1)) gives the box
+h = max(1, round(H√lf)), w likewise, at a uniform position (``ltpipe.kernels.boxes.resizemix_boxes``);
+the *whole* foreground is shrunk bilinearly into it (``resize_paste_``). Components are augmented
+before mixing and two views are made with the same box: x̃_v = A_v(x_bg) ⊕ resize(A_v(x_fg)).
+lf is recomputed from the box, lam = 1 − lf weights y_a = y_bg (SMC's own λ weights the fg).
+
+Output: MixedBatch of 2B rows (view 1 then view 2), extras {"y_fg", "y_bg", "lf" [2B], "views": 2,
+"index"}; the SMC loss (``ltpipe.train.losses.smc``, aux term "smc") reads them, and the paper
+pairs it with logit-adjusted CE (``--loss la``, τ = 1).
+
+Deviation (documented in ``view_aug``): the loader delivers one augmented view per sample, so A_v
+is an on-device augmentation applied on top of the loader's output, not a second decode.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from ltpipe.kernels.boxes import resizemix_boxes
+from ltpipe.kernels.paste import resize_paste_
+from ltpipe.pipeline.batch import Batch, MixedBatch
+from ltpipe.train.mixers.base import Mixer, MixerEnv, StepContext
+from ltpipe.train.mixers.view_aug import augment_view
+
+VIEW_AUGS = ("sim", "crop", "none")  # full A_v; crop+flip only; no extra augmentation
+
+
+class SMCMix(Mixer):
+    streams = ("uniform", "minority")
+    aux_terms = ("smc",)
+
+    def __init__(self, env: MixerEnv, fg_r: float = 1.0, scale: tuple[float, float] = (0.2, 0.8),
+                 box: str = "batch", views: int = 2, view_aug: str = "sim", mean=None, std=None):
+        super().__init__(env)
+        if box not in ("batch", "sample"):
+            raise ValueError(f"mixer smc: box must be 'batch' or 'sample', got {box!r}")
+        if view_aug not in VIEW_AUGS:
+            raise ValueError(f"mixer smc: view_aug must be one of {VIEW_AUGS}, got {view_aug!r}")
+        if int(views) not in (1, 2):
+            raise ValueError(f"mixer smc: views must be 1 or 2, got {views}")
+        self.fg_r = float(fg_r)  # γ: the loader builds the minority stream with this r
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.box, self.views, self.view_aug = box, int(views), view_aug
+        self.mean, self.std = mean, std
+
+    def _view(self, x: torch.Tensor, meta: Mapping, gen: torch.Generator) -> torch.Tensor:
+        if self.view_aug == "none":
+            return x.clone()
+        mean = self.mean if self.mean is not None else meta.get("mean")
+        std = self.std if self.std is not None else meta.get("std")
+        return augment_view(x, gen, mean, std, color=self.view_aug == "sim")
+
+    def forward(self, streams: Mapping[str, Batch], ctx: StepContext) -> MixedBatch:
+        bg, fg = streams["uniform"], streams["minority"]
+        b = len(bg)
+        fg_images, y_fg = fg.images[:b], fg.labels[:b]  # trim Q to the P batch (§0, §6.8)
+        _, _, h, w = bg.images.shape
+        gen, dev = ctx.generator, bg.labels.device
+        boxes, lam = resizemix_boxes(b, h, w, gen, per_sample=self.box == "sample", scale=self.scale)
+        boxes, lam = boxes.to(dev), lam.to(dev)
+        views = []
+        for _ in range(self.views):  # same box, fresh augmentation of each component per view
+            x = self._view(bg.images, bg.meta, gen)
+            views.append(resize_paste_(x, self._view(fg_images, fg.meta, gen), boxes, validate=False))
+        v = self.views
+        y_bg = bg.labels.repeat(v)
+        y_fg = y_fg.repeat(v)
+        lam = lam.repeat(v)
+        extras = {"y_fg": y_fg, "y_bg": y_bg, "lf": 1 - lam, "views": v, "index": bg.index.repeat(v)}
+        return MixedBatch(torch.cat(views), y_bg, y_fg, lam, extras)
