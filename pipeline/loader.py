@@ -1,0 +1,278 @@
+"""``make_loader``: the P/Q streams of one rank as an iterable of steps (issue 3; ALGORITHMS.md §0, §6.8).
+
+Each step is ``{stream name: Batch}``: "uniform" = P (every sample once per epoch across ranks),
+"minority" = Q with class probability q(r, k), "balanced" = Q with r = 0 (M2m's loader).
+
+Epochs and the ragged end. DALI splits the N samples of a split into ``world`` contiguous shards
+(shard s = [N*s//W, N*(s+1)//W)); in training rank r reads shard (r + k) % W in its k-th reader
+epoch (DALI's rotation), in evaluation always shard r. ``pad_last_batch`` pads every shard to
+ceil(N/W) samples and then to whole batches, so every rank runs L = ceil(ceil(N/W)/B) steps per
+epoch and the next epoch starts on a batch boundary. The last step is cut to the rank's real
+samples, so an epoch returns every sample exactly once across ranks, with one exception in
+training: when a rank's shard ends exactly on a batch boundary one step early (only if
+floor(N/W) is a multiple of B and W does not divide N), that rank's last step returns ONE padded
+duplicate so that all ranks run the same number of DDP steps. Evaluation never returns padding:
+such an all-padding step is skipped on that rank (``len`` is then one less there). Q draws B ids
+every step and its last batch is cut to the P batch's size (§6.8); Q's epoch is P's L steps.
+
+Resume: ``state_dict()`` holds (epoch, step), the epoch the pipeline started at and DALI's
+pipeline checkpoint, which restores P's reader and Q's iteration counter (Q's draws are a pure
+function of (seed, epoch, rank, step), minority.py). ``set_epoch(e)`` continues the running
+pipeline when e is the next epoch, otherwise rebuilds it for epoch e (seeded by seed, rank, e).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+
+from ltpipe.pipeline.batch import Batch
+from ltpipe.pipeline.dali_graph import DEFAULT_SIZE, PRESETS, GraphSpec, build_pipeline
+from ltpipe.pipeline.minority import MinorityDraws, MinoritySource, ShardBytes
+from ltpipe.pipeline.samplers import class_probabilities
+from ltpipe.pipeline.shardset import ShardSplit, open_split
+
+log = logging.getLogger(__name__)
+
+STREAMS = ("uniform", "minority", "balanced")
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+STATE_VERSION = 1
+
+
+def check_arguments(data: ShardSplit, split: str, batch_size: int, streams, device: str,
+                    preset: str, dtype, r: float, rank: int, world: int) -> tuple[str, ...]:
+    """One-line ValueErrors naming the field; returns the stream names as a tuple."""
+    streams = (streams,) if isinstance(streams, str) else tuple(streams)
+    where = f"{data.root / split}"
+    if not streams or len(set(streams)) != len(streams):
+        raise ValueError(f"streams: need distinct names from {STREAMS}, got {streams}")
+    unknown = [s for s in streams if s not in STREAMS]
+    if unknown:
+        raise ValueError(f"streams: unknown {unknown}, expected names from {STREAMS}")
+    if split != "train" and streams != ("uniform",):
+        raise ValueError(f"streams: split {split!r} is read in order by the 'uniform' stream only")
+    if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+        raise ValueError(f"batch_size: must be a positive integer, got {batch_size!r}")
+    if batch_size > data.num_samples:
+        raise ValueError(f"batch_size: {batch_size} exceeds the {data.num_samples} samples of {where}")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device: must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: 'cuda' requested but torch sees no CUDA device")
+    if preset not in PRESETS:
+        raise ValueError(f"preset: must be one of {PRESETS}, got {preset!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: must be one of {DTYPES}, got {dtype}")
+    if not np.isfinite(r) or r < 0:
+        raise ValueError(f"r: must be a finite number >= 0, got {r}")
+    if not 0 <= rank < world:
+        raise ValueError(f"rank/world: need 0 <= rank < world, got rank={rank} world={world}")
+    return streams
+
+
+def make_loader(shards, split: str = "train", batch_size: int = 128,
+                streams=("uniform", "minority"), device: str = "cpu", preset: str = "cifar",
+                image_size: int | None = None, dtype=torch.float32, channels_last: bool = False,
+                r: float = 1.0, seed: int = 0, rank: int = 0, world: int = 1, epoch: int = 0,
+                num_threads: int = 4, prefetch: int = 2, py_workers: int = 2,
+                hw_decoder_load: float = 0.75, validate: bool = True):
+    """Build the DALI loader of one rank (falls back to the torch reference without DALI)."""
+    data = open_split(shards, split, validate=validate)
+    streams = check_arguments(data, split, batch_size, streams, device, preset, dtype, r, rank, world)
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        from ltpipe.pipeline.torch_loader import make_torch_loader
+
+        log.warning("nvidia.dali is not installed: using the torch reference loader")
+        return make_torch_loader(shards, split=split, batch_size=batch_size, streams=streams,
+                                 device=device, preset=preset, image_size=image_size, dtype=dtype,
+                                 channels_last=channels_last, r=r, seed=seed, rank=rank,
+                                 world=world, epoch=epoch, num_workers=num_threads)
+    dev_id = torch.cuda.current_device() if device == "cuda" else None
+    spec = GraphSpec(
+        batch_size=int(batch_size), preset=preset, size=int(image_size or DEFAULT_SIZE[preset]),
+        train=split == "train", device=device, half=dtype == torch.float16,
+        channels_last=channels_last, num_threads=num_threads, prefetch=prefetch, seed=0,
+        device_id=dev_id, hw_decoder_load=hw_decoder_load, py_workers=py_workers,
+        # fork is fast but unsafe once CUDA is initialized in this process
+        py_start_method="spawn" if torch.cuda.is_initialized() else "fork")
+    return DaliLoader(data, spec, streams, r=r, seed=seed, rank=rank, world=world, epoch=epoch,
+                      dtype=dtype)
+
+
+def pipeline_seed(seed: int, rank: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def shard_sizes(num_samples: int, world: int) -> list[int]:
+    """Samples of DALI shard s: [N*s//W, N*(s+1)//W)."""
+    return [num_samples * (s + 1) // world - num_samples * s // world for s in range(world)]
+
+
+class DaliLoader:
+    """Iterating runs (the rest of) the current epoch; see the module docstring for semantics."""
+
+    def __init__(self, data: ShardSplit, spec: GraphSpec, streams: tuple[str, ...], *, r: float,
+                 seed: int, rank: int, world: int, epoch: int, dtype):
+        self.data, self.spec, self.streams = data, spec, streams
+        self.r, self.seed, self.rank, self.world, self.dtype = float(r), int(seed), rank, world, dtype
+        self.train = spec.train
+        self.device = torch.device("cuda", spec.device_id) if spec.device == "cuda" else torch.device("cpu")
+        self.class_counts = data.class_counts.copy()  # int64 [C], global train counts
+        self.num_classes = int(data.num_classes)
+        self.skipped = data.skipped
+        n = data.num_samples
+        self._sizes = shard_sizes(n, world)
+        self._steps = math.ceil(math.ceil(n / world) / spec.batch_size)
+        self.epoch, self.step = int(epoch), 0
+        self._labels = torch.from_numpy(data.labels).to(self.device)  # int64 [N_rows]
+        self._pipe = None
+        self._pipe_start = None  # epoch the running pipeline was built for
+        self._pos = None  # (epoch, step) the running pipeline will produce next
+        self._restore = None  # (state dict) to build from on the next iteration
+
+    # ---- epoch bookkeeping -------------------------------------------------------------
+    def __len__(self) -> int:
+        if self.train:
+            return self._steps
+        return math.ceil(self._sizes[self.rank] / self.spec.batch_size)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Pipeline steps per epoch on every rank (== len in training)."""
+        return self._steps
+
+    def _real(self, epoch: int, step: int) -> int:
+        """Real (not padded) samples in step ``step`` of ``epoch`` on this rank."""
+        b = self.spec.batch_size
+        if step < self._steps - 1:
+            return b
+        shard = (self.rank + epoch - self._pipe_start) % self.world if self.train else self.rank
+        return max(0, self._sizes[shard] - (self._steps - 1) * b)
+
+    def _normalize(self) -> None:
+        if self.step >= self._steps:
+            self.epoch, self.step = self.epoch + 1, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self._normalize()
+        if epoch != self.epoch:
+            self.epoch, self.step = int(epoch), 0
+            self._restore = None
+
+    # ---- pipeline lifetime -------------------------------------------------------------
+    def _ensure_pipeline(self) -> None:
+        self._normalize()
+        if self._pipe is not None and self._pos == (self.epoch, self.step):
+            return
+        self._pipe = None
+        state = self._restore
+        if state is not None and (state["epoch"], state["step"]) == (self.epoch, self.step) \
+                and state["dali"] is not None:
+            start, ckpt = state["pipe_start_epoch"], state["dali"]
+        elif self.step == 0:
+            start, ckpt = self.epoch, None
+        else:
+            raise RuntimeError(f"loader: cannot resume at epoch {self.epoch} step {self.step} "
+                               "without a checkpoint")
+        self._pipe = self._build(start, ckpt)
+        self._pipe_start, self._pos, self._restore = start, (self.epoch, self.step), None
+
+    def _build(self, start_epoch: int, checkpoint):
+        from dataclasses import replace
+
+        spec = replace(self.spec, seed=pipeline_seed(self.seed, self.rank, start_epoch))
+        reader = None
+        if "uniform" in self.streams:
+            fill = int(min(2048, max(self.spec.batch_size, self._sizes[self.rank])))
+            reader = dict(paths=[str(p) for p in self.data.tar_paths],
+                          index_paths=[str(p) for p in self.data.idx_paths],
+                          random_shuffle=self.train, initial_fill=fill, shard_id=self.rank,
+                          num_shards=self.world, pad_last_batch=True,
+                          stick_to_shard=not self.train)
+        sources = {}
+        allowed = self.data.good_mask()
+        payloads = ShardBytes(self.data.rows, self.data.tar_paths)
+        for name in self.streams:
+            if name == "uniform":
+                continue
+            r = self.r if name == "minority" else 0.0
+            q = class_probabilities(self.class_counts, r, allow_empty=True)
+            draws = MinorityDraws(self.data.labels, q, self.seed, self.rank, allowed)
+            sources[name] = MinoritySource(draws, payloads, self.spec.batch_size, self._steps,
+                                           start_epoch)
+        return build_pipeline(spec, reader, sources, checkpoint=checkpoint)
+
+    def _order(self) -> list[str]:
+        return (["uniform"] if "uniform" in self.streams else []) + \
+            [s for s in self.streams if s != "uniform"]
+
+    # ---- iteration ---------------------------------------------------------------------
+    def __iter__(self):
+        self._ensure_pipeline()
+        while self.step < self._steps:
+            outs = self._pipe.run()
+            epoch, step = self.epoch, self.step
+            real = self._real(epoch, step)
+            self.step += 1
+            self._pos = (self.epoch, self.step)
+            if real == 0 and not self.train:
+                continue  # eval: an all-padding step on this rank returns nothing
+            yield self._to_step(outs, max(real, 1), epoch, step)
+        self._normalize()
+        self._pos = (self.epoch, self.step)
+
+    def _to_step(self, outs, real: int, epoch: int, step: int) -> dict[str, Batch]:
+        meta = {"epoch": epoch, "step": step}
+        result = {}
+        for i, name in enumerate(self._order()):
+            images = self._images(outs[2 * i])[:real]
+            ids = np.array(outs[2 * i + 1].as_tensor(), dtype=np.int64).reshape(-1)[:real]
+            index = torch.from_numpy(ids).to(self.device, non_blocking=True)
+            result[name] = Batch(images, self._labels[index], index, meta)
+        return {name: result[name] for name in self.streams}
+
+    def _images(self, tl) -> torch.Tensor:
+        """DALI batch -> torch [B,3,H,W] (channels_last strides for HWC output), copied."""
+        dense = tl.as_tensor()
+        if self.device.type == "cuda":
+            from nvidia.dali.plugin.pytorch import feed_ndarray
+
+            dtype = torch.float16 if self.spec.half else torch.float32
+            out = torch.empty(dense.shape(), dtype=dtype, device=self.device)
+            feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(self.device))
+        else:
+            out = torch.from_numpy(np.array(dense))
+        if self.spec.channels_last:
+            out = out.permute(0, 3, 1, 2)  # [B,H,W,3] memory seen as [B,3,H,W]
+        return out if out.dtype == self.dtype else out.to(self.dtype)
+
+    # ---- state -------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        self._normalize()
+        if self._restore is not None:
+            return dict(self._restore)
+        dali = None
+        if self._pipe is not None and self._pos == (self.epoch, self.step):
+            dali = self._pipe.checkpoint()
+        elif self.step != 0:
+            raise RuntimeError("loader: pipeline position lost; cannot checkpoint")
+        return {"version": STATE_VERSION, "epoch": self.epoch, "step": self.step,
+                "pipe_start_epoch": self._pipe_start if dali is not None else self.epoch,
+                "dali": dali, "streams": list(self.streams), "batch_size": self.spec.batch_size,
+                "seed": self.seed, "rank": self.rank, "world": self.world, "r": self.r}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("streams", "batch_size", "seed", "rank", "world", "r"):
+            mine = list(self.streams) if key == "streams" else getattr(self, key, None)
+            if key == "batch_size":
+                mine = self.spec.batch_size
+            if state.get(key) != mine:
+                raise ValueError(f"loader state: {key} is {state.get(key)!r}, this loader has {mine!r}")
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self._restore = dict(state)
+        self._pipe, self._pos = None, None

@@ -1,0 +1,133 @@
+"""One split of a shard directory as the loaders see it (contract: shards/format.py).
+
+Reads the manifest and ``index.npy`` once, checks the caller's arguments against them (one-line
+ValueErrors naming the file or field), and finds corrupt samples up front so that both streams
+skip them: a sample whose ``.jpg`` payload lies outside its tar, or does not start with the JPEG
+SOI marker (FF D8) and end with EOI (FF D9) within its last 32 bytes, is logged with its key,
+counted in ``skipped`` and left out (P reads a filtered copy of the DALI index, Q never draws it).
+This catches truncated or overwritten payloads; a JPEG whose entropy-coded body is damaged but
+whose markers are intact is not detected here (the decoder reports it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ltpipe.shards.format import ShardFormatError, key_of, load_manifest
+
+log = logging.getLogger(__name__)
+
+EOI_WINDOW = 32  # bytes at the end of a payload searched for the EOI marker
+
+
+@dataclass
+class ShardSplit:
+    root: Path
+    split: str
+    tar_paths: list[Path]  # [S] shard tars of the split
+    idx_paths: list[Path]  # [S] DALI index files P reads (filtered copies when samples were skipped)
+    rows: np.ndarray  # INDEX_DTYPE [N], row i = sample id i
+    labels: np.ndarray  # int64 [N]
+    class_counts: np.ndarray  # int64 [C]: global counts of the TRAIN split (the n_k of every formula)
+    num_classes: int
+    bad_ids: np.ndarray  # int64 [K]: corrupt samples, skipped by both streams
+    _tmpdir: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+
+    @property
+    def skipped(self) -> int:
+        return int(self.bad_ids.size)
+
+    @property
+    def num_samples(self) -> int:
+        """Readable samples (corrupt ones excluded)."""
+        return int(self.rows.size - self.bad_ids.size)
+
+    def good_mask(self) -> np.ndarray:
+        mask = np.ones(self.rows.size, dtype=bool)
+        mask[self.bad_ids] = False
+        return mask
+
+
+def open_split(root, split: str, validate: bool = True) -> ShardSplit:
+    """Load ``root``'s manifest and index for ``split``; raise ValueError naming the bad file."""
+    if root is None or str(root) == "":
+        raise ValueError("shards: no shard directory given")
+    manifest = load_manifest(root)  # ShardFormatError (a ValueError) names the file
+    info = manifest.split(split)
+    rows = manifest.index(split)
+    tar_paths = manifest.shard_paths(split)
+    idx_paths = manifest.dali_index_paths(split)
+    for path in tar_paths + idx_paths:
+        if not path.is_file():
+            raise ShardFormatError(f"{path}: missing (listed in {manifest.root / 'manifest.json'})")
+    if rows.size == 0:
+        raise ShardFormatError(f"{manifest.root / split / 'index.npy'}: split {split!r} is empty")
+    labels = np.asarray(rows["label"], dtype=np.int64)
+    train_counts = manifest.split("train").class_counts if "train" in manifest.splits else info.class_counts
+    bad = find_corrupt(rows, tar_paths) if validate else np.zeros(0, dtype=np.int64)
+    out = ShardSplit(manifest.root, split, tar_paths, idx_paths, rows, labels,
+                     np.asarray(train_counts, dtype=np.int64), manifest.num_classes, bad)
+    if bad.size:
+        for i in bad[:20]:
+            log.warning("%s/%s: corrupt sample %s skipped", manifest.root, split, key_of(int(i)))
+        log.warning("%s/%s: %d corrupt samples skipped", manifest.root, split, bad.size)
+        out._tmpdir = tempfile.TemporaryDirectory(prefix="ltpipe-idx-")
+        out.idx_paths = write_filtered_indexes(rows, idx_paths, bad, Path(out._tmpdir.name))
+    return out
+
+
+def find_corrupt(rows: np.ndarray, tar_paths: list[Path]) -> np.ndarray:
+    """Ids whose payload is out of bounds or lacks the JPEG SOI/EOI markers; int64 [K] sorted."""
+    bad = []
+    for shard, path in enumerate(tar_paths):
+        ids = np.flatnonzero(rows["shard"] == shard)
+        if ids.size == 0:
+            continue
+        size = os.path.getsize(path)
+        off = rows["offset"][ids].astype(np.int64)
+        n = rows["size"][ids].astype(np.int64)
+        inside = (off >= 0) & (n >= 4) & (off + n <= size)
+        ok = inside.copy()
+        if inside.any() and size:
+            data = np.memmap(path, dtype=np.uint8, mode="r")
+            o, m = off[inside], n[inside]
+            soi = (data[o] == 0xFF) & (data[o + 1] == 0xD8)
+            # EOI anywhere in the last EOI_WINDOW bytes (encoders may pad after it). [K, W]
+            w = np.minimum(m - 2, EOI_WINDOW)
+            tail = o[:, None] + m[:, None] - 2 - np.arange(EOI_WINDOW)[None, :]
+            valid = np.arange(EOI_WINDOW)[None, :] < w[:, None]
+            tail = np.where(valid, tail, o[:, None])
+            eoi = ((data[tail] == 0xFF) & (data[tail + 1] == 0xD9) & valid).any(axis=1)
+            ok[inside] = soi & eoi
+            del data
+        bad.append(ids[~ok])
+    return np.sort(np.concatenate(bad)).astype(np.int64) if bad else np.zeros(0, np.int64)
+
+
+def write_filtered_indexes(rows: np.ndarray, idx_paths: list[Path], bad: np.ndarray,
+                           out_dir: Path) -> list[Path]:
+    """Copies of the DALI index files without the lines of ``bad`` samples.
+
+    Line j of a shard's index is its j-th sample in tar order, i.e. by ascending payload offset.
+    """
+    bad_set = set(int(i) for i in bad)
+    out = []
+    for shard, path in enumerate(idx_paths):
+        lines = path.read_text().splitlines()
+        ids = np.flatnonzero(rows["shard"] == shard)
+        ids = ids[np.argsort(rows["offset"][ids], kind="stable")]
+        body = [ln for ln in lines[1:] if ln.strip()]
+        if len(body) != ids.size:
+            raise ShardFormatError(f"{path}: {len(body)} samples, index.npy lists {ids.size}")
+        keep = [ln for ln, i in zip(body, ids) if int(i) not in bad_set]
+        version = lines[0].split()[0]
+        target = out_dir / path.name
+        target.write_text(f"{version} {len(keep)}\n" + "".join(ln + "\n" for ln in keep))
+        out.append(target)
+    return out
