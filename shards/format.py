@@ -139,3 +139,15 @@ def load_manifest(root: str | Path) -> Manifest:
     if version != FORMAT_VERSION:
         raise ShardFormatError(f"{path}: format_version {version}, this ltpipe reads {FORMAT_VERSION}")
     return manifest
+
+
+def encode_sample_id(sample_id: int) -> bytes:
+    """The ``.id`` member: 8 bytes little-endian int64 (what DALI reads with dtype INT64)."""
+    return int(sample_id).to_bytes(8, "little", signed=True)
+
+
+def decode_sample_id(data: bytes) -> int:
+    """Inverse of encode_sample_id. With the ``webdataset`` library, register it before the
+    default handlers, whose ``.id`` decoder expects ascii digits and fails on these bytes:
+    ``.decode(wds.handle_extension("id", decode_sample_id), "pil")``."""
+    return int.from_bytes(data, "little", signed=True)

@@ -1,0 +1,101 @@
+"""Turn one source item into the members of a WebDataset sample (runs in worker processes).
+
+JPEG inputs that are RGB/greyscale and within ``max_size`` keep their exact bytes (no generation
+loss); everything else is decoded, converted to RGB, resized so the long side is at most
+``max_size`` (aspect kept) and re-encoded. Unreadable, truncated or missing inputs raise
+``Rejected`` with a short reason for ``rejected.tsv``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ltpipe.shards.format import encode_sample_id
+
+KEEP_MODES = ("RGB", "L")
+
+
+class Rejected(Exception):
+    """An input that is not written; str(exc) is the reason."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input sample. ``load(arg)`` returns encoded file bytes or an [H,W,3] uint8 array."""
+
+    path: str  # shown in the sample's .json and in rejected.tsv
+    label: int
+    load: Callable[[Any], bytes | np.ndarray]
+    arg: Any
+
+
+@dataclass(frozen=True)
+class Encoded:
+    jpeg: bytes
+    width: int
+    height: int
+
+
+def read_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise Rejected("missing file") from None
+    except OSError as exc:
+        raise Rejected(f"unreadable file ({exc.strerror or exc})") from None
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+def encode_image(raw: bytes | np.ndarray, *, max_size: int | None, quality: int) -> Encoded:
+    """JPEG bytes for ``raw`` (kept as is when already a small enough RGB/grey JPEG)."""
+    if isinstance(raw, np.ndarray):
+        return _to_jpeg(Image.fromarray(raw), max_size, quality)
+    try:
+        img = Image.open(io.BytesIO(raw))
+        img.load()  # full decode: truncated/corrupt data raises here
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError,
+            ValueError) as exc:
+        raise Rejected(f"corrupt or truncated image ({exc})".replace("\t", " ")) from None
+    w, h = img.size
+    if img.format == "JPEG" and img.mode in KEEP_MODES and (max_size is None or max(w, h) <= max_size):
+        return Encoded(bytes(raw), w, h)
+    return _to_jpeg(img, max_size, quality)
+
+
+def _to_jpeg(img: Image.Image, max_size: int | None, quality: int) -> Encoded:
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    w, h = img.size
+    if max_size is not None and max(w, h) > max_size:
+        scale = max_size / max(w, h)
+        w, h = max(1, round(w * scale)), max(1, round(h * scale))
+        img = img.resize((w, h), Image.BICUBIC, reducing_gap=3.0)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return Encoded(buf.getvalue(), w, h)
+
+
+def sample_members(sample_id: int, label: int, path: str, class_name: str,
+                   jpeg: bytes) -> dict[str, bytes]:
+    """The members of one sample, as fixed by shards/format.py."""
+    meta = json.dumps({"path": path, "class": class_name}, ensure_ascii=False, sort_keys=True)
+    return {"cls": str(label).encode(), "id": encode_sample_id(sample_id),
+            "jpg": jpeg, "json": meta.encode()}
+
+
+def encode_item(item: Item, max_size: int | None, quality: int) -> Encoded | Rejected:
+    """Worker entry point: never raises for bad input, returns the Rejected instead."""
+    try:
+        return encode_image(item.load(item.arg), max_size=max_size, quality=quality)
+    except Rejected as exc:
+        return exc

@@ -1,0 +1,90 @@
+"""Resume support: a journal of finished shards kept in OUT while ``ltpipe shard`` runs.
+
+``OUT/.journal.jsonl`` holds the normalised options on its first line, then one line per shard
+renamed into place (sha256 of the tar and of its .idx, the input position it ends at, its index
+rows and rejections). A re-run with the same options keeps the longest prefix of each split whose
+files still match their checksums and continues from there; the journal is deleted once the
+manifest is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ltpipe.shards.tario import file_sha256
+
+JOURNAL = ".journal.jsonl"
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    split: str
+    name: str
+    samples: int
+    bytes: int
+    sha256: str
+    idx_sha256: str
+    first_id: int  # sample id of the shard's first sample
+    inputs_end: int  # position in the split's shuffled input list after the shard's last input
+    rows: list  # per sample [jpg offset, jpg size, label, width, height]
+    rejected: list  # [path, reason] of inputs consumed while this shard was open
+
+    def matches_files(self, split_dir: Path) -> bool:
+        tar, idx = split_dir / self.name, (split_dir / self.name).with_suffix(".idx")
+        return (tar.is_file() and idx.is_file() and tar.stat().st_size == self.bytes
+                and file_sha256(tar) == self.sha256 and file_sha256(idx) == self.idx_sha256)
+
+
+class Journal:
+    def __init__(self, out: Path, options: dict):
+        self.path = out / JOURNAL
+        self.options = options
+
+    def read_options(self) -> dict | None:
+        """Options of an existing journal (None when there is none or it is unreadable)."""
+        try:
+            return json.loads(self.path.read_text().splitlines()[0])["options"]
+        except (OSError, IndexError, ValueError, KeyError, TypeError):
+            return None
+
+    def start(self) -> dict[str, list[ShardRecord]]:
+        """Keep the valid prefix of every split's records; rewrite the journal to hold only them."""
+        kept: dict[str, list[ShardRecord]] = {}
+        broken: set[str] = set()
+        for record in self._records():
+            split = kept.setdefault(record.split, [])
+            expected = sum(r.samples for r in split)
+            if (record.split in broken or record.first_id != expected
+                    or not record.matches_files(self.path.parent / record.split)):
+                broken.add(record.split)
+                continue
+            split.append(record)
+        lines = [json.dumps({"options": self.options}, sort_keys=True)]
+        lines += [json.dumps(asdict(r), sort_keys=True) for rs in kept.values() for r in rs]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        os.replace(tmp, self.path)
+        return kept
+
+    def append(self, record: ShardRecord) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(asdict(record), sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def _records(self) -> list[ShardRecord]:
+        if self.read_options() != self.options:
+            return []
+        out = []
+        for line in self.path.read_text().splitlines()[1:]:
+            try:
+                out.append(ShardRecord(**json.loads(line)))
+            except (ValueError, TypeError):
+                break  # a line cut by the kill: everything after it is rewritten
+        return out

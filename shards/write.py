@@ -1,0 +1,271 @@
+"""``write_shards``: any SOURCE -> WebDataset tar shards, index.npy, DALI indexes, manifest.
+
+The layout and members are fixed by shards/format.py. Each split's inputs are shuffled across
+classes (seeded) and encoded in that order by ``workers`` processes; the main process appends
+them to the current shard and starts a new one when ``shard_size`` bytes or ``samples_per_shard``
+samples would be exceeded, so shard boundaries depend only on the data and options, and output is
+byte-identical for any worker count. Shards are renamed into place when complete and journalled
+(shards/journal.py), so a re-run after a kill resumes; the manifest is written last.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import re
+import shlex
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from ltpipe.shards import manifest as manifest_mod
+from ltpipe.shards.encode import Encoded, Item, Rejected, encode_item, sample_members
+from ltpipe.shards.errors import ShardInputError
+from ltpipe.shards.format import MANIFEST, MEMBERS, REJECTED, SPLITS, Manifest, shard_name
+from ltpipe.shards.journal import JOURNAL, Journal, ShardRecord
+from ltpipe.shards.sources import SourcePlan, plan_source
+from ltpipe.shards.tario import TarShardWriter, file_sha256, member_tar_bytes
+
+JPG = MEMBERS.index("jpg")
+UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9,
+         "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(text: str | int) -> int:
+    """'256MB' -> 256_000_000 (KB/MB/GB decimal, KiB/MiB/GiB binary, bare number = bytes)."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(text))
+    if not m or m.group(2).upper() not in UNITS:
+        raise ShardInputError(f"--shard-size: cannot parse {text!r} (e.g. 256MB, 1GiB)")
+    return int(float(m.group(1)) * UNITS[m.group(2).upper()])
+
+
+def write_shards(source: str, out: str | Path, *, imbalance: float | None = None,
+                 max_size: int | None = None, quality: int = 90, shard_size: str | int = "256MB",
+                 samples_per_shard: int | None = None, seed: int = 0, workers: int = 1,
+                 dry_run: bool = False, val_list: str | None = None, val_json: str | None = None,
+                 size: str = "default", classes: int | None = None,
+                 max_per_class: int | None = None, image_size: int | None = None,
+                 command: str | None = None, progress: bool = True,
+                 on_shard: Callable[[ShardRecord], None] | None = None) -> Manifest | None:
+    """Write SOURCE to OUT (see module docstring); returns the manifest (None for a dry run).
+
+    Raises ShardInputError (one line) for bad input. ``on_shard`` is called after each shard is
+    in place (progress hooks; tests use it to simulate a kill).
+    """
+    options = _options(source, imbalance, max_size, quality, shard_size, samples_per_shard, seed,
+                       val_list, val_json, size, classes, max_per_class, image_size)
+    if workers < 1:
+        raise ShardInputError(f"--workers must be >= 1, got {workers}")
+    plan = plan_source(source, imbalance=imbalance, val_list=val_list, val_json=val_json, size=size,
+                       classes=classes, max_per_class=max_per_class, image_size=image_size,
+                       seed=seed)
+    orders = {split: _shuffled(items, seed, split) for split, items in plan.splits.items() if items}
+    if dry_run:
+        manifest_mod.print_plan(source, plan, orders, options, _estimate_bytes(orders, options))
+        return None
+    out = Path(out)
+    done = _existing_output(out, options)
+    if done is not None:
+        return done
+    journal = Journal(out, options)
+    kept = journal.start()
+    command = command or _command_line(out, options)
+    written, rejected = {}, list(plan.rejected)
+    with _encoder(workers, options) as encode:
+        for split, items in orders.items():
+            records, left = _write_split(out / split, split, items, plan.classes,
+                                         kept.get(split, []), encode, journal, options, progress,
+                                         on_shard)
+            written[split] = records
+            rejected += [tuple(r) for rec in records for r in rec.rejected] + [tuple(r) for r in left]
+    _write_rejected(out, rejected)
+    manifest_mod.check_classes(plan, written, out / REJECTED)
+    for split, records in written.items():
+        manifest_mod.write_index(out / split, records)
+    doc = manifest_mod.build(source, plan.classes, written, len(rejected), options, command)
+    manifest_mod.write(out, doc)
+    journal.remove()
+    return manifest_mod.load(out)
+
+
+def _options(source, imbalance, max_size, quality, shard_size, samples_per_shard, seed,
+             val_list, val_json, size, classes, max_per_class, image_size) -> dict:
+    """Validated options that decide the output (the resume/compatibility fingerprint)."""
+    checks = [("--imbalance", imbalance, 1), ("--max-size", max_size, 8),
+              ("--samples-per-shard", samples_per_shard, 1), ("--classes", classes, 2),
+              ("--max-per-class", max_per_class, 1), ("--image-size", image_size, 8)]
+    for name, value, low in checks:
+        if value is not None and value < low:
+            raise ShardInputError(f"{name} must be >= {low}, got {value}")
+    if not 1 <= quality <= 100:
+        raise ShardInputError(f"--quality must be in 1..100, got {quality}")
+    shard_bytes = parse_size(shard_size)
+    if shard_bytes < 10_000:
+        raise ShardInputError(f"--shard-size must be at least 10KB, got {shard_size!r}")
+    return {"source": source, "imbalance": imbalance, "max_size": max_size, "quality": quality,
+            "shard_size": shard_bytes, "samples_per_shard": samples_per_shard, "seed": seed,
+            "val_list": val_list, "val_json": val_json, "size": size, "classes": classes,
+            "max_per_class": max_per_class, "image_size": image_size}
+
+
+def _command_line(out: Path, options: dict) -> str:
+    """An equivalent ``ltpipe shard`` command when the caller gave none (API use)."""
+    parts = ["ltpipe", "shard", options["source"], str(out)]
+    for key, value in options.items():
+        if key != "source" and value is not None and value is not False:
+            parts += [f"--{key.replace('_', '-')}", str(value)]
+    return shlex.join(parts)
+
+
+def _shuffled(items: list[Item], seed: int, split: str) -> list[Item]:
+    """One global order across classes per split: sample id i is the i-th accepted item."""
+    order = np.random.default_rng([seed, SPLITS.index(split) if split in SPLITS else 9])
+    return [items[i] for i in order.permutation(len(items))]
+
+
+def _existing_output(out: Path, options: dict) -> Manifest | None:
+    """A finished identical output (returned as is), a resumable one (None), or an error."""
+    if out.exists() and not out.is_dir():
+        raise ShardInputError(f"OUT {out}: exists and is not a directory")
+    if not out.exists() or not any(out.iterdir()):
+        out.mkdir(parents=True, exist_ok=True)
+        return None
+    journal_options = Journal(out, options).read_options()
+    if (out / MANIFEST).is_file():
+        previous = manifest_mod.load_options(out)
+        if previous == options:
+            if manifest_mod.files_match(out):
+                return manifest_mod.load(out)
+            (out / MANIFEST).unlink()  # damaged since: rewrite everything
+            return None
+        _different(out, previous, options)
+    if journal_options is not None:
+        if journal_options != options:
+            _different(out, journal_options, options)
+        return None
+    raise ShardInputError(f"OUT {out}: not empty and not written by `ltpipe shard` "
+                          f"(choose an empty or new directory)")
+
+
+def _different(out: Path, previous: dict | None, options: dict) -> None:
+    keys = sorted(k for k in options if (previous or {}).get(k) != options[k])
+    raise ShardInputError(f"OUT {out}: written by a different command (differs in: "
+                          f"{', '.join(keys) or 'unknown'}); choose an empty or new directory")
+
+
+@contextmanager
+def _encoder(workers: int, options: dict) -> Iterator[Callable[[list[Item]], Iterator]]:
+    """Yield ``encode(items) -> iterator of Encoded | Rejected`` in input order."""
+    fn = functools.partial(encode_item, max_size=options["max_size"], quality=options["quality"])
+    if workers == 1:
+        yield lambda items: map(fn, items)
+        return
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        yield lambda items: pool.imap(fn, items, chunksize=max(1, min(32, len(items) // (8 * workers))))
+
+
+def _estimate_bytes(orders: dict[str, list[Item]], options: dict) -> dict[str, float]:
+    """Mean JPEG bytes per sample from the first few inputs of each split (for the dry run)."""
+    out = {}
+    for split, items in orders.items():
+        sizes = [len(r.jpeg) for r in map(
+            functools.partial(encode_item, max_size=options["max_size"], quality=options["quality"]),
+            items[:16]) if isinstance(r, Encoded)]
+        out[split] = float(np.mean(sizes)) if sizes else 0.0
+    return out
+
+
+class _ShardSink:
+    """Appends encoded samples to numbered shards, closing one when the next sample would not fit."""
+
+    def __init__(self, split_dir: Path, split: str, classes: list[str], kept: list[ShardRecord],
+                 journal: Journal, options: dict, on_shard):
+        self.dir, self.split, self.classes = split_dir, split, classes
+        self.records = list(kept)
+        self.next_id = sum(r.samples for r in kept)
+        self.journal, self.on_shard = journal, on_shard
+        self.max_bytes, self.max_samples = options["shard_size"], options["samples_per_shard"]
+        self.writer: TarShardWriter | None = None
+        self.rows: list[list[int]] = []
+        self.rejected: list[list[str]] = []
+
+    def reject(self, item: Item, reason: str) -> None:
+        self.rejected.append([item.path, reason])
+
+    def add(self, position: int, item: Item, enc: Encoded) -> None:
+        members = sample_members(self.next_id, item.label, item.path, self.classes[item.label],
+                                 enc.jpeg)
+        need = sum(member_tar_bytes(len(v)) for v in members.values())
+        if self.writer is not None and (
+                len(self.rows) == self.max_samples
+                or self.writer.size_with(need) > self.max_bytes):
+            self.close(position)
+        if self.writer is None:
+            self.writer = TarShardWriter(self.dir / shard_name(len(self.records)))
+        spans = self.writer.add(self.next_id, members)
+        self.rows.append([spans[JPG].offset, spans[JPG].size, item.label, enc.width, enc.height])
+        self.next_id += 1
+
+    def close(self, inputs_end: int) -> None:
+        if self.writer is None:
+            return
+        size, sha = self.writer.close()
+        name = self.writer.path.name
+        record = ShardRecord(self.split, name, len(self.rows), size, sha,
+                             file_sha256(self.writer.path.with_suffix(".idx")),
+                             self.next_id - len(self.rows), inputs_end, self.rows, self.rejected)
+        self.journal.append(record)
+        self.records.append(record)
+        self.writer, self.rows, self.rejected = None, [], []
+        if self.on_shard is not None:
+            self.on_shard(record)
+
+
+def _write_split(split_dir: Path, split: str, items: list[Item], classes: list[str],
+                 kept: list[ShardRecord], encode, journal: Journal, options: dict,
+                 progress: bool, on_shard) -> tuple[list[ShardRecord], list[list[str]]]:
+    """Write (or finish) one split; returns its shard records in order and unattached rejects."""
+    from tqdm import tqdm
+
+    split_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale(split_dir, len(kept))
+    start = kept[-1].inputs_end if kept else 0
+    sink = _ShardSink(split_dir, split, classes, kept, journal, options, on_shard)
+    todo = items[start:]
+    bar = tqdm(total=len(todo), desc=f"shard {split}", unit="img", disable=not progress,
+               leave=False)
+    with bar:
+        for position, result in enumerate(encode(todo), start):
+            if isinstance(result, Rejected):
+                sink.reject(items[position], str(result))
+            else:
+                sink.add(position, items[position], result)
+            bar.update()
+    sink.close(len(items))
+    # left over only when no shard was open, i.e. every input since the last shard was rejected
+    return sink.records, sink.rejected
+
+
+def _remove_stale(split_dir: Path, first_unkept: int) -> None:
+    """Delete shards/temporaries numbered from ``first_unkept`` on (left by an interrupted run)."""
+    for path in split_dir.glob("shard-*"):
+        m = re.match(r"shard-(\d+)\.", path.name)
+        if m and int(m.group(1)) >= first_unkept:
+            path.unlink()
+
+
+def _write_rejected(out: Path, rejected: list[tuple[str, str]]) -> None:
+    from ltpipe.shards.tario import write_text_atomic
+
+    path = out / REJECTED
+    if not rejected:
+        path.unlink(missing_ok=True)
+        return
+    write_text_atomic(path, "".join(f"{p}\t{reason}\n" for p, reason in rejected))
+
+
+__all__ = ["write_shards", "parse_size", "SourcePlan", "JOURNAL"]

@@ -1,0 +1,160 @@
+"""Shard writer round trips (real tars in tmp_path): webdataset, DALI CPU, index.npy, wds2idx."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import struct
+import subprocess
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ltpipe.shards.format import INDEX_DTYPE, MEMBERS, decode_sample_id, key_of
+from ltpipe.shards.longtail import longtail_counts
+from ltpipe.shards.write import parse_size, write_shards
+
+TINY = dict(classes=6, max_per_class=40, progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny") / "out"
+    return write_shards("synthetic", out, samples_per_shard=50, **TINY)
+
+
+def _tar_samples(path):
+    """{key: {ext: bytes}} and member order, read with tarfile."""
+    samples, order = {}, []
+    with tarfile.open(path) as tf:
+        for m in tf:
+            key, ext = m.name.split(".", 1)
+            samples.setdefault(key, {})[ext] = tf.extractfile(m).read()
+            order.append((key, ext))
+    return samples, order
+
+
+def test_synthetic_counts_and_layout(tiny):
+    counts = longtail_counts(40, 6, 100)
+    assert tiny.split("train").class_counts == tuple(counts)
+    assert tiny.split("val").class_counts == (10,) * 6
+    assert [s.samples for s in tiny.split("train").shards] == [50] * (sum(counts) // 50) + (
+        [sum(counts) % 50] if sum(counts) % 50 else [])
+    for split in ("train", "val"):
+        for tar in tiny.shard_paths(split):
+            assert tar.is_file() and tar.with_suffix(".idx").is_file()
+    assert not list(tiny.root.rglob("*.tmp")) and not (tiny.root / ".journal.jsonl").exists()
+    raw = tiny.raw
+    assert raw["totals"]["samples"] == sum(counts) + 60
+    assert raw["splits"]["train"]["image_stats"]["width"] == {"min": 32, "mean": 32.0, "max": 32}
+    assert raw["command"].startswith("ltpipe shard synthetic")
+
+
+def test_members_ids_and_shuffle(tiny):
+    """Members in MEMBERS order, .id = little-endian int64 id, ids 0..N-1, order mixes classes."""
+    labels = []
+    for split in ("train", "val"):
+        next_id = 0
+        for tar in tiny.shard_paths(split):
+            samples, order = _tar_samples(tar)
+            assert [e for _, e in order] == list(MEMBERS) * len(samples)
+            for key, members in samples.items():
+                assert key == key_of(next_id)
+                assert struct.unpack("<q", members["id"])[0] == next_id
+                meta = json.loads(members["json"])
+                assert meta["class"] == tiny.classes[int(members["cls"])]
+                if split == "train":
+                    labels.append(int(members["cls"]))
+                next_id += 1
+        assert next_id == tiny.split(split).num_samples
+    # shuffled across classes: the label sequence is far from sorted
+    assert np.mean(np.diff(labels) != 0) > 0.5
+
+
+def test_index_offsets_give_exact_jpeg_bytes(tiny):
+    for split in ("train", "val"):
+        index = tiny.index(split)
+        assert index.dtype == INDEX_DTYPE
+        paths = tiny.shard_paths(split)
+        blobs = [p.read_bytes() for p in paths]
+        for sid in range(len(index)):
+            row = index[sid]
+            samples, _ = _tar_samples(paths[row["shard"]]) if sid == 0 else (None, None)
+            data = blobs[row["shard"]][row["offset"]:row["offset"] + row["size"]]
+            assert data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9"
+            if samples is not None:
+                assert data == samples[key_of(0)]["jpg"] and row["label"] == int(samples[key_of(0)]["cls"])
+        assert np.bincount(index["label"], minlength=6).tolist() == list(tiny.split(split).class_counts)
+
+
+def test_dali_index_equals_wds2idx(tiny, tmp_path):
+    for tar in tiny.shard_paths("train")[:2]:
+        ref = tmp_path / (tar.stem + ".ref.idx")
+        subprocess.run(["wds2idx", str(tar), str(ref)], check=True, capture_output=True)
+        assert tar.with_suffix(".idx").read_text() == ref.read_text()
+
+
+def test_webdataset_reads_every_sample_once(tiny):
+    import webdataset as wds
+
+    for split in ("train", "val"):
+        urls = [str(p) for p in tiny.shard_paths(split)]
+        ds = (wds.WebDataset(urls, shardshuffle=False)
+              .decode(wds.handle_extension("id", decode_sample_id), "pil")
+              .to_tuple("jpg", "cls", "id"))
+        got = [(cls, sid, img.size) for img, cls, sid in ds]
+        ids = sorted(i for _, i, _ in got)
+        assert ids == list(range(tiny.split(split).num_samples))
+        index = tiny.index(split)
+        assert all(index["label"][i] == c for c, i, _ in got)
+        assert {s for _, _, s in got} == {(32, 32)}
+
+
+def test_dali_cpu_pipeline_reads_shards(tiny):
+    from nvidia.dali import fn, pipeline_def, types
+
+    split = "train"
+    n = tiny.split(split).num_samples
+
+    @pipeline_def(batch_size=n, num_threads=1, device_id=None)
+    def pipe():
+        jpg, sid, cls = fn.readers.webdataset(
+            paths=[str(p) for p in tiny.shard_paths(split)],
+            index_paths=[str(p) for p in tiny.dali_index_paths(split)],
+            ext=["jpg", "id", "cls"], dtypes=[types.UINT8, types.INT64, types.UINT8])
+        return fn.decoders.image(jpg, device="cpu", output_type=types.RGB), sid, cls
+
+    p = pipe()
+    p.build()
+    images, ids, cls = p.run()
+    ids = np.array([int(np.asarray(ids[i])[0]) for i in range(n)])
+    labels = np.array([int(bytes(np.asarray(cls[i]))) for i in range(n)])
+    assert sorted(ids.tolist()) == list(range(n))
+    assert (tiny.index(split)["label"][ids] == labels).all()
+    assert np.asarray(images[0]).shape == (32, 32, 3)
+
+
+def test_byte_identical_across_runs_and_workers(tmp_path):
+    a = write_shards("synthetic", tmp_path / "a", samples_per_shard=64, **TINY)
+    b = write_shards("synthetic", tmp_path / "b", samples_per_shard=64, workers=2, **TINY)
+    for split in ("train", "val"):
+        for pa, pb in zip(a.shard_paths(split), b.shard_paths(split)):
+            assert pa.read_bytes() == pb.read_bytes()
+        assert (a.root / split / "index.npy").read_bytes() == (b.root / split / "index.npy").read_bytes()
+
+
+def test_shard_size_limit_respected(tmp_path):
+    m = write_shards("synthetic", tmp_path / "o", shard_size="100KB", **TINY)
+    sizes = [s.bytes for s in m.split("train").shards]
+    assert len(sizes) > 2 and max(sizes) <= 100_000
+    assert sum(s.samples for s in m.split("train").shards) == m.split("train").num_samples
+
+
+def test_parse_size():
+    assert parse_size("256MB") == 256_000_000
+    assert parse_size("1GiB") == 2**30 and parse_size("4096") == 4096
+    with pytest.raises(ValueError, match="--shard-size"):
+        parse_size("lots")
