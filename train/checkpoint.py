@@ -1,0 +1,102 @@
+"""Atomic checkpoints, RNG capture for exact resume, and loading a finished run's model.
+
+``RUN/ckpt/last.pt`` holds everything a bit-identical resume needs: model, optimizer, scheduler,
+scaler, mixer and criterion state, loader state, all RNG states, the step counters and the
+running epoch sums. It is written to a temporary name and renamed, so a kill leaves either the
+old or the new file, never half of one. ``RUN/final.pt`` holds the final model only.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+LAST = Path("ckpt") / "last.pt"
+FINAL = "final.pt"
+CONFIG = "config.toml"
+FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt or belongs to another configuration (names the file)."""
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def load_file(path: Path, device: torch.device | str = "cpu") -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no checkpoint (was the run started with this --out?)")
+    try:
+        # Our own files hold numpy/loader state besides tensors, hence weights_only=False.
+        obj = torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
+        raise CheckpointError(f"{path}: corrupt checkpoint ({exc.__class__.__name__})") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an ltpipe checkpoint (format {FORMAT})")
+    return obj
+
+
+def rng_state() -> dict:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def read_config(run_dir: Path) -> dict:
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing (not an ltpipe run directory)")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise CheckpointError(f"{path}: unreadable ({exc})") from None
+
+
+def load_model(run_dir: str | Path, device: torch.device | str = "cpu"):
+    """The final (else last) model of an earlier run, frozen and in eval mode (M2m's g)."""
+    from ltpipe.train.losses.per_sample import NEEDS_COSINE
+    from ltpipe.train.models import build_model
+
+    run_dir = Path(run_dir)
+    cfg = read_config(run_dir)
+    path = run_dir / FINAL if (run_dir / FINAL).is_file() else run_dir / LAST
+    ckpt = load_file(path, "cpu")
+    train = cfg["train"]
+    model = build_model(train["model"], int(ckpt["num_classes"]),
+                        cosine_classifier=train["loss"] in NEEDS_COSINE)
+    state = {k: v for k, v in ckpt["model"].items() if not k.startswith("heads.")}
+    try:
+        model.load_state_dict(state, strict=False)
+        missing = [k for k in model.state_dict() if k not in state and not k.startswith("heads.")]
+        if missing:
+            raise RuntimeError(f"missing {missing[:3]}")
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: does not match model {train['model']!r} ({exc})") from None
+    model.to(device).eval().requires_grad_(False)
+    return model

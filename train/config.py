@@ -1,0 +1,189 @@
+"""Run configuration: shipped TOML recipes, CLI overrides, the resolved ``RUN/config.toml``.
+
+A recipe (``train/recipes/<name>.toml`` or any ``FILE.toml``) has the tables::
+
+    extends = "cifar100-lt"      # optional: start from another recipe, then override
+    [train]   model, epochs, batch_size, lr, momentum, wd, warmup, schedule, milestones, gamma,
+              mixer, loss, reweight, drw_epoch, preset, image_size, precision, ...
+    [mixer.<name>]  params of that mixer (only the chosen mixer's table is used)
+    [loss.<name>]   params of that base loss (e.g. [loss.la] tau = 1.0)
+    [aux.<name>]    params of an auxiliary term a mixer declares (e.g. [aux.smc] weight = 0.1)
+
+Values follow ALGORITHMS.md §1/§5 (recipe files cite them). CLI options override the recipe;
+no config object travels below the trainer's builder (STYLE.md rule 2).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import tomllib
+from pathlib import Path
+from typing import Any
+
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+
+# Defaults every run starts from; a recipe and the CLI override them.
+DEFAULTS: dict[str, Any] = {
+    "train": {
+        "model": "resnet32", "epochs": 200, "batch_size": 128, "lr": 0.1, "momentum": 0.9,
+        "wd": 2e-4, "nesterov": False, "warmup": 5, "schedule": "step", "milestones": [160, 180],
+        "gamma": 0.01, "mixer": "none", "loss": "ce", "reweight": "none", "drw_epoch": -1,
+        "preset": "cifar", "image_size": 32, "precision": "bf16", "channels_last": True,
+        "compile": False, "eval_every": 1, "ckpt_every": 0, "seed": 0, "device": "cpu",
+    },
+    "mixer": {}, "loss": {}, "aux": {},
+}
+SCHEDULES = ("step", "cosine", "constant")
+PRECISIONS = ("bf16", "fp16", "fp32")
+# keys that may differ between a run and its resumption
+VOLATILE = frozenset({"device", "progress"})
+
+
+class ConfigError(ValueError):
+    """A recipe or option is invalid; the message names the file or option."""
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.toml"))
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: unreadable recipe ({exc})") from None
+
+
+def load_recipe(name_or_path: str, _seen: tuple[str, ...] = ()) -> dict:
+    """A recipe by shipped name or path, with ``extends`` chains merged (child wins)."""
+    path = Path(name_or_path)
+    if not name_or_path.endswith(".toml"):
+        path = RECIPES_DIR / f"{name_or_path}.toml"
+        if not path.is_file():
+            raise ConfigError(f"recipe: unknown {name_or_path!r} (shipped: "
+                              f"{', '.join(recipe_names())}; or give a FILE.toml)")
+    elif not path.is_file():
+        raise ConfigError(f"{path}: no such recipe file")
+    if str(path) in _seen:
+        raise ConfigError(f"{path}: 'extends' cycle")
+    doc = _read_toml(path)
+    parent = doc.pop("extends", None)
+    unknown = set(doc) - set(DEFAULTS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown tables {sorted(unknown)} (allowed: {list(DEFAULTS)})")
+    if parent is None:
+        return doc
+    return merge(load_recipe(str(parent), _seen + (str(path),)), doc)
+
+
+def merge(base: dict, over: dict) -> dict:
+    """Recursive dict merge: tables merge, any other value replaces."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_scalar(text: str) -> Any:
+    """A CLI value as a TOML scalar ("0.5" -> 0.5, "true" -> True, "[1,2]" -> [1,2]);
+    anything that is not valid TOML is a plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_assignments(items: tuple[str, ...], option: str) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{option}: expected KEY=VALUE, got {item!r}")
+        out[key.strip()] = parse_scalar(value.strip())
+    return out
+
+
+def resolve(recipe: dict, train_overrides: dict, mixer_overrides: dict,
+            loss_overrides: dict | None = None) -> dict:
+    """DEFAULTS <- recipe <- CLI; returns the full config and checks the train table."""
+    cfg = merge(DEFAULTS, recipe)
+    cfg["train"].update({k: v for k, v in train_overrides.items() if v is not None})
+    mixer = cfg["train"]["mixer"]
+    cfg["mixer"] = {mixer: {**cfg["mixer"].get(mixer, {}), **mixer_overrides}}
+    loss = cfg["train"]["loss"]
+    cfg["loss"] = {loss: {**cfg["loss"].get(loss, {}), **(loss_overrides or {})}}
+    check_train(cfg["train"])
+    return cfg
+
+
+def check_train(t: dict) -> None:
+    unknown = set(t) - set(DEFAULTS["train"]) - {"progress"}
+    if unknown:
+        raise ConfigError(f"[train]: unknown keys {sorted(unknown)}")
+    for key in ("epochs", "batch_size", "image_size", "eval_every"):
+        if not isinstance(t[key], int) or t[key] <= 0:
+            raise ConfigError(f"--{key.replace('_', '-')}: must be a positive integer, got {t[key]!r}")
+    for key in ("lr", "wd", "momentum"):
+        if not isinstance(t[key], (int, float)) or t[key] < 0 or not math.isfinite(t[key]):
+            raise ConfigError(f"--{key}: must be a finite number >= 0, got {t[key]!r}")
+    if not isinstance(t["warmup"], int) or t["warmup"] < 0:
+        raise ConfigError(f"--warmup: must be an integer >= 0 (epochs), got {t['warmup']!r}")
+    if not isinstance(t["ckpt_every"], int) or t["ckpt_every"] < 0:
+        raise ConfigError(f"--ckpt-every: must be an integer >= 0 (steps), got {t['ckpt_every']!r}")
+    if t["schedule"] not in SCHEDULES:
+        raise ConfigError(f"--schedule: unknown {t['schedule']!r} (choose from {', '.join(SCHEDULES)})")
+    if t["precision"] not in PRECISIONS:
+        raise ConfigError(f"--precision: unknown {t['precision']!r} ({', '.join(PRECISIONS)})")
+    if t["device"] not in ("cpu", "cuda"):
+        raise ConfigError(f"--device: must be cpu or cuda, got {t['device']!r}")
+
+
+def differences(saved: dict, new: dict) -> list[str]:
+    """Dotted keys whose values differ (volatile keys ignored): resume must not change a run."""
+    out = []
+    for key in sorted(set(saved) | set(new)):
+        if key in VOLATILE or key == "run":
+            continue
+        a, b = saved.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{key}.{d}" for d in differences(a, b)]
+        elif a != b:
+            out.append(f"{key} ({a!r} -> {b!r})")
+    return out
+
+
+# --- a small TOML writer for the resolved config (scalars, lists, nested tables) ---
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v) if math.isfinite(v) else ("nan" if v != v else ("inf" if v > 0 else "-inf"))
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if v is None:
+        return '""'
+    raise TypeError(f"config: cannot write {type(v).__name__} to TOML")
+
+
+def to_toml(doc: dict, _prefix: str = "") -> str:
+    lines, tables = [], []
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    out = "\n".join(lines) + ("\n" if lines else "")
+    for key, value in tables:
+        name = f"{_prefix}{key}"
+        has_scalars = any(not isinstance(v, dict) for v in value.values())
+        if has_scalars or not value:
+            out += f"\n[{name}]\n"
+        out += to_toml(value, f"{name}.")
+    return out

@@ -1,0 +1,80 @@
+"""The training step and the per-step random generator (STYLE.md: the step fits one screen).
+
+streams {name: Batch} -> mixer -> MixedBatch -> model (autocast) -> criterion (fp32) -> SGD step.
+The step knows no method names; every random draw of a mixer comes from a generator seeded by
+(seed, epoch, step, rank), so a resumed run redraws exactly what an uninterrupted one drew.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ltpipe.train.mixers.base import StepContext
+
+STEP_TAG, EPOCH_TAG = 0, 1
+
+
+def step_generator(seed: int, epoch: int, step: int, rank: int, device: torch.device,
+                   tag: int = STEP_TAG) -> torch.Generator:
+    """A fresh generator on ``device`` whose seed hashes (seed, epoch, step, rank, tag)."""
+    key = np.random.SeedSequence([seed, epoch, step, rank, tag]).generate_state(2, np.uint32)
+    g = torch.Generator(device=device)
+    g.manual_seed(int(key[0]) << 31 ^ int(key[1]))
+    return g
+
+
+def make_autocast(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
+    """bf16/fp16 autocast on CUDA; the CPU always trains in fp32 (exact and reproducible)."""
+    if device.type != "cuda" or precision == "fp32":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast("cuda", dtype=dtype)
+
+
+@dataclass
+class EpochSums:
+    """Running sums of the current epoch (checkpointed, so a resumed epoch logs the same loss)."""
+
+    loss: torch.Tensor  # fp32 [] on device: Σ batch loss · batch size
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)
+    samples: int = 0
+    seconds: float = 0.0
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> "EpochSums":
+        return cls(torch.zeros((), device=device))
+
+    def add(self, loss: torch.Tensor, parts: dict, n: int) -> None:
+        self.loss += loss * n
+        for k, v in parts.items():
+            self.parts[k] = self.parts.get(k, torch.zeros_like(self.loss)) + v * n
+        self.samples += n
+
+    def state_dict(self) -> dict:
+        return {"loss": self.loss, "parts": dict(self.parts), "samples": self.samples,
+                "seconds": self.seconds}
+
+    @classmethod
+    def from_state(cls, state: dict, device: torch.device) -> "EpochSums":
+        return cls(state["loss"].to(device), {k: v.to(device) for k, v in state["parts"].items()},
+                   state["samples"], state["seconds"])
+
+
+def train_step(*, model, mixer, criterion, optimizer, scheduler, scaler, streams,
+               ctx: StepContext, autocast) -> tuple[torch.Tensor, dict, int]:
+    """One optimizer step; returns (loss [] detached, parts {name: []}, batch size)."""
+    mixed = mixer(streams, ctx)  # MixedBatch(images, y_a, y_b, lam [B], extras)
+    with autocast():
+        out = model(mixed.images)  # ModelOutput(logits [B,C], features [B,D], extras)
+    result = criterion(out, mixed, ctx)  # fp32, outside autocast
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(result.loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return result.loss.detach(), result.parts, int(mixed.y_a.shape[0])

@@ -1,0 +1,92 @@
+"""Run outputs (rank 0 only): metrics.jsonl, final.json, per_class.png, TensorBoard events.
+
+metrics.jsonl has one line per evaluated epoch: epoch, lr, train_loss, top1, many, medium, few,
+images_per_s, seconds (plus the loss parts). Resuming truncates lines from epochs that will run
+again, so a resumed run's file equals an uninterrupted one's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+METRICS = "metrics.jsonl"
+FINAL = "final.json"
+PER_CLASS_PNG = "per_class.png"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class RunReport:
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool = True):
+        self.run_dir = Path(run_dir)
+        self.enabled = enabled
+        self._tb = None
+        if enabled and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.run_dir / "tb"))
+
+    def lines(self) -> list[str]:
+        path = self.run_dir / METRICS
+        if not self.enabled or not path.is_file():
+            return []
+        return [ln for ln in path.read_text().splitlines() if ln.strip()]
+
+    def truncate_from(self, epoch: int) -> None:
+        """Drop metrics lines of epochs >= ``epoch`` (they will be produced again)."""
+        path = self.run_dir / METRICS
+        if not self.enabled or not path.is_file():
+            return
+        keep = [ln for ln in path.read_text().splitlines()
+                if ln.strip() and json.loads(ln)["epoch"] < epoch]
+        _write_atomic(path, "".join(ln + "\n" for ln in keep))
+
+    def epoch(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.run_dir / METRICS, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for key, value in record.items():
+                if key != "epoch" and isinstance(value, (int, float)):
+                    self._tb.add_scalar(key, value, record["epoch"])
+            self._tb.flush()
+
+    def final(self, result: dict, train_counts, class_names=None) -> None:
+        if not self.enabled:
+            return
+        _write_atomic(self.run_dir / FINAL, json.dumps(result, indent=2) + "\n")
+        plot_per_class(result["per_class"], train_counts, self.run_dir / PER_CLASS_PNG)
+        if self._tb is not None:
+            self._tb.close()
+
+
+def plot_per_class(per_class, train_counts, path: Path) -> None:
+    """Per-class accuracy (bars) against the class's training size (line, log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = sorted(range(len(train_counts)), key=lambda k: -train_counts[k])
+    acc = [per_class[k] if per_class[k] is not None else 0.0 for k in order]
+    fig, ax = plt.subplots(figsize=(max(6, len(order) * 0.05 + 4), 3.5))
+    ax.bar(range(len(order)), acc, width=1.0, color="tab:blue", alpha=0.7)
+    ax.set_xlabel("class (sorted by training size)")
+    ax.set_ylabel("val accuracy %")
+    ax.set_ylim(0, 100)
+    ax2 = ax.twinx()
+    ax2.plot(range(len(order)), [train_counts[k] for k in order], color="tab:red")
+    ax2.set_yscale("log")
+    ax2.set_ylabel("training images", color="tab:red")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -1,0 +1,166 @@
+"""``ltpipe train SHARDS --out RUN``: resolve recipe + options, then run the Trainer.
+
+Bad input (unknown mixer/loss/model, epochs <= 0, missing shards, a corrupt or mismatched
+checkpoint) ends with one line on stderr and exit status 2, never a traceback.
+DDP: launch with ``torchrun --nproc_per_node=N -m ltpipe.train SHARDS --out RUN ...``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+# CLI option -> [train] key (None = not given, so the recipe's value stays)
+TRAIN_OPTIONS = ("mixer", "loss", "reweight", "model", "epochs", "batch_size", "lr", "wd",
+                 "momentum", "warmup", "schedule", "milestones", "gamma", "drw_epoch", "device",
+                 "seed", "precision", "channels_last", "compile", "eval_every", "ckpt_every",
+                 "preset", "image_size")
+# named shortcuts for mixer params (ALGORITHMS.md §7)
+NAMED_MIXER_OPTIONS = {"fg_r": "fg_r", "otmix_mode": "mode",
+                       "otmix_confusion_split": "confusion_split", "m2m_classifier": "classifier"}
+
+
+def fail(message: str) -> None:
+    click.echo(f"ltpipe train: error: {message}", err=True)
+    sys.exit(2)
+
+
+def _milestones(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated epochs, got {value!r}") from None
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("shards", required=False, type=click.Path(path_type=Path))
+@click.option("--out", "out", type=click.Path(path_type=Path), help="Run directory RUN.")
+@click.option("--recipe", help="Shipped recipe name (cifar100-lt, synthetic, ...) or FILE.toml.")
+@click.option("--mixer", help="none, ros, cutmix, mixup, cmo, smc, otmix, m2m, ...")
+@click.option("--loss", help="ce, ldam, bs, la, focal.")
+@click.option("--reweight", help="none | inverse | drw.")
+@click.option("--model", help="resnet32, resnet8/10/18/20, resnet50, resnext50_32x4d, timm:NAME.")
+@click.option("--epochs", type=int)
+@click.option("--batch-size", type=int, help="Per-rank batch size.")
+@click.option("--lr", type=float)
+@click.option("--wd", type=float, help="Weight decay.")
+@click.option("--momentum", type=float)
+@click.option("--warmup", type=int, help="Linear warm-up epochs.")
+@click.option("--schedule", help="step | cosine | constant.")
+@click.option("--milestones", callback=_milestones, help="Step-decay epochs, e.g. 160,180.")
+@click.option("--gamma", type=float, help="Step-decay factor.")
+@click.option("--drw-epoch", type=int, help="DRW deferral epoch (default 4/5 of the run).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]))
+@click.option("--seed", type=int)
+@click.option("--precision", help="bf16 | fp16 | fp32 (CUDA; the CPU trains in fp32).")
+@click.option("--channels-last/--no-channels-last", default=None)
+@click.option("--compile/--no-compile", "compile", default=None, help="torch.compile the model.")
+@click.option("--eval-every", type=int, help="Evaluate every N epochs (and at the end).")
+@click.option("--ckpt-every", type=int, help="Checkpoint every N steps (and at each epoch end).")
+@click.option("--preset", help="Augmentation preset: cifar | imagenet.")
+@click.option("--image-size", type=int)
+@click.option("--mixer-opt", multiple=True, metavar="KEY=VALUE", help="Mixer param (TOML value).")
+@click.option("--loss-opt", multiple=True, metavar="KEY=VALUE", help="Base-loss param, e.g. tau=1.")
+@click.option("--fg-r", type=float, help="Foreground (minority stream) r.")
+@click.option("--otmix-mode", help="OTmix mode.")
+@click.option("--otmix-confusion-split", help="OTmix confusion split.")
+@click.option("--m2m-classifier", type=click.Path(path_type=Path), help="M2m's g: an earlier RUN.")
+@click.option("--resume", type=click.Path(path_type=Path), help="Continue RUN from its checkpoint.")
+@click.option("--progress/--no-progress", default=True)
+@click.option("--record-index", is_flag=True, hidden=True, help="Save sample ids seen (tests).")
+def train(shards, out, recipe, resume, progress, record_index, mixer_opt, loss_opt, **options):
+    """Train a classifier on SHARDS (an `ltpipe shard` directory) into RUN."""
+    from ltpipe.train.checkpoint import CheckpointError
+
+    try:
+        cfg, shards, run_dir = resolve_run(shards, out, recipe, resume, mixer_opt, loss_opt, options)
+    except ValueError as exc:  # ConfigError, CheckpointError, ShardFormatError
+        fail(str(exc))
+    try:
+        result = run(cfg, shards, run_dir, resume=resume is not None, progress=progress,
+                     record_index=record_index)
+    except CheckpointError as exc:
+        fail(str(exc))
+    return result
+
+
+def resolve_run(shards, out, recipe, resume, mixer_opt, loss_opt, options):
+    """(resolved config, shard dir, run dir); raises ValueError with a one-line message."""
+    from ltpipe.shards.format import load_manifest
+    from ltpipe.train.checkpoint import CONFIG, read_config
+    from ltpipe.train.config import (ConfigError, differences, load_recipe, parse_assignments,
+                                     resolve)
+
+    mixer_params = parse_assignments(mixer_opt, "--mixer-opt")
+    for opt, key in NAMED_MIXER_OPTIONS.items():
+        value = options.pop(opt)
+        if value is not None:
+            mixer_params[key] = str(value) if isinstance(value, Path) else value
+    train = {k: options[k] for k in TRAIN_OPTIONS}
+    loss_params = parse_assignments(loss_opt, "--loss-opt")
+    if resume is not None:
+        saved = read_config(resume)
+        shards = shards or Path(saved["run"]["shards"])
+        out = out or resume
+        if Path(out).resolve() != Path(resume).resolve():
+            raise ConfigError(f"--out {out} differs from --resume {resume}")
+        cfg = resolve({k: v for k, v in saved.items() if k != "run"}, train, mixer_params,
+                      loss_params)
+        diff = differences(saved, cfg)
+        if diff:
+            raise ConfigError(f"{Path(resume) / CONFIG}: options change the run: {', '.join(diff)}")
+        cfg["run"] = saved["run"]
+    else:
+        if shards is None or out is None:
+            raise ConfigError("need SHARDS and --out RUN (or --resume RUN)")
+        if os.environ.get("RANK", "0") == "0" and (Path(out) / CONFIG).is_file():
+            raise ConfigError(f"{out}: already holds a run (use --resume {out} or another --out)")
+        base = load_recipe(recipe) if recipe else {}
+        cfg = resolve(base, train, mixer_params, loss_params)
+        cfg["run"] = run_table(shards, recipe)
+    from ltpipe.train.mixers.registry import mixer_class
+
+    mixer_class(cfg["train"]["mixer"])  # unknown mixer -> one-line error before any work
+    load_manifest(shards).split("train")
+    return cfg, Path(shards), Path(out)
+
+
+def run_table(shards: Path, recipe: str | None) -> dict:
+    from ltpipe.train.benchmark import git_hash
+
+    return {"git": git_hash(), "shards": str(Path(shards).resolve()), "recipe": recipe or "",
+            "command": " ".join(["ltpipe", "train", *sys.argv[2:]])}
+
+
+def run(cfg: dict, shards: Path, run_dir: Path, *, resume: bool, progress: bool,
+        record_index: bool = False) -> dict:
+    """Start the process group, write config.toml (rank 0), train, tear down."""
+    from ltpipe.train.checkpoint import CONFIG
+    from ltpipe.train.config import to_toml
+    from ltpipe.train.dist import init_distributed, shutdown
+    from ltpipe.train.trainer import Trainer
+
+    try:
+        info = init_distributed(cfg["train"]["device"])
+    except ValueError as exc:
+        fail(str(exc))
+    try:
+        cfg["run"]["world"] = info.world
+        if info.is_main and not resume:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            tmp = run_dir / f".{CONFIG}.tmp{os.getpid()}"
+            tmp.write_text(to_toml(cfg))
+            tmp.replace(run_dir / CONFIG)
+        try:
+            trainer = Trainer(cfg, shards, run_dir, info, resume=resume, progress=progress,
+                              record_index=record_index)
+        except ValueError as exc:
+            fail(str(exc))
+        return trainer.fit()
+    finally:
+        shutdown(info)

@@ -1,0 +1,209 @@
+"""The lean trainer: epochs of ``train_step``, evaluation, reports, atomic checkpoints, resume.
+
+Exact resume (CPU): the checkpoint holds model, optimizer, scheduler, scaler, mixer, criterion,
+loader position, RNG states and the epoch's running sums; mixer draws are a function of
+(seed, epoch, step, rank). A run killed mid-epoch and resumed therefore ends with the same
+weights, bit for bit, as an uninterrupted one (tests/test_train_resume.py).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ltpipe.shards.format import load_manifest
+from ltpipe.train import build
+from ltpipe.train.checkpoint import (FINAL, FORMAT, LAST, CheckpointError, load_file, rng_state,
+                                     save_atomic, set_rng_state)
+from ltpipe.train.config import differences
+from ltpipe.train.dist import DistInfo, all_reduce_sum, barrier, gather_objects
+from ltpipe.train.evaluate import class_hits, format_table, summarize
+from ltpipe.train.loop import (EPOCH_TAG, EpochSums, make_autocast, step_generator, train_step)
+from ltpipe.train.mixers.base import StepContext
+from ltpipe.train.report import RunReport
+
+
+class Trainer:
+    def __init__(self, cfg: dict, shards: Path, run_dir: Path, info: DistInfo, *,
+                 resume: bool = False, progress: bool = True, record_index: bool = False):
+        t = cfg["train"]
+        self.cfg, self.t, self.info, self.run_dir = cfg, t, info, Path(run_dir)
+        self.progress, self.record_index = progress and info.is_main, record_index
+        self.epoch, self.step, self.step_in_epoch = 0, 0, 0
+        ckpt = load_file(self.run_dir / LAST, info.device) if resume else None
+        if ckpt is not None:
+            self._check_matches(ckpt)
+            self.epoch, self.step = ckpt["epoch"], ckpt["step"]
+            self.step_in_epoch = ckpt["step_in_epoch"]
+        # The mixer decides the streams (and the minority r) before the loader exists.
+        manifest = load_manifest(shards)  # global train counts n_k (§0)
+        counts = torch.tensor(manifest.split("train").class_counts, dtype=torch.int64)
+        self.env = build.make_env(t, counts.to(info.device), shards, info)
+        self.mixer = build.make_mixer(cfg, self.env)
+        self.loader, self.val_loader = build.make_loaders(
+            shards, t, tuple(self.mixer.streams), getattr(self.mixer, "fg_r", None), info,
+            self.epoch)
+        self.model, self.criterion = build.make_model_and_criterion(cfg, self.env, self.mixer)
+        self.optimizer, self.scheduler = build.make_optimizer(t, self.model, self.criterion,
+                                                              len(self.loader))
+        cuda_fp16 = info.device.type == "cuda" and t["precision"] == "fp16"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cuda_fp16)
+        self.autocast = make_autocast(info.device, t["precision"])
+        self.train_model = self._wrap(self.model)
+        self.sums = EpochSums.zeros(info.device)
+        self.report = RunReport(self.run_dir, enabled=info.is_main)
+        if ckpt is not None:
+            self._restore(ckpt)
+        self.report.truncate_from(self.epoch)
+
+    # ------------------------------------------------------------------ setup helpers
+    def _wrap(self, model):
+        net = model
+        if self.info.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.info.local_rank] if self.info.device.type == "cuda" else None
+            net = DDP(model, device_ids=ids, broadcast_buffers=True)
+        if self.t["compile"]:
+            net = torch.compile(net)
+        return net
+
+    def _check_matches(self, ckpt: dict) -> None:
+        path = self.run_dir / LAST
+        diff = differences(ckpt["config"], self.cfg)
+        if diff:
+            raise CheckpointError(f"{path}: mismatched configuration: {', '.join(diff[:3])}")
+        if ckpt["world"] != self.info.world:
+            raise CheckpointError(f"{path}: written by {ckpt['world']} processes, "
+                                  f"resumed with {self.info.world}")
+
+    def _restore(self, ckpt: dict) -> None:
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            self.scaler.load_state_dict(ckpt["scaler"])
+            self.mixer.load_state_dict(ckpt["mixer"])
+            self.criterion.load_state_dict(ckpt["criterion"])
+            self.loader.load_state_dict(ckpt["loader"][self.info.rank])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            msg = str(exc).splitlines()[0][:200]
+            raise CheckpointError(f"{self.run_dir / LAST}: does not match this run ({msg})") from None
+        self.sums = EpochSums.from_state(ckpt["sums"], self.info.device)
+        set_rng_state(ckpt["rng"])
+
+    def _save(self) -> None:
+        loader_states = gather_objects(self.loader.state_dict(), self.info)  # one per rank
+        if self.info.is_main:
+            save_atomic({
+                "format": FORMAT, "config": self.cfg, "world": self.info.world,
+                "num_classes": self.env.num_classes, "epoch": self.epoch, "step": self.step,
+                "step_in_epoch": self.step_in_epoch, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "mixer": self.mixer.state_dict(),
+                "criterion": self.criterion.state_dict(), "loader": loader_states,
+                "sums": self.sums.state_dict(), "rng": rng_state(),
+            }, self.run_dir / LAST)
+        barrier(self.info)
+
+    def _ctx(self, epoch: int, step: int, tag: int = 0) -> StepContext:
+        g = step_generator(self.t["seed"], epoch, step, self.info.rank, self.info.device, tag)
+        return StepContext(epoch, self.t["epochs"], step, self.env.class_counts, g,
+                           model=self.model, aux={})
+
+    # ------------------------------------------------------------------ the run
+    def fit(self) -> dict:
+        E = self.t["epochs"]
+        for epoch in range(self.epoch, E):
+            if self.step_in_epoch == 0:  # a fresh epoch (a resumed one keeps its loader position)
+                self.loader.set_epoch(epoch)
+                self.mixer.on_epoch_start(epoch, self._ctx(epoch, self.step, EPOCH_TAG))
+            self._train_epoch(epoch)
+            record = self._epoch_record(epoch)
+            self.epoch, self.step_in_epoch = epoch + 1, 0
+            self.sums = EpochSums.zeros(self.info.device)
+            self._save()
+            self.report.epoch(record)
+        return self._finish()
+
+    def _train_epoch(self, epoch: int) -> None:
+        self.model.train()
+        seen = []
+        bar = tqdm(total=len(self.loader), initial=self.step_in_epoch, disable=not self.progress,
+                   desc=f"epoch {epoch + 1}/{self.t['epochs']}", unit="step", leave=False)
+        t0, n0 = time.perf_counter(), self.sums.samples
+        for streams in self.loader:
+            if self.record_index:
+                seen.append(streams[self.mixer.streams[0]].index.cpu().numpy())
+            loss, parts, n = train_step(
+                model=self.train_model, mixer=self.mixer, criterion=self.criterion,
+                optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
+                streams=streams, ctx=self._ctx(epoch, self.step), autocast=self.autocast)
+            self.sums.add(loss, parts, n)
+            self.step += 1
+            self.step_in_epoch += 1
+            bar.update(1)
+            rate = (self.sums.samples - n0) * self.info.world / max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix_str(f"{rate:,.0f} img/s", refresh=False)
+            if self.t["ckpt_every"] and self.step % self.t["ckpt_every"] == 0:
+                self.sums.seconds += time.perf_counter() - t0
+                self._save()
+                t0, n0 = time.perf_counter(), self.sums.samples
+        if self.info.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.sums.seconds += time.perf_counter() - t0
+        bar.close()
+        if self.record_index:
+            np.save(self.run_dir / f"seen-e{epoch}-r{self.info.rank}.npy",
+                    np.concatenate(seen) if seen else np.zeros(0, np.int64))
+
+    def _epoch_record(self, epoch: int) -> dict:
+        totals = torch.stack([self.sums.loss, torch.tensor(float(self.sums.samples),
+                                                           device=self.info.device)])
+        parts = torch.stack(list(self.sums.parts.values())) if self.sums.parts else None
+        all_reduce_sum(totals, self.info)
+        if parts is not None:
+            all_reduce_sum(parts, self.info)
+        samples = float(totals[1])
+        record = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"],
+                  "train_loss": float(totals[0]) / max(samples, 1.0)}
+        if parts is not None:
+            record.update({f"loss_{k}": float(v) / max(samples, 1.0)
+                           for k, v in zip(self.sums.parts, parts)})
+        due = (epoch + 1) % self.t["eval_every"] == 0 or epoch + 1 == self.t["epochs"]
+        if due and self.val_loader is not None:
+            result = self._evaluate()
+            record.update({k: result[k] for k in ("top1", "many", "medium", "few")})
+        record["images_per_s"] = samples / max(self.sums.seconds, 1e-9)
+        record["seconds"] = self.sums.seconds
+        if self.progress:
+            shown = {k: round(v, 3) for k, v in record.items() if isinstance(v, float)}
+            tqdm.write(f"epoch {epoch + 1}: {shown}")
+        return record
+
+    def _evaluate(self) -> dict:
+        correct, total = class_hits(self.model, self.val_loader, self.env.num_classes,
+                                    self.info.device, self.autocast, self.info)
+        return summarize(correct, total, self.env.class_counts.tolist())
+
+    def _finish(self) -> dict:
+        counts = self.env.class_counts.tolist()
+        if self.val_loader is None:
+            raise CheckpointError(f"{self.env.shards}: no val split to evaluate on")
+        result = self._evaluate()
+        rates = [json.loads(ln)["images_per_s"] for ln in self.report.lines()]
+        result.update({"epochs": self.t["epochs"],
+                       "images_per_s": float(np.mean(rates)) if rates else None,
+                       "class_counts": counts})
+        if self.info.is_main:
+            save_atomic({"format": FORMAT, "config": self.cfg, "num_classes": self.env.num_classes,
+                         "model": self.model.state_dict()}, self.run_dir / FINAL)
+            self.report.final(result, counts)
+            print(format_table(result, counts), flush=True)
+        barrier(self.info)
+        return result
