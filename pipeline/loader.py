@@ -43,7 +43,8 @@ STATE_VERSION = 1
 
 
 def check_arguments(data: ShardSplit, split: str, batch_size: int, streams, device: str,
-                    preset: str, dtype, r: float, rank: int, world: int) -> tuple[str, ...]:
+                    preset: str, dtype, r: float, rank: int, world: int,
+                    allow_empty_classes: bool = False) -> tuple[str, ...]:
     """One-line ValueErrors naming the field; returns the stream names as a tuple."""
     streams = (streams,) if isinstance(streams, str) else tuple(streams)
     where = f"{data.root / split}"
@@ -70,6 +71,10 @@ def check_arguments(data: ShardSplit, split: str, batch_size: int, streams, devi
         raise ValueError(f"r: must be a finite number >= 0, got {r}")
     if not 0 <= rank < world:
         raise ValueError(f"rank/world: need 0 <= rank < world, got rank={rank} world={world}")
+    empty = np.flatnonzero(data.class_counts == 0)
+    if empty.size and not allow_empty_classes and set(streams) & {"minority", "balanced"}:
+        raise ValueError(f"{data.root / 'manifest.json'}: class {int(empty[0])} has no training "
+                         "samples (pass allow_empty_classes=True to give it q=0)")
     return streams
 
 
@@ -78,10 +83,12 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
                 image_size: int | None = None, dtype=torch.float32, channels_last: bool = False,
                 r: float = 1.0, seed: int = 0, rank: int = 0, world: int = 1, epoch: int = 0,
                 num_threads: int = 4, prefetch: int = 2, py_workers: int = 2,
-                hw_decoder_load: float = 0.75, validate: bool = True):
+                hw_decoder_load: float = 0.75, validate: bool = True,
+                allow_empty_classes: bool = False):
     """Build the DALI loader of one rank (falls back to the torch reference without DALI)."""
     data = open_split(shards, split, validate=validate)
-    streams = check_arguments(data, split, batch_size, streams, device, preset, dtype, r, rank, world)
+    streams = check_arguments(data, split, batch_size, streams, device, preset, dtype, r, rank,
+                              world, allow_empty_classes)
     try:
         import nvidia.dali  # noqa: F401
     except ImportError:
@@ -91,7 +98,8 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
         return make_torch_loader(shards, split=split, batch_size=batch_size, streams=streams,
                                  device=device, preset=preset, image_size=image_size, dtype=dtype,
                                  channels_last=channels_last, r=r, seed=seed, rank=rank,
-                                 world=world, epoch=epoch, num_workers=num_threads)
+                                 world=world, epoch=epoch, num_workers=num_threads,
+                                 allow_empty_classes=allow_empty_classes)
     dev_id = torch.cuda.current_device() if device == "cuda" else None
     spec = GraphSpec(
         batch_size=int(batch_size), preset=preset, size=int(image_size or DEFAULT_SIZE[preset]),

@@ -68,10 +68,12 @@ def make_torch_loader(shards, split: str = "train", batch_size: int = 128,
                       image_size: int | None = None, dtype=torch.float32,
                       channels_last: bool = False, r: float = 1.0, seed: int = 0, rank: int = 0,
                       world: int = 1, epoch: int = 0, num_workers: int = 4, prefetch: int = 2,
-                      num_threads: int | None = None, validate: bool = True) -> "TorchLoader":
+                      num_threads: int | None = None, validate: bool = True,
+                      allow_empty_classes: bool = False) -> "TorchLoader":
     """Reference loader with ``make_loader``'s keywords (``num_threads`` is an alias of workers)."""
     data = open_split(shards, split, validate=validate)
-    streams = check_arguments(data, split, batch_size, streams, device, preset, dtype, r, rank, world)
+    streams = check_arguments(data, split, batch_size, streams, device, preset, dtype, r, rank,
+                              world, allow_empty_classes)
     size = int(image_size or DEFAULT_SIZE[preset])
     dataset = TarJpegDataset(data, torchvision_transform(preset, size, split == "train"))
     workers = num_workers if num_threads is None else num_threads
