@@ -11,8 +11,9 @@ Accepted (x*, k) replace (x_i, y_i); otherwise the real oversampled sample is ke
 g is a frozen classifier of an earlier ``ltpipe train`` run (param ``classifier``: its run
 directory, or an ``nn.Module``); f is the model being trained (``ctx.model``). Both run in eval
 mode during generation; only x* gets gradients (``torch.autograd.grad``: no parameter .grad).
-Pixels: generation works on raw [0,1] pixels; ``mean``/``std`` (params, else ``batch.meta``) undo
-and redo the loader's normalization. The gradient normalization runs in fp32 (§6.7).
+Pixels: generation works on raw [0,1] pixels; ``mean``/``std`` (params, else ``batch.meta``, else
+the loader's ImageNet statistics) undo and redo the loader's normalization. The gradient
+normalization runs in fp32 (§6.7).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch.nn import functional as F
 
 from ltpipe.pipeline.batch import Batch, MixedBatch
 from ltpipe.train.mixers.base import Mixer, MixerEnv, StepContext
+from ltpipe.train.mixers.view_aug import loader_normalization
 
 
 def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -159,8 +161,7 @@ class M2m(Mixer):
         return x.detach()
 
     def _norm(self, batch: Batch):
-        mean = self.mean if self.mean is not None else batch.meta.get("mean", (0.0, 0.0, 0.0))
-        std = self.std if self.std is not None else batch.meta.get("std", (1.0, 1.0, 1.0))
+        mean, std = loader_normalization(batch.meta, self.mean, self.std)
         dev = batch.images.device
         return (torch.as_tensor(mean, dtype=torch.float32, device=dev).view(1, -1, 1, 1),
                 torch.as_tensor(std, dtype=torch.float32, device=dev).view(1, -1, 1, 1))

@@ -25,7 +25,7 @@ from ltpipe.kernels.boxes import resizemix_boxes
 from ltpipe.kernels.paste import resize_paste_
 from ltpipe.pipeline.batch import Batch, MixedBatch
 from ltpipe.train.mixers.base import Mixer, MixerEnv, StepContext
-from ltpipe.train.mixers.view_aug import augment_view
+from ltpipe.train.mixers.view_aug import augment_view, loader_normalization
 
 VIEW_AUGS = ("sim", "crop", "none")  # full A_v; crop+flip only; no extra augmentation
 
@@ -51,8 +51,8 @@ class SMCMix(Mixer):
     def _view(self, x: torch.Tensor, meta: Mapping, gen: torch.Generator) -> torch.Tensor:
         if self.view_aug == "none":
             return x.clone()
-        mean = self.mean if self.mean is not None else meta.get("mean")
-        std = self.std if self.std is not None else meta.get("std")
+        mean, std = (None, None) if not x.is_floating_point() else \
+            loader_normalization(meta, self.mean, self.std)
         return augment_view(x, gen, mean, std, color=self.view_aug == "sim")
 
     def forward(self, streams: Mapping[str, Batch], ctx: StepContext) -> MixedBatch:

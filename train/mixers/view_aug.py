@@ -21,6 +21,16 @@ from torch.nn import functional as F
 _GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
 
 
+def loader_normalization(meta, mean=None, std=None) -> tuple:
+    """(mean, std) per channel of float loader images: explicit params, else ``batch.meta``, else
+    the loader's ImageNet statistics (``ltpipe.pipeline.dali_graph``, both presets)."""
+    from ltpipe.pipeline.dali_graph import IMAGENET_MEAN, IMAGENET_STD
+
+    mean = mean if mean is not None else meta.get("mean", IMAGENET_MEAN)
+    std = std if std is not None else meta.get("std", IMAGENET_STD)
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
 def _uniform(n: int, lo: float, hi: float, gen: torch.Generator, device) -> torch.Tensor:
     return lo + (hi - lo) * torch.rand(n, generator=gen, device=device)
 

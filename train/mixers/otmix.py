@@ -1,0 +1,233 @@
+"""OTmix: OT-guided minority mixing (Gao et al., "Enhancing Minority Classes by Mixing", NeurIPS'23;
+ALGORITHMS.md §4, §6.8–6.9, §7; repo JintongGao/Enhancing-Minority-Classes-by-Mixing).
+
+Background ~ P ("uniform"), foreground ~ Q ("minority", r = ``fg_r``). Per epoch t (0-indexed)
+``use_ot ~ Bernoulli((t/T)^μ)`` is drawn once (repo), from a generator seeded by (seed, epoch)
+only, so every DDP rank agrees. When mixing is active (``mix_schedule``, gate ``prob``):
+  OT step (use_ot and a confusion matrix F̂ exists):
+    C[j,i] = ω·(1 − cos(zf_j, zb_i)) + (1−ω)·(1 − F̂[y_fg_j, y_bg_i])   rows fg j, cols bg i
+    π(j) = argmax_i T[j,i], T = Sinkhorn_ε(C, a = 1/m, b = 1/B)   (``ltpipe.kernels.sinkhorn``)
+  else a CMO step: π(j) = j.
+  lam0 ~ Beta(α,α), one CMO box per batch (``box``); x̃_j = x_bg[π(j)] with the box of x_fg[j];
+  y_a = y_bg[π(j)], y_b = y_fg[j], lam = 1 − area/HW.
+``confusion_index="fg_bg"`` indexes F̂[y_fg, y_bg] (repo: F̂[true fg, predicted bg]); "bg_fg" is
+the paper's Eq.6–7 reading F̂[y_bg, y_fg]. ``fraction`` < 1 mixes only round(fraction·B) random
+rows (the others stay plain x_bg[j]) [004 Table 7].
+
+Features z (pooled penultimate, ``model.features``), ``mode``:
+  "exact": two no-grad forwards of the current model on x_bg and x_fg (the paper; §6.9: no grad,
+           the model keeps its train mode, so BatchNorm running stats see them as in the repo).
+  "bank":  no extra forward. A buffer [N, D] keeps, per sample id, the pooled features of that
+           sample's last *unmixed* appearance in a training forward (``observe``, called by the
+           trainer after the forward). Staleness: a feature is from the weights of that step,
+           on average up to ~1/(1 − p_mix) epochs old (p_mix = prob when active, so about two
+           epochs with the repo's p = 0.5); ids never seen unmixed have a zero feature, i.e. a
+           constant sample cost ω (only the class term decides for them). Not checkpointed.
+F̂ refreshes in ``on_epoch_start`` (only in epochs that can take an OT step), ``confusion.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ltpipe.kernels.boxes import cutmix_boxes, sample_lam
+from ltpipe.kernels.paste import paste_
+from ltpipe.pipeline.batch import Batch, MixedBatch
+from ltpipe.train.mixers import confusion as conf
+from ltpipe.train.mixers.base import Mixer, MixerEnv, StepContext, active_in_epoch, mix_gate
+
+log = logging.getLogger(__name__)
+MODES = ("exact", "bank")
+INDEXINGS = ("fg_bg", "bg_fg")
+
+
+def ot_probability(epoch: int, epochs: int, mu: float) -> float:
+    """(t/T)^μ, the chance that epoch t takes OT steps [004 §4]."""
+    return (epoch / epochs) ** mu if epochs > 0 else 0.0
+
+
+def draw_use_ot(seed: int, epoch: int, epochs: int, mu: float) -> bool:
+    u = np.random.default_rng(np.random.SeedSequence([seed, epoch, 0x07])).random()
+    return bool(u < ot_probability(epoch, epochs, mu))
+
+
+def ot_cost(zf: torch.Tensor, zb: torch.Tensor, y_fg: torch.Tensor, y_bg: torch.Tensor,
+            fhat: torch.Tensor, omega: float, indexing: str = "fg_bg") -> torch.Tensor:
+    """C [m, B] fp32: ω(1 − cos(zf_j, zb_i)) + (1−ω)(1 − F̂[·,·]); zero features give cos = 0."""
+    cos = F.normalize(zf.float(), dim=1) @ F.normalize(zb.float(), dim=1).t()  # [m,B]
+    f = fhat[y_fg[:, None], y_bg[None, :]] if indexing == "fg_bg" else fhat[y_bg[None, :], y_fg[:, None]]
+    return omega * (1 - cos) + (1 - omega) * (1 - f.float())
+
+
+def ot_pairs(cost: torch.Tensor, eps: float) -> torch.Tensor:
+    """π [m] int64: argmax_i of the entropic plan's row j (ties -> lowest i), a = 1/m, b = 1/B."""
+    from ltpipe.kernels.sinkhorn import sinkhorn_argmax
+
+    return sinkhorn_argmax(cost.float(), eps=eps)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)
+
+
+class OTMix(Mixer):
+    streams = ("uniform", "minority")
+
+    def __init__(self, env: MixerEnv, mode: str = "exact", omega: float = 0.05, eps: float = 0.01,
+                 alpha: float = 4.0, mu: float = 1.0, confusion_split: str = "val",
+                 confusion_index: str = "fg_bg", fraction: float = 1.0, prob: float = 0.5,
+                 mix_schedule: str = "repo", box: str = "batch", fg_r: float = 1.0,
+                 confusion_per_class: int = 20, preset: str | None = None):
+        super().__init__(env)
+        self._check(mode, omega, eps, alpha, confusion_index, fraction, prob, box)
+        active_in_epoch(0, env.epochs, mix_schedule)  # validates the name
+        self.mode, self.omega, self.eps, self.alpha, self.mu = mode, float(omega), float(eps), \
+            float(alpha), float(mu)
+        self.confusion_split, self.confusion_index = confusion_split, confusion_index
+        self.fraction, self.prob, self.mix_schedule, self.box = float(fraction), float(prob), \
+            mix_schedule, box
+        self.fg_r = float(fg_r)
+        self.confusion_per_class = int(confusion_per_class)
+        self.preset = preset or ("cifar" if env.image_size <= 64 else "imagenet")
+        c = env.num_classes
+        self.register_buffer("fhat", torch.zeros(c, c, device=env.device))  # F̂ [C,C]
+        self.register_buffer("has_fhat", torch.zeros((), dtype=torch.bool, device=env.device))
+        self.use_ot = False
+        self.bank: torch.Tensor | None = None  # [N, D] (bank mode), allocated on first observe
+        self.bank_seen: torch.Tensor | None = None  # bool [N]
+        self._observed = 0
+        self._loader = None
+        self._keep_ids = None
+
+    @staticmethod
+    def _check(mode, omega, eps, alpha, indexing, fraction, prob, box) -> None:
+        checks = [(mode in MODES, f"mode must be one of {MODES}, got {mode!r}"),
+                  (0.0 <= omega <= 1.0, f"omega must be in [0, 1], got {omega}"),
+                  (eps > 0, f"eps must be > 0, got {eps}"), (alpha > 0, f"alpha must be > 0, got {alpha}"),
+                  (indexing in INDEXINGS, f"confusion_index must be one of {INDEXINGS}, got {indexing!r}"),
+                  (0.0 < fraction <= 1.0, f"fraction must be in (0, 1], got {fraction}"),
+                  (0.0 <= prob <= 1.0, f"prob must be in [0, 1], got {prob}"),
+                  (box in ("batch", "sample"), f"box must be 'batch' or 'sample', got {box!r}")]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"mixer otmix: {msg}")
+
+    # -- per epoch ---------------------------------------------------------------------------
+    def on_epoch_start(self, epoch: int, ctx: StepContext) -> None:
+        self.use_ot = draw_use_ot(self.env.seed, epoch, ctx.epochs, self.mu)
+        if self.mode == "bank" and epoch > 0 and self._observed == 0:
+            log.warning("otmix bank mode: no features were observed last epoch (the trainer must "
+                        "call mixer.observe(out, mixed) after the forward)")
+        self._observed = 0
+        if self.use_ot and active_in_epoch(epoch, ctx.epochs, self.mix_schedule) and epoch > 0 \
+                and ctx.model is not None:
+            self.refresh_confusion(_unwrap(ctx.model), epoch)
+
+    def refresh_confusion(self, model: nn.Module, epoch: int = 0, steps=None) -> None:
+        """F̂ from the current model on the confusion split (``steps`` overrides the loader)."""
+        keep = None
+        if steps is None:
+            steps, keep = self._confusion_steps(epoch)
+        counts = conf.confusion_counts(model, steps, self.env.num_classes, self.fhat.device, keep)
+        counts = conf.all_reduce_counts(counts, self.env.world)
+        self.fhat.copy_(conf.confusion_matrix(counts))
+        self.has_fhat.fill_(True)
+
+    def _confusion_steps(self, epoch: int):
+        from ltpipe.pipeline.loader import make_loader
+
+        if self.env.shards is None:
+            raise ValueError("mixer otmix: needs a shard directory for the confusion split")
+        if self._loader is None:
+            split = self.confusion_split
+            if not conf.split_exists(self.env.shards, split):
+                log.warning("otmix: %s has no split %r; confusion from min(n_k, %d) train samples "
+                            "per class", self.env.shards, split, self.confusion_per_class)
+                from ltpipe.pipeline.shardset import open_split
+
+                labels = open_split(self.env.shards, "train", validate=False).labels
+                ids = conf.subset_ids(labels, self.confusion_per_class, self.env.seed)
+                self._keep_ids = torch.from_numpy(ids).to(self.env.device)
+                split = "train"
+            self._loader = make_loader(
+                self.env.shards, split=split, batch_size=self.env.batch_size, streams=("uniform",),
+                device=self.env.device.type, preset=self.preset, image_size=self.env.image_size,
+                seed=self.env.seed, rank=self.env.rank, world=self.env.world, epoch=epoch)
+        if self._keep_ids is not None:
+            self._loader.set_epoch(epoch)
+        return self._loader, self._keep_ids
+
+    # -- per step ----------------------------------------------------------------------------
+    def forward(self, streams: Mapping[str, Batch], ctx: StepContext) -> MixedBatch:
+        bg, fg = streams["uniform"], streams["minority"]
+        b, dev, gen = len(bg), bg.labels.device, ctx.generator
+        if not active_in_epoch(ctx.epoch, ctx.epochs, self.mix_schedule) or \
+                not bool(mix_gate(self.prob, gen)):
+            return MixedBatch.unmixed(bg, mixed=torch.zeros(b, dtype=torch.bool, device=dev))
+        fg_images, y_fg, fg_index = fg.images[:b], fg.labels[:b], fg.index[:b]  # trim Q (§6.8)
+        m = max(1, round(self.fraction * b))
+        rows = torch.arange(b, device=dev) if m == b else \
+            torch.randperm(b, generator=gen, device=gen.device)[:m].to(dev)  # mixed rows [m]
+        base = torch.arange(b, device=dev)  # π: background row of every output row
+        ot = self.use_ot and bool(self.has_fhat)
+        if ot:
+            zb, zf = self.features(bg, fg, rows, ctx)
+            cost = ot_cost(zf, zb, y_fg[rows], bg.labels, self.fhat, self.omega, self.confusion_index)
+            base[rows] = ot_pairs(cost, self.eps).to(dev)
+        mixed = torch.zeros(b, dtype=torch.bool, device=dev)
+        mixed[rows] = True
+        _, _, h, w = bg.images.shape
+        lam0 = sample_lam(b, self.alpha, gen)
+        boxes, lam = cutmix_boxes(lam0, h, w, gen, per_sample=self.box == "sample")
+        boxes = torch.where(mixed[:, None], boxes.to(dev), torch.zeros_like(boxes, device=dev))
+        lam = torch.where(mixed, lam.to(dev), torch.ones_like(lam, device=dev))
+        images = bg.images[base] if ot else bg.images  # CMO step: paste in place, like CMO
+        paste_(images, fg_images, boxes, validate=False)
+        y_a = bg.labels[base]
+        y_b = torch.where(mixed, y_fg, y_a)
+        extras = {"index": bg.index[base], "fg_index": fg_index, "pairs": base, "mixed": mixed,
+                  "ot": ot, "boxes": boxes}
+        return MixedBatch(images, y_a, y_b, lam, extras)
+
+    @torch.no_grad()
+    def features(self, bg: Batch, fg: Batch, rows: torch.Tensor, ctx: StepContext):
+        """(zb [B,D] of all backgrounds, zf [m,D] of the mixed foreground rows)."""
+        if self.mode == "exact":
+            model = _unwrap(ctx.model)
+            return model.features(bg.images), model.features(fg.images[rows])
+        return self._lookup(bg.index), self._lookup(fg.index[rows])
+
+    def _lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.bank is None:  # nothing observed yet: zero features (cos = 0 everywhere)
+            return torch.zeros(ids.shape[0], 1, device=ids.device)
+        return self.bank[ids.to(self.bank.device)].float()
+
+    @torch.no_grad()
+    def observe(self, out, mixed: MixedBatch) -> None:
+        """Bank mode: store the features of the rows that were not mixed (images = x_bg[id]).
+
+        Called by the trainer after the model's forward; ``out.features`` [B,D]. No host sync."""
+        if self.mode != "bank" or out.features is None or "index" not in mixed.extras:
+            return
+        feats, ids = out.features.detach(), mixed.extras["index"]
+        plain = ~mixed.extras.get("mixed", torch.zeros_like(ids, dtype=torch.bool))
+        if self.bank is None:
+            n = int(self.env.class_counts.sum())
+            self.bank = torch.zeros(n, feats.shape[1], device=feats.device, dtype=torch.float32)
+            self.bank_seen = torch.zeros(n, dtype=torch.bool, device=feats.device)
+        ids = ids.to(self.bank.device)
+        old = self.bank[ids]
+        self.bank[ids] = torch.where(plain[:, None], feats.float(), old)
+        self.bank_seen[ids] |= plain
+        self._observed += 1
+
+    def extra_repr(self) -> str:
+        return (f"mode={self.mode}, omega={self.omega}, eps={self.eps}, alpha={self.alpha}, "
+                f"mu={self.mu}, fraction={self.fraction}, prob={self.prob}, "
+                f"mix_schedule={self.mix_schedule!r}, confusion_split={self.confusion_split!r}")
