@@ -41,7 +41,8 @@ class SynthSpec:
     seed: int = 0
 
     def class_counts(self) -> list[int]:
-        return longtail_counts(self.n_max, self.num_classes, self.imbalance)
+        # at least one image per class: a tiny override (e.g. 6 classes of <= 40) keeps every class
+        return [max(1, n) for n in longtail_counts(self.n_max, self.num_classes, self.imbalance)]
 
 
 PROFILES = {

@@ -236,8 +236,9 @@ def _write_split(split_dir: Path, split: str, items: list[Item], classes: list[s
     start = kept[-1].inputs_end if kept else 0
     sink = _ShardSink(split_dir, split, classes, kept, journal, options, on_shard)
     todo = items[start:]
-    bar = tqdm(total=len(todo), desc=f"shard {split}", unit="img", disable=not progress,
-               leave=False)
+    # disable=None: a bar on a terminal only, so logs and captured stderr stay clean
+    bar = tqdm(total=len(todo), desc=f"shard {split}", unit="img",
+               disable=None if progress else True, leave=False)
     with bar:
         for position, result in enumerate(encode(todo), start):
             if isinstance(result, Rejected):

@@ -1,0 +1,150 @@
+"""``ltpipe inspect``: summarise, verify and plot a shard directory (contract: shards/format.py).
+
+Many/Medium/Few are the class groups of ALGORITHMS.md §5 (n > 100, 20..100, n < 20).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+from ltpipe.shards.format import MEMBERS, REJECTED, Manifest, decode_sample_id, key_of
+from ltpipe.shards.longtail import group_sizes
+from ltpipe.shards.tario import MemberSpan, dali_index_text, file_sha256
+
+LIST_ALL_UP_TO = 40  # classes; above that the per-class table shows head and tail only
+
+
+def summary_lines(m: Manifest) -> list[str]:
+    raw = m.raw
+    lines = [f"{m.root}: source {m.source}, {m.num_classes} classes, format {m.format_version}"]
+    if raw.get("command"):
+        lines.append(f"command: {raw['command']}")
+    for name, split in m.splits.items():
+        counts = np.array(split.class_counts)
+        sizes = np.array([s.bytes for s in split.shards] or [0])
+        g = group_sizes(counts.tolist())
+        present = counts[counts > 0]
+        lo = int(present.min()) if len(present) else 0
+        lines.append(
+            f"{name}: {split.num_samples} images in {len(split.shards)} shard(s), "
+            f"{sizes.sum() / 1e6:.1f} MB; per class {counts.max()}..{lo} "
+            f"(imbalance {counts.max() / max(lo, 1):.1f}); many/medium/few classes "
+            f"{g['many']}/{g['medium']}/{g['few']}")
+        lines.append(f"  shard MB min/mean/max {sizes.min() / 1e6:.2f}/{sizes.mean() / 1e6:.2f}/"
+                     f"{sizes.max() / 1e6:.2f}")
+        stats = raw.get("splits", {}).get(name, {}).get("image_stats")
+        if stats:
+            w, h, b = stats["width"], stats["height"], stats["jpeg_bytes"]
+            lines.append(f"  images {w['min']}..{w['max']} x {h['min']}..{h['max']} px "
+                         f"(mean {w['mean']:.0f} x {h['mean']:.0f}), JPEG {b['mean'] / 1e3:.1f} KB mean")
+    lines += _class_table(m)
+    rejected = raw.get("totals", {}).get("rejected", 0)
+    lines.append(f"rejected: {rejected}" + (f" (see {m.root / REJECTED})" if rejected else ""))
+    return lines
+
+
+def _class_table(m: Manifest) -> list[str]:
+    names = list(m.splits)
+    rows = [f"  {'class':<24} " + " ".join(f"{n:>8}" for n in names)]
+    ks = list(range(m.num_classes))
+    if len(ks) > LIST_ALL_UP_TO:
+        ks = ks[:10] + [-1] + ks[-10:]
+    for k in ks:
+        if k < 0:
+            rows.append("  ...")
+            continue
+        counts = " ".join(f"{m.splits[n].class_counts[k]:>8}" for n in names)
+        rows.append(f"  {m.classes[k][:24]:<24} {counts}")
+    return rows
+
+
+def verify(m: Manifest, progress: bool = True) -> list[str]:
+    """Re-read every shard: checksums, member order and ids, index.npy offsets and labels,
+    .idx contents, and that every JPEG decodes. Returns the problems found (empty = OK)."""
+    from tqdm import tqdm
+
+    problems: list[str] = []
+    total = sum(s.num_samples for s in m.splits.values())
+    # disable=None: a bar on a terminal only, so logs and captured stderr stay clean
+    with tqdm(total=total, desc="verify", unit="img", disable=None if progress else True,
+              leave=False) as bar:
+        for split, info in m.splits.items():
+            index = m.index(split)
+            next_id = 0
+            for number, (shard, path) in enumerate(zip(info.shards, m.shard_paths(split))):
+                if not path.is_file():
+                    problems.append(f"{path}: missing")
+                    next_id += shard.samples
+                    continue
+                if file_sha256(path) != shard.sha256:
+                    problems.append(f"{path}: sha256 differs from the manifest")
+                problems += _verify_shard(path, number, next_id, shard.samples, index)
+                next_id += shard.samples
+                bar.update(shard.samples)
+    return problems
+
+
+def _verify_shard(path: Path, number: int, first_id: int, samples: int,
+                  index: np.ndarray) -> list[str]:
+    from PIL import Image
+
+    problems, spans = [], []
+    with open(path, "rb") as f, tarfile.open(fileobj=f) as tf:
+        members = list(tf)
+        if len(members) != samples * len(MEMBERS):
+            return [f"{path}: {len(members)} members, expected {samples * len(MEMBERS)}"]
+        for i in range(samples):
+            sid = first_id + i
+            group = members[i * len(MEMBERS):(i + 1) * len(MEMBERS)]
+            want = [f"{key_of(sid)}.{ext}" for ext in MEMBERS]
+            if [g.name for g in group] != want:
+                problems.append(f"{path}: sample {sid} members {[g.name for g in group]}")
+                continue
+            spans.append([MemberSpan(ext, g.offset_data, g.size, g.name)
+                          for ext, g in zip(MEMBERS, group)])
+            data = {ext: tf.extractfile(g).read() for ext, g in zip(MEMBERS, group)}
+            row = index[sid]
+            jpg = group[MEMBERS.index("jpg")]
+            if (row["shard"], row["offset"], row["size"]) != (number, jpg.offset_data, jpg.size):
+                problems.append(f"{path}: index.npy row {sid} does not point at its .jpg")
+            if decode_sample_id(data["id"]) != sid or int(data["cls"]) != row["label"]:
+                problems.append(f"{path}: sample {sid} .id/.cls disagree with index.npy")
+            try:
+                Image.open(io.BytesIO(data["jpg"])).load()
+            except Exception as exc:  # any decoder failure is a corrupt sample
+                problems.append(f"{path}: sample {sid} does not decode ({exc})")
+    idx = path.with_suffix(".idx")
+    if not idx.is_file() or idx.read_text() != dali_index_text(spans):
+        problems.append(f"{idx}: missing or does not match the tar")
+    return problems
+
+
+def plot_counts(m: Manifest, out: str | Path, split: str = "train") -> Path:
+    """Sorted class-count histogram on a log scale, with the Many/Few thresholds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = np.sort(np.array(m.split(split).class_counts))[::-1]
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.bar(np.arange(len(counts)), np.maximum(counts, 0.8), width=1.0, color="tab:blue")
+    ax.set_yscale("log")
+    for y, label in ((100, "many > 100"), (20, "few < 20")):
+        ax.axhline(y, color="tab:red", lw=0.8, ls="--")
+        ax.text(len(counts) - 1, y * 1.08, label, ha="right", fontsize=8, color="tab:red")
+    ax.set_xlabel("class (sorted by count)")
+    ax.set_ylabel(f"{split} images")
+    ax.set_title(f"{m.source}: {len(counts)} classes, {int(counts.sum())} {split} images")
+    fig.tight_layout()
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    fig.savefig(tmp, format=out.suffix.lstrip(".") or "png", dpi=120)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
