@@ -100,7 +100,7 @@ def test_schedule_probability_follows_t_over_T():
 def test_ot_step_mixes_the_paired_background():
     model = TinyNet()
     m = OTMix(env(), prob=1.0, mix_schedule="always")
-    m.use_ot = True
+    m.force_ot = True
     m.fhat.copy_(random_fhat())
     m.has_fhat.fill_(True)
     s = streams()
@@ -123,7 +123,7 @@ def test_ot_step_mixes_the_paired_background():
 
 def test_without_confusion_or_ot_draw_it_is_a_cmo_step():
     m = OTMix(env(), prob=1.0, mix_schedule="always")
-    m.use_ot = True  # but no F̂ yet
+    m.force_ot = True  # but no F̂ yet
     out = m(streams(), ctx(model=TinyNet()))
     assert out.extras["ot"] is False and out.extras["pairs"].tolist() == list(range(B))
 
@@ -142,7 +142,7 @@ def test_bank_mode_pairs_equal_exact_when_features_unchanged():
     exact = OTMix(env(), mode="exact", prob=1.0, mix_schedule="always")
     bank = OTMix(env(), mode="bank", prob=1.0, mix_schedule="always")
     for m in (exact, bank):
-        m.use_ot = True
+        m.force_ot = True
         m.fhat.copy_(random_fhat(3))
         m.has_fhat.fill_(True)
     # plain steps over every sample the two streams hold fill the bank (observe: unmixed rows)

@@ -3,7 +3,7 @@ ALGORITHMS.md §4, §6.8–6.9, §7; repo JintongGao/Enhancing-Minority-Classes-
 
 Background ~ P ("uniform"), foreground ~ Q ("minority", r = ``fg_r``). Per epoch t (0-indexed)
 ``use_ot ~ Bernoulli((t/T)^μ)`` is drawn once (repo), from a generator seeded by (seed, epoch)
-only, so every DDP rank agrees. When mixing is active (``mix_schedule``, gate ``prob``):
+only, so every DDP rank agrees and a resumed epoch redraws the same value. When mixing is active (``mix_schedule``, gate ``prob``):
   OT step (use_ot and a confusion matrix F̂ exists):
     C[j,i] = ω·(1 − cos(zf_j, zb_i)) + (1−ω)·(1 − F̂[y_fg_j, y_bg_i])   rows fg j, cols bg i
     π(j) = argmax_i T[j,i], T = Sinkhorn_ε(C, a = 1/m, b = 1/B)   (``ltpipe.kernels.sinkhorn``)
@@ -98,7 +98,9 @@ class OTMix(Mixer):
         c = env.num_classes
         self.register_buffer("fhat", torch.zeros(c, c, device=env.device))  # F̂ [C,C]
         self.register_buffer("has_fhat", torch.zeros((), dtype=torch.bool, device=env.device))
-        self.use_ot = False
+        self.force_ot: bool | None = None  # tests: override the epoch's draw
+        self._draw: tuple[int, bool] | None = None  # (epoch, use_ot)
+        self.last_counts: torch.Tensor | None = None  # int64 [C,C] of the last refresh
         self.bank: torch.Tensor | None = None  # [N, D] (bank mode), allocated on first observe
         self.bank_seen: torch.Tensor | None = None  # bool [N]
         self._observed = 0
@@ -119,14 +121,21 @@ class OTMix(Mixer):
                 raise ValueError(f"mixer otmix: {msg}")
 
     # -- per epoch ---------------------------------------------------------------------------
+    def use_ot_in(self, epoch: int, epochs: int) -> bool:
+        """The epoch's OT draw (a pure function of seed and epoch, so resuming redraws it)."""
+        if self._draw is None or self._draw[0] != epoch:
+            self._draw = (epoch, draw_use_ot(self.env.seed, epoch, epochs, self.mu))
+        return self._draw[1] if self.force_ot is None else self.force_ot
+
     def on_epoch_start(self, epoch: int, ctx: StepContext) -> None:
-        self.use_ot = draw_use_ot(self.env.seed, epoch, ctx.epochs, self.mu)
         if self.mode == "bank" and epoch > 0 and self._observed == 0:
             log.warning("otmix bank mode: no features were observed last epoch (the trainer must "
                         "call mixer.observe(out, mixed) after the forward)")
         self._observed = 0
-        if self.use_ot and active_in_epoch(epoch, ctx.epochs, self.mix_schedule) and epoch > 0 \
-                and ctx.model is not None:
+        # F̂ is needed only in epochs that can take an OT step; epoch 0 has no trained model yet.
+        needed = self.use_ot_in(epoch, ctx.epochs) and epoch > 0 and \
+            active_in_epoch(epoch, ctx.epochs, self.mix_schedule)
+        if needed and ctx.model is not None:
             self.refresh_confusion(_unwrap(ctx.model), epoch)
 
     def refresh_confusion(self, model: nn.Module, epoch: int = 0, steps=None) -> None:
@@ -136,6 +145,7 @@ class OTMix(Mixer):
             steps, keep = self._confusion_steps(epoch)
         counts = conf.confusion_counts(model, steps, self.env.num_classes, self.fhat.device, keep)
         counts = conf.all_reduce_counts(counts, self.env.world)
+        self.last_counts = counts
         self.fhat.copy_(conf.confusion_matrix(counts))
         self.has_fhat.fill_(True)
 
@@ -175,7 +185,7 @@ class OTMix(Mixer):
         rows = torch.arange(b, device=dev) if m == b else \
             torch.randperm(b, generator=gen, device=gen.device)[:m].to(dev)  # mixed rows [m]
         base = torch.arange(b, device=dev)  # π: background row of every output row
-        ot = self.use_ot and bool(self.has_fhat)
+        ot = self.use_ot_in(ctx.epoch, ctx.epochs) and bool(self.has_fhat)
         if ot:
             zb, zf = self.features(bg, fg, rows, ctx)
             cost = ot_cost(zf, zb, y_fg[rows], bg.labels, self.fhat, self.omega, self.confusion_index)
