@@ -11,7 +11,8 @@ the decoders of both streams. Per stream:
     -> preset augmentation -> crop_mirror_normalize to fp32/fp16, layout CHW or HWC.
 
 Presets (torchvision equivalents):
-    imagenet train: RandomResizedCrop(S, scale (0.08, 1), ratio (3/4, 4/3)) as ROI decode + resize, flip
+    imagenet train: RandomResizedCrop(S, scale (0.08, 1), ratio (3/4, 4/3)) as ROI decode +
+                    resize, flip
     imagenet eval:  Resize(round(S*256/224)) shorter side + CenterCrop(S)
     cifar train:    RandomCrop(S, padding=4) (zero pad) + flip
     cifar eval:     identity (a center crop to S, a no-op on SxS images)
@@ -55,6 +56,9 @@ class GraphSpec:
     hw_decoder_load: float = 0.75
     py_workers: int = 2
     py_start_method: str = "fork"
+    max_side: int = 0  # largest encoded image side, for nvJPEG preallocation (0: no hint)
+    # "full": the P and Q decode/augment chains run concurrently, on their own CUDA streams
+    concurrency: str = "full"
 
 
 def _augment(jpg, spec: GraphSpec):
@@ -63,7 +67,12 @@ def _augment(jpg, spec: GraphSpec):
 
     mixed = spec.device == "cuda"
     dec = "mixed" if mixed else "cpu"
-    hw = {"hw_decoder_load": spec.hw_decoder_load} if mixed else {}
+    hw = {}
+    if mixed:  # nvJPEG memory settings as in DALI's ResNet-50 example: no reallocation mid-run
+        hw = {"hw_decoder_load": spec.hw_decoder_load, "device_memory_padding": 211025920,
+              "host_memory_padding": 140544512}
+        if spec.max_side:
+            hw.update(preallocate_width_hint=spec.max_side, preallocate_height_hint=spec.max_side)
     s = spec.size
     mirror = fn.random.coin_flip(probability=0.5) if spec.train else 0
     crop = None
@@ -72,7 +81,7 @@ def _augment(jpg, spec: GraphSpec):
         img = fn.decoders.image_random_crop(
             jpg, device=dec, output_type=types.RGB, random_area=list(RRC_SCALE),
             random_aspect_ratio=list(RRC_RATIO), num_attempts=10, **hw)
-        img = fn.resize(img, size=[s, s], interp_type=types.INTERP_LINEAR, antialias=False)
+        img = fn.resize(img, size=[s, s], interp_type=types.INTERP_LINEAR)  # antialiased
     elif spec.preset == "imagenet":
         img = fn.decoders.image(jpg, device=dec, output_type=types.RGB, **hw)
         img = fn.resize(img, resize_shorter=eval_resize(s), interp_type=types.INTERP_LINEAR)
@@ -96,20 +105,24 @@ def _augment(jpg, spec: GraphSpec):
 
 
 def build_pipeline(spec: GraphSpec, reader: dict | None, sources: dict, checkpoint=None):
-    """Build the pipeline; outputs are (images, ids) per stream in ``stream_order(reader, sources)``.
+    """Build the pipeline; outputs are (images, ids) per stream: P first, then ``sources``' order.
 
     ``reader``: kwargs of fn.readers.webdataset for P (None when P is not requested).
     ``sources``: stream name -> MinoritySource for the Q-type streams.
     """
     from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali.pipeline import OperatorConcurrency, StreamPolicy
 
     has_q = bool(sources)
+    full = spec.concurrency == "full"
 
     @pipeline_def(batch_size=spec.batch_size, num_threads=spec.num_threads,
                   device_id=spec.device_id, seed=spec.seed, prefetch_queue_depth=spec.prefetch,
                   enable_checkpointing=True, checkpoint=checkpoint,
                   py_num_workers=spec.py_workers if has_q else 1,
-                  py_start_method=spec.py_start_method)
+                  py_start_method=spec.py_start_method,
+                  concurrency=OperatorConcurrency.FULL if full else OperatorConcurrency.BACKEND,
+                  stream_policy=StreamPolicy.PER_OPERATOR if full else StreamPolicy.PER_BACKEND)
     def graph():
         outs = []
         if reader is not None:
@@ -118,8 +131,9 @@ def build_pipeline(spec: GraphSpec, reader: dict | None, sources: dict, checkpoi
             outs += [_augment(jpg, spec), ids]
         for src in sources.values():
             jpg, ids = fn.external_source(source=src, num_outputs=2, batch=True, batch_info=True,
-                                          parallel=True, prefetch_queue_depth=max(2, spec.prefetch),
-                                          dtype=[types.UINT8, types.INT64])
+                                          parallel=True, dtype=[types.UINT8, types.INT64],
+                                          prefetch_queue_depth=max(2, spec.prefetch,
+                                                                   spec.py_workers))
             outs += [_augment(jpg, spec), ids]
         return tuple(outs)
 

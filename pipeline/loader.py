@@ -1,4 +1,4 @@
-"""``make_loader``: the P/Q streams of one rank as an iterable of steps (issue 3; ALGORITHMS.md §0, §6.8).
+"""``make_loader``: one rank's P/Q streams as an iterable of steps (issue 3; ALGORITHMS §0, §6.8).
 
 Each step is ``{stream name: Batch}``: "uniform" = P (every sample once per epoch across ranks),
 "minority" = Q with class probability q(r, k), "balanced" = Q with r = 0 (M2m's loader).
@@ -58,7 +58,8 @@ def check_arguments(data: ShardSplit, split: str, batch_size: int, streams, devi
     if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
         raise ValueError(f"batch_size: must be a positive integer, got {batch_size!r}")
     if batch_size > data.num_samples:
-        raise ValueError(f"batch_size: {batch_size} exceeds the {data.num_samples} samples of {where}")
+        raise ValueError(
+            f"batch_size: {batch_size} exceeds the {data.num_samples} samples of {where}")
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device: must be 'cpu' or 'cuda', got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
@@ -83,7 +84,7 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
                 image_size: int | None = None, dtype=torch.float32, channels_last: bool = False,
                 r: float = 1.0, seed: int = 0, rank: int = 0, world: int = 1, epoch: int = 0,
                 num_threads: int = 4, prefetch: int = 2, py_workers: int = 2,
-                hw_decoder_load: float = 0.75, validate: bool = True,
+                hw_decoder_load: float = 0.75, max_image_side: int = 0, validate: bool = True,
                 allow_empty_classes: bool = False):
     """Build the DALI loader of one rank (falls back to the torch reference without DALI)."""
     data = open_split(shards, split, validate=validate)
@@ -107,7 +108,8 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
         channels_last=channels_last, num_threads=num_threads, prefetch=prefetch, seed=0,
         device_id=dev_id, hw_decoder_load=hw_decoder_load, py_workers=py_workers,
         # fork is fast but unsafe once CUDA is initialized in this process
-        py_start_method="spawn" if torch.cuda.is_initialized() else "fork")
+        py_start_method="spawn" if torch.cuda.is_initialized() else "fork",
+        max_side=int(max_image_side))
     return DaliLoader(data, spec, streams, r=r, seed=seed, rank=rank, world=world, epoch=epoch,
                       dtype=dtype)
 
@@ -127,9 +129,10 @@ class DaliLoader:
     def __init__(self, data: ShardSplit, spec: GraphSpec, streams: tuple[str, ...], *, r: float,
                  seed: int, rank: int, world: int, epoch: int, dtype):
         self.data, self.spec, self.streams = data, spec, streams
-        self.r, self.seed, self.rank, self.world, self.dtype = float(r), int(seed), rank, world, dtype
-        self.train = spec.train
-        self.device = torch.device("cuda", spec.device_id) if spec.device == "cuda" else torch.device("cpu")
+        self.r, self.seed, self.rank, self.world = float(r), int(seed), rank, world
+        self.dtype, self.train = dtype, spec.train
+        on_gpu = spec.device == "cuda"
+        self.device = torch.device("cuda", spec.device_id) if on_gpu else torch.device("cpu")
         self.class_counts = data.class_counts.copy()  # int64 [C], global train counts
         self.num_classes = int(data.num_classes)
         self.skipped = data.skipped
@@ -245,9 +248,17 @@ class DaliLoader:
         return {name: result[name] for name in self.streams}
 
     def _images(self, tl) -> torch.Tensor:
-        """DALI batch -> torch [B,3,H,W] (channels_last strides for HWC output), copied."""
+        """DALI batch -> torch [B,3,H,W] (channels_last strides for HWC output).
+
+        GPU: zero-copy through DLPack under DALI's dynamic executor (outputs are reference
+        counted there, as in DALI's own torch iterator), else a copy on torch's current stream.
+        CPU: a copy (the tests' path).
+        """
         dense = tl.as_tensor()
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and self._pipe.exec_dynamic:
+            with self.device:
+                out = torch.from_dlpack(dense)
+        elif self.device.type == "cuda":
             from nvidia.dali.plugin.pytorch import feed_ndarray
 
             dtype = torch.float16 if self.spec.half else torch.float32
@@ -280,7 +291,8 @@ class DaliLoader:
             if key == "batch_size":
                 mine = self.spec.batch_size
             if state.get(key) != mine:
-                raise ValueError(f"loader state: {key} is {state.get(key)!r}, this loader has {mine!r}")
+                raise ValueError(
+                    f"loader state: {key} is {state.get(key)!r}, this loader has {mine!r}")
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self._restore = dict(state)
         self._pipe, self._pos = None, None

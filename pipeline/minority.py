@@ -1,4 +1,4 @@
-"""Stream Q: counter-based minority-weighted draws and random-access reads (ALGORITHMS.md §0, §6.3).
+"""Stream Q: counter-based minority-weighted draws and random-access reads (ALGORITHMS §0, §6.3).
 
 A draw picks class k with probability q(r, k) (``samplers.class_probabilities`` on the global
 train counts), then a sample uniformly within the class, i.e. sample i has probability

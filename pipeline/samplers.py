@@ -28,7 +28,8 @@ def _counts(counts, allow_empty: bool) -> np.ndarray:
     empty = np.flatnonzero(n == 0)
     if empty.size and not allow_empty:
         raise ValueError(
-            f"class counts: class {int(empty[0])} has no samples (pass allow_empty=True to give it q=0)"
+            f"class counts: class {int(empty[0])} has no samples "
+            "(pass allow_empty=True to give it q=0)"
         )
     return n
 
@@ -70,7 +71,7 @@ def effective_number_probabilities(counts, beta: float | None = None,
 
 
 def sample_weights(labels, class_probs) -> np.ndarray:
-    """Per-sample probability w_i = q(y_i) / n_{y_i} (n counted in ``labels``); float64 [N], sums to 1.
+    """Per-sample probability w_i = q(y_i)/n_{y_i} (n counted in ``labels``); float64 [N], sum 1.
 
     For a shard of the data, pass the shard's labels: classes absent from it drop out and the
     weights are renormalized (§6.3).

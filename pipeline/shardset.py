@@ -31,10 +31,10 @@ class ShardSplit:
     root: Path
     split: str
     tar_paths: list[Path]  # [S] shard tars of the split
-    idx_paths: list[Path]  # [S] DALI index files P reads (filtered copies when samples were skipped)
+    idx_paths: list[Path]  # [S] DALI index files P reads (filtered copies if samples are skipped)
     rows: np.ndarray  # INDEX_DTYPE [N], row i = sample id i
     labels: np.ndarray  # int64 [N]
-    class_counts: np.ndarray  # int64 [C]: global counts of the TRAIN split (the n_k of every formula)
+    class_counts: np.ndarray  # int64 [C]: global TRAIN split counts (the n_k of every formula)
     num_classes: int
     bad_ids: np.ndarray  # int64 [K]: corrupt samples, skipped by both streams
     _tmpdir: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
@@ -69,7 +69,8 @@ def open_split(root, split: str, validate: bool = True) -> ShardSplit:
     if rows.size == 0:
         raise ShardFormatError(f"{manifest.root / split / 'index.npy'}: split {split!r} is empty")
     labels = np.asarray(rows["label"], dtype=np.int64)
-    train_counts = manifest.split("train").class_counts if "train" in manifest.splits else info.class_counts
+    has_train = "train" in manifest.splits
+    train_counts = manifest.split("train").class_counts if has_train else info.class_counts
     bad = find_corrupt(rows, tar_paths) if validate else np.zeros(0, dtype=np.int64)
     out = ShardSplit(manifest.root, split, tar_paths, idx_paths, rows, labels,
                      np.asarray(train_counts, dtype=np.int64), manifest.num_classes, bad)

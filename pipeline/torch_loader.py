@@ -35,7 +35,8 @@ def torchvision_transform(preset: str, size: int, train: bool):
     from torchvision import transforms as T
 
     if preset == "imagenet" and train:
-        geo = [T.RandomResizedCrop(size, scale=RRC_SCALE, ratio=RRC_RATIO), T.RandomHorizontalFlip()]
+        geo = [T.RandomResizedCrop(size, scale=RRC_SCALE, ratio=RRC_RATIO),
+               T.RandomHorizontalFlip()]
     elif preset == "imagenet":
         geo = [T.Resize(eval_resize(size)), T.CenterCrop(size)]
     elif train:
@@ -176,5 +177,6 @@ class TorchLoader:
         for key in ("streams", "batch_size", "seed", "rank", "world", "r"):
             mine = list(self.streams) if key == "streams" else getattr(self, key)
             if state.get(key) != mine:
-                raise ValueError(f"loader state: {key} is {state.get(key)!r}, this loader has {mine!r}")
+                raise ValueError(
+                    f"loader state: {key} is {state.get(key)!r}, this loader has {mine!r}")
         self.epoch, self.step = int(state["epoch"]), int(state["step"])

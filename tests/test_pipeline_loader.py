@@ -1,4 +1,4 @@
-"""The DALI loader on real shards with DALI CPU operators (issue 3): epochs, eval, Q, resume, layout."""
+"""The DALI loader on real shards, DALI CPU operators (issue 3): epochs, eval, Q, resume, layout."""
 
 import numpy as np
 import pytest
@@ -131,7 +131,8 @@ def test_resume_mid_epoch_gives_the_uninterrupted_sequence(shards):
             assert torch.equal(a[name][0], b[name][0]) and torch.equal(a[name][1], b[name][1])
             assert torch.equal(a[name][2], b[name][2])  # augmentation RNG restored too
     with pytest.raises(ValueError, match="loader state: seed"):
-        make_loader(shards, batch_size=16, streams=("uniform", "minority"), seed=4).load_state_dict(state)
+        other = make_loader(shards, batch_size=16, streams=("uniform", "minority"), seed=4)
+        other.load_state_dict(state)
 
 
 def test_layout_dtype_and_imagenet_preset(shards):

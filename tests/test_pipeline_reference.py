@@ -36,7 +36,7 @@ def by_index(loader):
 
 @pytest.mark.parametrize("preset,size,tol_max,tol_mean", [
     ("cifar", 32, 1.0, 0.05),  # identity: libjpeg-turbo in both (measured max 3e-5)
-    ("imagenet", 24, 3.0, 0.5),  # resize 27 + crop 24: both antialiased bilinear (measured 1.0, 0.19)
+    ("imagenet", 24, 3.0, 0.5),  # resize 27, crop 24: both antialiased (measured 1.0, 0.19)
 ])
 def test_dali_cpu_matches_reference_on_eval(shards, preset, size, tol_max, tol_mean):
     kw = dict(split="val", batch_size=7, streams=("uniform",), preset=preset, image_size=size)

@@ -1,4 +1,4 @@
-"""Samplers and Q's counter-based draws (ALGORITHMS.md §0, §6.3): exact formulas and chi-square fits."""
+"""Samplers and Q's counter-based draws (ALGORITHMS §0, §6.3): exact formulas, chi-square fits."""
 
 import numpy as np
 import pytest
@@ -27,7 +27,8 @@ def test_effective_number_probabilities():
     n = COUNTS
     beta = (n.sum() - 1) / n.sum()
     e = (1 - beta ** n) / (1 - beta)
-    np.testing.assert_allclose(effective_number_probabilities(n), (1 / e) / (1 / e).sum(), rtol=1e-9)
+    expected = (1 / e) / (1 / e).sum()
+    np.testing.assert_allclose(effective_number_probabilities(n), expected, rtol=1e-9)
     np.testing.assert_allclose(effective_number_probabilities(n, beta=0.0), np.full(5, 0.2))
     with pytest.raises(ValueError, match="beta"):
         effective_number_probabilities(n, beta=1.0)

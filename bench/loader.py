@@ -1,0 +1,148 @@
+"""Loader-only throughput: the DALI P+Q pipeline vs the torch reference loader (issue 3).
+
+Pairs/s for two streams (uniform P + minority Q: one pair = one P image + one Q image), images/s
+for one stream (P), ImageNet preset (RandomResizedCrop + flip, fp16, channels_last by default),
+at 8 and 16 workers: DALI CPU threads for DALI (Q's Python workers = workers // 4), DataLoader
+worker processes for the reference (split evenly between its two DataLoaders for pairs).
+Timing: wall clock over ``--steps`` steps after ``--warmup`` steps, with a CUDA synchronize at
+both ends; each step's tensors are on the device when counted. Result: write_result("loader").
+
+GPU (generates the synthetic iNat-like set, ~36k JPEGs of 500-800 px, on that machine):
+    python bench/loader.py --device cuda --generate /tmp/ltpipe-inat --gen-workers 16
+CPU (small, labelled cpu):
+    python bench/loader.py --device cpu --generate /tmp/ltpipe-small --size large \
+        --batch-size 32 --steps 8 --warmup 2 --workers 2 --image-size 112
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ltpipe.pipeline.loader import make_loader
+from ltpipe.pipeline.torch_loader import make_torch_loader
+from ltpipe.train.benchmark import write_result
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--shards", type=Path, help="an existing shard directory")
+    src.add_argument("--generate", type=Path, help="write the synthetic set here (reused if done)")
+    p.add_argument("--size", default="inat", help="synthetic profile for --generate")
+    p.add_argument("--gen-workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp16")
+    p.add_argument("--no-channels-last", action="store_true")
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--warmup", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=2, help="timed runs per configuration")
+    p.add_argument("--workers", default="8,16", help="comma-separated worker/thread counts")
+    p.add_argument("--prefetch", type=int, default=3)
+    p.add_argument("--hw-decoder-load", type=float, default=0.75)
+    p.add_argument("--max-image-side", type=int, default=800, help="nvJPEG preallocation hint")
+    p.add_argument("--skip-reference", action="store_true")
+    p.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
+    return p.parse_args(argv)
+
+
+def shard_dir(args) -> Path:
+    if args.shards:
+        return args.shards
+    from ltpipe.shards.format import MANIFEST
+    from ltpipe.shards.write import write_shards
+
+    if not (args.generate / MANIFEST).is_file():
+        t0 = time.perf_counter()
+        write_shards("synthetic", args.generate, size=args.size, workers=args.gen_workers, seed=0)
+        print(f"generated {args.generate} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    return args.generate
+
+
+def endless(loader):
+    while True:
+        yield from loader
+
+
+def throughput(loader, args) -> list[float]:
+    """P samples per second (= pairs/s with two streams, images/s with one), per repeat."""
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+    steps = endless(loader)
+    for _ in range(args.warmup):
+        next(steps)
+    rates = []
+    for _ in range(args.repeats):
+        sync()
+        t0, n = time.perf_counter(), 0
+        for _ in range(args.steps):
+            n += len(next(steps)["uniform"])
+        sync()
+        rates.append(n / (time.perf_counter() - t0))
+    return rates
+
+
+def summary(rates: list[float]) -> dict:
+    return {"mean": statistics.fmean(rates), "std": statistics.pstdev(rates), "runs": rates}
+
+
+def measure(shards: Path, args) -> tuple[dict, dict]:
+    common = dict(batch_size=args.batch_size, device=args.device, preset="imagenet",
+                  image_size=args.image_size, dtype=DTYPES[args.dtype],
+                  channels_last=not args.no_channels_last, r=1.0, seed=0)
+    results, baselines = {}, {}
+    for workers in [int(w) for w in args.workers.split(",")]:
+        for streams, unit in ((("uniform", "minority"), "pairs_per_s"),
+                              (("uniform",), "images_per_s")):
+            tag = f"{'pairs' if len(streams) == 2 else 'single'}_w{workers}"
+            loader = make_loader(shards, streams=streams, num_threads=workers,
+                                 py_workers=max(1, workers // 4), prefetch=args.prefetch,
+                                 hw_decoder_load=args.hw_decoder_load,
+                                 max_image_side=args.max_image_side, **common)
+            results[f"dali_{tag}"] = {unit: summary(throughput(loader, args))}
+            print(f"dali  {tag}: {results[f'dali_{tag}'][unit]['mean']:.0f} {unit}",
+                  file=sys.stderr)
+            del loader
+            if args.skip_reference:
+                continue
+            ref = make_torch_loader(shards, streams=streams, prefetch=args.prefetch,
+                                    num_workers=max(1, workers // len(streams)), **common)
+            baselines[f"torch_{tag}"] = {unit: summary(throughput(ref, args))}
+            print(f"torch {tag}: {baselines[f'torch_{tag}'][unit]['mean']:.0f} {unit}",
+                  file=sys.stderr)
+            del ref
+    return results, baselines
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("bench/loader.py: --device cuda but no CUDA device is visible", file=sys.stderr)
+        return 2
+    shards = shard_dir(args)
+    if args.device == "cuda":
+        torch.cuda.init()  # CUDA first: DALI's Python workers are then spawned, never forked
+    results, baselines = measure(shards, args)
+    from ltpipe.shards.format import load_manifest
+
+    manifest = load_manifest(shards)
+    params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    params.update(train_samples=manifest.split("train").num_samples,
+                  num_classes=manifest.num_classes, target_pairs_per_s_h100=11000)
+    path = write_result("loader", params, results, baselines, out_dir=args.out,
+                        device="cpu" if args.device == "cpu" else None)
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
