@@ -166,8 +166,11 @@ class DaliLoader:
         return max(0, self._sizes[shard] - (self._steps - 1) * b)
 
     def _normalize(self) -> None:
+        """Step L of epoch e is step 0 of epoch e+1 (for the loader and the running pipeline)."""
         if self.step >= self._steps:
             self.epoch, self.step = self.epoch + 1, 0
+        if self._pos is not None and self._pos[1] >= self._steps:
+            self._pos = (self._pos[0] + 1, 0)
 
     def set_epoch(self, epoch: int) -> None:
         self._normalize()

@@ -115,23 +115,29 @@ def run_steps(loader, n):
     return out
 
 
-def test_resume_mid_epoch_gives_the_uninterrupted_sequence(shards):
-    kw = dict(batch_size=16, streams=("uniform", "minority"), seed=3)
-    full = run_steps(make_loader(shards, **kw), 12)  # 7 steps per epoch: crosses into epoch 1
+@pytest.mark.parametrize("stop,world,rank,streams", [
+    (4, 1, 0, ("uniform", "minority")),  # mid-epoch (7 steps per epoch)
+    (4, 2, 1, ("uniform", "balanced")),  # exactly at the epoch end (4 steps), rotated shard next
+    (3, 1, 0, ("minority",)),  # Q alone: DALI restores only the iteration counter
+])
+def test_resume_gives_the_uninterrupted_sequence(shards, stop, world, rank, streams):
+    kw = dict(batch_size=16, streams=streams, seed=3, world=world, rank=rank)
+    full = run_steps(make_loader(shards, **kw), 12)  # crosses at least one epoch boundary
     first = make_loader(shards, **kw)
-    head = run_steps(first, 4)
+    head = run_steps(first, stop)
     state = first.state_dict()
-    assert (state["epoch"], state["step"]) == (0, 4)
+    per_epoch = first.steps_per_epoch
+    assert (state["epoch"], state["step"]) == divmod(stop, per_epoch)
     del first
     resumed = make_loader(shards, **kw)
     resumed.load_state_dict(state)
-    tail = run_steps(resumed, 8)
+    tail = run_steps(resumed, 12 - stop)
     for a, b in zip(full, head + tail):
-        for name in kw["streams"]:
+        for name in streams:
             assert torch.equal(a[name][0], b[name][0]) and torch.equal(a[name][1], b[name][1])
             assert torch.equal(a[name][2], b[name][2])  # augmentation RNG restored too
     with pytest.raises(ValueError, match="loader state: seed"):
-        other = make_loader(shards, batch_size=16, streams=("uniform", "minority"), seed=4)
+        other = make_loader(shards, **{**kw, "seed": 4})
         other.load_state_dict(state)
 
 
