@@ -28,6 +28,11 @@ def env(epochs=10):
                     epochs=epochs)
 
 
+def m2m(epochs=10, **params):
+    """M2m on raw [0,1] pixels (mean 0, std 1)."""
+    return M2m(env(epochs), mean=(0, 0, 0), std=(1, 1, 1), **params)
+
+
 def ctx(epoch, seed=0, model=None):
     return StepContext(epoch=epoch, epochs=10, step=0, class_counts=COUNTS,
                        generator=torch.Generator().manual_seed(seed), model=model)
@@ -40,18 +45,19 @@ def batch(labels, seed=0):
 
 
 def test_before_start_epoch_plain_uniform_and_default_start():
-    m = M2m(env(epochs=200), mean=(0, 0, 0), std=(1, 1, 1), classifier=Toy())
+    m = m2m(epochs=200, classifier=Toy())
     assert m.start_epoch == 160
-    m = M2m(env(), mean=(0, 0, 0), std=(1, 1, 1), classifier=Toy(), start_epoch=5)
+    m = m2m(classifier=Toy(), start_epoch=5)
     streams = {"uniform": batch([0, 0, 1]), "balanced": batch([2, 2, 2], seed=1)}
     out = m(streams, ctx(4))
-    assert out.images is streams["uniform"].images and torch.equal(out.y_a, streams["uniform"].labels)
+    assert out.images is streams["uniform"].images
+    assert torch.equal(out.y_a, streams["uniform"].labels)
     assert torch.all(out.lam == 1)
 
 
 def test_accepted_samples_reach_gamma_and_f_untouched():
     g_model, f_model = Toy(0), Toy(1)
-    m = M2m(env(), mean=(0, 0, 0), std=(1, 1, 1), classifier=g_model, start_epoch=0, gamma=0.9, beta=0.0)  # beta=0: p=1 for gaps
+    m = m2m(classifier=g_model, start_epoch=0, gamma=0.9, beta=0.0)  # β = 0: p = 1 for any gap
     f_model.train()
     labels = [0] * 8 + [1] * 8 + [2] * 16
     b = batch(labels)
@@ -69,7 +75,7 @@ def test_accepted_samples_reach_gamma_and_f_untouched():
 
 def test_generation_raises_target_probability():
     g_model = Toy(0)
-    m = M2m(env(), mean=(0, 0, 0), std=(1, 1, 1), classifier=g_model, start_epoch=0, gamma=0.999999, beta=0.0)
+    m = m2m(classifier=g_model, start_epoch=0, gamma=0.999999, beta=0.0)
     b = batch([0] * 16 + [2] * 16)
     c = ctx(0)
     gen_rows, seed, _ = m.choose(b.labels, torch.Generator().manual_seed(0))
@@ -84,7 +90,7 @@ def test_generation_raises_target_probability():
 
 def test_rejection_rate_follows_formula():
     """gamma ≈ 0 and T = 0 isolate the rejection rule: E[accept_i] = Σ_j p_ij² / Σ_j p_ij."""
-    m = M2m(env(), mean=(0, 0, 0), std=(1, 1, 1), classifier=Toy(), start_epoch=0, gamma=1e-9, T=0, beta=0.999)
+    m = m2m(classifier=Toy(), start_epoch=0, gamma=1e-9, T=0, beta=0.999)
     labels = torch.tensor([0] * 8 + [1] * 24 + [2] * 32)
     p = m.seed_probabilities(labels)
     assert p[40, 0].item() == pytest.approx(1 - 0.999 ** 990)
@@ -105,4 +111,4 @@ def test_bad_params_are_one_line_errors():
     with pytest.raises(ValueError, match="needs a frozen classifier"):
         M2m(env())
     with pytest.raises(ValueError, match="gamma"):
-        M2m(env(), mean=(0, 0, 0), std=(1, 1, 1), classifier=Toy(), gamma=1.5)
+        m2m(classifier=Toy(), gamma=1.5)

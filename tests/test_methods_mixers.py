@@ -59,8 +59,9 @@ def test_remix_label_rule():
     n_a = torch.tensor([300, 10, 10, 300, 100, 100])
     n_b = torch.tensor([10, 300, 300, 10, 100, 30])
     got = remix_label_weight(lam, n_a, n_b, kappa=3.0, tau=0.5)
-    # row0: a much larger and λ<τ -> 0; row1: b much larger but 1−λ=.7 ≥ τ -> λ; row2: b larger,
-    # 1−λ=.3<τ -> 1; row3: a larger but λ ≥ τ -> λ; row4: equal counts -> λ; row5: ratio 3.33 ≥ κ, λ ≥ τ
+    # row0: a much larger and λ<τ -> 0; row1: b much larger but 1−λ=.7 ≥ τ -> λ;
+    # row2: b larger, 1−λ=.3<τ -> 1; row3: a larger but λ ≥ τ -> λ; row4: equal counts -> λ;
+    # row5: ratio 3.33 ≥ κ but λ ≥ τ -> λ
     assert got.tolist() == pytest.approx([0.0, 0.3, 1.0, 0.7, 0.3, 0.6])
 
 
@@ -118,9 +119,9 @@ def test_view_augmentation_keeps_range_and_uint8():
     assert y.dtype == torch.uint8 and y.shape == x.shape
     xf = torch.rand(4, 3, H, H)
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
-    yn = augment_view((xf - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1),
-                      g, mean, std)
-    raw = yn * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    yn = augment_view((xf - m) / s, g, mean, std)
+    raw = yn * s + m
     assert raw.min() >= -1e-5 and raw.max() <= 1 + 1e-5
 
 

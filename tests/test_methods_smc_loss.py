@@ -60,7 +60,8 @@ def test_matches_loop_reference_per_anchor_lf_fp32():
 
 
 def test_each_positive_type_weighted_as_specified():
-    """With only F, only B or only X positives the loss is lf·L_F/1.5, (1−lf)·L_B/1.5, 0.5·L_X/1.5."""
+    """With only F, only B or only X positives the loss is lf·L_F/1.5, (1−lf)·L_B/1.5 or
+    0.5·L_X/1.5 respectively."""
     z, _, _ = _batch(3, n=4)
     tau, lf = 0.1, 0.3
     cases = {  # (y_fg, y_bg) chosen so that exactly one positive type is non-empty

@@ -1,5 +1,6 @@
 """End to end on the CPU: every method of issue 6 × {ce, bs, ldam} trains through the real
-trainer, DALI CPU loader and tiny synthetic shards; OTmix's confusion refresh reads only its split."""
+trainer (and, for a subset, the DALI CPU loader) on tiny synthetic shards; OTmix's confusion
+refresh reads only its split."""
 
 import json
 import math

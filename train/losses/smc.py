@@ -1,4 +1,5 @@
-"""SMC's supervised contrastive loss on mixed classes (Jeong & Kim, arXiv 2211.11938; ALGORITHMS.md §2).
+"""SMC's supervised contrastive loss on mixed classes (Jeong & Kim, arXiv 2211.11938;
+ALGORITHMS.md §2).
 
 All 2B embeddings (two views of B mixed images) are anchors. For anchor i, over j ≠ i:
   F_i = {j : y_fg_j = y_fg_i}, B_i = {j : y_bg_j = y_bg_i},
@@ -21,13 +22,14 @@ PROJ_DIM = 128  # projection output width [002 §4.2]
 
 
 class ProjectionHead(nn.Module):
-    """Linear(D,D)–ReLU–Linear(D,128) then L2 normalisation (hidden width = input width [002 §4.2])."""
+    """Linear(D,D)–ReLU–Linear(D,128), then L2 normalisation (hidden width = input width
+    [002 §4.2])."""
 
     def __init__(self, feature_dim: int, out_dim: int = PROJ_DIM):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(feature_dim, feature_dim), nn.ReLU(inplace=True), nn.Linear(feature_dim, out_dim)
-        )
+            nn.Linear(feature_dim, feature_dim), nn.ReLU(inplace=True),
+            nn.Linear(feature_dim, out_dim))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:  # [N,D] -> [N,128], unit norm
         return F.normalize(self.net(features).float(), dim=1)

@@ -1,4 +1,5 @@
-"""OTmix's class-confusion matrix (Gao et al., NeurIPS'23 §4, Table 8; ALGORITHMS.md §4, §6.8, §7.4).
+"""OTmix's class-confusion matrix (Gao et al., NeurIPS'23 §4, Table 8; ALGORITHMS.md §4, §6.8,
+§7.4).
 
 Fcnt[k, k'] = #(true k, predicted k') of the current model (eval mode) on a class-balanced
 held-out set, summed over ranks; F = Fcnt / rowsum (an empty row stays 0); F̂ = F with the

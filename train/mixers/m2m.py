@@ -1,4 +1,4 @@
-"""M2m: major-to-minor translation (Kim et al., CVPR 2020; ALGORITHMS.md §3; repo alinlab/M2m train.py).
+"""M2m: major-to-minor translation (Kim et al., CVPR 2020; ALGORITHMS.md §3; alinlab/M2m train.py).
 
 Before ``start_epoch`` (160 of 200 in the paper; default 0.8·E) the step is plain ERM on P. From
 then on the batch comes from the class-balanced stream and every batch runs generation:
@@ -45,9 +45,9 @@ def _l2_per_sample(t: torch.Tensor) -> torch.Tensor:  # [B,...] -> [B,1,1,1]
 class M2m(Mixer):
     streams = ("uniform", "balanced")
 
-    def __init__(self, env: MixerEnv, classifier: str | nn.Module | None = None, beta: float = 0.999,
-                 lam: float = 0.5, gamma: float = 0.9, eta: float = 0.1, T: int = 10,
-                 start_epoch: int | None = None, mean=None, std=None):
+    def __init__(self, env: MixerEnv, classifier: str | nn.Module | None = None,
+                 beta: float = 0.999, lam: float = 0.5, gamma: float = 0.9, eta: float = 0.1,
+                 T: int = 10, start_epoch: int | None = None, mean=None, std=None):
         super().__init__(env)
         if classifier is None:
             raise ValueError("mixer m2m: needs a frozen classifier g (param classifier / "
@@ -89,7 +89,7 @@ class M2m(Mixer):
 
     # -- the pieces, public for tests ------------------------------------------------------
     def seed_probabilities(self, labels: torch.Tensor) -> torch.Tensor:
-        """p [B,B]: p_ij = 1 − β^{(n_{y_j} − n_{y_i})+}, the chance seed j is kept for target y_i."""
+        """p [B,B]: p_ij = 1 − β^{(n_{y_j} − n_{y_i})+}, the chance to keep seed j for target i."""
         n = self.counts.to(labels.device)[labels].double()  # [B]; fp64: β^gap near 1
         gap = (n[None, :] - n[:, None]).clamp(min=0)
         if self.beta == 0:
@@ -151,7 +151,8 @@ class M2m(Mixer):
                     xn = (x - mean) / std
                     loss = F.cross_entropy(_logits(self.g, xn).float(), target)
                     if f is not None:
-                        loss = loss + self.lam * _logits(f, xn).float().gather(1, k0[:, None]).mean()
+                        seed_logit = _logits(f, xn).float().gather(1, k0[:, None])  # [m,1]
+                        loss = loss + self.lam * seed_logit.mean()
                     (grad,) = torch.autograd.grad(loss, x)
                     step = grad.float() / (_l2_per_sample(grad.float()) + 1e-10)
                     x = (x.detach() - self.eta * step).clamp(0, 1)

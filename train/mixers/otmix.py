@@ -3,7 +3,8 @@ ALGORITHMS.md §4, §6.8–6.9, §7; repo JintongGao/Enhancing-Minority-Classes-
 
 Background ~ P ("uniform"), foreground ~ Q ("minority", r = ``fg_r``). Per epoch t (0-indexed)
 ``use_ot ~ Bernoulli((t/T)^μ)`` is drawn once (repo), from a generator seeded by (seed, epoch)
-only, so every DDP rank agrees and a resumed epoch redraws the same value. When mixing is active (``mix_schedule``, gate ``prob``):
+only, so every DDP rank agrees and a resumed epoch redraws the same value. When mixing is
+active (``mix_schedule``, gate ``prob``):
   OT step (use_ot and a confusion matrix F̂ exists):
     C[j,i] = ω·(1 − cos(zf_j, zb_i)) + (1−ω)·(1 − F̂[y_fg_j, y_bg_i])   rows fg j, cols bg i
     π(j) = argmax_i T[j,i], T = Sinkhorn_ε(C, a = 1/m, b = 1/B)   (``ltpipe.kernels.sinkhorn``)
@@ -61,7 +62,10 @@ def ot_cost(zf: torch.Tensor, zb: torch.Tensor, y_fg: torch.Tensor, y_bg: torch.
             fhat: torch.Tensor, omega: float, indexing: str = "fg_bg") -> torch.Tensor:
     """C [m, B] fp32: ω(1 − cos(zf_j, zb_i)) + (1−ω)(1 − F̂[·,·]); zero features give cos = 0."""
     cos = F.normalize(zf.float(), dim=1) @ F.normalize(zb.float(), dim=1).t()  # [m,B]
-    f = fhat[y_fg[:, None], y_bg[None, :]] if indexing == "fg_bg" else fhat[y_bg[None, :], y_fg[:, None]]
+    if indexing == "fg_bg":
+        f = fhat[y_fg[:, None], y_bg[None, :]]  # [m,B]: F̂[y_fg_j, y_bg_i]
+    else:
+        f = fhat[y_bg[None, :], y_fg[:, None]]  # [m,B]: F̂[y_bg_i, y_fg_j]
     return omega * (1 - cos) + (1 - omega) * (1 - f.float())
 
 
@@ -111,8 +115,10 @@ class OTMix(Mixer):
     def _check(mode, omega, eps, alpha, indexing, fraction, prob, box) -> None:
         checks = [(mode in MODES, f"mode must be one of {MODES}, got {mode!r}"),
                   (0.0 <= omega <= 1.0, f"omega must be in [0, 1], got {omega}"),
-                  (eps > 0, f"eps must be > 0, got {eps}"), (alpha > 0, f"alpha must be > 0, got {alpha}"),
-                  (indexing in INDEXINGS, f"confusion_index must be one of {INDEXINGS}, got {indexing!r}"),
+                  (eps > 0, f"eps must be > 0, got {eps}"),
+                  (alpha > 0, f"alpha must be > 0, got {alpha}"),
+                  (indexing in INDEXINGS,
+                   f"confusion_index must be one of {INDEXINGS}, got {indexing!r}"),
                   (0.0 < fraction <= 1.0, f"fraction must be in (0, 1], got {fraction}"),
                   (0.0 <= prob <= 1.0, f"prob must be in [0, 1], got {prob}"),
                   (box in ("batch", "sample"), f"box must be 'batch' or 'sample', got {box!r}")]
@@ -188,7 +194,8 @@ class OTMix(Mixer):
         ot = self.use_ot_in(ctx.epoch, ctx.epochs) and bool(self.has_fhat)
         if ot:
             zb, zf = self.features(bg, fg, rows, ctx)
-            cost = ot_cost(zf, zb, y_fg[rows], bg.labels, self.fhat, self.omega, self.confusion_index)
+            cost = ot_cost(zf, zb, y_fg[rows], bg.labels, self.fhat, self.omega,
+                           self.confusion_index)  # [m,B]
             base[rows] = ot_pairs(cost, self.eps).to(dev)
         mixed = torch.zeros(b, dtype=torch.bool, device=dev)
         mixed[rows] = True

@@ -22,7 +22,8 @@ from ltpipe.train.mixers.base import Mixer, MixerEnv, StepContext, active_in_epo
 
 def remix_label_weight(lam: torch.Tensor, n_a: torch.Tensor, n_b: torch.Tensor,
                        kappa: float, tau: float) -> torch.Tensor:
-    """lam [B] pixel weight of x_a; n_a, n_b [B] class counts of y_a, y_b -> λ_y [B] (weight of y_a)."""
+    """lam [B]: pixel weight of x_a; n_a, n_b [B]: class counts of y_a, y_b.
+    Returns λ_y [B], the label weight of y_a."""
     ratio = n_a.double() / n_b.double()
     to_b = (ratio >= kappa) & (lam < tau)
     to_a = (ratio <= 1.0 / kappa) & (1 - lam < tau)

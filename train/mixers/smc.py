@@ -1,8 +1,8 @@
-"""SMC mixing (Jeong & Kim, arXiv 2211.11938; ALGORITHMS.md §2): ResizeMix with a minority foreground.
+"""SMC mixing (Jeong & Kim, arXiv 2211.11938; ALGORITHMS.md §2): ResizeMix, minority foreground.
 
 Background ~ P ("uniform"), foreground ~ Q ("minority", class probability ∝ n_k^{−γ}, γ = fg_r).
 Every sample is mixed. The foreground ratio lf = 0.2 + 0.6·u (u ~ U(0,1)) gives the box
-h = max(1, round(H√lf)), w likewise, at a uniform position (``ltpipe.kernels.boxes.resizemix_boxes``);
+h = max(1, round(H√lf)), w likewise, at a uniform position (``kernels.boxes.resizemix_boxes``);
 the *whole* foreground is shrunk bilinearly into it (``resize_paste_``). Components are augmented
 before mixing and two views are made with the same box: x̃_v = A_v(x_bg) ⊕ resize(A_v(x_fg)).
 lf is recomputed from the box, lam = 1 − lf weights y_a = y_bg (SMC's own λ weights the fg).
@@ -61,15 +61,18 @@ class SMCMix(Mixer):
         fg_images, y_fg = fg.images[:b], fg.labels[:b]  # trim Q to the P batch (§0, §6.8)
         _, _, h, w = bg.images.shape
         gen, dev = ctx.generator, bg.labels.device
-        boxes, lam = resizemix_boxes(b, h, w, gen, per_sample=self.box == "sample", scale=self.scale)
+        boxes, lam = resizemix_boxes(b, h, w, gen, per_sample=self.box == "sample",
+                                     scale=self.scale)  # lam [B] = 1 − lf
         boxes, lam = boxes.to(dev), lam.to(dev)
         views = []
         for _ in range(self.views):  # same box, fresh augmentation of each component per view
             x = self._view(bg.images, bg.meta, gen)
-            views.append(resize_paste_(x, self._view(fg_images, fg.meta, gen), boxes, validate=False))
+            fg_view = self._view(fg_images, fg.meta, gen)
+            views.append(resize_paste_(x, fg_view, boxes, validate=False))
         v = self.views
         y_bg = bg.labels.repeat(v)
         y_fg = y_fg.repeat(v)
         lam = lam.repeat(v)
-        extras = {"y_fg": y_fg, "y_bg": y_bg, "lf": 1 - lam, "views": v, "index": bg.index.repeat(v)}
+        extras = {"y_fg": y_fg, "y_bg": y_bg, "lf": 1 - lam, "views": v,
+                  "index": bg.index.repeat(v)}
         return MixedBatch(torch.cat(views), y_bg, y_fg, lam, extras)

@@ -94,7 +94,7 @@ def _blend(img: torch.Tensor, other: torch.Tensor, f: torch.Tensor) -> torch.Ten
 
 def augment_view(x: torch.Tensor, gen: torch.Generator, mean=None, std=None,
                  color: bool = True) -> torch.Tensor:
-    """One fresh SMC view A_v(x) of a batch x [B,3,H,W] (uint8, or float in the loader's normalization).
+    """One fresh SMC view A_v(x) of x [B,3,H,W] (uint8, or float in the loader's normalization).
 
     mean/std (per channel, or None when x is raw [0,1]) undo the normalization for the colour
     operations, which need raw pixels; the crop/flip do not care.
