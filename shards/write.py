@@ -139,6 +139,7 @@ def _existing_output(out: Path, options: dict) -> Manifest | None:
         previous = manifest_mod.load_options(out)
         if previous == options:
             if manifest_mod.files_match(out):
+                Journal(out, options).remove()  # left if a kill came right after the manifest
                 return manifest_mod.load(out)
             (out / MANIFEST).unlink()  # damaged since: rewrite everything
             return None

@@ -38,7 +38,8 @@ def _tar_samples(path):
 
 
 def test_synthetic_counts_and_layout(tiny):
-    counts = longtail_counts(40, 6, 100)
+    counts = [max(1, n) for n in longtail_counts(40, 6, 100)]  # synthetic keeps >= 1 per class
+    assert counts == [40, 15, 6, 2, 1, 1]
     assert tiny.split("train").class_counts == tuple(counts)
     assert tiny.split("val").class_counts == (10,) * 6
     assert [s.samples for s in tiny.split("train").shards] == [50] * (sum(counts) // 50) + (
