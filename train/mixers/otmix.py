@@ -30,6 +30,7 @@ F̂ refreshes in ``on_epoch_start`` (only in epochs that can take an OT step), `
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from typing import Mapping
 
 import numpy as np
@@ -74,6 +75,13 @@ def ot_pairs(cost: torch.Tensor, eps: float) -> torch.Tensor:
     from ltpipe.kernels.sinkhorn import sinkhorn_argmax
 
     return sinkhorn_argmax(cost.float(), eps=eps)
+
+
+def _autocast_like(images: torch.Tensor):
+    """The mixer runs outside the trainer's autocast: half-precision CUDA images (mixed-precision
+    training) need autocast for the feature forwards; fp32 images run in fp32."""
+    half = images.dtype in (torch.float16, torch.bfloat16) and images.is_cuda
+    return torch.autocast("cuda", dtype=images.dtype, enabled=half) if half else nullcontext()
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -217,7 +225,8 @@ class OTMix(Mixer):
         """(zb [B,D] of all backgrounds, zf [m,D] of the mixed foreground rows)."""
         if self.mode == "exact":
             model = _unwrap(ctx.model)
-            return model.features(bg.images), model.features(fg.images[rows])
+            with _autocast_like(bg.images):
+                return model.features(bg.images).float(), model.features(fg.images[rows]).float()
         return self._lookup(bg.index), self._lookup(fg.index[rows])
 
     def _lookup(self, ids: torch.Tensor) -> torch.Tensor:
