@@ -11,7 +11,7 @@ GPU (generates the synthetic iNat-like set, ~36k JPEGs of 500-800 px, on that ma
     python bench/loader.py --device cuda --generate /tmp/ltpipe-inat --gen-workers 16
 CPU (small, labelled cpu):
     python bench/loader.py --device cpu --generate /tmp/ltpipe-small --size large \
-        --batch-size 32 --steps 8 --warmup 2 --workers 2 --image-size 112
+        --batch-size 32 --steps 8 --ref-steps 8 --warmup 2 --workers 2 --image-size 112
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=tuple(DTYPES), default="fp16")
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--ref-steps", type=int, default=15, help="timed steps for the reference")
     p.add_argument("--warmup", type=int, default=8)
     p.add_argument("--repeats", type=int, default=2, help="timed runs per configuration")
     p.add_argument("--workers", default="8,16", help="comma-separated worker/thread counts")
@@ -74,7 +75,7 @@ def endless(loader):
         yield from loader
 
 
-def throughput(loader, args) -> list[float]:
+def throughput(loader, args, steps_per_run: int) -> list[float]:
     """P samples per second (= pairs/s with two streams, images/s with one), per repeat."""
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     steps = endless(loader)
@@ -84,7 +85,7 @@ def throughput(loader, args) -> list[float]:
     for _ in range(args.repeats):
         sync()
         t0, n = time.perf_counter(), 0
-        for _ in range(args.steps):
+        for _ in range(steps_per_run):
             n += len(next(steps)["uniform"])
         sync()
         rates.append(n / (time.perf_counter() - t0))
@@ -108,7 +109,7 @@ def measure(shards: Path, args) -> tuple[dict, dict]:
                                  py_workers=max(1, workers // 4), prefetch=args.prefetch,
                                  hw_decoder_load=args.hw_decoder_load,
                                  max_image_side=args.max_image_side, **common)
-            results[f"dali_{tag}"] = {unit: summary(throughput(loader, args))}
+            results[f"dali_{tag}"] = {unit: summary(throughput(loader, args, args.steps))}
             print(f"dali  {tag}: {results[f'dali_{tag}'][unit]['mean']:.0f} {unit}",
                   file=sys.stderr)
             del loader
@@ -116,7 +117,7 @@ def measure(shards: Path, args) -> tuple[dict, dict]:
                 continue
             ref = make_torch_loader(shards, streams=streams, prefetch=args.prefetch,
                                     num_workers=max(1, workers // len(streams)), **common)
-            baselines[f"torch_{tag}"] = {unit: summary(throughput(ref, args))}
+            baselines[f"torch_{tag}"] = {unit: summary(throughput(ref, args, args.ref_steps))}
             print(f"torch {tag}: {baselines[f'torch_{tag}'][unit]['mean']:.0f} {unit}",
                   file=sys.stderr)
             del ref

@@ -14,6 +14,8 @@ floor(N/W) is a multiple of B and W does not divide N), that rank's last step re
 duplicate so that all ranks run the same number of DDP steps. Evaluation never returns padding:
 such an all-padding step is skipped on that rank (``len`` is then one less there). Q draws B ids
 every step and its last batch is cut to the P batch's size (§6.8); Q's epoch is P's L steps.
+P's order is DALI's buffer shuffle (up to 2,048 samples) over the writer's globally shuffled
+sample order: each epoch holds every sample once, but is not a uniform random permutation.
 
 Resume: ``state_dict()`` holds (epoch, step), the epoch the pipeline started at and DALI's
 pipeline checkpoint, which restores P's reader and Q's iteration counter (Q's draws are a pure
@@ -86,7 +88,24 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
                 num_threads: int = 4, prefetch: int = 2, py_workers: int = 2,
                 hw_decoder_load: float = 0.75, max_image_side: int = 0, validate: bool = True,
                 allow_empty_classes: bool = False):
-    """Build the DALI loader of one rank (falls back to the torch reference without DALI)."""
+    """Build the DALI loader of one rank (falls back to the torch reference without DALI).
+
+    Args:
+        shards: a shard directory (shards/format.py). split: "train" or "val" (val: ("uniform",)
+            only, read in order, every sample exactly once across ranks).
+        batch_size: per rank, <= the split's size. streams: names from STREAMS.
+        device: "cuda" (nvJPEG "mixed" decode, current torch device) or "cpu" (CPU operators).
+        preset / image_size: "cifar" (32) or "imagenet" (224), see dali_graph.py.
+        dtype: torch.float32 | float16 | bfloat16 (bf16 is cast from fp32 on the device).
+        channels_last: images [B,3,H,W] with NHWC memory. r: Q's exponent (paper meaning, §7.1).
+        seed, rank, world, epoch: the draw keys and the DALI shard of this rank.
+        num_threads, prefetch, py_workers: DALI CPU threads, prefetch depth, Q's worker processes.
+        hw_decoder_load, max_image_side: nvJPEG hardware-decoder share and preallocation hint.
+        validate: scan payload markers for corrupt samples (skipped, counted in ``skipped``).
+        allow_empty_classes: give classes with n_k = 0 the probability q_k = 0 instead of raising.
+    Returns a DaliLoader: ``for step in loader`` -> {stream: Batch}; len, set_epoch,
+    state_dict/load_state_dict, class_counts (int64 [C]), num_classes, skipped.
+    """
     data = open_split(shards, split, validate=validate)
     streams = check_arguments(data, split, batch_size, streams, device, preset, dtype, r, rank,
                               world, allow_empty_classes)
