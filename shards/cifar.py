@@ -17,7 +17,8 @@ from ltpipe.shards.errors import ShardInputError
 LAYOUT = {  # scheme -> (folder name, train batches, test batch, meta file, label key, names key)
     "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch",
                 "batches.meta", b"labels", b"label_names"),
-    "cifar100": ("cifar-100-python", ["train"], "test", "meta", b"fine_labels", b"fine_label_names"),
+    "cifar100": ("cifar-100-python", ["train"], "test", "meta", b"fine_labels",
+                 b"fine_label_names"),
 }
 
 
@@ -28,7 +29,8 @@ def _unpickle(path: Path) -> dict:
         with open(path, "rb") as f:
             return pickle.load(f, encoding="bytes")
     except Exception as exc:  # any unpickling failure means "not a CIFAR batch"
-        raise ShardInputError(f"{path}: not a CIFAR pickle batch ({exc.__class__.__name__})") from None
+        raise ShardInputError(
+            f"{path}: not a CIFAR pickle batch ({exc.__class__.__name__})") from None
 
 
 def load(root: Path, scheme: str) -> tuple[list[str], dict[str, list[tuple[str, int, np.ndarray]]]]:

@@ -67,7 +67,8 @@ def encode_image(raw: bytes | np.ndarray, *, max_size: int | None, quality: int)
             ValueError) as exc:
         raise Rejected(f"corrupt or truncated image ({exc})".replace("\t", " ")) from None
     w, h = img.size
-    if img.format == "JPEG" and img.mode in KEEP_MODES and (max_size is None or max(w, h) <= max_size):
+    small_enough = max_size is None or max(w, h) <= max_size
+    if img.format == "JPEG" and img.mode in KEEP_MODES and small_enough:
         return Encoded(bytes(raw), w, h)
     return _to_jpeg(img, max_size, quality)
 

@@ -41,7 +41,8 @@ def summary_lines(m: Manifest) -> list[str]:
         if stats:
             w, h, b = stats["width"], stats["height"], stats["jpeg_bytes"]
             lines.append(f"  images {w['min']}..{w['max']} x {h['min']}..{h['max']} px "
-                         f"(mean {w['mean']:.0f} x {h['mean']:.0f}), JPEG {b['mean'] / 1e3:.1f} KB mean")
+                         f"(mean {w['mean']:.0f} x {h['mean']:.0f}), "
+                         f"JPEG {b['mean'] / 1e3:.1f} KB mean")
     lines += _class_table(m)
     rejected = raw.get("totals", {}).get("rejected", 0)
     lines.append(f"rejected: {rejected}" + (f" (see {m.root / REJECTED})" if rejected else ""))

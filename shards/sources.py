@@ -35,8 +35,9 @@ def plan_source(source: str, *, imbalance: float | None = None, val_list: str | 
                 seed: int = 0) -> SourcePlan:
     scheme, _, rest = source.partition(":")
     if scheme not in SCHEMES:
+        forms = ", ".join(s + ":" for s in SCHEMES[1:])
         raise ShardInputError(f"SOURCE {source!r}: unknown scheme {scheme!r} "
-                              f"(use one of {', '.join(s + ':' for s in SCHEMES[1:])} or synthetic)")
+                              f"(use one of {forms} or synthetic)")
     if scheme != "synthetic" and (classes, max_per_class, image_size) != (None, None, None):
         raise ShardInputError("--classes/--max-per-class/--image-size only apply to synthetic")
     if val_list is not None and scheme != "list":
@@ -48,7 +49,8 @@ def plan_source(source: str, *, imbalance: float | None = None, val_list: str | 
             raise ShardInputError(f"SOURCE {source!r}: synthetic takes no path")
         try:
             spec = synthetic.make_spec(size, classes=classes, imbalance=imbalance,
-                                       max_per_class=max_per_class, image_size=image_size, seed=seed)
+                                       max_per_class=max_per_class, image_size=image_size,
+                                       seed=seed)
         except ValueError as exc:
             raise ShardInputError(str(exc)) from None
         return _finish(synthetic.class_names(spec), {

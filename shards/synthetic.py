@@ -2,8 +2,8 @@
 
 Built for the situation CMO (Park et al., CVPR 2022, §3) targets: the tail lacks *context*
 diversity. Class k is a foreground object (a shape in a saturated colour, with a surface pattern
-for large class numbers) pasted on a background *context* (a muted textured scene). Class sizes follow
-the exponential profile of ALGORITHMS.md §5; head classes are seen on many contexts, tail classes on
+for large class numbers) pasted on a background *context* (a muted textured scene). Class sizes
+follow the exponential profile of ALGORITHMS.md §5; head classes are seen on many contexts, tail classes on
 very few; the balanced val split draws contexts uniformly, so a model must recognise the object,
 not the scene. Every image is rendered from (seed, split, class, index) alone, in any process.
 """
@@ -50,7 +50,8 @@ PROFILES = {
     "large": SynthSpec(num_classes=100, n_max=300, side=(96, 128), aspects=(1.0, 4 / 3, 3 / 4),
                        val_per_class=10, num_contexts=32),
     "inat": SynthSpec(num_classes=1000, imbalance=256.0, n_max=200, side=(500, 800),
-                      aspects=(1.0, 4 / 3, 3 / 4), val_per_class=3, num_contexts=32, grain=0.0, detail=7.0),
+                      aspects=(1.0, 4 / 3, 3 / 4), val_per_class=3, num_contexts=32, grain=0.0,
+                      detail=7.0),
 }
 
 
@@ -104,7 +105,10 @@ def render(arg: tuple) -> np.ndarray:
     rng = np.random.default_rng([spec.seed, SPLIT_CODES[split], label, index])
     long_side = int(rng.integers(spec.side[0], spec.side[1] + 1))
     aspect = spec.aspects[int(rng.integers(len(spec.aspects)))]
-    h, w = (long_side, round(long_side * aspect)) if aspect <= 1 else (round(long_side / aspect), long_side)
+    if aspect <= 1:  # portrait or square: the height is the long side
+        h, w = long_side, round(long_side * aspect)
+    else:
+        h, w = round(long_side / aspect), long_side
     if split == "train":
         contexts = _contexts_of(spec)[label]
         context = int(contexts[rng.integers(len(contexts))])

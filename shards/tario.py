@@ -46,7 +46,7 @@ class TarShardWriter:
         self.samples: list[list[MemberSpan]] = []  # per sample, spans in MEMBERS order
 
     def size_with(self, extra: int) -> int:
-        """File size after adding ``extra`` member bytes and closing (end blocks, record padding)."""
+        """File size after adding ``extra`` member bytes and closing (end blocks, padding)."""
         end = self._tar.offset + extra + 2 * BLOCK
         return -(-end // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
 

@@ -81,7 +81,8 @@ def write_shards(source: str, out: str | Path, *, imbalance: float | None = None
                                          kept.get(split, []), encode, journal, options, progress,
                                          on_shard)
             written[split] = records
-            rejected += [tuple(r) for rec in records for r in rec.rejected] + [tuple(r) for r in left]
+            rejected += [tuple(r) for rec in records for r in rec.rejected]
+            rejected += [tuple(r) for r in left]
     _write_rejected(out, rejected)
     manifest_mod.check_classes(plan, written, out / REJECTED)
     for split, records in written.items():
@@ -166,22 +167,22 @@ def _encoder(workers: int, options: dict) -> Iterator[Callable[[list[Item]], Ite
         yield lambda items: map(fn, items)
         return
     with multiprocessing.get_context("fork").Pool(workers) as pool:
-        yield lambda items: pool.imap(fn, items, chunksize=max(1, min(32, len(items) // (8 * workers))))
+        yield lambda items: pool.imap(
+            fn, items, chunksize=max(1, min(32, len(items) // (8 * workers))))
 
 
 def _estimate_bytes(orders: dict[str, list[Item]], options: dict) -> dict[str, float]:
     """Mean JPEG bytes per sample from the first few inputs of each split (for the dry run)."""
+    fn = functools.partial(encode_item, max_size=options["max_size"], quality=options["quality"])
     out = {}
     for split, items in orders.items():
-        sizes = [len(r.jpeg) for r in map(
-            functools.partial(encode_item, max_size=options["max_size"], quality=options["quality"]),
-            items[:16]) if isinstance(r, Encoded)]
+        sizes = [len(r.jpeg) for r in map(fn, items[:16]) if isinstance(r, Encoded)]
         out[split] = float(np.mean(sizes)) if sizes else 0.0
     return out
 
 
 class _ShardSink:
-    """Appends encoded samples to numbered shards, closing one when the next sample would not fit."""
+    """Appends encoded samples to numbered shards; closes one when the next sample won't fit."""
 
     def __init__(self, split_dir: Path, split: str, classes: list[str], kept: list[ShardRecord],
                  journal: Journal, options: dict, on_shard):

@@ -19,7 +19,8 @@ OPTS = dict(classes=6, max_per_class=60, samples_per_shard=12, progress=False,
 
 
 def tree(root):
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(root)): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,7 @@ def assert_round_trip(m, split, expected: dict[str, int]):
 
 @pytest.fixture
 def folder(tmp_path):
-    """PATH/train/{cat,dog}/..., PATH/val/{cat,dog,fox}: jpg, png, grey jpg, large jpg, broken files."""
+    """PATH/train/{cat,dog}/..., PATH/val/{cat,dog,fox}: jpg, png, grey, large and broken files."""
     root = tmp_path / "imgs"
     files = {
         "train/cat/a.jpg": _jpeg((200, 10, 10)),
@@ -112,9 +112,9 @@ def test_list_source_with_val_list(tmp_path):
     x = lambda i: str(root / "x" / f"{i}.jpg")  # noqa: E731
     assert_round_trip(m, "train", {x(0): 0, x(1): 1, x(2): 2, x(3): 0})
     assert_round_trip(m, "val", {x(5): 2})
-    rejected = [tuple(line.split("\t")) for line in (m.root / "rejected.tsv").read_text().splitlines()]
-    assert sorted(rejected) == sorted([(x("missing"), "missing file"), (x(4), "unknown label 'cat'"),
-                                       (x(4), "unknown label 7")])
+    lines = (m.root / "rejected.tsv").read_text().splitlines()
+    assert sorted(tuple(line.split("\t")) for line in lines) == sorted([
+        (x("missing"), "missing file"), (x(4), "unknown label 'cat'"), (x(4), "unknown label 7")])
 
 
 def test_inat_json_source(tmp_path):
