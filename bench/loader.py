@@ -52,6 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prefetch", type=int, default=3)
     p.add_argument("--hw-decoder-load", type=float, default=0.75)
     p.add_argument("--max-image-side", type=int, default=800, help="nvJPEG preallocation hint")
+    p.add_argument("--concurrency", choices=("full", "backend"), default="full")
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
     return p.parse_args(argv)
@@ -108,7 +109,8 @@ def measure(shards: Path, args) -> tuple[dict, dict]:
             loader = make_loader(shards, streams=streams, num_threads=workers,
                                  py_workers=max(1, workers // 4), prefetch=args.prefetch,
                                  hw_decoder_load=args.hw_decoder_load,
-                                 max_image_side=args.max_image_side, **common)
+                                 max_image_side=args.max_image_side,
+                                 concurrency=args.concurrency, **common)
             results[f"dali_{tag}"] = {unit: summary(throughput(loader, args, args.steps))}
             print(f"dali  {tag}: {results[f'dali_{tag}'][unit]['mean']:.0f} {unit}",
                   file=sys.stderr)

@@ -114,6 +114,8 @@ def build_pipeline(spec: GraphSpec, reader: dict | None, sources: dict, checkpoi
     from nvidia.dali.pipeline import OperatorConcurrency, StreamPolicy
 
     has_q = bool(sources)
+    if spec.concurrency not in ("full", "backend"):
+        raise ValueError(f"concurrency: must be 'full' or 'backend', got {spec.concurrency!r}")
     full = spec.concurrency == "full"
 
     @pipeline_def(batch_size=spec.batch_size, num_threads=spec.num_threads,

@@ -72,7 +72,7 @@ def check_arguments(data: ShardSplit, split: str, batch_size: int, streams, devi
         raise ValueError(f"dtype: must be one of {DTYPES}, got {dtype}")
     if not np.isfinite(r) or r < 0:
         raise ValueError(f"r: must be a finite number >= 0, got {r}")
-    if not 0 <= rank < world:
+    if not isinstance(rank, (int, np.integer)) or not 0 <= rank < world:
         raise ValueError(f"rank/world: need 0 <= rank < world, got rank={rank} world={world}")
     empty = np.flatnonzero(data.class_counts == 0)
     if empty.size and not allow_empty_classes and set(streams) & {"minority", "balanced"}:
@@ -86,8 +86,8 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
                 image_size: int | None = None, dtype=torch.float32, channels_last: bool = False,
                 r: float = 1.0, seed: int = 0, rank: int = 0, world: int = 1, epoch: int = 0,
                 num_threads: int = 4, prefetch: int = 2, py_workers: int = 2,
-                hw_decoder_load: float = 0.75, max_image_side: int = 0, validate: bool = True,
-                allow_empty_classes: bool = False):
+                hw_decoder_load: float = 0.75, max_image_side: int = 0, concurrency: str = "full",
+                validate: bool = True, allow_empty_classes: bool = False):
     """Build the DALI loader of one rank (falls back to the torch reference without DALI).
 
     Args:
@@ -101,6 +101,7 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
         seed, rank, world, epoch: the draw keys and the DALI shard of this rank.
         num_threads, prefetch, py_workers: DALI CPU threads, prefetch depth, Q's worker processes.
         hw_decoder_load, max_image_side: nvJPEG hardware-decoder share and preallocation hint.
+        concurrency: "full" (P and Q chains run concurrently, own CUDA streams) or "backend".
         validate: scan payload markers for corrupt samples (skipped, counted in ``skipped``).
         allow_empty_classes: give classes with n_k = 0 the probability q_k = 0 instead of raising.
     Returns a DaliLoader: ``for step in loader`` -> {stream: Batch}; len, set_epoch,
@@ -128,7 +129,7 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
         device_id=dev_id, hw_decoder_load=hw_decoder_load, py_workers=py_workers,
         # fork is fast but unsafe once CUDA is initialized in this process
         py_start_method="spawn" if torch.cuda.is_initialized() else "fork",
-        max_side=int(max_image_side))
+        max_side=int(max_image_side), concurrency=concurrency)
     return DaliLoader(data, spec, streams, r=r, seed=seed, rank=rank, world=world, epoch=epoch,
                       dtype=dtype)
 

@@ -134,3 +134,13 @@ def test_corrupt_sample_is_logged_skipped_and_counted(shards, tmp_path, caplog):
     assert ref.skipped == 1
     ref_ids = np.concatenate([s["uniform"].index.numpy() for s in ref])
     assert np.array_equal(np.sort(ref_ids), np.delete(np.arange(N_TRAIN), 5))
+
+
+def test_without_dali_make_loader_falls_back_to_the_reference(shards, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # import nvidia.dali -> ImportError
+    loader = make_loader(shards, split="val", batch_size=16, streams=("uniform",), num_threads=0)
+    assert type(loader).__name__ == "TorchLoader"
+    ids = np.concatenate([s["uniform"].index.numpy() for s in loader])
+    assert np.array_equal(ids, np.arange(N_VAL))
