@@ -1,9 +1,10 @@
 """Resume support: a journal of finished shards kept in OUT while ``ltpipe shard`` runs.
 
-``OUT/.journal.jsonl`` holds the normalised options on its first line, then one line per shard
-renamed into place (sha256 of the tar and of its .idx, the input position it ends at, its index
-rows and rejections). A re-run with the same options keeps the longest prefix of each split whose
-files still match their checksums and continues from there; the journal is deleted once the
+``OUT/.journal.jsonl`` holds the normalised options and a digest of the planned inputs on its
+first line, then one line per shard renamed into place (sha256 of the tar and of its .idx, the
+input position it ends at, its index rows and rejections). A re-run with the same options and
+inputs keeps the longest prefix of each split whose files still match their checksums and
+continues from there (changed inputs: everything is rewritten); the journal is deleted once the
 manifest is written.
 """
 
@@ -39,15 +40,16 @@ class ShardRecord:
 
 
 class Journal:
-    def __init__(self, out: Path, options: dict):
+    def __init__(self, out: Path, options: dict, inputs: str = ""):
         self.path = out / JOURNAL
-        self.options = options
+        self.header = {"options": options, "inputs": inputs}
 
-    def read_options(self) -> dict | None:
-        """Options of an existing journal (None when there is none or it is unreadable)."""
+    def read_header(self) -> dict | None:
+        """{"options", "inputs"} of an existing journal (None when absent or unreadable)."""
         try:
-            return json.loads(self.path.read_text().splitlines()[0])["options"]
-        except (OSError, IndexError, ValueError, KeyError, TypeError):
+            header = json.loads(self.path.read_text().splitlines()[0])
+            return header if isinstance(header, dict) and "options" in header else None
+        except (OSError, IndexError, ValueError):
             return None
 
     def start(self) -> dict[str, list[ShardRecord]]:
@@ -62,7 +64,7 @@ class Journal:
                 broken.add(record.split)
                 continue
             split.append(record)
-        lines = [json.dumps({"options": self.options}, sort_keys=True)]
+        lines = [json.dumps(self.header, sort_keys=True)]
         lines += [json.dumps(asdict(r), sort_keys=True) for rs in kept.values() for r in rs]
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text("\n".join(lines) + "\n")
@@ -79,7 +81,7 @@ class Journal:
         self.path.unlink(missing_ok=True)
 
     def _records(self) -> list[ShardRecord]:
-        if self.read_options() != self.options:
+        if self.read_header() != self.header:
             return []
         out = []
         for line in self.path.read_text().splitlines()[1:]:

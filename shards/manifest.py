@@ -86,11 +86,17 @@ def load(out: Path) -> Manifest:
     return load_manifest(out)
 
 
-def load_options(out: Path) -> dict | None:
+def load_raw(out: Path) -> dict:
+    """The manifest document, or {} when it cannot be read."""
     try:
-        return json.loads((out / MANIFEST).read_text()).get("options")
-    except (OSError, ValueError, AttributeError):
-        return None
+        doc = json.loads((out / MANIFEST).read_text())
+        return doc if isinstance(doc, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def load_options(out: Path) -> dict | None:
+    return load_raw(out).get("options")
 
 
 def files_match(out: Path) -> bool:

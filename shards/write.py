@@ -11,6 +11,7 @@ byte-identical for any worker count. Shards are renamed into place when complete
 from __future__ import annotations
 
 import functools
+import hashlib
 import multiprocessing
 import re
 import shlex
@@ -68,10 +69,11 @@ def write_shards(source: str, out: str | Path, *, imbalance: float | None = None
         manifest_mod.print_plan(source, plan, orders, options, _estimate_bytes(orders, options))
         return None
     out = Path(out)
-    done = _existing_output(out, options)
+    inputs = _inputs_digest(orders)
+    done = _existing_output(out, options, inputs)
     if done is not None:
         return done
-    journal = Journal(out, options)
+    journal = Journal(out, options, inputs)
     kept = journal.start()
     command = command or _command_line(out, options)
     written, rejected = {}, list(plan.rejected)
@@ -88,6 +90,7 @@ def write_shards(source: str, out: str | Path, *, imbalance: float | None = None
     for split, records in written.items():
         manifest_mod.write_index(out / split, records)
     doc = manifest_mod.build(source, plan.classes, written, len(rejected), options, command)
+    doc["inputs_sha256"] = inputs
     manifest_mod.write(out, doc)
     journal.remove()
     return manifest_mod.load(out)
@@ -128,18 +131,31 @@ def _shuffled(items: list[Item], seed: int, split: str) -> list[Item]:
     return [items[i] for i in order.permutation(len(items))]
 
 
-def _existing_output(out: Path, options: dict) -> Manifest | None:
-    """A finished identical output (returned as is), a resumable one (None), or an error."""
+def _inputs_digest(orders: dict[str, list[Item]]) -> str:
+    """What a resume must not mix: the planned (path, label) sequence of every split."""
+    h = hashlib.sha256()
+    for split, items in orders.items():
+        h.update(f"[{split}]\n".encode())
+        for it in items:
+            h.update(f"{it.path}\t{it.label}\n".encode())
+    return h.hexdigest()
+
+
+def _existing_output(out: Path, options: dict, inputs: str) -> Manifest | None:
+    """A finished identical output (returned as is), a resumable one (None), or an error.
+    Same options but different inputs (files added/removed since) -> rewritten from scratch."""
     if out.exists() and not out.is_dir():
         raise ShardInputError(f"OUT {out}: exists and is not a directory")
     if not out.exists() or not any(out.iterdir()):
         out.mkdir(parents=True, exist_ok=True)
         return None
-    journal_options = Journal(out, options).read_options()
+    header = Journal(out, options).read_header()
+    journal_options = header["options"] if header else None
     if (out / MANIFEST).is_file():
         previous = manifest_mod.load_options(out)
         if previous == options:
-            if manifest_mod.files_match(out):
+            same_inputs = manifest_mod.load_raw(out).get("inputs_sha256") == inputs
+            if same_inputs and manifest_mod.files_match(out):
                 Journal(out, options).remove()  # left if a kill came right after the manifest
                 return manifest_mod.load(out)
             (out / MANIFEST).unlink()  # damaged since: rewrite everything

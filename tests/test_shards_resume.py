@@ -95,3 +95,33 @@ def test_out_from_a_different_command_is_refused(tmp_path):
     (foreign / "notes.txt").write_text("mine")
     with pytest.raises(ShardInputError, match="not empty and not written by `ltpipe shard`"):
         write_shards("synthetic", foreign, **OPTS)
+
+
+def test_changed_inputs_are_never_mixed_with_old_shards(tmp_path):
+    """Same command, but the folder changed after an interruption (and after a finished run):
+    the output equals a clean run on the new inputs."""
+    from PIL import Image
+
+    def folder(root, names):
+        for name in names:
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8), (len(name) * 20 % 255, 0, 0)).save(root / name)
+
+    opts = dict(samples_per_shard=3, progress=False, command="ltpipe shard imagefolder:SRC OUT")
+    src, out = tmp_path / "src", tmp_path / "out"
+    folder(src, [f"{c}/{i}.png" for c in "ab" for i in range(6)])
+
+    def stop(record):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_shards(f"imagefolder:{src}", out, on_shard=stop, **opts)
+    (src / "a" / "0.png").unlink()
+    folder(src, ["b/new.png"])
+    write_shards(f"imagefolder:{src}", out, **opts)
+    ref = tmp_path / "ref"
+    write_shards(f"imagefolder:{src}", ref, **opts)
+    assert tree(out) == tree(ref)
+    folder(src, ["a/later.png"])
+    m = write_shards(f"imagefolder:{src}", out, **opts)
+    assert m.split("train").class_counts == (6, 7)
