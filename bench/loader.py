@@ -30,6 +30,7 @@ from ltpipe.pipeline.torch_loader import make_torch_loader
 from ltpipe.train.benchmark import write_result
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+STREAM_SETS = ((("uniform", "minority"), "pairs_per_s"), (("uniform",), "images_per_s"))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -50,7 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=2, help="timed runs per configuration")
     p.add_argument("--workers", default="8,16", help="comma-separated worker/thread counts")
     p.add_argument("--prefetch", type=int, default=3)
-    p.add_argument("--hw-decoder-load", type=float, default=0.75)
+    p.add_argument("--hw-decoder-load", default="0.65",
+                   help="nvJPEG hardware share; comma-separated values are swept (DALI runs only)")
     p.add_argument("--max-image-side", type=int, default=800, help="nvJPEG preallocation hint")
     p.add_argument("--concurrency", choices=("full", "backend"), default="full")
     p.add_argument("--skip-reference", action="store_true")
@@ -97,32 +99,47 @@ def summary(rates: list[float]) -> dict:
     return {"mean": statistics.fmean(rates), "std": statistics.pstdev(rates), "runs": rates}
 
 
-def measure(shards: Path, args) -> tuple[dict, dict]:
-    common = dict(batch_size=args.batch_size, device=args.device, preset="imagenet",
-                  image_size=args.image_size, dtype=DTYPES[args.dtype],
-                  channels_last=not args.no_channels_last, r=1.0, seed=0)
-    results, baselines = {}, {}
+def measure_dali(shards: Path, args, common: dict) -> dict:
+    """DALI pairs/s and images/s per worker count (and per hardware-decoder share if several)."""
+    results = {}
+    loads = [float(h) for h in args.hw_decoder_load.split(",")]
     for workers in [int(w) for w in args.workers.split(",")]:
-        for streams, unit in ((("uniform", "minority"), "pairs_per_s"),
-                              (("uniform",), "images_per_s")):
+        for streams, unit in STREAM_SETS:
+            for load in loads:
+                tag = f"{'pairs' if len(streams) == 2 else 'single'}_w{workers}"
+                tag += f"_hw{load:g}" if len(loads) > 1 else ""
+                loader = make_loader(shards, streams=streams, num_threads=workers,
+                                     py_workers=max(1, workers // 4), prefetch=args.prefetch,
+                                     hw_decoder_load=load, max_image_side=args.max_image_side,
+                                     concurrency=args.concurrency, **common)
+                results[f"dali_{tag}"] = {unit: summary(throughput(loader, args, args.steps))}
+                print(f"dali  {tag}: {results[f'dali_{tag}'][unit]['mean']:.0f} {unit}",
+                      file=sys.stderr)
+                del loader
+    return results
+
+
+def measure_reference(shards: Path, args, common: dict) -> dict:
+    """Reference pairs/s and images/s; ``workers`` DataLoader processes split over the streams."""
+    baselines = {}
+    for workers in [int(w) for w in args.workers.split(",")]:
+        for streams, unit in STREAM_SETS:
             tag = f"{'pairs' if len(streams) == 2 else 'single'}_w{workers}"
-            loader = make_loader(shards, streams=streams, num_threads=workers,
-                                 py_workers=max(1, workers // 4), prefetch=args.prefetch,
-                                 hw_decoder_load=args.hw_decoder_load,
-                                 max_image_side=args.max_image_side,
-                                 concurrency=args.concurrency, **common)
-            results[f"dali_{tag}"] = {unit: summary(throughput(loader, args, args.steps))}
-            print(f"dali  {tag}: {results[f'dali_{tag}'][unit]['mean']:.0f} {unit}",
-                  file=sys.stderr)
-            del loader
-            if args.skip_reference:
-                continue
             ref = make_torch_loader(shards, streams=streams, prefetch=args.prefetch,
                                     num_workers=max(1, workers // len(streams)), **common)
             baselines[f"torch_{tag}"] = {unit: summary(throughput(ref, args, args.ref_steps))}
             print(f"torch {tag}: {baselines[f'torch_{tag}'][unit]['mean']:.0f} {unit}",
                   file=sys.stderr)
             del ref
+    return baselines
+
+
+def measure(shards: Path, args) -> tuple[dict, dict]:
+    common = dict(batch_size=args.batch_size, device=args.device, preset="imagenet",
+                  image_size=args.image_size, dtype=DTYPES[args.dtype],
+                  channels_last=not args.no_channels_last, r=1.0, seed=0)
+    results = measure_dali(shards, args, common)
+    baselines = {} if args.skip_reference else measure_reference(shards, args, common)
     return results, baselines
 
 

@@ -53,7 +53,7 @@ class GraphSpec:
     prefetch: int
     seed: int
     device_id: int | None
-    hw_decoder_load: float = 0.75
+    hw_decoder_load: float = 0.65  # DALI's default
     py_workers: int = 2
     py_start_method: str = "fork"
     max_side: int = 0  # largest encoded image side, for nvJPEG preallocation (0: no hint)

@@ -86,7 +86,7 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
                 image_size: int | None = None, dtype=torch.float32, channels_last: bool = False,
                 r: float = 1.0, seed: int = 0, rank: int = 0, world: int = 1, epoch: int = 0,
                 num_threads: int = 4, prefetch: int = 2, py_workers: int = 2,
-                hw_decoder_load: float = 0.75, max_image_side: int = 0, concurrency: str = "full",
+                hw_decoder_load: float = 0.65, max_image_side: int = 0, concurrency: str = "full",
                 validate: bool = True, allow_empty_classes: bool = False):
     """Build the DALI loader of one rank (falls back to the torch reference without DALI).
 
