@@ -75,6 +75,8 @@ def write_shards(source: str, out: str | Path, *, imbalance: float | None = None
         return done
     journal = Journal(out, options, inputs)
     kept = journal.start()
+    for tmp in [*out.glob("*.tmp"), *out.glob("*/*.tmp")]:  # temporaries of an interrupted run
+        tmp.unlink()
     command = command or _command_line(out, options)
     written, rejected = {}, list(plan.rejected)
     with _encoder(workers, options) as encode:

@@ -69,6 +69,8 @@ def test_resume_after_hard_kill_with_damage(tmp_path, clean):
     data[2000] ^= 0xFF
     shard1.write_bytes(bytes(data))
     (out / "train" / "shard-000004.tar.tmp").write_bytes(b"partial")
+    (out / "train" / "index.npy.tmp").write_bytes(b"partial")
+    (out / "manifest.json.tmp").write_bytes(b"partial")
     resumed = []
     write_shards("synthetic", out, workers=2, on_shard=lambda r: resumed.append(r.name), **OPTS)
     assert resumed[0] == "shard-000001.tar"
