@@ -25,8 +25,8 @@ from ltpipe.shards import manifest as manifest_mod
 from ltpipe.shards.encode import Encoded, Item, Rejected, encode_item, sample_members
 from ltpipe.shards.errors import ShardInputError
 from ltpipe.shards.format import MANIFEST, MEMBERS, REJECTED, SPLITS, Manifest, shard_name
-from ltpipe.shards.journal import JOURNAL, Journal, ShardRecord
-from ltpipe.shards.sources import SourcePlan, plan_source
+from ltpipe.shards.journal import Journal, ShardRecord
+from ltpipe.shards.sources import plan_source
 from ltpipe.shards.tario import TarShardWriter, file_sha256, member_tar_bytes
 
 JPG = MEMBERS.index("jpg")
@@ -286,7 +286,6 @@ def _write_rejected(out: Path, rejected: list[tuple[str, str]]) -> None:
     if not rejected:
         path.unlink(missing_ok=True)
         return
-    write_text_atomic(path, "".join(f"{p}\t{reason}\n" for p, reason in rejected))
+    clean = lambda text: " ".join(str(text).split())  # noqa: E731 - one TSV field: no tabs/newlines
+    write_text_atomic(path, "".join(f"{p}\t{clean(reason)}\n" for p, reason in rejected))
 
-
-__all__ = ["write_shards", "parse_size", "SourcePlan", "JOURNAL"]
