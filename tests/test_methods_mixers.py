@@ -132,3 +132,15 @@ def test_bad_params():
         ResizeMix(env(), box="x")
     with pytest.raises(ValueError, match="mix_schedule"):
         Remix(env(), mix_schedule="sometimes")
+
+
+def test_smc_views_share_the_box_under_augmentation():
+    """Constant components survive crop/flip unchanged, so the pasted region shows the box."""
+    bg = Batch(torch.zeros(8, 3, H, H), torch.arange(8) % 4, torch.arange(8))
+    fg = Batch(torch.ones(8, 3, H, H), torch.arange(8) % 4, torch.arange(8) + 50)
+    out = SMCMix(env(), view_aug="crop", box="sample")({"uniform": bg, "minority": fg}, ctx(2))
+    boxes = [box_of(out.images[i]) for i in range(16)]
+    assert boxes[:8] == boxes[8:]  # view 2 of sample i has view 1's box
+    assert len(set(boxes[:8])) > 1  # box="sample": one box per sample
+    for i, (x0, y0, x1, y1) in enumerate(boxes[:8]):
+        assert out.extras["lf"][i].item() == pytest.approx((x1 - x0) * (y1 - y0) / H**2)
