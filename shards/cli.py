@@ -110,7 +110,10 @@ def inspect(out, verify, plot):
     for line in insp.summary_lines(m):
         click.echo(line)
     if plot is not None:
-        click.echo(f"plot: {insp.plot_counts(m, plot)}")
+        try:
+            click.echo(f"plot: {insp.plot_counts(m, plot)}")
+        except OSError as exc:
+            raise InputError(f"--plot {plot}: {exc.strerror or exc}") from None
     if verify:
         try:
             problems = insp.verify(m)
