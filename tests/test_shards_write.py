@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import struct
 import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -91,7 +92,9 @@ def test_index_offsets_give_exact_jpeg_bytes(tiny):
 def test_dali_index_equals_wds2idx(tiny, tmp_path):
     for tar in tiny.shard_paths("train")[:2]:
         ref = tmp_path / (tar.stem + ".ref.idx")
-        subprocess.run(["wds2idx", str(tar), str(ref)], check=True, capture_output=True)
+        # DALI's own indexer (the wds2idx module shipped with nvidia-dali), independent of PATH
+        subprocess.run([sys.executable, "-m", "wds2idx", str(tar), str(ref)], check=True,
+                       capture_output=True)
         assert tar.with_suffix(".idx").read_text() == ref.read_text()
 
 
