@@ -61,7 +61,8 @@ def write_shards(source: str, out: str | Path, *, imbalance: float | None = None
                        val_list, val_json, size, classes, max_per_class, image_size)
     if workers < 1:
         raise ShardInputError(f"--workers must be >= 1, got {workers}")
-    plan = plan_source(source, imbalance=imbalance, val_list=val_list, val_json=val_json, size=size,
+    plan = plan_source(source, imbalance=imbalance, val_list=options["val_list"],
+                       val_json=options["val_json"], size=size,
                        classes=classes, max_per_class=max_per_class, image_size=image_size,
                        seed=seed)
     orders = {split: _shuffled(items, seed, split) for split, items in plan.splits.items() if items}
@@ -114,7 +115,8 @@ def _options(source, imbalance, max_size, quality, shard_size, samples_per_shard
         raise ShardInputError(f"--shard-size must be at least 10KB, got {shard_size!r}")
     return {"source": source, "imbalance": imbalance, "max_size": max_size, "quality": quality,
             "shard_size": shard_bytes, "samples_per_shard": samples_per_shard, "seed": seed,
-            "val_list": val_list, "val_json": val_json, "size": size, "classes": classes,
+            "val_list": None if val_list is None else str(val_list),
+            "val_json": None if val_json is None else str(val_json), "size": size, "classes": classes,
             "max_per_class": max_per_class, "image_size": image_size}
 
 
