@@ -60,6 +60,14 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return tensor
 
 
+def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) to every rank: DDP only broadcasts them
+    before a forward, so after the last step of an epoch the ranks differ until this runs."""
+    if info.distributed:
+        for buf in module.buffers():
+            dist.broadcast(buf, src=0)
+
+
 def gather_objects(obj, info: DistInfo) -> list:
     """[obj of rank 0, obj of rank 1, ...] on every rank (per-rank loader states)."""
     if not info.distributed:

@@ -72,8 +72,9 @@ def _milestones(ctx, param, value):
 @click.option("--m2m-classifier", type=click.Path(path_type=Path), help="M2m's g: an earlier RUN.")
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue RUN from its checkpoint.")
 @click.option("--progress/--no-progress", default=True)
-@click.option("--record-index", is_flag=True, hidden=True, help="Save sample ids seen (tests).")
-def train(shards, out, recipe, resume, progress, record_index, mixer_opt, loss_opt, **options):
+@click.option("--dump-ranks", is_flag=True, hidden=True,
+              help="Save each rank's sample ids per epoch and final weights (tests).")
+def train(shards, out, recipe, resume, progress, dump_ranks, mixer_opt, loss_opt, **options):
     """Train a classifier on SHARDS (an `ltpipe shard` directory) into RUN."""
     from ltpipe.train.checkpoint import CheckpointError
 
@@ -83,7 +84,7 @@ def train(shards, out, recipe, resume, progress, record_index, mixer_opt, loss_o
         fail(str(exc))
     try:
         result = run(cfg, shards, run_dir, resume=resume is not None, progress=progress,
-                     record_index=record_index)
+                     dump_ranks=dump_ranks)
     except CheckpointError as exc:
         fail(str(exc))
     return result
@@ -138,7 +139,7 @@ def run_table(shards: Path, recipe: str | None) -> dict:
 
 
 def run(cfg: dict, shards: Path, run_dir: Path, *, resume: bool, progress: bool,
-        record_index: bool = False) -> dict:
+        dump_ranks: bool = False) -> dict:
     """Start the process group, write config.toml (rank 0), train, tear down."""
     from ltpipe.train.checkpoint import CONFIG
     from ltpipe.train.config import to_toml
@@ -158,7 +159,7 @@ def run(cfg: dict, shards: Path, run_dir: Path, *, resume: bool, progress: bool,
             tmp.replace(run_dir / CONFIG)
         try:
             trainer = Trainer(cfg, shards, run_dir, info, resume=resume, progress=progress,
-                              record_index=record_index)
+                              dump_ranks=dump_ranks)
         except ValueError as exc:
             fail(str(exc))
         return trainer.fit()

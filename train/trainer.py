@@ -9,6 +9,8 @@ weights, bit for bit, as an uninterrupted one (tests/test_train_resume.py).
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -21,19 +23,24 @@ from ltpipe.train import build
 from ltpipe.train.checkpoint import (FINAL, FORMAT, LAST, CheckpointError, load_file, rng_state,
                                      save_atomic, set_rng_state)
 from ltpipe.train.config import differences
-from ltpipe.train.dist import DistInfo, all_reduce_sum, barrier, gather_objects
+from ltpipe.train.dist import (DistInfo, all_reduce_sum, barrier, broadcast_buffers,
+                               gather_objects)
 from ltpipe.train.evaluate import class_hits, format_table, summarize
 from ltpipe.train.loop import (EPOCH_TAG, EpochSums, make_autocast, step_generator, train_step)
 from ltpipe.train.mixers.base import StepContext
 from ltpipe.train.report import RunReport
 
 
+# Test hook: SIGKILL this process right after optimizer step N (tests/test_train_run.py).
+KILL_AT_STEP = int(os.environ.get("LTPIPE_TEST_KILL_AT_STEP", "0"))
+
+
 class Trainer:
     def __init__(self, cfg: dict, shards: Path, run_dir: Path, info: DistInfo, *,
-                 resume: bool = False, progress: bool = True, record_index: bool = False):
+                 resume: bool = False, progress: bool = True, dump_ranks: bool = False):
         t = cfg["train"]
         self.cfg, self.t, self.info, self.run_dir = cfg, t, info, Path(run_dir)
-        self.progress, self.record_index = progress and info.is_main, record_index
+        self.progress, self.dump_ranks = progress and info.is_main, dump_ranks
         self.epoch, self.step, self.step_in_epoch = 0, 0, 0
         ckpt = load_file(self.run_dir / LAST, info.device) if resume else None
         if ckpt is not None:
@@ -138,7 +145,7 @@ class Trainer:
                    desc=f"epoch {epoch + 1}/{self.t['epochs']}", unit="step", leave=False)
         t0, n0 = time.perf_counter(), self.sums.samples
         for streams in self.loader:
-            if self.record_index:
+            if self.dump_ranks:
                 seen.append(streams[self.mixer.streams[0]].index.cpu().numpy())
             loss, parts, n = train_step(
                 model=self.train_model, mixer=self.mixer, criterion=self.criterion,
@@ -154,11 +161,14 @@ class Trainer:
                 self.sums.seconds += time.perf_counter() - t0
                 self._save()
                 t0, n0 = time.perf_counter(), self.sums.samples
+            if self.step == KILL_AT_STEP:
+                os.kill(os.getpid(), signal.SIGKILL)
+        broadcast_buffers(self.model, self.info)  # identical BN statistics for eval and checkpoint
         if self.info.device.type == "cuda":
             torch.cuda.synchronize()
         self.sums.seconds += time.perf_counter() - t0
         bar.close()
-        if self.record_index:
+        if self.dump_ranks:
             np.save(self.run_dir / f"seen-e{epoch}-r{self.info.rank}.npy",
                     np.concatenate(seen) if seen else np.zeros(0, np.int64))
 
@@ -200,6 +210,8 @@ class Trainer:
         result.update({"epochs": self.t["epochs"],
                        "images_per_s": float(np.mean(rates)) if rates else None,
                        "class_counts": counts})
+        if self.dump_ranks:  # every rank's final weights, to compare across DDP ranks
+            torch.save(self.model.state_dict(), self.run_dir / f"params-r{self.info.rank}.pt")
         if self.info.is_main:
             save_atomic({"format": FORMAT, "config": self.cfg, "num_classes": self.env.num_classes,
                          "model": self.model.state_dict()}, self.run_dir / FINAL)

@@ -1,0 +1,159 @@
+"""`ltpipe train` end to end on tiny real shards: outputs, learning, bad options, exact resume after
+SIGKILL, corrupt/mismatched checkpoints, and a 2-process gloo DDP run."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from ltpipe.shards.write import write_shards
+from ltpipe.train.train_cli import train
+
+# 4 classes (48/24/12/6 train images, 12 val each), 16 px: 6 steps of 16 per epoch
+TINY = dict(classes=4, max_per_class=48, imbalance=8, image_size=16, seed=0)
+FAST = ["--model", "resnet8", "--batch-size", "16", "--warmup", "0", "--lr", "0.05",
+        "--no-channels-last", "--no-progress", "--preset", "cifar", "--image-size", "16"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards") / "tiny"
+    write_shards("synthetic", out, progress=False, **TINY)
+    return out
+
+
+def invoke(*args):
+    result = CliRunner().invoke(train, [str(a) for a in args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def lines(run):
+    return [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(path):
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def assert_bitwise_equal(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture(scope="module")
+def plain_run(shards, tmp_path_factory):
+    """none + ce, 2 epochs: (run dir, CLI result)."""
+    run = tmp_path_factory.mktemp("plain") / "run"
+    res = invoke(shards, "--out", run, "--epochs", "2", "--mixer", "none", "--loss", "ce", *FAST)
+    assert res.exit_code == 0, res.output
+    return run, res
+
+
+def test_none_ce_learns_and_writes_every_output(plain_run):
+    run, res = plain_run
+    rec = lines(run)
+    assert [r["epoch"] for r in rec] == [0, 1]
+    assert {"epoch", "lr", "train_loss", "top1", "many", "medium", "few", "images_per_s",
+            "seconds"} <= set(rec[0])
+    assert rec[1]["train_loss"] < rec[0]["train_loss"]  # it learns
+    final = json.loads((run / "final.json").read_text())
+    assert 0 <= final["top1"] <= 100
+    assert len(final["per_class"]) == 4 and final["epochs"] == 2 and final["images_per_s"] > 0
+    assert final["medium"] is not None and final["few"] is not None and final["many"] is None
+    assert (run / "per_class.png").stat().st_size > 0 and list((run / "tb").glob("events.*"))
+    cfg = (run / "config.toml").read_text()
+    assert 'mixer = "none"' in cfg and "git = " in cfg
+    assert "Few" in res.output and "top-1 %" in res.output  # the Many/Medium/Few table
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--mixer", "nope"], "mixer: unknown 'nope'"),
+    (["--epochs", "0"], "--epochs: must be a positive integer"),
+    (["--recipe", "nope"], "recipe: unknown 'nope'"),
+    (["--mixer", "cmo", "--mixer-opt", "foo=1"], "unknown parameter 'foo'"),
+    (["--loss", "hinge"], "loss: unknown 'hinge'"),
+])
+def test_bad_options_exit_2_with_one_line(shards, tmp_path, args, needle):
+    res = invoke(shards, "--out", tmp_path / "r", *FAST, *args)
+    assert res.exit_code == 2
+    assert res.stderr.count("\n") == 1 and needle in res.stderr, res.stderr
+
+
+def test_missing_shards_exit_2(tmp_path):
+    res = invoke(tmp_path / "nowhere", "--out", tmp_path / "r", *FAST)
+    assert res.exit_code == 2 and res.stderr.count("\n") == 1 and "nowhere" in res.stderr
+
+
+CMO_RUN = ["--epochs", "2", "--mixer", "cmo", "--mixer-opt", "mix_schedule=\"always\"",
+           "--mixer-opt", "prob=0.7", "--ckpt-every", "4", *FAST]
+
+
+def test_exact_resume_after_sigkill(shards, tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    assert invoke(shards, "--out", full, *CMO_RUN).exit_code == 0
+    # Step 10 is mid-epoch 1 (6 steps per epoch); the last checkpoint was at step 8.
+    env = {**os.environ, "LTPIPE_TEST_KILL_AT_STEP": "10"}
+    cmd = [sys.executable, "-m", "ltpipe.train", str(shards), "--out", str(killed), *CMO_RUN]
+    log = tmp_path / "killed.log"
+    with open(log, "w") as fh:  # a file, not a pipe: orphaned loader workers would hold a pipe
+        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            assert proc.wait(timeout=300) == -9, log.read_text()[-2000:]
+        finally:
+            try:  # the killed run's DALI worker processes, like the rest of a dead node
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    ckpt = torch.load(killed / "ckpt" / "last.pt", weights_only=False)
+    assert (ckpt["epoch"], ckpt["step"], ckpt["step_in_epoch"]) == (1, 8, 2)
+    res = invoke("--resume", killed, "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert_bitwise_equal(weights(full / "final.pt"), weights(killed / "final.pt"))
+    assert [r["train_loss"] for r in lines(full)] == [r["train_loss"] for r in lines(killed)]
+
+
+def test_corrupt_or_mismatched_checkpoint_exit_2(shards, plain_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(plain_run[0], run)
+    res = invoke("--resume", run, "--lr", "0.3")
+    assert res.exit_code == 2 and "options change the run" in res.stderr and "lr" in res.stderr
+    cfg = run / "config.toml"
+    cfg.write_text(cfg.read_text().replace("epochs = 2", "epochs = 3"))  # config vs checkpoint
+    res = invoke("--resume", run)
+    assert res.exit_code == 2 and "mismatched configuration" in res.stderr, res.stderr
+    (run / "ckpt" / "last.pt").write_bytes(b"not a checkpoint")
+    res = invoke("--resume", run)
+    assert res.exit_code == 2 and res.stderr.count("\n") == 1 and "corrupt" in res.stderr
+    res = invoke(shards, "--out", run, *FAST)  # a second fresh run into the same RUN
+    assert res.exit_code == 2 and "already holds a run" in res.stderr
+
+
+def test_ddp_gloo_two_processes(shards, tmp_path):
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "ltpipe.train", str(shards), "--out", str(run), "--epochs", "2",
+           "--mixer", "cmo", "--mixer-opt", "mix_schedule=\"always\"", "--dump-ranks", *FAST]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = (torch.load(run / f"params-r{r}.pt", weights_only=False) for r in (0, 1))
+    assert_bitwise_equal(a, b)  # DDP keeps the ranks identical
+    n = json.loads((run / "final.json").read_text())["class_counts"]
+    for epoch in (0, 1):
+        seen = [np.load(run / f"seen-e{epoch}-r{r}.npy") for r in (0, 1)]
+        assert len(seen[0]) == len(seen[1]) == 45
+        assert sorted(np.concatenate(seen).tolist()) == list(range(sum(n)))  # each sample once
+    assert not (run / "params-r2.pt").exists() and len(lines(run)) == 2  # only rank 0 reports
+    shutil.rmtree(run / "tb")
