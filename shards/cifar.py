@@ -33,7 +33,10 @@ def _unpickle(path: Path) -> dict:
             f"{path}: not a CIFAR pickle batch ({exc.__class__.__name__})") from None
 
 
-def load(root: Path, scheme: str) -> tuple[list[str], dict[str, list[tuple[str, int, np.ndarray]]]]:
+Rows = list[tuple[str, int, np.ndarray]]  # (path, label, [32,32,3] uint8 pixels)
+
+
+def load(root: Path, scheme: str) -> tuple[list[str], dict[str, Rows]]:
     """Class names and, per split, (path, label, [32,32,3] uint8 pixels) rows in file order."""
     folder, train_files, test_file, meta_file, label_key, names_key = LAYOUT[scheme]
     if not root.is_dir():

@@ -29,8 +29,9 @@ class SourcePlan:
     candidates: dict[str, list[int]] = field(default_factory=dict)  # split -> inputs per class
 
 
-def plan_source(source: str, *, imbalance: float | None = None, val_list: str | None = None,
-                val_json: str | None = None, size: str = "default", classes: int | None = None,
+def plan_source(source: str, *, imbalance: float | None = None,
+                val_list: str | None = None, val_json: str | None = None,
+                size: str = "default", classes: int | None = None,
                 max_per_class: int | None = None, image_size: int | None = None,
                 seed: int = 0) -> SourcePlan:
     scheme, _, rest = source.partition(":")

@@ -3,9 +3,9 @@
 Built for the situation CMO (Park et al., CVPR 2022, §3) targets: the tail lacks *context*
 diversity. Class k is a foreground object (a shape in a saturated colour, with a surface pattern
 for large class numbers) pasted on a background *context* (a muted textured scene). Class sizes
-follow the exponential profile of ALGORITHMS.md §5; head classes are seen on many contexts, tail classes on
-very few; the balanced val split draws contexts uniformly, so a model must recognise the object,
-not the scene. Every image is rendered from (seed, split, class, index) alone, in any process.
+follow the exponential profile of ALGORITHMS.md §5; head classes are seen on many contexts, tail
+classes on very few; the balanced val split draws contexts uniformly, so a model must recognise
+the object, not the scene. Every image is rendered from (seed, split, class, index) alone, in any process.
 """
 
 from __future__ import annotations
@@ -55,9 +55,9 @@ PROFILES = {
 }
 
 
-def make_spec(size: str = "default", *, classes: int | None = None, imbalance: float | None = None,
-              max_per_class: int | None = None, image_size: int | None = None,
-              seed: int = 0) -> SynthSpec:
+def make_spec(size: str = "default", *, classes: int | None = None,
+              imbalance: float | None = None, max_per_class: int | None = None,
+              image_size: int | None = None, seed: int = 0) -> SynthSpec:
     """A profile with optional overrides (tests use e.g. classes=6, max_per_class=40)."""
     if size not in PROFILES:
         raise ValueError(f"--size: unknown profile {size!r} (choose from {', '.join(PROFILES)})")

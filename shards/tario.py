@@ -76,11 +76,6 @@ class TarShardWriter:
         os.replace(self.tmp, self.path)
         return size, digest
 
-    def abort(self) -> None:
-        self._tar.close()
-        self._file.close()
-        self.tmp.unlink(missing_ok=True)
-
 
 def dali_index_text(samples: list[list[MemberSpan]]) -> str:
     """The exact text ``wds2idx`` writes for a tar holding these samples."""

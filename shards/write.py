@@ -116,7 +116,8 @@ def _options(source, imbalance, max_size, quality, shard_size, samples_per_shard
     return {"source": source, "imbalance": imbalance, "max_size": max_size, "quality": quality,
             "shard_size": shard_bytes, "samples_per_shard": samples_per_shard, "seed": seed,
             "val_list": None if val_list is None else str(val_list),
-            "val_json": None if val_json is None else str(val_json), "size": size, "classes": classes,
+            "val_json": None if val_json is None else str(val_json),
+            "size": size, "classes": classes,
             "max_per_class": max_per_class, "image_size": image_size}
 
 

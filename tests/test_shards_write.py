@@ -13,6 +13,7 @@ import pytest
 
 from ltpipe.shards.format import INDEX_DTYPE, MEMBERS, decode_sample_id, key_of
 from ltpipe.shards.longtail import longtail_counts
+from ltpipe.shards.tario import read_dali_index
 from ltpipe.shards.write import parse_size, write_shards
 
 TINY = dict(classes=6, max_per_class=40, progress=False)
@@ -96,6 +97,9 @@ def test_dali_index_equals_wds2idx(tiny, tmp_path):
         subprocess.run([sys.executable, "-m", "wds2idx", str(tar), str(ref)], check=True,
                        capture_output=True)
         assert tar.with_suffix(".idx").read_text() == ref.read_text()
+        spans = read_dali_index(ref)
+        assert len(spans) == len(_tar_samples(tar)[0])
+        assert all([s.ext for s in sample] == list(MEMBERS) for sample in spans)
 
 
 def test_webdataset_reads_every_sample_once(tiny):
