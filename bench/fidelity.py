@@ -1,0 +1,173 @@
+"""Fidelity: does minority mixing help the tail? CE vs CE+CMO (and more) over seeds.
+
+Trains every named config for every seed with ``ltpipe train`` (in process), then reports the
+mean ± std (over seeds) of top-1 and Many/Medium/Few, as a table, a JSON result
+(bench/results/fidelity-<device>.json, schema of ltpipe.train.benchmark) and a PNG.
+
+A config is ``LOSS[-REWEIGHT]:MIXER[@key=value;key=value]``, e.g. ``ce:none``, ``ce:cmo``,
+``bs:cmo``, ``ldam-drw:cmo``, ``ce:cmo@fg_r=1`` (mixer params, TOML values), so new mixers
+(smc, otmix, m2m) need no edit here. Finished runs (RUN/final.json) are reused.
+
+    python bench/fidelity.py --runs ce:none,ce:cmo,bs:cmo,ldam-drw:cmo --seeds 0,1,2
+    python bench/fidelity.py --device cuda --recipe synthetic --runs ce:none,ce:cmo,ce:smc
+
+The check (issue 5): CMO's Few-class mean must exceed CE's by more than the seeds' spread
+(std of CE + std of CMO).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+METRICS = ("top1", "many", "medium", "few")
+
+
+def parse_config(spec: str) -> tuple[str, str, str, list[str]]:
+    """'ldam-drw:cmo@fg_r=1;prob=1' -> ('ldam', 'drw', 'cmo', ['fg_r=1', 'prob=1'])."""
+    head, _, opts = spec.partition("@")
+    loss_part, sep, mixer = head.partition(":")
+    if not sep or not loss_part or not mixer:
+        raise SystemExit(f"--runs: expected LOSS[-REWEIGHT]:MIXER[@k=v;...], got {spec!r}")
+    loss, _, reweight = loss_part.partition("-")
+    return loss, reweight or "none", mixer, [o for o in opts.split(";") if o]
+
+
+def train_one(spec: str, seed: int, args, run_dir: Path) -> dict:
+    from ltpipe.train.train_cli import train
+
+    done = run_dir / "final.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    if run_dir.exists():  # an unfinished earlier attempt: continue it
+        cli = ["--resume", str(run_dir)]
+    else:
+        loss, reweight, mixer, opts = parse_config(spec)
+        cli = [str(args.shards), "--out", str(run_dir), "--recipe", args.recipe, "--loss", loss,
+               "--reweight", reweight, "--mixer", mixer, "--seed", str(seed),
+               "--device", args.device]
+        cli += [x for o in opts for x in ("--mixer-opt", o)]
+        if args.epochs:
+            cli += ["--epochs", str(args.epochs)]
+        cli += list(args.extra)
+    cli += ["--no-progress"] if not args.progress else []
+    try:
+        return train.main(args=cli, standalone_mode=False)
+    except SystemExit as exc:
+        raise SystemExit(f"{spec} seed {seed}: ltpipe train failed (exit {exc.code})") from None
+
+
+def summarize(per_seed: dict[str, list[dict]]) -> dict:
+    out = {}
+    for spec, results in per_seed.items():
+        row = {}
+        for m in METRICS:
+            vals = np.array([r[m] for r in results if r[m] is not None], dtype=float)
+            if not vals.size:  # the data set has no class in this group
+                row[m] = {"mean": None, "std": None, "values": []}
+                continue
+            row[m] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1
+                      else 0.0, "values": vals.tolist()}
+        out[spec] = row
+    return out
+
+
+def few_check(summary: dict, base: str, method: str) -> dict | None:
+    if base not in summary or method not in summary or summary[base]["few"]["mean"] is None:
+        return None
+    gain = summary[method]["few"]["mean"] - summary[base]["few"]["mean"]
+    spread = summary[method]["few"]["std"] + summary[base]["few"]["std"]
+    return {"base": base, "method": method, "few_gain": gain, "spread": spread,
+            "passes": bool(gain > spread)}
+
+
+def table(summary: dict) -> str:
+    lines = [f"{'config':28s}" + "".join(f"{m:>16s}" for m in METRICS)]
+    for spec, row in summary.items():
+        lines.append(f"{spec:28s}" + "".join(
+            f"{row[m]['mean']:>9.1f} ± {row[m]['std']:<4.1f}" if row[m]["mean"] is not None
+            else f"{'-':>16s}" for m in METRICS))
+    return "\n".join(lines)
+
+
+def plot(summary: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    specs = list(summary)
+    width = 0.8 / max(len(specs), 1)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for i, spec in enumerate(specs):
+        xs = np.arange(len(METRICS)) + i * width
+        ax.bar(xs, [summary[spec][m]["mean"] or 0.0 for m in METRICS], width,
+               yerr=[summary[spec][m]["std"] or 0.0 for m in METRICS], capsize=3, label=spec)
+    ax.set_xticks(np.arange(len(METRICS)) + 0.4 - width / 2, ["All", "Many", "Medium", "Few"])
+    ax.set_ylabel("val top-1 % (mean ± std over seeds)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--shards", type=Path, default=ROOT / "out" / "synthetic",
+                   help="shard dir (the synthetic default is written there if missing)")
+    p.add_argument("--runs", default="ce:none,ce:cmo,bs:cmo,ldam-drw:cmo")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--recipe", default="synthetic")
+    p.add_argument("--epochs", type=int, default=0, help="override the recipe's epochs")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--workdir", type=Path, default=ROOT / "runs" / "fidelity")
+    p.add_argument("--out", type=Path, default=None, help="result dir (bench/results)")
+    p.add_argument("--progress", action="store_true")
+    p.add_argument("extra", nargs="*", help="more `ltpipe train` options, after --")
+    args = p.parse_args(argv)
+    specs = [s.strip() for s in args.runs.split(",") if s.strip()]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for spec in specs:
+        parse_config(spec)
+    if not (args.shards / "manifest.json").is_file():
+        from ltpipe.shards.write import write_shards
+
+        write_shards("synthetic", args.shards, progress=False)
+    per_seed = {}
+    for spec in specs:
+        tag = spec.replace(":", "_").replace("@", "_").replace(";", "_").replace("=", "")
+        per_seed[spec] = []
+        for seed in seeds:
+            print(f"== {spec} seed {seed}", flush=True)
+            per_seed[spec].append(train_one(spec, seed, args, args.workdir / f"{tag}-s{seed}"))
+    summary = summarize(per_seed)
+    base = next((s for s in specs if s.startswith("ce:none")), None)
+    checks = [c for s in specs if ":cmo" in s and (c := few_check(summary, base, s))]
+    print(table(summary))
+    for c in checks:
+        verdict = "PASS" if c["passes"] else "FAIL"
+        print(f"{verdict}: {c['method']} Few {c['few_gain']:+.1f} over {c['base']} "
+              f"(seed spread {c['spread']:.1f})")
+    from ltpipe.train.benchmark import RESULTS_DIR, write_result
+
+    params = {"shards": str(args.shards), "recipe": args.recipe, "epochs": args.epochs or "recipe",
+              "seeds": seeds, "runs": specs, "extra": args.extra,
+              "command": " ".join(["python", "bench/fidelity.py", *sys.argv[1:]])}
+    path = write_result("fidelity", params, {"summary": summary, "checks": checks},
+                        out_dir=args.out, device="cpu" if args.device == "cpu" else None)
+    png = path.with_suffix(".png")
+    plot(summary, png, f"{args.recipe} on {args.shards.name}, seeds {seeds} ({args.device})")
+    print(f"wrote {path} and {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,104 @@
+"""Recipes, config resolution and round trip, LR schedule, models, aux-term wiring, load_model."""
+
+import math
+import tomllib
+
+import pytest
+import torch
+
+from ltpipe.train import build
+from ltpipe.train.checkpoint import CheckpointError, load_model, save_atomic
+from ltpipe.train.config import (ConfigError, differences, load_recipe, parse_scalar, recipe_names,
+                                 resolve, to_toml)
+from ltpipe.train.dist import DistInfo
+from ltpipe.train.models import build_model
+from ltpipe.train.schedule import LRSchedule
+
+
+def test_shipped_recipes_resolve_with_the_papers_values():
+    assert {"cifar100-lt", "cifar10-lt", "imagenet-lt", "inat2018", "synthetic"} <= set(recipe_names())
+    for name in recipe_names():
+        resolve(load_recipe(name), {}, {})
+    c = resolve(load_recipe("cifar100-lt"), {"mixer": "cmo"}, {})
+    t = c["train"]
+    assert (t["model"], t["epochs"], t["batch_size"], t["lr"], t["wd"]) == ("resnet32", 200, 128, 0.1, 2e-4)
+    assert (t["warmup"], t["milestones"], t["gamma"], t["drw_epoch"]) == (5, [160, 180], 0.01, 160)
+    assert c["mixer"] == {"cmo": {"prob": 0.5, "mix_schedule": "repo", "box": "batch",
+                                  "alpha": 1.0, "fg_r": 0.0}}
+    inat = load_recipe("inat2018")["train"]  # extends imagenet-lt
+    assert (inat["model"], inat["epochs"], inat["milestones"]) == ("resnet50", 200, [75, 160])
+
+
+def test_cli_overrides_recipe_and_round_trips_through_toml():
+    cfg = resolve(load_recipe("cifar100-lt"), {"lr": 0.2, "epochs": None, "mixer": "cmo"},
+                  {"fg_r": 1.0})
+    assert cfg["train"]["lr"] == 0.2 and cfg["train"]["epochs"] == 200
+    assert cfg["mixer"]["cmo"]["fg_r"] == 1.0 and cfg["mixer"]["cmo"]["prob"] == 0.5
+    cfg["run"] = {"git": "abc", "command": 'ltpipe train "x"'}
+    assert tomllib.loads(to_toml(cfg)) == cfg
+    again = resolve({k: v for k, v in cfg.items() if k != "run"}, {"device": "cuda"}, {})
+    assert differences(cfg, again) == []  # device may change on resume
+    assert differences(cfg, resolve(cfg, {"wd": 0.1}, {})) == ["train.wd (0.0002 -> 0.1)"]
+
+
+@pytest.mark.parametrize("override,needle", [({"epochs": 0}, "--epochs"), ({"lr": -1.0}, "--lr"),
+                                             ({"schedule": "linear"}, "--schedule")])
+def test_bad_values_are_named(override, needle):
+    with pytest.raises(ConfigError, match=needle):
+        resolve({}, override, {})
+
+
+def test_parse_scalar():
+    assert parse_scalar("0.5") == 0.5 and parse_scalar("true") is True
+    assert parse_scalar('"repo"') == "repo" and parse_scalar("repo") == "repo"
+    assert parse_scalar("[1, 2]") == [1, 2]
+
+
+def test_lr_schedule():
+    s = LRSchedule(steps_per_epoch=10, epochs=200, warmup=5, schedule="step",
+                   milestones=(160, 180), gamma=0.01)
+    assert s(0) == pytest.approx(1 / 50) and s(49) == 1.0 and s(1599) == 1.0
+    assert s(1600) == pytest.approx(0.01) and s(1800) == pytest.approx(1e-4)
+    c = LRSchedule(steps_per_epoch=10, epochs=10, schedule="cosine")
+    assert c(0) == 1.0 and c(50) == pytest.approx(0.5) and c(100) == pytest.approx(0.0)
+    assert math.isclose(c(25), 0.5 * (1 + math.cos(math.pi / 4)))
+
+
+def test_models_and_cosine_classifier():
+    m = build_model("resnet32", 10)
+    assert sum(p.numel() for p in m.parameters()) == pytest.approx(0.46e6, rel=0.02)  # He et al.
+    out = m(torch.randn(2, 3, 32, 32))
+    assert out.logits.shape == (2, 10) and out.features.shape == (2, 64) and out.extras == {}
+    cos = build_model("resnet8", 5, cosine_classifier=True)
+    assert cos(torch.randn(3, 3, 16, 16)).logits.abs().max() <= 1 + 1e-5
+    with pytest.raises(ValueError, match="model: unknown"):
+        build_model("vgg", 3)
+
+
+def test_aux_terms_of_a_mixer_get_a_trained_head():
+    t = {"image_size": 16, "batch_size": 4, "epochs": 2, "seed": 0, "model": "resnet8",
+         "loss": "bs", "reweight": "none", "drw_epoch": -1, "channels_last": False}
+    cfg = {"train": {**t, "mixer": "smc"}, "mixer": {"smc": {}}, "loss": {}, "aux": {}}
+    info = DistInfo(0, 1, 0, torch.device("cpu"))
+    env = build.make_env(t, torch.tensor([20, 10, 5]), "unused", info)
+    mixer = build.make_mixer(cfg, env)
+    model, crit = build.make_model_and_criterion(cfg, env, mixer)
+    assert list(crit.aux) == ["smc"] and len(model.heads) == 1
+    opt, _ = build.make_optimizer({**t, "lr": 0.1, "momentum": 0.9, "wd": 0, "nesterov": False,
+                                   "warmup": 0, "schedule": "constant", "milestones": [],
+                                   "gamma": 0.1}, model, crit, 1)
+    head_params = {id(p) for p in model.heads.parameters()}
+    assert head_params <= {id(p) for g in opt.param_groups for p in g["params"]}
+
+
+def test_load_model_restores_a_frozen_classifier(tmp_path):
+    model = build_model("resnet8", 3)
+    (tmp_path / "config.toml").write_text('[train]\nmodel = "resnet8"\nloss = "ce"\n')
+    save_atomic({"format": 1, "num_classes": 3, "model": model.state_dict()}, tmp_path / "final.pt")
+    g = load_model(tmp_path)
+    assert not g.training and not any(p.requires_grad for p in g.parameters())
+    x = torch.randn(2, 3, 16, 16)
+    model.eval()
+    assert torch.equal(g(x).logits, model(x).logits)
+    with pytest.raises(CheckpointError, match="config.toml"):
+        load_model(tmp_path / "nothing")
