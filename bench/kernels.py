@@ -1,0 +1,149 @@
+"""Kernel benchmark (issue 4): paste_/resize_paste_ and batched Sinkhorn vs torch/POT baselines.
+
+    python bench/kernels.py --device cuda          # B=256, 3x224x224 fp16; CUDA events
+    python bench/kernels.py --device cpu           # smaller batch, wall clock, labelled "cpu"
+
+Median (and p10/p90) milliseconds over --runs runs after warm-up, written with
+ltpipe.train.benchmark.write_result to bench/results/kernels-<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ltpipe.kernels import (cutmix_boxes, paste_, resize_paste_, resizemix_boxes, sample_lam,
+                            sinkhorn, sinkhorn_reference)
+from ltpipe.train.benchmark import time_cuda, write_result
+
+
+def _stats(ms: list[float]) -> dict:
+    q = statistics.quantiles(ms, n=10)
+    return {"median_ms": statistics.median(ms), "p10_ms": q[0], "p90_ms": q[-1], "runs": len(ms)}
+
+
+def _timed(fn, runs: int, warmup: int) -> dict:
+    return _stats(time_cuda(fn, warmup=warmup, runs=runs))
+
+
+def _box_mask(boxes: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    ys = torch.arange(H, device=boxes.device)[None, :, None]
+    xs = torch.arange(W, device=boxes.device)[None, None, :]
+    b = boxes.long()[:, :, None, None]  # [B,4,1,1]
+    inside = (xs >= b[:, 0]) & (xs < b[:, 2]) & (ys >= b[:, 1]) & (ys < b[:, 3])  # [B,H,W]
+    return inside[:, None]  # [B,1,H,W]
+
+
+def _slice_loop(dst, src, boxes_list):
+    for i, (x0, y0, x1, y1) in enumerate(boxes_list):
+        dst[i, :, y0:y1, x0:x1] = src[i, :, y0:y1, x0:x1]
+
+
+def _interp_loop(dst, src, boxes_list):
+    for i, (x0, y0, x1, y1) in enumerate(boxes_list):
+        dst[i, :, y0:y1, x0:x1] = F.interpolate(src[i:i + 1].float(), size=(y1 - y0, x1 - x0),
+                                                mode="bilinear", align_corners=False)[0]
+
+
+def bench_paste(device, B, size, runs, warmup) -> tuple[dict, dict]:
+    g = torch.Generator(device=device).manual_seed(0)
+    results, baselines = {}, {}
+    for layout in ("nchw", "nhwc"):
+        fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+        dst = torch.rand(B, 3, size, size, device=device, generator=g).half().contiguous(
+            memory_format=fmt)
+        src = torch.rand_like(dst).contiguous(memory_format=fmt)
+        boxes, _ = cutmix_boxes(sample_lam(B, 1.0, g), size, size, g)
+        rboxes, _ = resizemix_boxes(B, size, size, g)
+        mask = _box_mask(boxes, size, size)
+        blist, rlist = boxes.tolist(), rboxes.tolist()
+        results[f"paste_{layout}"] = _timed(
+            lambda: paste_(dst, src, boxes, validate=False), runs, warmup)
+        results[f"resize_paste_{layout}"] = _timed(
+            lambda: resize_paste_(dst, src, rboxes, validate=False), runs, warmup)
+        baselines[f"paste_{layout}_torch_where"] = _timed(
+            lambda: torch.where(mask, src, dst), runs, warmup)
+        baselines[f"paste_{layout}_slice_loop"] = _timed(
+            lambda: _slice_loop(dst, src, blist), runs, warmup)
+        baselines[f"resize_paste_{layout}_interpolate_loop"] = _timed(
+            lambda: _interp_loop(dst, src, rlist), runs, warmup)
+    return results, baselines
+
+
+def _pot_loop(C, eps, tol):
+    import ot
+
+    n, m = C.shape[1:]
+    a = torch.full((n,), 1.0 / n, dtype=C.dtype, device=C.device)
+    b = torch.full((m,), 1.0 / m, dtype=C.dtype, device=C.device)
+    return [ot.sinkhorn(a, b, C[k], eps, method="sinkhorn_log", stopThr=tol, numItermax=1000,
+                        warn=False) for k in range(C.shape[0])]
+
+
+def _pot_batch(C, eps, tol):
+    import ot
+
+    return ot.batch.solve_batch(C, reg=eps, method="log_sinkhorn", max_iter=1000, tol=tol).plan
+
+
+def bench_sinkhorn(device, shapes, runs, warmup, eps=0.01, tol=1e-6) -> tuple[dict, dict]:
+    results, baselines = {}, {}
+    for G, n in shapes:
+        g = torch.Generator(device=device).manual_seed(1)
+        C = torch.rand(G, n, n, device=device, generator=g)  # fp32 costs in [0, 1)
+        a = torch.full((G, n), 1.0 / n, device=device)
+        key = f"sinkhorn_G{G}_{n}x{n}"
+        _, _, _, iters = sinkhorn(C, eps=eps, tol=tol, return_info=True)
+        results[key] = _timed(lambda: sinkhorn(C, eps=eps, tol=tol), runs, warmup)
+        results[key]["iterations"] = iters.tolist()
+        baselines[key + "_torch_reference"] = _timed(
+            lambda: sinkhorn_reference(C, a, a, eps, 1000, tol), runs, warmup)
+        baselines[key + "_pot_batch"] = _timed(lambda: _pot_batch(C, eps, tol), runs, warmup)
+        baselines[key + "_pot_loop"] = _timed(lambda: _pot_loop(C, eps, tol), runs, warmup)
+    return results, baselines
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    ap.add_argument("--batch", type=int, default=None, help="paste batch (cuda 256, cpu 32)")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=None, help="(cuda 10, cpu 3)")
+    ap.add_argument("--out", default=None, help="results folder (default bench/results)")
+    args = ap.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device; use --device cpu")
+    cuda = args.device == "cuda"
+    if not cuda:
+        torch.set_num_threads(1)  # shared CPUs: oversubscribed intra-op threads stall every op
+    B = args.batch or (256 if cuda else 32)
+    warmup = args.warmup if args.warmup is not None else (10 if cuda else 3)
+    shapes = [(1, 256), (8, 128)]
+    results, baselines = {}, {}
+    for part in tqdm(("paste", "sinkhorn"), desc="kernels bench"):
+        if part == "paste":
+            r, b = bench_paste(args.device, B, args.size, args.runs, warmup)
+        else:
+            r, b = bench_sinkhorn(args.device, shapes, args.runs, warmup)
+        results.update(r)
+        baselines.update(b)
+    params = {"device": args.device, "batch": B, "image": [3, args.size, args.size],
+              "dtype": "float16", "boxes": "cutmix lam0~Beta(1,1) / resizemix", "runs": args.runs,
+              "warmup": warmup, "sinkhorn": {"shapes": shapes, "eps": 0.01, "tol": 1e-6,
+                                            "dtype": "float32"},
+              "timer": "cuda events" if cuda else "wall clock",
+              "torch_threads": torch.get_num_threads()}
+    path = write_result("kernels", params, results, baselines,
+                        out_dir=args.out, device=None if cuda else "cpu")
+    for k, v in {**results, **baselines}.items():
+        print(f"{k:48s} {v['median_ms']:10.3f} ms")
+    print(path)
+
+
+if __name__ == "__main__":
+    main()
