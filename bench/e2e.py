@@ -1,0 +1,351 @@
+"""End-to-end training throughput: is the GPU ever waiting for data? (issue 7)
+
+One run measures, per mixer (``--mixers cmo,smc,otmix``; OTmix in bank mode), the SAME training
+step (``ltpipe.train.loop.train_step`` on the model, mixer, criterion and optimizer that
+train/build.py builds, torch.compile'd like the trainer does) fed three ways:
+  (a) ceiling:     a few batches copied once to the device and cycled: no loader at all;
+  (b) ltpipe:      ``make_loader`` (DALI, nvJPEG on cuda) end to end;
+  (c) torchvision: ``make_torch_loader`` (PIL + torchvision transforms, ``--ref-workers``
+                   DataLoader processes split over the streams) end to end.
+images/s counts the P (background) images a step consumes; the result holds the ratios b/a and
+b/c. Device idle per step: on CUDA the gap between two CUDA events, one recorded after step i's
+work and one right after ``next(it)`` returns step i+1's batch, i.e. time the GPU had no step work
+queued (loader output copies on the compute stream count as idle); on the CPU the wall time
+blocked in ``next(it)``. Timing: wall clock with a synchronize at both ends, after ``--warmup``
+steps (which absorb torch.compile), ``--repeats`` runs of ``--steps`` steps: mean ± std.
+Only full batches are fed (a ragged epoch end would recompile the model; its wait still counts).
+
+Mixing runs on every step (prob 1, mix_schedule "always"): the pipeline's worst case. OTmix bank:
+F̂ is set to the uniform off-diagonal matrix, use_ot is forced and the bank holds random unit
+features of the model's width, so every step computes the [B,B] cost and Sinkhorn.
+
+Targets (issue 7, one H100): cmo b/a >= 0.97 and b/c >= 6; smc, otmix b/a >= 0.95.
+
+GPU (generates the synthetic iNat-like set, ~36k JPEGs of 500-800 px, on that machine):
+    python bench/e2e.py --device cuda --generate /tmp/ltpipe-inat --gen-workers 16 \
+        --mixers cmo,smc,otmix
+CPU (tiny: resnet8, 32 px, batch 8, fp32, no compile; labelled cpu):
+    python bench/e2e.py --device cpu --tiny --generate /tmp/ltpipe-tiny --mixers cmo,smc,otmix
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import itertools
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ltpipe.pipeline.batch import Batch
+from ltpipe.train import build
+from ltpipe.train.benchmark import write_result
+from ltpipe.train.config import resolve
+from ltpipe.train.dist import DistInfo
+from ltpipe.train.loop import make_autocast, step_generator, train_step
+from ltpipe.train.mixers.base import StepContext
+from ltpipe.train.mixers.registry import MIXERS, mixer_params
+
+GPU = dict(size="inat", model="resnet50", batch_size=256, image_size=224, preset="imagenet",
+           precision="bf16", compile=True, steps=15, repeats=3, warmup=10, ref_steps=10,
+           ref_workers=16, threads=min(16, os.cpu_count() or 1), torch_threads=0)
+TINY = dict(size="default", model="resnet8", batch_size=8, image_size=32, preset="cifar",
+            precision="fp32", compile=False, steps=4, repeats=2, warmup=2, ref_steps=4,
+            ref_workers=2, threads=2, torch_threads=1)
+MIXER_PARAMS = {"otmix": {"mode": "bank"}}  # the variant the targets name
+TARGET_VS_CEILING = {"cmo": 0.97, "smc": 0.95, "otmix": 0.95}
+TARGET_VS_TORCHVISION = {"cmo": 6.0}
+EPOCHS, EPOCH = 10, 5  # the step context's epoch (mixing is forced on in every epoch anyway)
+RESIDENT_STEPS = 4  # distinct batches cycled by the ceiling
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--shards", type=Path, help="an existing shard directory")
+    src.add_argument("--generate", type=Path, help="write the synthetic set here (reused if done)")
+    p.add_argument("--tiny", action="store_true", help="CPU-sized defaults (see module doc)")
+    p.add_argument("--size", help="synthetic profile for --generate (inat; tiny: default)")
+    p.add_argument("--gen-workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--mixers", default="cmo", help="comma-separated mixer names")
+    p.add_argument("--model")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--preset", choices=("imagenet", "cifar"))
+    p.add_argument("--precision", choices=("bf16", "fp16", "fp32"))
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--steps", type=int, help="timed steps per repeat")
+    p.add_argument("--repeats", type=int)
+    p.add_argument("--warmup", type=int)
+    p.add_argument("--ref-steps", type=int, help="timed steps per repeat for torchvision")
+    p.add_argument("--ref-workers", type=int, help="torchvision DataLoader processes in all")
+    p.add_argument("--threads", type=int, help="DALI CPU threads (Q workers: threads // 4)")
+    p.add_argument("--torch-threads", type=int,
+                   help="torch CPU threads (0: torch's default; tiny: 1, as OpenMP spin-waits on "
+                   "a shared CPU)")
+    p.add_argument("--prefetch", type=int, default=3)
+    p.add_argument("--hw-decoder-load", type=float, default=0.65)
+    p.add_argument("--max-image-side", type=int, default=800, help="nvJPEG preallocation hint")
+    p.add_argument("--mix-prob", type=float, default=1.0, help="mixers' prob param, if any")
+    p.add_argument("--skip-reference", action="store_true", help="no torchvision run")
+    p.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
+    args = p.parse_args(argv)
+    for key, value in (TINY if args.tiny else GPU).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.mixer_names = [m.strip() for m in args.mixers.split(",") if m.strip()]
+    unknown = [m for m in args.mixer_names if m not in MIXERS]
+    if unknown or not args.mixer_names:
+        p.error(f"--mixers: unknown {unknown or args.mixers!r} (choose from {', '.join(MIXERS)})")
+    for key in ("batch_size", "image_size", "steps", "repeats", "ref_steps", "ref_workers",
+                "threads"):
+        if getattr(args, key) <= 0:
+            p.error(f"--{key.replace('_', '-')}: must be a positive integer")
+    return args
+
+
+def shard_dir(args) -> Path:
+    if args.shards:
+        return args.shards
+    from ltpipe.shards.format import MANIFEST
+    from ltpipe.shards.write import write_shards
+
+    if not (args.generate / MANIFEST).is_file():
+        t0 = time.perf_counter()
+        write_shards("synthetic", args.generate, size=args.size, workers=args.gen_workers, seed=0)
+        log(f"generated {args.generate} in {time.perf_counter() - t0:.0f} s")
+    return args.generate
+
+
+def log(msg: str) -> None:
+    print(f"[e2e] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- the step under test
+
+class StepUnderTest:
+    """The trainer's step for one mixer: ``run(streams) -> P images consumed``."""
+
+    def __init__(self, name: str, shards: Path, args, counts: torch.Tensor):
+        self.device = torch.device(args.device)
+        params = {k: v for k, v in (("prob", args.mix_prob), ("mix_schedule", "always"))
+                  if k in mixer_params(name)}
+        train = dict(mixer=name, model=args.model, batch_size=args.batch_size,
+                     image_size=args.image_size, preset=args.preset, precision=args.precision,
+                     channels_last=args.channels_last, compile=args.compile,
+                     device=args.device, epochs=EPOCHS, warmup=0, schedule="constant")
+        cfg = resolve({}, train, {**params, **MIXER_PARAMS.get(name, {})})
+        self.t = t = cfg["train"]
+        info = DistInfo(0, 1, 0, self.device)
+        self.env = build.make_env(t, counts.to(self.device), shards, info)
+        self.mixer = build.make_mixer(cfg, self.env)
+        self.model, self.criterion = build.make_model_and_criterion(cfg, self.env, self.mixer)
+        self.optimizer, self.scheduler = build.make_optimizer(t, self.model, self.criterion,
+                                                              steps_per_epoch=10**6)
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.device.type == "cuda" and t["precision"] == "fp16")
+        self.autocast = make_autocast(self.device, t["precision"])
+        self.train_model = torch.compile(self.model) if t["compile"] else self.model
+        self.step = 0
+        steady_state(self.mixer, self.model)
+        self.model.train()
+
+    def run(self, streams: dict[str, Batch]) -> int:
+        gen = step_generator(self.t["seed"], EPOCH, self.step, 0, self.device)
+        ctx = StepContext(EPOCH, EPOCHS, self.step, self.env.class_counts, gen, model=self.model)
+        train_step(model=self.train_model, mixer=self.mixer, criterion=self.criterion,
+                   optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
+                   streams=streams, ctx=ctx, autocast=self.autocast)
+        self.step += 1
+        return len(streams[self.mixer.streams[0]])
+
+
+def steady_state(mixer, model) -> None:
+    """OTmix: take the OT path on every step, as in a late epoch with a trained model."""
+    if not hasattr(mixer, "force_ot"):
+        return
+    c, n = mixer.env.num_classes, int(mixer.env.class_counts.sum())
+    dev = mixer.fhat.device
+    mixer.fhat.copy_((1 - torch.eye(c, device=dev)) / max(c - 1, 1))  # F̂ [C,C], zero diagonal
+    mixer.has_fhat.fill_(True)
+    mixer.force_ot = True
+    if getattr(mixer, "mode", None) == "bank":
+        feats = torch.nn.functional.normalize(torch.randn(n, model.feature_dim, device=dev), dim=1)
+        mixer.bank, mixer.bank_seen = feats, torch.ones(n, dtype=torch.bool, device=dev)
+
+
+# ---------------------------------------------------------------- feeding and timing
+
+def full_steps(loader, batch_size: int):
+    """Endless {stream: Batch} steps of exactly ``batch_size`` P images (epochs chained)."""
+    while True:
+        got = False
+        for streams in loader:
+            if all(len(b) == batch_size for b in streams.values()):
+                got = True
+                yield streams
+        if not got:
+            raise ValueError(f"loader: no step of {batch_size} samples in a whole epoch")
+
+
+def resident_copy(streams: dict[str, Batch]) -> dict[str, Batch]:
+    """A private device copy (same dtype, strides) that no loader will ever overwrite."""
+    return {k: Batch(b.images.clone(), b.labels.clone(), b.index.clone(), dict(b.meta))
+            for k, b in streams.items()}
+
+
+def summary(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values),
+            "runs": [round(v, 4) for v in values]}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(step: StepUnderTest, source, steps: int, repeats: int, warmup: int) -> dict:
+    """images/s per repeat, device idle and host wait per step (ms), see the module doc."""
+    cuda = step.device.type == "cuda"
+    for _ in range(warmup):
+        step.run(next(source))
+    rates, idle, wait = [], [], []
+    for _ in range(repeats):
+        sync(step.device)
+        t0, n, marks = time.perf_counter(), 0, []
+        for _ in range(steps):
+            h0 = time.perf_counter()
+            streams = next(source)
+            wait.append((time.perf_counter() - h0) * 1e3)
+            start = torch.cuda.Event(enable_timing=True) if cuda else None
+            if cuda:
+                start.record()
+            n += step.run(streams)
+            end = torch.cuda.Event(enable_timing=True) if cuda else None
+            if cuda:
+                end.record()
+            marks.append((start, end))
+        sync(step.device)
+        rates.append(n / (time.perf_counter() - t0))
+        if cuda:  # gap between step i's end and step i+1's start on the compute stream
+            idle += [marks[i][1].elapsed_time(marks[i + 1][0]) for i in range(steps - 1)]
+        else:
+            idle += wait[-steps:]
+    return {"images_per_s": summary(rates), "device_idle_ms_per_step": summary(idle or [0.0]),
+            "host_wait_ms_per_step": summary(wait)}
+
+
+def loader_kwargs(args, counts_device: torch.device) -> dict:
+    return dict(batch_size=args.batch_size, device=args.device, preset=args.preset,
+                image_size=args.image_size, channels_last=args.channels_last, seed=0,
+                dtype=build.loader_dtype(counts_device, args.precision))
+
+
+# ---------------------------------------------------------------- the three ways
+
+def measure_mixer(name: str, shards: Path, args, counts: torch.Tensor) -> tuple[dict, dict]:
+    """(results entry, baselines entry) of one mixer: ceiling, ltpipe, torchvision."""
+    from ltpipe.pipeline.loader import make_loader
+    from ltpipe.pipeline.torch_loader import make_torch_loader
+
+    step = StepUnderTest(name, shards, args, counts)
+    common = loader_kwargs(args, step.device)
+    streams = tuple(step.mixer.streams)
+    r = {"r": step.mixer.fg_r} if hasattr(step.mixer, "fg_r") else {}
+    loader = make_loader(shards, streams=streams, num_threads=args.threads,
+                         py_workers=max(1, args.threads // 4), prefetch=args.prefetch,
+                         hw_decoder_load=args.hw_decoder_load,
+                         max_image_side=args.max_image_side, **r, **common)
+    source = full_steps(loader, args.batch_size)
+    resident = [resident_copy(next(source)) for _ in range(RESIDENT_STEPS)]
+    log(f"{name}: ceiling (compiles during warm-up)" if args.compile else f"{name}: ceiling")
+    ceiling = timed(step, itertools.cycle(resident), args.steps, args.repeats, args.warmup)
+    del resident
+    log(f"{name}: ceiling {ceiling['images_per_s']['mean']:,.0f} img/s; ltpipe end to end")
+    ours = timed(step, source, args.steps, args.repeats, args.warmup)
+    source.close()
+    del source, loader
+    gc.collect()
+    log(f"{name}: ltpipe {ours['images_per_s']['mean']:,.0f} img/s")
+    baselines, ref = {}, None
+    if not args.skip_reference:
+        per_stream = max(1, args.ref_workers // len(streams))
+        tv = make_torch_loader(shards, streams=streams, num_workers=per_stream,
+                               prefetch=args.prefetch, **r, **common)
+        tv_source = full_steps(tv, args.batch_size)
+        ref = timed(step, tv_source, args.ref_steps, args.repeats, max(2, args.warmup // 2))
+        tv_source.close()
+        baselines[f"torchvision_w{args.ref_workers}"] = ref
+        log(f"{name}: torchvision {ref['images_per_s']['mean']:,.0f} img/s")
+    return compare(name, ceiling, ours, ref), baselines
+
+
+def compare(name: str, ceiling: dict, ours: dict, ref: dict | None) -> dict:
+    rate = ours["images_per_s"]["mean"]
+    out = {"ceiling": ceiling, "ltpipe": ours,
+           "ltpipe_vs_ceiling": rate / ceiling["images_per_s"]["mean"]}
+    checks = [out["ltpipe_vs_ceiling"] >= TARGET_VS_CEILING.get(name, 0.95)]
+    out["target_vs_ceiling"] = TARGET_VS_CEILING.get(name, 0.95)
+    if ref is not None:
+        out["ltpipe_vs_torchvision"] = rate / ref["images_per_s"]["mean"]
+        if name in TARGET_VS_TORCHVISION:
+            out["target_vs_torchvision"] = TARGET_VS_TORCHVISION[name]
+            checks.append(out["ltpipe_vs_torchvision"] >= TARGET_VS_TORCHVISION[name])
+    out["meets_targets"] = all(checks)
+    return out
+
+
+def print_table(results: dict, baselines: dict) -> None:
+    print(f"{'mixer':8} {'ceiling':>10} {'ltpipe':>10} {'torchvision':>12} {'b/a':>6} {'b/c':>6} "
+          f"{'idle ms':>8}")
+    for name, res in results.items():
+        ref = next(iter(baselines.get(name, {}).values()), None)
+        tv = f"{ref['images_per_s']['mean']:12,.0f}" if ref else f"{'-':>12}"
+        bc = f"{res['ltpipe_vs_torchvision']:6.2f}" if "ltpipe_vs_torchvision" in res else \
+            f"{'-':>6}"
+        print(f"{name:8} {res['ceiling']['images_per_s']['mean']:10,.0f} "
+              f"{res['ltpipe']['images_per_s']['mean']:10,.0f} {tv} "
+              f"{res['ltpipe_vs_ceiling']:6.3f} {bc} "
+              f"{res['ltpipe']['device_idle_ms_per_step']['mean']:8.2f}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("bench/e2e.py: --device cuda but no CUDA device is visible", file=sys.stderr)
+        return 2
+    shards = shard_dir(args)
+    if args.torch_threads > 0:
+        torch.set_num_threads(args.torch_threads)
+    from ltpipe.shards.format import load_manifest
+
+    manifest = load_manifest(shards)
+    counts = torch.tensor(manifest.split("train").class_counts, dtype=torch.int64)
+    if args.device == "cuda":
+        torch.cuda.init()  # CUDA first: DALI's Python workers are then spawned, never forked
+        torch.backends.cudnn.benchmark = True
+    results, baselines = {}, {}
+    for name in args.mixer_names:
+        results[name], baselines[name] = measure_mixer(name, shards, args, counts)
+        gc.collect()
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+    print_table(results, baselines)
+    params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    params.update(train_samples=manifest.split("train").num_samples,
+                  num_classes=manifest.num_classes, mixer_params=MIXER_PARAMS,
+                  torch=torch.__version__)
+    path = write_result("e2e", params, results, baselines, out_dir=args.out,
+                        device="cpu" if args.device == "cpu" else None)
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
