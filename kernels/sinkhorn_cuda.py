@@ -18,7 +18,7 @@ from numba import cuda
 
 from ltpipe.kernels import numba_bridge as nb
 
-THREADS = 64 if nb.SIMULATOR else 1024
+THREADS = 32 if nb.SIMULATOR else 1024
 CHECK_EVERY = 10
 
 if nb.SIMULATOR:
@@ -142,6 +142,6 @@ def sinkhorn_tensors(C: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: flo
     CT = C.transpose(1, 2).contiguous()  # [G, m, n]: the g half-step reads rows too
     arrays = [nb.device_array(x) for x in (C, CT, torch.log(a), torch.log(b), b, f, g, iters)]
     dt = np.float32 if C.dtype == torch.float32 else np.float64
-    threads = min(THREADS, 32 * max(1, math.ceil(max(n, m) / 32)))  # no idle warps for tiny n, m
+    threads = min(THREADS, 32 * max(n, m))  # a warp per row, up to 32 warps; none idle
     _kernel(C.dtype)[G, threads, nb.torch_stream(C)](*arrays, dt(1.0 / eps), max_iter, dt(tol))
     return f, g, iters
