@@ -72,7 +72,9 @@ def all_reduce_counts(counts: torch.Tensor, world: int) -> torch.Tensor:
     return counts
 
 
-def split_exists(shards: str, split: str) -> bool:
+def split_size(shards: str, split: str) -> int | None:
+    """Samples in ``split`` of the shard directory, or None when it has no such split."""
     from ltpipe.shards.format import load_manifest
 
-    return split in load_manifest(shards).splits
+    splits = load_manifest(shards).splits
+    return splits[split].num_samples if split in splits else None

@@ -170,7 +170,8 @@ class OTMix(Mixer):
             raise ValueError("mixer otmix: needs a shard directory for the confusion split")
         if self._loader is None:
             split = self.confusion_split
-            if not conf.split_exists(self.env.shards, split):
+            size = conf.split_size(self.env.shards, split)
+            if size is None:
                 log.warning("otmix: %s has no split %r; confusion from min(n_k, %d) train samples "
                             "per class", self.env.shards, split, self.confusion_per_class)
                 from ltpipe.pipeline.shardset import open_split
@@ -178,9 +179,10 @@ class OTMix(Mixer):
                 labels = open_split(self.env.shards, "train", validate=False).labels
                 ids = conf.subset_ids(labels, self.confusion_per_class, self.env.seed)
                 self._keep_ids = torch.from_numpy(ids).to(self.env.device)
-                split = "train"
+                split, size = "train", len(labels)
+            batch = max(1, min(self.env.batch_size, size // self.env.world))  # small val splits
             self._loader = make_loader(
-                self.env.shards, split=split, batch_size=self.env.batch_size, streams=("uniform",),
+                self.env.shards, split=split, batch_size=batch, streams=("uniform",),
                 device=self.env.device.type, preset=self.preset, image_size=self.env.image_size,
                 seed=self.env.seed, rank=self.env.rank, world=self.env.world, epoch=epoch)
         if self._keep_ids is not None:
