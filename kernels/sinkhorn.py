@@ -62,25 +62,32 @@ def plan_from_potentials(C: torch.Tensor, f: torch.Tensor, g: torch.Tensor, eps:
 
 def sinkhorn_reference(C: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float,
                        max_iter: int, tol: float):
-    """The definition (any device): C [G,n,m], a [G,n], b [G,m] -> f [G,n], g [G,m], iters [G]."""
+    """The definition (any device): C [G,n,m], a [G,n], b [G,m] -> f [G,n], g [G,m], iters [G].
+
+    Works on the still-running problems only: a converged problem is written out and dropped.
+    """
     G, n, m = C.shape
-    logK = -C / eps  # [G, n, m]
-    log_a, log_b = torch.log(a), torch.log(b)
     f = torch.zeros(G, n, dtype=C.dtype, device=C.device)
     g = torch.zeros(G, m, dtype=C.dtype, device=C.device)
-    active = torch.ones(G, dtype=torch.bool, device=C.device)
-    iters = torch.zeros(G, dtype=torch.int32, device=C.device)
-    for it in range(max_iter):
-        g_new = log_b - torch.logsumexp(logK + f[:, :, None], dim=1)  # [G, m]
-        f_new = log_a - torch.logsumexp(logK + g_new[:, None, :], dim=2)  # [G, n]
-        g = torch.where(active[:, None], g_new, g)
-        f = torch.where(active[:, None], f_new, f)
-        iters += active.to(torch.int32)
-        if it % CHECK_EVERY == 0:
-            colsum = torch.exp(logK + f[:, :, None] + g[:, None, :]).sum(dim=1)  # [G, m]
-            active &= torch.linalg.vector_norm(colsum - b, dim=1) >= tol
-            if not bool(active.any()):
-                break
+    iters = torch.full((G,), max_iter, dtype=torch.int32, device=C.device)
+    run = torch.arange(G, device=C.device)  # indices of running problems
+    logK, log_a, log_b, b_run = -C / eps, torch.log(a), torch.log(b), b  # [R,n,m], [R,n], [R,m]
+    f_run, g_run = f.clone(), g.clone()
+    for it in range(1, max_iter + 1):
+        g_run = log_b - torch.logsumexp(logK + f_run[:, :, None], dim=1)  # [R, m]
+        f_run = log_a - torch.logsumexp(logK + g_run[:, None, :], dim=2)  # [R, n]
+        if (it - 1) % CHECK_EVERY == 0:  # POT checks after iterations 1, 11, 21, ...
+            colsum = torch.exp(logK + f_run[:, :, None] + g_run[:, None, :]).sum(dim=1)
+            done = torch.linalg.vector_norm(colsum - b_run, dim=1) < tol  # [R]
+            if bool(done.any()):
+                f[run[done]], g[run[done]], iters[run[done]] = f_run[done], g_run[done], it
+                keep = ~done
+                run, logK, log_a, log_b, b_run = (run[keep], logK[keep], log_a[keep],
+                                                  log_b[keep], b_run[keep])
+                f_run, g_run = f_run[keep], g_run[keep]
+                if run.numel() == 0:
+                    break
+    f[run], g[run] = f_run, g_run  # problems that hit max_iter
     return f, g, iters
 
 
