@@ -108,9 +108,9 @@ def bilinear_reference(img: torch.Tensor, h: int, w: int) -> torch.Tensor:
     x = img.to(torch.float32)
     y0, y1, ly0, ly1 = _axis(x.shape[1], h, x.device)
     x0, x1, lx0, lx1 = _axis(x.shape[2], w, x.device)
-    rows0, rows1 = x[:, y0], x[:, y1]  # [C, h, W]
-    top = rows0[:, :, x0] * lx0 + rows0[:, :, x1] * lx1  # [C, h, w]
-    bot = rows1[:, :, x0] * lx0 + rows1[:, :, x1] * lx1
+    rows0, rows1 = x.index_select(1, y0), x.index_select(1, y1)  # [C, h, W]
+    top = rows0.index_select(2, x0) * lx0 + rows0.index_select(2, x1) * lx1  # [C, h, w]
+    bot = rows1.index_select(2, x0) * lx0 + rows1.index_select(2, x1) * lx1
     return top * ly0[:, None] + bot * ly1[:, None]
 
 
