@@ -80,6 +80,7 @@ def test_none_ce_learns_and_writes_every_output(plain_run):
 @pytest.mark.parametrize("args,needle", [
     (["--mixer", "nope"], "mixer: unknown 'nope'"),
     (["--epochs", "0"], "--epochs: must be a positive integer"),
+    (["--epochs", "abc"], "'--epochs': 'abc' is not a valid integer"),
     (["--recipe", "nope"], "recipe: unknown 'nope'"),
     (["--mixer", "cmo", "--mixer-opt", "foo=1"], "unknown parameter 'foo'"),
     (["--loss", "hinge"], "loss: unknown 'hinge'"),

@@ -28,6 +28,23 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
+class OneLineError(click.ClickException):
+    """A usage error printed as one line (no usage block), exit status 2."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.echo(f"ltpipe train: error: {self.format_message()}", err=True)
+
+
+class TrainCommand(click.Command):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:  # bad type, unknown option, missing value
+            raise OneLineError(exc.format_message()) from None
+
+
 def _milestones(ctx, param, value):
     if value is None:
         return None
@@ -37,7 +54,7 @@ def _milestones(ctx, param, value):
         raise click.BadParameter(f"expected comma-separated epochs, got {value!r}") from None
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=TrainCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("shards", required=False, type=click.Path(path_type=Path))
 @click.option("--out", "out", type=click.Path(path_type=Path), help="Run directory RUN.")
 @click.option("--recipe", help="Shipped recipe name (cifar100-lt, synthetic, ...) or FILE.toml.")

@@ -186,6 +186,7 @@ class Trainer:
             record.update({f"loss_{k}": float(v) / max(samples, 1.0)
                            for k, v in zip(self.sums.parts, parts)})
         due = (epoch + 1) % self.t["eval_every"] == 0 or epoch + 1 == self.t["epochs"]
+        record.update(dict.fromkeys(("top1", "many", "medium", "few")))  # null: not evaluated
         if due and self.val_loader is not None:
             result = self._evaluate()
             record.update({k: result[k] for k in ("top1", "many", "medium", "few")})
