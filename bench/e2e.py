@@ -237,8 +237,10 @@ def timed(step: StepUnderTest, source, steps: int, repeats: int, warmup: int) ->
             idle += [marks[i][1].elapsed_time(marks[i + 1][0]) for i in range(steps - 1)]
         else:
             idle += wait[-steps:]
-    return {"images_per_s": summary(rates), "device_idle_ms_per_step": summary(idle or [0.0]),
-            "host_wait_ms_per_step": summary(wait)}
+    out = {"images_per_s": summary(rates), "device_idle_ms_per_step": summary(idle or [0.0])}
+    if cuda:  # on the CPU the idle time IS the host wait
+        out["host_wait_ms_per_step"] = summary(wait)
+    return out
 
 
 def loader_kwargs(args, counts_device: torch.device) -> dict:

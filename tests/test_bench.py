@@ -1,0 +1,134 @@
+"""`ltpipe bench loader|e2e|kernels` on the CPU at tiny size: the scripts run through the CLI,
+their JSON validates against the schema, the numbers are consistent, a chart is written, and bad
+input is a one-line error with exit status 2."""
+
+import json
+import math
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from ltpipe.shards.write import write_shards
+from ltpipe.train import bench_cli
+from ltpipe.train.benchmark import validate_result
+from ltpipe.train.cli import main
+
+TINY_E2E = ["--tiny", "--steps", "2", "--repeats", "2", "--warmup", "1", "--ref-steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "tiny"
+    write_shards("synthetic", out, classes=6, max_per_class=40, image_size=32, progress=False)
+    return out
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Shared CI cores: OpenMP threads spin-wait against each other; restore afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def invoke(args):
+    return CliRunner().invoke(main, ["bench", *map(str, args)])
+
+
+def load(path):
+    doc = json.loads(path.read_text())
+    validate_result(doc)
+    return doc
+
+
+def assert_chart(path):
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.width == 800 and im.height > 200
+
+
+def test_e2e_three_ways_in_one_run(shards, tmp_path):
+    res = invoke(["e2e", shards, "--device", "cpu", "--out", tmp_path, *TINY_E2E,
+                  "--mixers", "cmo,otmix"])
+    assert res.exit_code == 0, res.output
+    doc = load(tmp_path / "e2e-cpu.json")
+    assert doc["device"] == "cpu" and doc["params"]["model"] == "resnet8"
+    assert doc["params"]["batch_size"] == 8 and doc["params"]["compile"] is False
+    for name in ("cmo", "otmix"):
+        r, ref = doc["results"][name], doc["baselines"][name]["torchvision_w2"]
+        rates = [r["ceiling"]["images_per_s"], r["ltpipe"]["images_per_s"], ref["images_per_s"]]
+        assert all(x["mean"] > 0 and len(x["runs"]) == 2 for x in rates)
+        # the ratios are the quotients of the measured means
+        assert math.isclose(r["ltpipe_vs_ceiling"], rates[1]["mean"] / rates[0]["mean"])
+        assert math.isclose(r["ltpipe_vs_torchvision"], rates[1]["mean"] / rates[2]["mean"])
+        # resident batches never wait; the loaders do (2 timed steps x 2 repeats each)
+        assert r["ceiling"]["device_idle_ms_per_step"]["mean"] < 1.0
+        assert len(r["ltpipe"]["device_idle_ms_per_step"]["runs"]) == 4
+        assert ref["device_idle_ms_per_step"]["mean"] > 0
+    assert doc["results"]["cmo"]["target_vs_torchvision"] == 6.0
+    assert doc["results"]["otmix"]["target_vs_ceiling"] == 0.95
+    assert "cmo/ltpipe" in res.output and "ltpipe_vs_ceiling" in res.output  # the table
+    assert_chart(tmp_path / "e2e-cpu.png")
+
+
+def test_loader_bench_through_the_cli(shards, tmp_path):
+    res = invoke(["loader", shards, "--device", "cpu", "--out", tmp_path, "--batch-size", "8",
+                  "--image-size", "32", "--steps", "2", "--ref-steps", "2", "--warmup", "1",
+                  "--repeats", "1", "--workers", "1", "--prefetch", "1"])
+    assert res.exit_code == 0, res.output
+    doc = load(tmp_path / "loader-cpu.json")
+    assert doc["results"]["dali_pairs_w1"]["pairs_per_s"]["mean"] > 0
+    assert doc["baselines"]["torch_single_w1"]["images_per_s"]["mean"] > 0
+    assert_chart(tmp_path / "loader-cpu.png")
+
+
+def test_kernels_bench_takes_no_shards(tmp_path):
+    res = invoke(["kernels", "--device", "cpu", "--out", tmp_path, "--batch", "4", "--size", "32",
+                  "--runs", "3", "--warmup", "1"])
+    assert res.exit_code == 0, res.output
+    doc = load(tmp_path / "kernels-cpu.json")
+    rows = bench_cli.result_rows(doc)
+    assert rows and all(r["metric"] == "median_ms" and r["value"] > 0 for r in rows)
+    assert_chart(tmp_path / "kernels-cpu.png")
+
+
+def test_result_rows_flatten_measurements_only():
+    rate = {"mean": 10.0, "std": 1.0, "runs": [9, 11]}
+    doc = {"results": {"cmo": {"ceiling": {"images_per_s": rate},
+                               "ltpipe_vs_ceiling": 0.5, "target_vs_ceiling": 0.97,
+                               "meets_targets": False}},
+           "baselines": {"k": {"median_ms": 2.0, "p10_ms": 1.0, "runs": 50, "flag": True,
+                               "bad": float("nan")}}}
+    rows = bench_cli.result_rows(doc)
+    assert [(r["source"], r["label"], r["metric"], r["value"], r["std"]) for r in rows] == [
+        ("result", "cmo/ceiling", "images_per_s", 10.0, 1.0),
+        ("result", "cmo", "ltpipe_vs_ceiling", 0.5, None),
+        ("baseline", "k", "median_ms", 2.0, None)]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["e2e", "--device", "cpu"], "SHARDS: give a shard directory"),
+    (["e2e", "{tmp}", "--device", "cpu"], "not a shard directory (no manifest.json)"),
+    (["loader", "{shards}", "--generate", "{tmp}/x", "--device", "cpu"], "not both"),
+])
+def test_bad_input_is_one_line_exit_2(shards, tmp_path, args, message):
+    res = invoke([a.format(tmp=tmp_path, shards=shards) for a in args])
+    assert res.exit_code == 2
+    assert message in res.output and "Traceback" not in res.output
+
+
+def test_script_errors_keep_exit_2(shards, tmp_path, capsys):
+    res = invoke(["e2e", shards, "--device", "cpu", "--out", tmp_path, "--mixers", "nosuch"])
+    assert res.exit_code == 2
+    assert "--mixers: unknown" in capsys.readouterr().err + res.output
+    assert not list(tmp_path.glob("*.json"))
+
+
+def test_missing_bench_folder_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench_cli, "bench_dir", lambda: tmp_path / "bench")
+    res = invoke(["kernels", "--device", "cpu", "--out", tmp_path])
+    assert res.exit_code == 2
+    assert "benchmark script not found" in res.output and "Traceback" not in res.output

@@ -1,0 +1,99 @@
+"""`ltpipe preview`: a PNG of the expected size with one tile per sample, the tiles show the real
+(de-normalized) pixels, a CMO mixed tile is made of its background and foreground tiles, and bad
+input (m2m without a classifier, an unknown mixer, a split without the mixer's streams) is one
+line with exit status 2."""
+
+import io
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from ltpipe.pipeline.minority import ShardBytes
+from ltpipe.pipeline.shardset import open_split
+from ltpipe.shards.write import write_shards
+from ltpipe.train.cli import main
+from ltpipe.train.preview import CAPTION, HEADER, TILE, grid_size, make_preview
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    out = tmp_path_factory.mktemp("preview") / "tiny"
+    write_shards("synthetic", out, classes=6, max_per_class=40, image_size=32, progress=False)
+    return out
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Shared CI cores: OpenMP threads spin-wait against each other; restore afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tile(grid: np.ndarray, row: int, col: int) -> np.ndarray:
+    y = HEADER + row * (TILE + CAPTION)
+    return grid[y:y + TILE, col * TILE:(col + 1) * TILE].astype(int)
+
+
+def test_cmo_rows_of_background_foreground_mixed(shards, tmp_path):
+    out = tmp_path / "cmo.png"
+    res = CliRunner().invoke(main, ["preview", str(shards), "--mixer", "cmo", "--out", str(out),
+                                    "--n", "4", "--seed", "3"])
+    assert res.exit_code == 0, res.output
+    with Image.open(out) as im:
+        assert im.size == grid_size(4, 3) == (3 * TILE, HEADER + 4 * (TILE + CAPTION))
+        grid = np.asarray(im.convert("RGB"))
+    pasted = 0
+    for row in range(4):
+        bg, fg, mixed = (tile(grid, row, c) for c in range(3))
+        from_bg = (mixed == bg).all(axis=2)
+        from_fg = (mixed == fg).all(axis=2)
+        assert (from_bg | from_fg).all()  # every mixed pixel is the bg's or the fg's (same place)
+        pasted += int((from_fg & ~from_bg).sum())
+    assert pasted > 0  # mixing is forced on: some foreground pixels were pasted
+
+
+def test_one_tile_per_sample_shows_the_stored_images(shards, tmp_path):
+    out = make_preview(shards, "none", tmp_path / "none.png", n=5, split="val")
+    with Image.open(out) as im:
+        assert im.size == grid_size(5, 1) == (4 * TILE, HEADER + 2 * (TILE + CAPTION))
+        grid = np.asarray(im.convert("RGB"))
+    data = open_split(shards, "val")
+    payloads = ShardBytes(data.rows, data.tar_paths)
+    for k in range(5):  # val is read in order, cifar eval is the identity: tile k = sample k
+        shown = tile(grid, k // 4, k % 4)[::TILE // 32, ::TILE // 32]  # nearest upscale undone
+        jpeg = Image.open(io.BytesIO(payloads.read(k).tobytes())).convert("RGB")
+        assert np.abs(shown - np.asarray(jpeg, dtype=int)).mean() < 3.0  # decoder rounding only
+
+
+def test_model_dependent_mixer_gets_a_fresh_model(shards, tmp_path):
+    out = make_preview(shards, "otmix", tmp_path / "otmix.png", n=3)
+    with Image.open(out) as im:
+        assert im.size == grid_size(3, 3)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mixer", "m2m"], "needs a frozen classifier"),
+    (["--mixer", "nosuch"], "mixer: unknown 'nosuch'"),
+    (["--mixer", "cmo", "--split", "val"], "only the train split has"),
+    (["--mixer", "none", "--n", "1000"], "batch_size: 1000 exceeds"),
+    (["--mixer", "cmo", "--mixer-opt", "prob"], "--mixer-opt: expected KEY=VALUE"),
+])
+def test_bad_input_is_one_line_exit_2(shards, tmp_path, args, message):
+    out = tmp_path / "g.png"
+    res = CliRunner().invoke(main, ["preview", str(shards), "--out", str(out), *args])
+    assert res.exit_code == 2
+    assert message in res.output and "Traceback" not in res.output
+    assert not out.exists()
+
+
+def test_missing_shards_is_one_line(tmp_path):
+    res = CliRunner().invoke(main, ["preview", str(tmp_path / "nope"), "--mixer", "cmo",
+                                    "--out", str(tmp_path / "g.png")])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "nope" in res.output

@@ -1,0 +1,231 @@
+"""``ltpipe bench loader|e2e|kernels``: a thin CLI over the scripts in bench/ (issue 7).
+
+Each subcommand runs ``bench/<name>.py``'s ``main(argv)`` in this process (imported by path: bench/
+is not a package and ships only with a source checkout), then reads the result JSON it wrote
+(schema: ``ltpipe.train.benchmark.write_result``), prints a table and writes a PNG bar chart
+beside it (``<name>-<device>.png``). Options the CLI does not know go to the script unchanged, so
+``ltpipe bench e2e SHARDS --device cpu --tiny --steps 4`` runs
+``python bench/e2e.py --shards SHARDS --device cpu --out bench/results --tiny --steps 4``
+(give SHARDS before the script's options).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import click
+
+BENCHMARKS = ("loader", "e2e", "kernels")
+# keys that describe a measurement rather than being one (left out of tables and charts)
+SKIP_KEYS = frozenset({"std", "runs", "p10_ms", "p90_ms", "iterations", "meets_targets"})
+MAX_PANELS = 6
+PASS_THROUGH = {"ignore_unknown_options": True, "help_option_names": ["-h", "--help"]}
+
+
+class BenchError(click.ClickException):
+    """A one-line error; exit status 2 like every other bad input of the CLI."""
+
+    exit_code = 2
+
+
+def bench_dir() -> Path:
+    """bench/ of the source checkout this package is installed from (editable install)."""
+    import ltpipe.train
+
+    return Path(ltpipe.train.__file__).resolve().parents[1] / "bench"
+
+
+def load_script(name: str):
+    path = bench_dir() / f"{name}.py"
+    if not path.is_file():
+        raise BenchError(
+            f"{path}: benchmark script not found (`ltpipe bench` needs the source checkout, "
+            "installed with `pip install -e .`)")
+    spec = importlib.util.spec_from_file_location(f"ltpipe_bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # so objects defined there pickle by reference
+    spec.loader.exec_module(module)
+    return module
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def shard_args(shards: Path | None, generate: Path | None) -> list[str]:
+    if shards is not None and generate is not None:
+        raise click.UsageError("give either SHARDS or --generate DIR, not both")
+    if generate is not None:
+        return ["--generate", str(generate)]
+    if shards is None:
+        raise click.UsageError("SHARDS: give a shard directory (or --generate DIR)")
+    if not (shards / "manifest.json").is_file():
+        raise click.UsageError(f"{shards}: not a shard directory (no manifest.json)")
+    return ["--shards", str(shards)]
+
+
+def run_benchmark(name: str, argv: list[str], out: Path) -> Path:
+    """Run bench/<name>.py main(argv); return the result JSON it wrote into ``out``."""
+    module = load_script(name)
+    started = time.time()
+    try:
+        code = module.main(argv)
+    except SystemExit as exc:  # argparse errors: the script already printed its message
+        code = exc.code
+    if code not in (0, None):
+        sys.exit(code if isinstance(code, int) else 2)
+    written = [p for p in out.glob(f"{name}-*.json") if p.stat().st_mtime >= started - 1]
+    if not written:
+        raise BenchError(f"bench {name}: no {name}-*.json was written into {out}")
+    return max(written, key=lambda p: p.stat().st_mtime)
+
+
+# ---------------------------------------------------------------- table and chart
+
+def result_rows(doc: dict) -> list[dict]:
+    """Flatten results/baselines into rows {source, label, metric, value, std}.
+
+    A dict with "mean" is one measurement (metric = its key); any other number is one too
+    (metric = its key, e.g. "median_ms", "ltpipe_vs_ceiling"); SKIP_KEYS and target_* are not.
+    """
+    rows: list[dict] = []
+
+    def walk(node, path: tuple[str, ...], source: str) -> None:
+        for key, value in node.items():
+            if key in SKIP_KEYS or key.startswith("target_"):
+                continue
+            label = "/".join(path) or key
+            if isinstance(value, dict) and isinstance(value.get("mean"), (int, float)):
+                rows.append(dict(source=source, label=label, metric=key,
+                                 value=float(value["mean"]), std=value.get("std")))
+            elif isinstance(value, dict):
+                walk(value, path + (key,), source)
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                rows.append(dict(source=source, label=label, metric=key, value=float(value),
+                                 std=None))
+
+    walk(doc["results"], (), "result")
+    walk(doc["baselines"], (), "baseline")
+    return [r for r in rows if math.isfinite(r["value"])]
+
+
+def format_table(rows: list[dict]) -> str:
+    width = max([len(r["label"]) for r in rows] + [5])
+    mwidth = max([len(r["metric"]) for r in rows] + [6])
+    lines = [f"{'':9}{'label':{width}}  {'metric':{mwidth}}  {'value':>12}  std"]
+    for r in rows:
+        std = f"±{r['std']:.4g}" if isinstance(r["std"], (int, float)) else ""
+        lines.append(f"{r['source']:9}{r['label']:{width}}  {r['metric']:{mwidth}}  "
+                     f"{r['value']:12.4g}  {std}")
+    return "\n".join(lines)
+
+
+def write_chart(rows: list[dict], path: Path, title: str) -> Path:
+    """One horizontal bar panel per metric (results blue, baselines grey); atomic write."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = list(dict.fromkeys(r["metric"] for r in rows))[:MAX_PANELS]
+    heights = [max(1, sum(r["metric"] == m for r in rows)) for m in metrics]
+    fig, axes = plt.subplots(len(metrics), 1, squeeze=False, constrained_layout=True,
+                             figsize=(8, 1.2 + 0.35 * sum(heights) + 0.6 * len(metrics)),
+                             gridspec_kw={"height_ratios": heights})
+    for ax, metric in zip(axes[:, 0], metrics):
+        sel = [r for r in rows if r["metric"] == metric]
+        ys = range(len(sel))
+        ax.barh(ys, [r["value"] for r in sel],
+                xerr=[r["std"] if isinstance(r["std"], (int, float)) else 0 for r in sel],
+                color=["tab:blue" if r["source"] == "result" else "tab:gray" for r in sel])
+        ax.set_yticks(list(ys), [r["label"] for r in sel], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(metric, fontsize=9)
+        ax.tick_params(axis="x", labelsize=8)
+    fig.suptitle(title, fontsize=10)
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def report(path: Path) -> None:
+    """Validate the JSON, print its table, write its chart."""
+    from ltpipe.train.benchmark import validate_result
+
+    try:
+        doc = json.loads(path.read_text())
+        validate_result(doc)
+    except (OSError, ValueError) as exc:
+        raise BenchError(f"{path}: unreadable result ({str(exc).splitlines()[0]})")
+    rows = result_rows(doc)
+    click.echo(f"{doc['name']} on {doc['device']} (git {doc['git']}, {doc['date']})")
+    if not rows:
+        click.echo("(no numeric results)")
+        return
+    click.echo(format_table(rows))
+    chart = write_chart(rows, path.with_suffix(".png"), f"{doc['name']} on {doc['device']}")
+    click.echo(f"wrote {path} and {chart}")
+
+
+# ---------------------------------------------------------------- commands
+
+def _run(name: str, base: list[str], out: Path | None, device: str, extra: tuple[str, ...]):
+    from ltpipe.train.benchmark import RESULTS_DIR
+
+    out = Path(out or RESULTS_DIR)
+    argv = base + ["--device", resolve_device(device), "--out", str(out)] + list(extra)
+    report(run_benchmark(name, argv, out))
+
+
+def _common(f):
+    f = click.argument("script_args", nargs=-1, type=click.UNPROCESSED)(f)
+    f = click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto",
+                     show_default=True, help="auto: cuda when torch sees a GPU.")(f)
+    f = click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+                     help="Results folder (default: bench/results of the checkout).")(f)
+    return f
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def bench() -> None:
+    """Throughput benchmarks: loader, e2e, kernels (scripts in bench/).
+
+    Options not listed here go to the script: see `python bench/<name>.py --help`."""
+
+
+@bench.command(context_settings=PASS_THROUGH)
+@click.argument("shards", required=False, type=click.Path(path_type=Path))
+@click.option("--generate", type=click.Path(file_okay=False, path_type=Path),
+              help="Write the synthetic iNat-like set here first (reused when complete).")
+@_common
+def loader(shards, generate, out, device, script_args):
+    """DALI P+Q pipeline vs the torchvision reference loader: pairs/s and images/s."""
+    _run("loader", shard_args(shards, generate), out, device, script_args)
+
+
+@bench.command(context_settings=PASS_THROUGH)
+@click.argument("shards", required=False, type=click.Path(path_type=Path))
+@click.option("--generate", type=click.Path(file_okay=False, path_type=Path),
+              help="Write the synthetic iNat-like set here first (reused when complete).")
+@_common
+def e2e(shards, generate, out, device, script_args):
+    """Training step end to end: ceiling (resident batches) vs ltpipe vs torchvision loaders."""
+    _run("e2e", shard_args(shards, generate), out, device, script_args)
+
+
+@bench.command(context_settings=PASS_THROUGH)
+@_common
+def kernels(out, device, script_args):
+    """paste / resize-paste / Sinkhorn kernels vs torch and POT baselines (no SHARDS)."""
+    _run("kernels", [], out, device, script_args)

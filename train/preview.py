@@ -1,0 +1,223 @@
+"""``ltpipe preview``: a PNG grid of what the pipeline feeds the model (issue 7).
+
+``ltpipe preview SHARDS --mixer NAME --out grid.png`` builds the loader with the mixer's streams (CPU by default), takes one step, runs the mixer built
+the way the trainer builds it (train/build.py: make_env, make_mixer, make_model_and_criterion, so
+mixers that read the model, e.g. OTmix's features, get a freshly built one) and writes a PNG grid:
+  * mixers with two streams: one row per sample, [first stream | second stream | mixed], i.e.
+    background | foreground | mixed for CMO/SMC/OTmix (an OTmix row shows the background its
+    foreground was paired with, ``extras["pairs"]``); SMC shows its first view;
+  * mixers with one stream (none, cutmix, mixup, resizemix, remix): one tile per sample.
+Captions: class names from the manifest, and on the mixed tile "lam" = λ (the weight of y_a, the
+background label, ALGORITHMS.md §0) with y_a / y_b. The loader's normalization is undone.
+Mixing is forced on (prob 1, mix_schedule "always", epoch E−1 of E, OTmix's OT path forced);
+``--mixer-opt KEY=VALUE`` overrides any mixer param (m2m needs ``classifier="RUN"``).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import click
+
+TILE = 128  # px, every tile is TILE x TILE
+CAPTION = 28  # px below each tile (two text lines)
+HEADER = 20  # px above the grid (mixer name)
+ONE_STREAM_COLUMNS = 4
+ROLES = ("bg", "fg")  # the first stream is the background, the second the foreground
+EPOCHS = 10  # the preview's step runs in epoch EPOCHS − 1
+
+
+def grid_size(n: int, tiles_per_sample: int) -> tuple[int, int]:
+    """(width, height) in px of the grid for n samples."""
+    cols = tiles_per_sample if tiles_per_sample > 1 else min(n, ONE_STREAM_COLUMNS)
+    rows = n if tiles_per_sample > 1 else math.ceil(n / cols)
+    return cols * TILE, HEADER + rows * (TILE + CAPTION)
+
+
+def fail(message: str) -> None:
+    click.echo(f"ltpipe preview: error: {message}", err=True)
+    sys.exit(2)
+
+
+def guess_preset(manifest, split: str) -> str:
+    """cifar for small images (<= 64 px on the long side), else imagenet."""
+    stats = manifest.raw.get("splits", {}).get(split, {}).get("image_stats", {})
+    side = max(stats.get("width", {}).get("max", 0), stats.get("height", {}).get("max", 0))
+    return "cifar" if 0 < side <= 64 else "imagenet"
+
+
+# ---------------------------------------------------------------- one mixed step
+
+def build_parts(shards: Path, mixer: str, n: int, device: str, preset: str, image_size: int,
+                model: str, seed: int, mixer_opts: dict):
+    """(config's train table, env, mixer, model) as the trainer builds them."""
+    import torch
+
+    from ltpipe.shards.format import load_manifest
+    from ltpipe.train import build
+    from ltpipe.train.config import resolve
+    from ltpipe.train.dist import DistInfo
+    from ltpipe.train.mixers.registry import mixer_params
+
+    forced = {k: v for k, v in (("prob", 1.0), ("mix_schedule", "always"))
+              if k in mixer_params(mixer)}
+    train = dict(mixer=mixer, model=model, batch_size=n, image_size=image_size, preset=preset,
+                 precision="fp32", channels_last=False, device=device, epochs=EPOCHS, seed=seed)
+    cfg = resolve({}, train, {**forced, **mixer_opts})
+    info = DistInfo(0, 1, 0, torch.device(device))
+    counts = torch.tensor(load_manifest(shards).split("train").class_counts, dtype=torch.int64)
+    env = build.make_env(cfg["train"], counts.to(info.device), shards, info)
+    mix = build.make_mixer(cfg, env)
+    net, _ = build.make_model_and_criterion(cfg, env, mix)
+    return cfg["train"], env, mix, net
+
+
+def mixed_step(shards: Path, split: str, t: dict, env, mixer, model):
+    """({stream: Batch} with images as loaded, MixedBatch) of one step."""
+    from ltpipe.pipeline.batch import Batch
+    from ltpipe.pipeline.loader import make_loader
+    from ltpipe.train.loop import step_generator
+    from ltpipe.train.mixers.base import StepContext
+
+    streams = tuple(mixer.streams)
+    if split != "train" and streams != ("uniform",):
+        raise ValueError(f"--split {split}: mixer {t['mixer']!r} reads streams {streams}, "
+                         "which only the train split has")
+    r = {"r": mixer.fg_r} if hasattr(mixer, "fg_r") else {}
+    loader = make_loader(str(shards), split=split, batch_size=t["batch_size"], streams=streams,
+                         device=env.device.type, preset=t["preset"], image_size=t["image_size"],
+                         seed=t["seed"], num_threads=2, py_workers=1, **r)
+    step = next(iter(loader))
+    shown = {k: Batch(b.images.clone(), b.labels, b.index, b.meta) for k, b in step.items()}
+    epoch = EPOCHS - 1
+    ctx = StepContext(epoch, EPOCHS, 0, env.class_counts,
+                      step_generator(t["seed"], epoch, 0, 0, env.device), model=model)
+    if hasattr(mixer, "force_ot"):
+        mixer.force_ot = True  # OTmix: show the OT pairing, not its CMO fallback
+    model.train()
+    mixer.on_epoch_start(epoch, ctx)  # e.g. OTmix's confusion matrix from the fresh model
+    mixed = mixer(step, ctx)
+    del loader
+    return shown, mixed
+
+
+# ---------------------------------------------------------------- drawing
+
+def to_pil(image, meta):
+    """[3,H,W] normalized float (any memory format) -> RGB PIL image, TILE x TILE."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from ltpipe.train.mixers.view_aug import loader_normalization
+
+    mean, std = loader_normalization(meta)
+    x = image.detach().float().cpu().contiguous()
+    if x.is_floating_point() and x.abs().max() <= 16:  # normalized floats (not uint8 pixels)
+        x = x * x.new_tensor(std)[:, None, None] + x.new_tensor(mean)[:, None, None]
+        x = x * 255
+    arr = x.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    pil = Image.fromarray(np.ascontiguousarray(arr), "RGB")
+    small = pil.width < TILE and pil.height < TILE
+    return pil.resize((TILE, TILE), Image.NEAREST if small else Image.BILINEAR)
+
+
+def _short(text: str, limit: int = 22) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def tiles(shown: dict, mixed, classes: tuple[str, ...]) -> tuple[list, int]:
+    """([(PIL image, caption line 1, caption line 2)] in grid order, tiles per sample)."""
+    names = list(shown)
+    first = shown[names[0]]
+    b = len(first)
+    pairs = mixed.extras.get("pairs")  # OTmix: background row of every output row
+    lam = mixed.lam.float().cpu().tolist()
+    y_a, y_b = mixed.y_a.cpu().tolist(), mixed.y_b.cpu().tolist()
+    out = []
+    for i in range(b):
+        if len(names) > 1:
+            for k, name in enumerate(names[:2]):
+                batch = shown[name]
+                j = int(pairs[i]) if (k == 0 and pairs is not None) else i
+                label = int(batch.labels[j])
+                role = f"{ROLES[k]} · {name}"
+                out.append((to_pil(batch.images[j], batch.meta), role, _short(classes[label])))
+        caption = f"lam={lam[i]:.2f} {_short(classes[y_a[i]], 9)}/{_short(classes[y_b[i]], 9)}"
+        out.append((to_pil(mixed.images[i], first.meta), "mixed", caption))
+    return out, 3 if len(names) > 1 else 1
+
+
+def draw_grid(items: list, per_sample: int, n: int, title: str):
+    from PIL import Image, ImageDraw, ImageFont
+
+    width, height = grid_size(n, per_sample)
+    cols = width // TILE
+    grid = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(grid)
+    font = ImageFont.load_default()
+    draw.text((4, 4), title, fill="black", font=font)
+    for k, (image, line1, line2) in enumerate(items):
+        x, y = (k % cols) * TILE, HEADER + (k // cols) * (TILE + CAPTION)
+        grid.paste(image, (x, y))
+        draw.text((x + 3, y + TILE + 1), line1, fill="black", font=font)
+        draw.text((x + 3, y + TILE + 14), line2, fill="black", font=font)
+    return grid
+
+
+def write_png(image, out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    image.save(tmp, format="PNG")
+    tmp.replace(out)
+    return out
+
+
+def make_preview(shards: Path, mixer: str, out: Path, *, n: int = 8, split: str = "train",
+                 seed: int = 0, device: str = "cpu", preset: str | None = None,
+                 image_size: int | None = None, model: str = "resnet8",
+                 mixer_opts: dict | None = None) -> Path:
+    """Write the grid PNG and return its path; bad input raises a one-line ValueError."""
+    from ltpipe.shards.format import load_manifest
+
+    if n <= 0:
+        raise ValueError(f"--n: must be a positive integer, got {n}")
+    manifest = load_manifest(shards)
+    preset = preset or guess_preset(manifest, split)
+    image_size = image_size or (32 if preset == "cifar" else 224)
+    t, env, mix, net = build_parts(shards, mixer, n, device, preset, image_size, model, seed,
+                                   mixer_opts or {})
+    shown, mixed = mixed_step(shards, split, t, env, mix, net)
+    items, per_sample = tiles(shown, mixed, manifest.classes)
+    title = f"{mixer} · {split} · {' + '.join(shown)} · seed {seed}"
+    return write_png(draw_grid(items, per_sample, len(shown[next(iter(shown))]), title), out)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("shards", type=click.Path(path_type=Path))
+@click.option("--mixer", required=True, help="A registered mixer: none, cmo, smc, otmix, ...")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The PNG to write.")
+@click.option("--n", default=8, show_default=True, help="Samples (one row or tile each).")
+@click.option("--split", default="train", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--preset", type=click.Choice(["cifar", "imagenet"]),
+              help="Augmentation preset (default: cifar for images <= 64 px, else imagenet).")
+@click.option("--image-size", type=int, help="Training image size (default: the preset's).")
+@click.option("--model", default="resnet8", show_default=True,
+              help="Freshly built model for mixers that read one (OTmix features, M2m's f).")
+@click.option("--mixer-opt", multiple=True, metavar="KEY=VALUE", help="Mixer param (TOML value).")
+def preview(shards, mixer, out, n, split, seed, device, preset, image_size, model, mixer_opt):
+    """Write a PNG grid of background, foreground and mixed images from SHARDS."""
+    from ltpipe.train.config import parse_assignments
+
+    try:
+        opts = parse_assignments(mixer_opt, "--mixer-opt")
+        path = make_preview(shards, mixer, out, n=n, split=split, seed=seed, device=device,
+                            preset=preset, image_size=image_size, model=model, mixer_opts=opts)
+    except (ValueError, OSError) as exc:
+        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    click.echo(f"wrote {path}")
