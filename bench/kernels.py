@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from ltpipe.kernels import (cutmix_boxes, paste_, resize_paste_, resizemix_boxes, sample_lam,
                             sinkhorn, sinkhorn_reference)
+from ltpipe.kernels.paste import _resize_paste_cpu
 from ltpipe.train.benchmark import time_cuda, write_result
 
 
@@ -71,6 +72,8 @@ def bench_paste(device, B, size, runs, warmup) -> tuple[dict, dict]:
             lambda: _slice_loop(dst, src, blist), runs, warmup)
         baselines[f"resize_paste_{layout}_interpolate_loop"] = _timed(
             lambda: _interp_loop(dst, src, rlist), runs, warmup)
+        baselines[f"resize_paste_{layout}_torch_reference"] = _timed(
+            lambda: _resize_paste_cpu(dst, src, rboxes, None), runs, warmup)
     return results, baselines
 
 

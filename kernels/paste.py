@@ -157,13 +157,19 @@ def resize_paste_(dst: torch.Tensor, src: torch.Tensor, boxes: torch.Tensor,
                   src_index: torch.Tensor | None = None, *, validate: bool = True) -> torch.Tensor:
     """The whole src[src_index[i]] resized (module docstring rule) into dst[i]'s box; returns dst.
 
-    src may have another image size than dst. Same dtypes, layouts and dispatch as paste_.
+    src may have another image size than dst. Same dtypes and layouts as paste_; CUDA tensors run
+    the numba.cuda kernel, CPU tensors a numba njit kernel (paste_cpu.py), others the reference.
     """
     src = _prepare(dst, src, boxes, src_index, validate)
     if dst.is_cuda and _layout(dst) and _layout(src):
         from ltpipe.kernels import paste_cuda
 
         paste_cuda.resize_paste_tensors(dst, src, boxes, src_index)
+        return dst
+    if dst.device.type == "cpu" and _layout(dst) and _layout(src):
+        from ltpipe.kernels import paste_cpu  # njit: measured faster than the reference on CPU
+
+        paste_cpu.resize_paste_tensors(dst, src, boxes, src_index)
         return dst
     return _resize_paste_cpu(dst, src, boxes, src_index)
 

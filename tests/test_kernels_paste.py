@@ -122,9 +122,11 @@ def test_bilinear_rule_is_torch_interpolate_up_to_an_ulp(size):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_resize_paste_touches_only_the_box_and_keeps_layout(dtype):
-    dst = _images(4, 3, 64, 48, dtype, True, 8)
-    src = _images(4, 3, 40, 40, dtype, False, 9)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_resize_paste_touches_only_the_box_and_keeps_layout(dtype, channels_last):
+    # the public CPU path is the njit kernel (paste_cpu.py): bit for bit the reference
+    dst = _images(4, 3, 64, 48, dtype, channels_last, 8)
+    src = _images(4, 3, 40, 40, dtype, not channels_last, 9)
     boxes = torch.tensor([[0, 0, 0, 0], [0, 0, 48, 64], [10, 20, 11, 21], [3, 4, 30, 60]])
     got = resize_paste_(dst.clone(), src, boxes, torch.tensor([3, 2, 1, 0]))
     outside = ~_box_mask(boxes, 4, 64, 48).expand_as(dst)
@@ -132,6 +134,7 @@ def test_resize_paste_touches_only_the_box_and_keeps_layout(dtype):
     assert not torch.equal(_bits(got)[~outside], _bits(dst)[~outside])
     ref = resize_paste_reference(dst.clone(), src, boxes, torch.tensor([3, 2, 1, 0]))
     assert torch.equal(_bits(got), _bits(ref))
+    assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
 @pytest.mark.parametrize("call, match", [
