@@ -144,3 +144,23 @@ def test_smc_views_share_the_box_under_augmentation():
     assert len(set(boxes[:8])) > 1  # box="sample": one box per sample
     for i, (x0, y0, x1, y1) in enumerate(boxes[:8]):
         assert out.extras["lf"][i].item() == pytest.approx((x1 - x0) * (y1 - y0) / H**2)
+
+
+@pytest.mark.parametrize("recipe", ["cifar100-lt-smc", "cifar100-lt-otmix", "cifar100-lt-m2m",
+                                    "cifar100-lt-resizemix", "cifar100-lt-remix", "imagenet-lt-smc",
+                                    "imagenet-lt-otmix", "imagenet-lt-m2m", "synthetic-smc",
+                                    "synthetic-otmix", "synthetic-m2m"])
+def test_method_recipes_build_their_mixer(recipe):
+    from ltpipe.train.config import load_recipe, resolve
+    from ltpipe.train.mixers.registry import build_mixer
+
+    cfg = resolve(load_recipe(recipe), {}, {})
+    name = cfg["train"]["mixer"]
+    params = dict(cfg["mixer"][name])
+    if name == "m2m":
+        params["classifier"] = torch.nn.Linear(3 * H * H, 4)  # stands in for --m2m-classifier
+    mixer = build_mixer(name, env=env(), **params)
+    if name in ("smc", "otmix"):
+        assert mixer.fg_r == 0.0  # ALGORITHMS.md §7.1: paper recipes draw a class-uniform fg
+    if name == "smc":
+        assert cfg["train"]["loss"] == "la" and cfg["aux"]["smc"]["weight"] == 0.1
