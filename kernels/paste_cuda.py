@@ -1,8 +1,9 @@
 """numba.cuda kernels for paste_ and resize_paste_ (definitions and torch reference: paste.py).
 
-Grid (blocks_per_sample, B): the blocks of sample i stride over the C*h*w elements of its box
-only, in memory order (x fastest for NCHW, c fastest for channels_last), so loads and stores are
-coalesced and bytes outside the boxes are never touched. paste copies raw bits (uint8/int16/int32
+Grid (blocks_per_sample, B): the blocks of sample i cover its box only, in memory order (x
+fastest for NCHW, c fastest for channels_last), so loads and stores are coalesced and bytes
+outside the boxes are never touched. paste walks box rows (a contiguous run per row, no division
+per element); resize_paste strides over the flattened box. paste copies raw bits (uint8/int16/int32
 views); resize_paste decodes to float32, evaluates the bilinear rule with separately rounded
 operations (no fma contraction) and encodes with the reference's rounding. Boxes are clipped to
 the image inside the kernel, so even unvalidated boxes cannot write out of bounds.
@@ -21,6 +22,7 @@ from ltpipe.kernels import numba_bridge as nb
 
 THREADS = 32 if nb.SIMULATOR else 256
 MAX_BLOCKS_PER_SAMPLE = 2 if nb.SIMULATOR else 64
+PASTE_THREADS = 32 if nb.SIMULATOR else 128  # a box row is ~100-700 elements
 KIND_U8, KIND_F16, KIND_BF16 = nb.KIND_U8, nb.KIND_F16, nb.KIND_BF16
 
 _half_to_float = cuda.jit(device=True)(halfbits.half_to_float_bits)
@@ -59,19 +61,18 @@ def _dims(arr, channels_last):
 
 
 @cuda.jit
-def _paste_kernel(dst, src, boxes, src_index, use_index, channels_last):
+def _paste_kernel(dst, src, boxes, src_index, use_index, planes, H, W, cs):
+    """dst, src: [B, planes*H, W*cs] rows in memory order (NCHW: planes=C, cs=1; NHWC: planes=1,
+    cs=C). The box is planes*h row segments of w*cs contiguous elements; a block per row."""
     i = cuda.blockIdx.y
-    C, H, W = _dims(dst, channels_last)
     x0, y0, w, h = _clipped_box(boxes, i, H, W)
     j = src_index[i] if use_index else i
-    total = C * h * w  # empty box: no iterations
-    for k in range(cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x, total,
-                   cuda.gridDim.x * cuda.blockDim.x):
-        c, yy, xx = _unflatten(k, C, h, w, channels_last)
-        if channels_last:
-            dst[i, y0 + yy, x0 + xx, c] = src[j, y0 + yy, x0 + xx, c]
-        else:
-            dst[i, c, y0 + yy, x0 + xx] = src[j, c, y0 + yy, x0 + xx]
+    first, length = x0 * cs, w * cs
+    for r in range(cuda.blockIdx.x, planes * h, cuda.gridDim.x):  # empty box: no iterations
+        plane = r // h
+        row = plane * H + y0 + (r - plane * h)
+        for e in range(first + cuda.threadIdx.x, first + length, cuda.blockDim.x):
+            dst[i, row, e] = src[j, row, e]
 
 
 @cuda.jit(device=True)
@@ -161,7 +162,7 @@ def _physical(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
 def _common(dst, src, boxes, src_index):
     boxes = boxes.contiguous()
     if src_index is None:
-        idx, use_index = nb.device_array(boxes[:, 0].contiguous()), 0  # placeholder, never read
+        idx, use_index = nb.device_array(boxes.view(-1)), 0  # placeholder, never read
     else:
         idx, use_index = nb.device_array(src_index.contiguous()), 1
     (d, d_cl), (s, s_cl) = _physical(dst), _physical(src)
@@ -178,8 +179,12 @@ def paste_tensors(dst, src, boxes, src_index=None) -> None:
     if s_cl != d_cl:  # a raw copy walks both in the same physical order
         s = (src.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1) if d_cl
              else src.contiguous())
-    _paste_kernel[_grid(dst), THREADS, stream](
-        nb.bits_array(d), nb.bits_array(s), bx, idx, use_index, d_cl)
+    B, C, H, W = dst.shape
+    planes, cs = (1, C) if d_cl else (C, 1)
+    rows = lambda t: t.reshape(t.shape[0], planes * H, W * cs)  # noqa: E731  [B, R, L] view
+    blocks = min(planes * H, MAX_BLOCKS_PER_SAMPLE)
+    _paste_kernel[(blocks, B), PASTE_THREADS, stream](
+        nb.bits_array(rows(d)), nb.bits_array(rows(s)), bx, idx, use_index, planes, H, W, cs)
 
 
 def resize_paste_tensors(dst, src, boxes, src_index=None) -> None:

@@ -46,7 +46,10 @@ def test_cuda_kernels_match_reference_bit_for_bit(dtype, channels_last, with_ind
     src = _images(4, 3, 8, 8, dtype, channels_last, 1)
     small = _images(4, 3, 5, 7, dtype, not channels_last, 2)  # resize source: other size, layout
     idx = torch.tensor([2, 0, 3, 3]) if with_index else None
+    other = src.contiguous(memory_format=torch.contiguous_format if channels_last
+                           else torch.channels_last)
     for kernel, reference, source in ((paste_cuda.paste_tensors, paste_reference, src),
+                                      (paste_cuda.paste_tensors, paste_reference, other),
                                       (paste_cuda.resize_paste_tensors, resize_paste_reference,
                                        small)):
         got, want = dst.clone(), dst.clone()
