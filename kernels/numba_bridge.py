@@ -8,6 +8,8 @@ which already round every operation on its own). Imported only when a kernel is 
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from numba import config, cuda
@@ -43,6 +45,13 @@ def value_array(t: torch.Tensor):
 
 def kind(dtype: torch.dtype) -> int:
     return _KIND[dtype]
+
+
+def on_device(t: torch.Tensor):
+    """Context making t's GPU numba's current device (a no-op for device 0 and CPU tensors)."""
+    if t.is_cuda and not SIMULATOR and (t.device.index or 0) != 0:
+        return cuda.gpus[t.device.index]
+    return contextlib.nullcontext()
 
 
 def torch_stream(t: torch.Tensor):

@@ -175,22 +175,25 @@ def paste_tensors(dst, src, boxes, src_index=None) -> None:
     CUDA tensors zero-copy; CPU tensors go through numpy (the simulator in tests)."""
     if dst.shape[0] == 0:
         return
-    d, d_cl, s, s_cl, bx, idx, use_index, stream = _common(dst, src, boxes, src_index)
-    if s_cl != d_cl:  # a raw copy walks both in the same physical order
-        s = (src.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1) if d_cl
-             else src.contiguous())
     B, C, H, W = dst.shape
-    planes, cs = (1, C) if d_cl else (C, 1)
-    rows = lambda t: t.reshape(t.shape[0], planes * H, W * cs)  # noqa: E731  [B, R, L] view
-    blocks = min(planes * H, MAX_BLOCKS_PER_SAMPLE)
-    _paste_kernel[(blocks, B), PASTE_THREADS, stream](
-        nb.bits_array(rows(d)), nb.bits_array(rows(s)), bx, idx, use_index, planes, H, W, cs)
+    if dst.is_contiguous() != src.is_contiguous():  # a raw copy walks both in one memory order
+        src = src.contiguous(memory_format=torch.contiguous_format if dst.is_contiguous()
+                             else torch.channels_last)
+    with nb.on_device(dst):
+        d, d_cl, s, _, bx, idx, use_index, stream = _common(dst, src, boxes, src_index)
+        planes, cs = (1, C) if d_cl else (C, 1)
+        rows = lambda t: t.reshape(t.shape[0], planes * H, W * cs)  # noqa: E731  [B, R, L]
+        blocks = min(planes * H, MAX_BLOCKS_PER_SAMPLE)
+        _paste_kernel[(blocks, B), PASTE_THREADS, stream](
+            nb.bits_array(rows(d)), nb.bits_array(rows(s)), bx, idx, use_index, planes, H, W, cs)
 
 
 def resize_paste_tensors(dst, src, boxes, src_index=None) -> None:
     """Launch the resize-paste kernel on torch's current stream (see paste_tensors)."""
     if dst.shape[0] == 0:
         return
-    d, d_cl, s, s_cl, bx, idx, use_index, stream = _common(dst, src, boxes, src_index)
-    _resize_kernel[_grid(dst), THREADS, stream](
-        nb.value_array(d), nb.value_array(s), bx, idx, use_index, d_cl, s_cl, nb.kind(dst.dtype))
+    with nb.on_device(dst):
+        d, d_cl, s, s_cl, bx, idx, use_index, stream = _common(dst, src, boxes, src_index)
+        _resize_kernel[_grid(dst), THREADS, stream](
+            nb.value_array(d), nb.value_array(s), bx, idx, use_index, d_cl, s_cl,
+            nb.kind(dst.dtype))

@@ -140,8 +140,10 @@ def sinkhorn_tensors(C: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: flo
     if G == 0:
         return f, g, iters
     CT = C.transpose(1, 2).contiguous()  # [G, m, n]: the g half-step reads rows too
-    arrays = [nb.device_array(x) for x in (C, CT, torch.log(a), torch.log(b), b, f, g, iters)]
     dt = np.float32 if C.dtype == torch.float32 else np.float64
     threads = min(THREADS, 32 * max(n, m))  # a warp per row, up to 32 warps; none idle
-    _kernel(C.dtype)[G, threads, nb.torch_stream(C)](*arrays, dt(1.0 / eps), max_iter, dt(tol))
+    with nb.on_device(C):
+        arrays = [nb.device_array(x) for x in (C, CT, torch.log(a), torch.log(b), b, f, g, iters)]
+        _kernel(C.dtype)[G, threads, nb.torch_stream(C)](*arrays, dt(1.0 / eps), max_iter,
+                                                         dt(tol))
     return f, g, iters
