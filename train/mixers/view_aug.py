@@ -19,6 +19,8 @@ import torch
 from torch.nn import functional as F
 
 _GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
+_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
+_FROM_YIQ = ((1.0, 0.956171, 0.621433), (1.0, -0.272689, -0.646813), (1.0, -1.103744, 1.700623))
 
 
 def loader_normalization(meta, mean=None, std=None) -> tuple:
@@ -60,13 +62,12 @@ def _gray(x: torch.Tensor) -> torch.Tensor:  # [B,3,H,W] -> [B,1,H,W]
 
 def _hue_rotate(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Rotate chroma in YIQ space by 2π·shift [B] (shift in [−0.5, 0.5] turns)."""
-    to_yiq = x.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-    yiq = torch.einsum("ij,bjhw->bihw", to_yiq, x)
+    yiq = torch.einsum("ij,bjhw->bihw", x.new_tensor(_TO_YIQ), x)
     c, s = torch.cos(2 * math.pi * shift), torch.sin(2 * math.pi * shift)
     i, q = yiq[:, 1], yiq[:, 2]
     yiq = torch.stack([yiq[:, 0], c[:, None, None] * i - s[:, None, None] * q,
                        s[:, None, None] * i + c[:, None, None] * q], dim=1)
-    return torch.einsum("ij,bjhw->bihw", torch.linalg.inv(to_yiq), yiq)
+    return torch.einsum("ij,bjhw->bihw", x.new_tensor(_FROM_YIQ), yiq)
 
 
 def color_jitter(x: torch.Tensor, gen: torch.Generator, strength=(0.4, 0.4, 0.4, 0.1),
@@ -111,5 +112,8 @@ def augment_view(x: torch.Tensor, gen: torch.Generator, mean=None, std=None,
         else:
             y = color_jitter(y, gen)
     if raw_uint8:
-        return (y * 255).round().clamp(0, 255).to(x.dtype)
-    return y.to(x.dtype)
+        y = (y * 255).round().clamp(0, 255)
+    # dense NCHW or channels_last like the input, as the paste kernels require
+    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and \
+        not x.is_contiguous() else torch.contiguous_format
+    return y.to(x.dtype).contiguous(memory_format=fmt)
