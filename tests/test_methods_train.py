@@ -96,7 +96,8 @@ def test_every_method_times_every_loss_trains(shards, g_run, mixer, loss):
     from ltpipe.train.loop import make_autocast, step_generator, train_step
     from ltpipe.train.mixers.base import StepContext
 
-    params = parse_assignments(MIXER_OPTS[mixer], "--mixer-opt")
+    opts = MIXER_OPTS[mixer] + (("mu=0.0",) if mixer == "otmix" else ())  # μ=0: OT every epoch
+    params = parse_assignments(opts, "--mixer-opt")
     if mixer == "m2m":
         params["classifier"] = str(g_run)
     train_opts = {"mixer": mixer, "loss": loss, "model": "resnet8", "epochs": 2,
@@ -122,8 +123,9 @@ def test_every_method_times_every_loss_trains(shards, g_run, mixer, loss):
                                           autocast=make_autocast(torch.device("cpu"), "fp32"))
         assert math.isfinite(loss_value.item()) and n >= 8
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
-    if mixer == "otmix":  # epoch 1 with the val split's confusion: OT steps ran
+    if mixer == "otmix":  # epoch 1 with the val split's confusion: the steps are OT steps
         assert bool(mixer_mod.has_fhat)
+        assert mixer_mod(_streams(9), ctx).extras["ot"] is True
 
 
 @pytest.mark.parametrize("mode", ["exact", "bank"])
