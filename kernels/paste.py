@@ -16,7 +16,8 @@ about one float32 ulp, because they pick a separable, channels-last or generic k
 size and thread count and contract some products into fmas, so only the ulp-level agreement with
 ``interpolate`` is tested. Stored as: float32 as is; float16/bfloat16 round-to-nearest-even; uint8
 rint (half to even), clamped to [0, 255]. The torch reference below computes exactly this; the
-numba kernels match it bit for bit. Only the bytes inside the boxes are written; empty boxes write nothing.
+numba kernels match it bit for bit. Only the bytes inside the boxes are written; empty boxes
+write nothing.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def _check_args(dst, src, boxes, src_index, validate: bool) -> None:
         if not isinstance(t, torch.Tensor) or t.ndim != 4:
             raise ValueError(f"{name} must be a 4-D tensor [B, C, H, W]")
         if t.dtype not in DTYPES:
-            raise ValueError(f"{name} dtype {t.dtype} not supported (uint8/float16/bfloat16/float32)")
+            raise ValueError(f"{name} dtype {t.dtype} not supported "
+                             "(uint8/float16/bfloat16/float32)")
     if src.dtype != dst.dtype:
         raise ValueError(f"src dtype {src.dtype} differs from dst dtype {dst.dtype}")
     if src.device != dst.device:
@@ -138,13 +140,15 @@ def paste_(dst: torch.Tensor, src: torch.Tensor, boxes: torch.Tensor,
            src_index: torch.Tensor | None = None, *, validate: bool = True) -> torch.Tensor:
     """dst[i, :, y0:y1, x0:x1] = src[src_index[i], :, y0:y1, x0:x1] in place; returns dst.
 
-    dst [B,C,H,W], src [Bs,C,H,W]: uint8/float16/bfloat16/float32, NCHW or channels_last; boxes int [B,4] (x0,y0,x1,y1) half-open; src_index int [B].
+    dst [B,C,H,W], src [Bs,C,H,W]: uint8/float16/bfloat16/float32, NCHW or channels_last;
+    boxes int [B,4] (x0,y0,x1,y1) half-open; src_index int [B] (default: row i from src[i]).
     CUDA tensors run a numba kernel on torch's current stream; elsewhere the torch reference.
     ``validate`` checks box/index ranges (a host sync on CUDA).
     """
     src = _prepare(dst, src, boxes, src_index, validate)
     if src.shape[2:] != dst.shape[2:]:
-        raise ValueError(f"src images {tuple(src.shape[2:])} differ from dst {tuple(dst.shape[2:])}")
+        raise ValueError(f"src images {tuple(src.shape[2:])} differ from dst "
+                         f"{tuple(dst.shape[2:])}")
     if dst.is_cuda and _layout(dst) and _layout(src):
         from ltpipe.kernels import paste_cuda
 

@@ -140,8 +140,10 @@ def _resize_kernel(dst, src, boxes, src_index, use_index, channels_last, src_cha
         ya, yb, ly0, ly1 = _source(yy, sy, Hs)
         xa, xb, lx0, lx1 = _source(xx, sx, Ws)
         cl = src_channels_last
-        top = _lerp(_load(src, j, c, ya, xa, kind, cl), _load(src, j, c, ya, xb, kind, cl), lx0, lx1)
-        bot = _lerp(_load(src, j, c, yb, xa, kind, cl), _load(src, j, c, yb, xb, kind, cl), lx0, lx1)
+        top = _lerp(_load(src, j, c, ya, xa, kind, cl), _load(src, j, c, ya, xb, kind, cl),
+                    lx0, lx1)
+        bot = _lerp(_load(src, j, c, yb, xa, kind, cl), _load(src, j, c, yb, xb, kind, cl),
+                    lx0, lx1)
         _store(dst, i, c, y0 + yy, x0 + xx, _lerp(top, bot, ly0, ly1), kind, channels_last)
 
 

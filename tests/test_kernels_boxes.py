@@ -1,4 +1,4 @@
-"""Box/lambda sampling (ALGORITHMS.md §1, §2, §6.1-6.2): exact areas, clipping, Beta law, seeds."""
+"""Box/lambda sampling (ALGORITHMS.md §1, §2, §6.1-6.2): exact areas, clipping, Beta law."""
 
 import math
 

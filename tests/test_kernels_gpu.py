@@ -11,7 +11,8 @@ import torch
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available() or os.environ.get("NUMBA_ENABLE_CUDASIM") != "0",
+    pytest.mark.skipif(not torch.cuda.is_available()
+                       or os.environ.get("NUMBA_ENABLE_CUDASIM") != "0",
                        reason="needs a CUDA device and NUMBA_ENABLE_CUDASIM=0"),
 ]
 

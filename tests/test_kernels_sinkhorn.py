@@ -26,9 +26,9 @@ def test_plan_matches_pot_sinkhorn_log(eps, n, m):
     C = _costs(3, n, m, seed=n * m)
     plan, f, g, iters = sinkhorn(C, eps=eps, tol=1e-12, return_info=True)
     for k in range(3):
-        want, log = ot.sinkhorn(torch.full((n,), 1 / n, dtype=F64), torch.full((m,), 1 / m, dtype=F64),
-                                C[k], eps, method="sinkhorn_log", numItermax=1000, stopThr=1e-12,
-                                log=True, warn=False)
+        a, b = torch.full((n,), 1 / n, dtype=F64), torch.full((m,), 1 / m, dtype=F64)
+        want, log = ot.sinkhorn(a, b, C[k], eps, method="sinkhorn_log", numItermax=1000,
+                                stopThr=1e-12, log=True, warn=False)
         assert _relerr(plan[k], want) < 1e-5
         assert int(iters[k]) == log["niter"] + 1  # same stopping points as POT
         assert torch.allclose(f[k], log["log_u"]) and torch.allclose(g[k], log["log_v"])
