@@ -3,7 +3,8 @@
 One run measures, per mixer (``--mixers cmo,smc,otmix``; OTmix in bank mode), the SAME training
 step (``ltpipe.train.loop.train_step`` on the model, mixer, criterion and optimizer that
 train/build.py builds, torch.compile'd like the trainer does) fed three ways:
-  (a) ceiling:     a few batches copied once to the device and cycled: no loader at all;
+  (a) ceiling:     a few batches copied once to the device and cycled: no loader at all (the
+                   loader that produced them is closed first);
   (b) ltpipe:      ``make_loader`` (DALI, nvJPEG on cuda) end to end;
   (c) torchvision: ``make_torch_loader`` (PIL + torchvision transforms, ``--ref-workers``
                    DataLoader processes split over the streams) end to end.
@@ -200,6 +201,17 @@ def resident_copy(streams: dict[str, Batch]) -> dict[str, Batch]:
             for k, b in streams.items()}
 
 
+def resident_batches(loader, batch_size: int) -> list[dict[str, Batch]]:
+    """RESIDENT_STEPS private copies; the loader is closed before the ceiling runs, so no
+    decode thread or worker competes with it."""
+    source = full_steps(loader, batch_size)
+    out = [resident_copy(next(source)) for _ in range(RESIDENT_STEPS)]
+    source.close()
+    del source, loader
+    gc.collect()
+    return out
+
+
 def summary(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values), "std": statistics.pstdev(values),
             "runs": [round(v, 4) for v in values]}
@@ -260,19 +272,18 @@ def measure_mixer(name: str, shards: Path, args, counts: torch.Tensor) -> tuple[
     common = loader_kwargs(args, step.device)
     streams = tuple(step.mixer.streams)
     r = {"r": step.mixer.fg_r} if hasattr(step.mixer, "fg_r") else {}
-    loader = make_loader(shards, streams=streams, num_threads=args.threads,
-                         py_workers=max(1, args.threads // 4), prefetch=args.prefetch,
-                         hw_decoder_load=args.hw_decoder_load,
-                         max_image_side=args.max_image_side, **r, **common)
-    source = full_steps(loader, args.batch_size)
-    resident = [resident_copy(next(source)) for _ in range(RESIDENT_STEPS)]
+    dali = dict(streams=streams, num_threads=args.threads, py_workers=max(1, args.threads // 4),
+                prefetch=args.prefetch, hw_decoder_load=args.hw_decoder_load,
+                max_image_side=args.max_image_side, **r, **common)
+    resident = resident_batches(make_loader(shards, **dali), args.batch_size)
     log(f"{name}: ceiling (compiles during warm-up)" if args.compile else f"{name}: ceiling")
     ceiling = timed(step, itertools.cycle(resident), args.steps, args.repeats, args.warmup)
     del resident
     log(f"{name}: ceiling {ceiling['images_per_s']['mean']:,.0f} img/s; ltpipe end to end")
+    source = full_steps(make_loader(shards, **dali), args.batch_size)
     ours = timed(step, source, args.steps, args.repeats, args.warmup)
     source.close()
-    del source, loader
+    del source
     gc.collect()
     log(f"{name}: ltpipe {ours['images_per_s']['mean']:,.0f} img/s")
     baselines, ref = {}, None
@@ -322,12 +333,16 @@ def main(argv=None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("bench/e2e.py: --device cuda but no CUDA device is visible", file=sys.stderr)
         return 2
-    shards = shard_dir(args)
-    if args.torch_threads > 0:
-        torch.set_num_threads(args.torch_threads)
     from ltpipe.shards.format import load_manifest
 
-    manifest = load_manifest(shards)
+    try:
+        shards = shard_dir(args)
+        manifest = load_manifest(shards)
+    except ValueError as exc:  # ShardFormatError / ShardInputError: one line naming the file
+        print(f"bench/e2e.py: {exc}", file=sys.stderr)
+        return 2
+    if args.torch_threads > 0:
+        torch.set_num_threads(args.torch_threads)
     counts = torch.tensor(manifest.split("train").class_counts, dtype=torch.int64)
     if args.device == "cuda":
         torch.cuda.init()  # CUDA first: DALI's Python workers are then spawned, never forked

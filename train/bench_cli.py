@@ -6,7 +6,7 @@ is not a package and ships only with a source checkout), then reads the result J
 beside it (``<name>-<device>.png``). Options the CLI does not know go to the script unchanged, so
 ``ltpipe bench e2e SHARDS --device cpu --tiny --steps 4`` runs
 ``python bench/e2e.py --shards SHARDS --device cpu --out bench/results --tiny --steps 4``
-(give SHARDS before the script's options).
+(SHARDS first: the script's options may take values, so no later word can be told from it).
 """
 
 from __future__ import annotations
@@ -61,16 +61,24 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def shard_args(shards: Path | None, generate: Path | None) -> list[str]:
+def split_shards(script_args: tuple[str, ...], generate: Path | None) -> tuple[list, list]:
+    """(["--shards", SHARDS] or ["--generate", DIR], the remaining script options).
+
+    SHARDS is the first argument when it is not an option (the script's own options may take
+    values, so a later bare word cannot be told apart from SHARDS)."""
+    args = list(script_args)
+    shards = Path(args.pop(0)) if args and not args[0].startswith("-") else None
     if shards is not None and generate is not None:
         raise click.UsageError("give either SHARDS or --generate DIR, not both")
     if generate is not None:
-        return ["--generate", str(generate)]
+        return ["--generate", str(generate)], args
+    if shards is None and any(a == "--shards" or a.startswith("--shards=") for a in args):
+        return [], args  # the script's own --shards DIR
     if shards is None:
-        raise click.UsageError("SHARDS: give a shard directory (or --generate DIR)")
+        raise click.UsageError("SHARDS: give a shard directory first (or --generate DIR)")
     if not (shards / "manifest.json").is_file():
         raise click.UsageError(f"{shards}: not a shard directory (no manifest.json)")
-    return ["--shards", str(shards)]
+    return ["--shards", str(shards)], args
 
 
 def run_benchmark(name: str, argv: list[str], out: Path) -> Path:
@@ -188,8 +196,8 @@ def _run(name: str, base: list[str], out: Path | None, device: str, extra: tuple
     report(run_benchmark(name, argv, out))
 
 
-def _common(f):
-    f = click.argument("script_args", nargs=-1, type=click.UNPROCESSED)(f)
+def _common(f, metavar: str = "[SCRIPT_OPTIONS]..."):
+    f = click.argument("script_args", nargs=-1, type=click.UNPROCESSED, metavar=metavar)(f)
     f = click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto",
                      show_default=True, help="auto: cuda when torch sees a GPU.")(f)
     f = click.option("--out", type=click.Path(file_okay=False, path_type=Path),
@@ -197,31 +205,35 @@ def _common(f):
     return f
 
 
+def _with_shards(f):
+    f = _common(f, "SHARDS [SCRIPT_OPTIONS]...")
+    return click.option("--generate", type=click.Path(file_okay=False, path_type=Path),
+                        help="Instead of SHARDS: write the synthetic iNat-like set here first "
+                        "(reused when complete).")(f)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def bench() -> None:
     """Throughput benchmarks: loader, e2e, kernels (scripts in bench/).
 
-    Options not listed here go to the script: see `python bench/<name>.py --help`."""
+    SHARDS comes first; options not listed here go to the script unchanged (see
+    `python bench/<name>.py --help`), e.g. `ltpipe bench e2e SHARDS --device cpu --tiny`."""
 
 
 @bench.command(context_settings=PASS_THROUGH)
-@click.argument("shards", required=False, type=click.Path(path_type=Path))
-@click.option("--generate", type=click.Path(file_okay=False, path_type=Path),
-              help="Write the synthetic iNat-like set here first (reused when complete).")
-@_common
-def loader(shards, generate, out, device, script_args):
+@_with_shards
+def loader(generate, out, device, script_args):
     """DALI P+Q pipeline vs the torchvision reference loader: pairs/s and images/s."""
-    _run("loader", shard_args(shards, generate), out, device, script_args)
+    base, extra = split_shards(script_args, generate)
+    _run("loader", base, out, device, extra)
 
 
 @bench.command(context_settings=PASS_THROUGH)
-@click.argument("shards", required=False, type=click.Path(path_type=Path))
-@click.option("--generate", type=click.Path(file_okay=False, path_type=Path),
-              help="Write the synthetic iNat-like set here first (reused when complete).")
-@_common
-def e2e(shards, generate, out, device, script_args):
+@_with_shards
+def e2e(generate, out, device, script_args):
     """Training step end to end: ceiling (resident batches) vs ltpipe vs torchvision loaders."""
-    _run("e2e", shard_args(shards, generate), out, device, script_args)
+    base, extra = split_shards(script_args, generate)
+    _run("e2e", base, out, device, extra)
 
 
 @bench.command(context_settings=PASS_THROUGH)

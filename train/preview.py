@@ -1,8 +1,9 @@
 """``ltpipe preview``: a PNG grid of what the pipeline feeds the model (issue 7).
 
-``ltpipe preview SHARDS --mixer NAME --out grid.png`` builds the loader with the mixer's streams (CPU by default), takes one step, runs the mixer built
-the way the trainer builds it (train/build.py: make_env, make_mixer, make_model_and_criterion, so
-mixers that read the model, e.g. OTmix's features, get a freshly built one) and writes a PNG grid:
+``ltpipe preview SHARDS --mixer NAME --out grid.png`` builds the loader with the mixer's streams
+(CPU by default), takes one step, runs the mixer built the way the trainer builds it
+(train/build.py: make_env, make_mixer, make_model_and_criterion, so mixers that read the model,
+e.g. OTmix's features, get a freshly built one) and writes a PNG grid:
   * mixers with two streams: one row per sample, [first stream | second stream | mixed], i.e.
     background | foreground | mixed for CMO/SMC/OTmix (an OTmix row shows the background its
     foreground was paired with, ``extras["pairs"]``); SMC shows its first view;
