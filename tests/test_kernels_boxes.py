@@ -1,6 +1,8 @@
 """Box/lambda sampling (ALGORITHMS.md §1, §2, §6.1-6.2): exact areas, clipping, Beta law."""
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -18,6 +20,11 @@ def _area_lam(boxes, H, W):
     b = boxes.numpy().astype(np.int64)
     area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     return (1.0 - area / float(H * W)).astype(np.float32)
+
+
+def test_importing_the_kernels_does_not_import_numba():
+    code = "import sys, ltpipe.kernels; assert 'numba' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 @pytest.mark.parametrize("alpha", [1.0, 4.0, 0.5])

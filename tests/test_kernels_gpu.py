@@ -54,12 +54,13 @@ def test_paste_kernels_match_reference(dtype, channels_last, with_index):
     boxes = _boxes(B, H, W, 3)
     idx = torch.randperm(B, generator=torch.Generator().manual_seed(4)) if with_index else None
     cuda = lambda t: None if t is None else t.cuda()  # noqa: E731
+    args = [cuda(t) for t in (dst, dst, src, small, boxes, idx)]  # two device copies of dst
+    d1, d2, s, s_small, b, i = args
     stream = torch.cuda.Stream()  # a non-default stream: the kernels must follow torch's
+    stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        got = paste_(cuda(dst).clone(memory_format=torch.preserve_format), cuda(src), cuda(boxes),
-                     cuda(idx))
-        got_r = resize_paste_(cuda(dst).clone(memory_format=torch.preserve_format), cuda(small),
-                              cuda(boxes), cuda(idx))
+        got = paste_(d1, s, b, i)
+        got_r = resize_paste_(d2, s_small, b, i)
     torch.cuda.synchronize()
     want = paste_reference(dst.clone(), src, boxes, idx)
     want_r = resize_paste_reference(dst.clone(), small, boxes, idx)
