@@ -15,6 +15,9 @@ queued (loader output copies on the compute stream count as idle); on the CPU th
 blocked in ``next(it)``. Timing: wall clock with a synchronize at both ends, after ``--warmup``
 steps (which absorb torch.compile), ``--repeats`` runs of ``--steps`` steps: mean ± std.
 Only full batches are fed (a ragged epoch end would recompile the model; its wait still counts).
+On CUDA the host time per step is split into the wait in ``next(it)`` and the time to issue the
+step (host syncs show there). ``--profile-steps N`` then profiles N more ltpipe steps
+(torch.profiler: top ops on stderr, ``e2e-<mixer>-<device>-trace.json.gz`` in ``--out``).
 
 Mixing runs on every step (prob 1, mix_schedule "always"): the pipeline's worst case. OTmix bank:
 F̂ is set to the uniform off-diagonal matrix, use_ot is forced and the bank holds random unit
@@ -94,6 +97,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--hw-decoder-load", type=float, default=0.65)
     p.add_argument("--max-image-side", type=int, default=800, help="nvJPEG preallocation hint")
     p.add_argument("--mix-prob", type=float, default=1.0, help="mixers' prob param, if any")
+    p.add_argument("--profile-steps", type=int, default=0,
+                   help="after the ltpipe run, profile N more steps (top ops + Chrome trace)")
     p.add_argument("--skip-reference", action="store_true", help="no torchvision run")
     p.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
     args = p.parse_args(argv)
@@ -222,37 +227,63 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def event(cuda: bool):
+    if not cuda:
+        return None
+    e = torch.cuda.Event(enable_timing=True)
+    e.record()
+    return e
+
+
 def timed(step: StepUnderTest, source, steps: int, repeats: int, warmup: int) -> dict:
-    """images/s per repeat, device idle and host wait per step (ms), see the module doc."""
+    """images/s per repeat; per step (ms): device idle, host wait in next(), host time to issue
+    the step (CUDA: when wait + issue ~ the step time while the device idles, the host is the
+    bottleneck: Python overhead or host syncs). See the module doc."""
     cuda = step.device.type == "cuda"
     for _ in range(warmup):
         step.run(next(source))
-    rates, idle, wait = [], [], []
+    rates, idle, wait, issue = [], [], [], []
     for _ in range(repeats):
         sync(step.device)
         t0, n, marks = time.perf_counter(), 0, []
         for _ in range(steps):
             h0 = time.perf_counter()
             streams = next(source)
-            wait.append((time.perf_counter() - h0) * 1e3)
-            start = torch.cuda.Event(enable_timing=True) if cuda else None
-            if cuda:
-                start.record()
+            h1 = time.perf_counter()
+            start = event(cuda)
             n += step.run(streams)
-            end = torch.cuda.Event(enable_timing=True) if cuda else None
-            if cuda:
-                end.record()
-            marks.append((start, end))
+            marks.append((start, event(cuda)))
+            wait.append((h1 - h0) * 1e3)
+            issue.append((time.perf_counter() - h1) * 1e3)
         sync(step.device)
         rates.append(n / (time.perf_counter() - t0))
         if cuda:  # gap between step i's end and step i+1's start on the compute stream
             idle += [marks[i][1].elapsed_time(marks[i + 1][0]) for i in range(steps - 1)]
-        else:
+        else:  # the CPU is the device: it idles while it waits for the loader
             idle += wait[-steps:]
     out = {"images_per_s": summary(rates), "device_idle_ms_per_step": summary(idle or [0.0])}
-    if cuda:  # on the CPU the idle time IS the host wait
+    if cuda:
         out["host_wait_ms_per_step"] = summary(wait)
+        out["host_issue_ms_per_step"] = summary(issue)
     return out
+
+
+def profile(step: StepUnderTest, source, steps: int, path: Path) -> None:
+    """torch.profiler over ``steps`` steps: top ops to stderr, a Chrome trace to ``path``."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if step.device.type == "cuda" else [])
+    with torch_profile(activities=acts) as prof:
+        for _ in range(steps):
+            step.run(next(source))
+        sync(step.device)
+    key = "self_cuda_time_total" if step.device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=15), file=sys.stderr)
+    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=15), file=sys.stderr)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prof.export_chrome_trace(str(path))
+    log(f"profile trace: {path}")
 
 
 def loader_kwargs(args, counts_device: torch.device) -> dict:
@@ -282,6 +313,10 @@ def measure_mixer(name: str, shards: Path, args, counts: torch.Tensor) -> tuple[
     log(f"{name}: ceiling {ceiling['images_per_s']['mean']:,.0f} img/s; ltpipe end to end")
     source = full_steps(make_loader(shards, **dali), args.batch_size)
     ours = timed(step, source, args.steps, args.repeats, args.warmup)
+    if args.profile_steps > 0:
+        out_dir = args.out or Path(__file__).resolve().parent / "results"
+        trace = out_dir / f"e2e-{name}-{args.device}-trace.json.gz"
+        profile(step, source, args.profile_steps, trace)
     source.close()
     del source
     gc.collect()

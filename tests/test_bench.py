@@ -2,6 +2,7 @@
 their JSON validates against the schema, the numbers are consistent, a chart is written, and bad
 input is a one-line error with exit status 2."""
 
+import gzip
 import json
 import math
 
@@ -52,7 +53,7 @@ def assert_chart(path):
 
 def test_e2e_three_ways_in_one_run(shards, tmp_path):
     res = invoke(["e2e", shards, "--device", "cpu", "--out", tmp_path, *TINY_E2E,
-                  "--mixers", "cmo,otmix"])
+                  "--mixers", "cmo,otmix", "--profile-steps", "1"])
     assert res.exit_code == 0, res.output
     doc = load(tmp_path / "e2e-cpu.json")
     assert doc["device"] == "cpu" and doc["params"]["model"] == "resnet8"
@@ -72,6 +73,8 @@ def test_e2e_three_ways_in_one_run(shards, tmp_path):
     assert doc["results"]["otmix"]["target_vs_ceiling"] == 0.95
     assert "cmo/ltpipe" in res.output and "ltpipe_vs_ceiling" in res.output  # the table
     assert_chart(tmp_path / "e2e-cpu.png")
+    with gzip.open(tmp_path / "e2e-cmo-cpu-trace.json.gz", "rt") as f:  # the profiled steps
+        assert "traceEvents" in json.load(f)
 
 
 def test_loader_bench_through_the_cli(shards, tmp_path):
