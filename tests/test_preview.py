@@ -14,6 +14,8 @@ from ltpipe.pipeline.minority import ShardBytes
 from ltpipe.pipeline.shardset import open_split
 from ltpipe.shards.write import write_shards
 from ltpipe.train.cli import main
+from ltpipe.train.mixers.registry import MIXERS, mixer_class
+from ltpipe.train.models import build_model
 from ltpipe.train.preview import CAPTION, HEADER, TILE, grid_size, make_preview
 
 
@@ -71,10 +73,15 @@ def test_one_tile_per_sample_shows_the_stored_images(shards, tmp_path):
         assert np.abs(shown - np.asarray(jpeg, dtype=int)).mean() < 3.0  # decoder rounding only
 
 
-def test_model_dependent_mixer_gets_a_fresh_model(shards, tmp_path):
-    out = make_preview(shards, "otmix", tmp_path / "otmix.png", n=3)
+@pytest.mark.parametrize("name", sorted(MIXERS))
+def test_every_registered_mixer(shards, tmp_path, name):
+    """Two-stream mixers: 3 tiles per sample, others one; otmix reads a freshly built model,
+    m2m runs given a classifier g (here an untrained one, T = 1)."""
+    opts = {"classifier": build_model("resnet8", 6), "T": 1} if name == "m2m" else {}
+    out = make_preview(shards, name, tmp_path / f"{name}.png", n=3, mixer_opts=opts)
+    per_sample = 3 if len(mixer_class(name).streams) > 1 else 1
     with Image.open(out) as im:
-        assert im.size == grid_size(3, 3)
+        assert im.size == grid_size(3, per_sample)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -26,7 +26,7 @@ TILE = 128  # px, every tile is TILE x TILE
 CAPTION = 28  # px below each tile (two text lines)
 HEADER = 20  # px above the grid (mixer name)
 ONE_STREAM_COLUMNS = 4
-ROLES = ("bg", "fg")  # the first stream is the background, the second the foreground
+ROLES = {"uniform": "bg · uniform", "minority": "fg · minority"}  # CMO/SMC/OTmix roles
 EPOCHS = 10  # the preview's step runs in epoch EPOCHS − 1
 
 
@@ -144,8 +144,8 @@ def tiles(shown: dict, mixed, classes: tuple[str, ...]) -> tuple[list, int]:
                 batch = shown[name]
                 j = int(pairs[i]) if (k == 0 and pairs is not None) else i
                 label = int(batch.labels[j])
-                role = f"{ROLES[k]} · {name}"
-                out.append((to_pil(batch.images[j], batch.meta), role, _short(classes[label])))
+                out.append((to_pil(batch.images[j], batch.meta), ROLES.get(name, name),
+                            _short(classes[label])))
         caption = f"lam={lam[i]:.2f} {_short(classes[y_a[i]], 9)}/{_short(classes[y_b[i]], 9)}"
         out.append((to_pil(mixed.images[i], first.meta), "mixed", caption))
     return out, 3 if len(names) > 1 else 1
