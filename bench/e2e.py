@@ -41,6 +41,7 @@ import os
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -353,6 +354,9 @@ def print_table(results: dict, baselines: dict) -> None:
     print(f"{'mixer':8} {'ceiling':>10} {'ltpipe':>10} {'torchvision':>12} {'b/a':>6} {'b/c':>6} "
           f"{'idle ms':>8}")
     for name, res in results.items():
+        if "error" in res:
+            print(f"{name:8} {res['error'][:100]}")
+            continue
         ref = next(iter(baselines.get(name, {}).values()), None)
         tv = f"{ref['images_per_s']['mean']:12,.0f}" if ref else f"{'-':>12}"
         bc = f"{res['ltpipe_vs_torchvision']:6.2f}" if "ltpipe_vs_torchvision" in res else \
@@ -382,21 +386,26 @@ def main(argv=None) -> int:
     if args.device == "cuda":
         torch.cuda.init()  # CUDA first: DALI's Python workers are then spawned, never forked
         torch.backends.cudnn.benchmark = True
-    results, baselines = {}, {}
-    for name in args.mixer_names:
-        results[name], baselines[name] = measure_mixer(name, shards, args, counts)
-        gc.collect()
-        if args.device == "cuda":
-            torch.cuda.empty_cache()
-    print_table(results, baselines)
     params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     params.update(train_samples=manifest.split("train").num_samples,
                   num_classes=manifest.num_classes, mixer_params=MIXER_PARAMS,
                   torch=torch.__version__)
-    path = write_result("e2e", params, results, baselines, out_dir=args.out,
-                        device="cpu" if args.device == "cpu" else None)
+    results, baselines, path = {}, {}, None
+    for name in args.mixer_names:
+        try:
+            results[name], baselines[name] = measure_mixer(name, shards, args, counts)
+        except Exception as exc:  # one GPU session: keep the other mixers' numbers
+            traceback.print_exc()
+            results[name], baselines[name] = {"error": f"{type(exc).__name__}: {exc}"}, {}
+        gc.collect()
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+        # written after every mixer, so a run cut short still leaves what it measured
+        path = write_result("e2e", params, results, baselines, out_dir=args.out,
+                            device="cpu" if args.device == "cpu" else None)
+    print_table(results, baselines)
     print(path)
-    return 0
+    return 1 if any("error" in r for r in results.values()) else 0
 
 
 if __name__ == "__main__":

@@ -135,3 +135,14 @@ def test_missing_bench_folder_is_one_line(tmp_path, monkeypatch):
     res = invoke(["kernels", "--device", "cpu", "--out", tmp_path])
     assert res.exit_code == 2
     assert "benchmark script not found" in res.output and "Traceback" not in res.output
+
+
+def test_a_failing_mixer_keeps_the_others(shards, tmp_path):
+    res = invoke(["e2e", shards, "--device", "cpu", "--out", tmp_path, *TINY_E2E,
+                  "--skip-reference", "--mixers", "m2m,none"])  # m2m: no classifier given
+    assert res.exit_code == 1
+    doc = load(tmp_path / "e2e-cpu.json")
+    assert "needs a frozen classifier" in doc["results"]["m2m"]["error"]
+    assert doc["results"]["none"]["ltpipe"]["images_per_s"]["mean"] > 0
+    assert "ltpipe_vs_torchvision" not in doc["results"]["none"]
+    assert (tmp_path / "e2e-cpu.png").is_file()  # the table and chart of what was measured

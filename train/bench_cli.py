@@ -81,20 +81,17 @@ def split_shards(script_args: tuple[str, ...], generate: Path | None) -> tuple[l
     return ["--shards", str(shards)], args
 
 
-def run_benchmark(name: str, argv: list[str], out: Path) -> Path:
-    """Run bench/<name>.py main(argv); return the result JSON it wrote into ``out``."""
+def run_benchmark(name: str, argv: list[str], out: Path) -> tuple[Path | None, int]:
+    """Run bench/<name>.py main(argv): (the result JSON it wrote into ``out`` or None, status)."""
     module = load_script(name)
     started = time.time()
     try:
         code = module.main(argv)
     except SystemExit as exc:  # argparse errors: the script already printed its message
         code = exc.code
-    if code not in (0, None):
-        sys.exit(code if isinstance(code, int) else 2)
+    code = 0 if code is None else (code if isinstance(code, int) else 2)
     written = [p for p in out.glob(f"{name}-*.json") if p.stat().st_mtime >= started - 1]
-    if not written:
-        raise BenchError(f"bench {name}: no {name}-*.json was written into {out}")
-    return max(written, key=lambda p: p.stat().st_mtime)
+    return (max(written, key=lambda p: p.stat().st_mtime) if written else None), code
 
 
 # ---------------------------------------------------------------- table and chart
@@ -193,7 +190,13 @@ def _run(name: str, base: list[str], out: Path | None, device: str, extra: tuple
 
     out = Path(out or RESULTS_DIR)
     argv = base + ["--device", resolve_device(device), "--out", str(out)] + list(extra)
-    report(run_benchmark(name, argv, out))
+    path, code = run_benchmark(name, argv, out)
+    if path is not None:
+        report(path)  # also after a partial failure: what was measured is in the JSON
+    elif code == 0:
+        raise BenchError(f"bench {name}: no {name}-*.json was written into {out}")
+    if code:
+        sys.exit(code)
 
 
 def _common(f, metavar: str = "[SCRIPT_OPTIONS]..."):
