@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,27 @@ def _stats(ms: list[float]) -> dict:
 
 
 def _timed(fn, runs: int, warmup: int) -> dict:
-    return _stats(time_cuda(fn, warmup=warmup, runs=runs))
+    out = _stats(time_cuda(fn, warmup=warmup, runs=runs))
+    if torch.cuda.is_available():  # host time per call: launch overhead vs GPU time above
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(runs):
+            fn()
+        out["host_ms_per_call"] = (time.perf_counter() - t0) * 1e3 / runs
+        torch.cuda.synchronize()
+    return out
+
+
+def _with_dlpack(fn, runs: int, warmup: int) -> dict:
+    from ltpipe.kernels import numba_bridge
+
+    mode, numba_bridge.ARG_MODE = numba_bridge.ARG_MODE, "dlpack"
+    try:
+        return _timed(fn, runs, warmup)
+    except Exception as exc:  # noqa: BLE001 - an optional path: record why it failed
+        return {"median_ms": float("nan"), "error": f"{type(exc).__name__}: {exc}"[:300]}
+    finally:
+        numba_bridge.ARG_MODE = mode
 
 
 def _box_mask(boxes: torch.Tensor, H: int, W: int) -> torch.Tensor:
@@ -64,6 +85,9 @@ def bench_paste(device, B, size, runs, warmup) -> tuple[dict, dict]:
         blist, rlist = boxes.tolist(), rboxes.tolist()
         results[f"paste_{layout}"] = _timed(
             lambda: paste_(dst, src, boxes, validate=False), runs, warmup)
+        if device == "cuda":  # the other way of handing tensors to numba (numba_bridge.ARG_MODE)
+            results[f"paste_{layout}_dlpack_args"] = _with_dlpack(
+                lambda: paste_(dst, src, boxes, validate=False), runs, warmup)
         results[f"resize_paste_{layout}"] = _timed(
             lambda: resize_paste_(dst, src, rboxes, validate=False), runs, warmup)
         baselines[f"paste_{layout}_torch_where"] = _timed(
@@ -103,6 +127,9 @@ def bench_sinkhorn(device, shapes, runs, warmup, eps=0.01, tol=1e-6) -> tuple[di
         _, _, _, iters = sinkhorn(C, eps=eps, tol=tol, return_info=True)
         results[key] = _timed(lambda: sinkhorn(C, eps=eps, tol=tol), runs, warmup)
         results[key]["iterations"] = iters.tolist()
+        if device == "cuda":
+            results[key + "_dlpack_args"] = _with_dlpack(
+                lambda: sinkhorn(C, eps=eps, tol=tol), runs, warmup)
         baselines[key + "_torch_reference"] = _timed(
             lambda: sinkhorn_reference(C, a, a, eps, 1000, tol), runs, warmup)
         baselines[key + "_pot_batch"] = _timed(lambda: _pot_batch(C, eps, tol), runs, warmup)

@@ -9,6 +9,7 @@ which already round every operation on its own). Imported only when a kernel is 
 from __future__ import annotations
 
 import contextlib
+import os
 
 import numpy as np
 import torch
@@ -23,13 +24,17 @@ KIND_U8, KIND_F16, KIND_BF16, KIND_F32 = 0, 1, 2, 3
 _KIND = {torch.uint8: KIND_U8, torch.float16: KIND_F16, torch.bfloat16: KIND_BF16,
          torch.float32: KIND_F32}
 _streams: dict[int, object] = {}
+# How CUDA tensors reach a kernel: "cai" wraps each in a DeviceNDArray via
+# __cuda_array_interface__ (no stream sync); "dlpack" hands the tensor itself to numba-cuda, which
+# types and views it through DLPack. Same results; bench/kernels.py times both (host overhead).
+ARG_MODE = os.environ.get("LTPIPE_NUMBA_ARGS", "cai")
 
 
 def device_array(t: torch.Tensor):
     """numba view of t without a copy: a device array for CUDA tensors, numpy otherwise (the
     simulator and numba's host-array launch path both accept numpy)."""
     if t.is_cuda:
-        return cuda.as_cuda_array(t.detach(), sync=False)
+        return t.detach() if ARG_MODE == "dlpack" else cuda.as_cuda_array(t.detach(), sync=False)
     return t.detach().numpy()
 
 
