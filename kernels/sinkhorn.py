@@ -70,6 +70,8 @@ def sinkhorn_reference(C: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: f
     f = torch.zeros(G, n, dtype=C.dtype, device=C.device)
     g = torch.zeros(G, m, dtype=C.dtype, device=C.device)
     iters = torch.full((G,), max_iter, dtype=torch.int32, device=C.device)
+    if G == 0:
+        return f, g, iters
     run = torch.arange(G, device=C.device)  # indices of running problems
     logK, log_a, log_b, b_run = -C / eps, torch.log(a), torch.log(b), b  # [R,n,m], [R,n], [R,m]
     f_run, g_run = f.clone(), g.clone()

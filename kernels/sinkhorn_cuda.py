@@ -46,8 +46,8 @@ else:
         return v
 
 
-def _build(dt):
-    """Kernel for one float type (dt: np.float32 or np.float64)."""
+def _device_functions(dt):
+    """Row logsumexp, half-step and marginal error for one float type (dt: np.float32/64)."""
 
     @cuda.jit(device=True)
     def row_lse(M, pot, p, row, cols, inv_eps, lane):
@@ -81,6 +81,13 @@ def _build(dt):
                 d = math.exp(g[p, i] + lse) - b[p, i]
                 acc += d * d
         return acc
+
+    return half_step, col_error
+
+
+def _build(dt):
+    """Kernel for one float type (dt: np.float32 or np.float64)."""
+    half_step, col_error = _device_functions(dt)
 
     @cuda.jit
     def kernel(C, CT, log_a, log_b, b, f, g, iters, inv_eps, max_iter, tol):
