@@ -47,7 +47,7 @@ def _with_dlpack(fn, runs: int, warmup: int) -> dict:
     try:
         return _timed(fn, runs, warmup)
     except Exception as exc:  # noqa: BLE001 - an optional path: record why it failed
-        return {"median_ms": float("nan"), "error": f"{type(exc).__name__}: {exc}"[:300]}
+        return {"median_ms": None, "error": f"{type(exc).__name__}: {exc}"[:300]}
     finally:
         numba_bridge.ARG_MODE = mode
 
