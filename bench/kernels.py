@@ -171,7 +171,8 @@ def main(argv=None) -> None:
     path = write_result("kernels", params, results, baselines,
                         out_dir=args.out, device=None if cuda else "cpu")
     for k, v in {**results, **baselines}.items():
-        print(f"{k:48s} {v['median_ms']:10.3f} ms")
+        ms = v["median_ms"]
+        print(f"{k:48s} " + (f"{ms:10.3f} ms" if ms is not None else v.get("error", "failed")))
     print(path)
 
 
