@@ -27,7 +27,8 @@ def class_hits(model, loader, num_classes: int, device: torch.device, autocast,
             logits = model(batch.images).logits
         pred = logits.argmax(1)
         total += torch.bincount(batch.labels, minlength=num_classes)
-        correct += torch.bincount(batch.labels[pred == batch.labels], minlength=num_classes)
+        hit = (pred == batch.labels).long()  # no boolean indexing: it would sync on CUDA
+        correct += torch.bincount(batch.labels, weights=hit, minlength=num_classes).long()
     model.train(was_training)
     all_reduce_sum(correct, info)
     all_reduce_sum(total, info)

@@ -116,10 +116,10 @@ def resolve_run(shards, out, recipe, resume, mixer_opt, loss_opt, options):
 
     mixer_params = parse_assignments(mixer_opt, "--mixer-opt")
     for opt, key in NAMED_MIXER_OPTIONS.items():
-        value = options.pop(opt)
+        value = options.pop(opt, None)
         if value is not None:
             mixer_params[key] = str(value) if isinstance(value, Path) else value
-    train = {k: options[k] for k in TRAIN_OPTIONS}
+    train = {k: options.get(k) for k in TRAIN_OPTIONS}
     loss_params = parse_assignments(loss_opt, "--loss-opt")
     if resume is not None:
         saved = read_config(resume)
