@@ -20,6 +20,10 @@ from ltpipe.kernels import numba_bridge as nb
 
 THREADS = 32 if nb.SIMULATOR else 1024
 CHECK_EVERY = 10
+# A 1024-thread block leaves 64 registers per thread; without this cap the compiled kernel
+# asks for more and the launch fails (CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES, seen on an H100).
+# The simulator's jit takes no such option.
+JIT_OPTIONS = {} if nb.SIMULATOR else {"max_registers": 65536 // THREADS}
 
 if nb.SIMULATOR:
     @cuda.jit(device=True)
@@ -89,7 +93,7 @@ def _build(dt):
     """Kernel for one float type (dt: np.float32 or np.float64)."""
     half_step, col_error = _device_functions(dt)
 
-    @cuda.jit
+    @cuda.jit(**JIT_OPTIONS)
     def kernel(C, CT, log_a, log_b, b, f, g, iters, inv_eps, max_iter, tol):
         p = cuda.blockIdx.x
         t = cuda.threadIdx.x
