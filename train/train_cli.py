@@ -8,6 +8,7 @@ DDP: launch with ``torchrun --nproc_per_node=N -m ltpipe.train SHARDS --out RUN 
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -143,7 +144,10 @@ def resolve_run(shards, out, recipe, resume, mixer_opt, loss_opt, options):
         cfg["run"] = run_table(shards, recipe)
     from ltpipe.train.mixers.registry import mixer_class
 
-    mixer_class(cfg["train"]["mixer"])  # unknown mixer -> one-line error before any work
+    try:
+        mixer_class(cfg["train"]["mixer"])  # unknown mixer -> one-line error before any work
+    except ImportError as exc:
+        raise ConfigError(f"mixer {cfg['train']['mixer']!r}: unavailable ({exc})") from None
     load_manifest(shards).split("train")
     return cfg, Path(shards), Path(out)
 
@@ -152,7 +156,7 @@ def run_table(shards: Path, recipe: str | None) -> dict:
     from ltpipe.train.benchmark import git_hash
 
     return {"git": git_hash(), "shards": str(Path(shards).resolve()), "recipe": recipe or "",
-            "command": " ".join(["ltpipe", "train", *sys.argv[2:]])}
+            "command": shlex.join(sys.argv)}
 
 
 def run(cfg: dict, shards: Path, run_dir: Path, *, resume: bool, progress: bool,
