@@ -11,8 +11,8 @@ A config is ``LOSS[-REWEIGHT]:MIXER[@key=value;key=value]``, e.g. ``ce:none``, `
     python bench/fidelity.py --runs ce:none,ce:cmo,bs:cmo,ldam-drw:cmo --seeds 0,1,2
     python bench/fidelity.py --device cuda --recipe synthetic --runs ce:none,ce:cmo,ce:smc
 
-The check (issue 5): CMO's Few-class mean must exceed CE's by more than the seeds' spread
-(std of CE + std of CMO).
+The check (issue 5): a mixer's Few-class mean must exceed its baseline's (the same loss with
+``none``, else ``ce:none``) by more than the seeds' spread (sum of the two stds).
 """
 
 from __future__ import annotations
@@ -86,6 +86,16 @@ def few_check(summary: dict, base: str, method: str) -> dict | None:
             "passes": bool(gain > spread)}
 
 
+def baseline_of(spec: str, specs: list[str]) -> str | None:
+    """The same loss without mixing ("bs:none" for "bs:cmo"), else "ce:none"; None for a
+    baseline itself."""
+    loss_part, _, rest = spec.partition(":")
+    if rest.split("@")[0] == "none":
+        return None
+    same = f"{loss_part}:none"
+    return same if same in specs else ("ce:none" if "ce:none" in specs else None)
+
+
 def table(summary: dict) -> str:
     lines = [f"{'config':28s}" + "".join(f"{m:>16s}" for m in METRICS)]
     for spec, row in summary.items():
@@ -130,6 +140,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--workdir", type=Path, default=ROOT / "runs" / "fidelity")
     p.add_argument("--out", type=Path, default=None, help="result dir (bench/results)")
+    p.add_argument("--name", default="fidelity", help="result name: <out>/<name>-<device>.json")
     p.add_argument("--progress", action="store_true")
     p.add_argument("extra", nargs="*", help="more `ltpipe train` options, after --")
     args = p.parse_args(argv)
@@ -149,8 +160,7 @@ def main(argv=None) -> int:
             print(f"== {spec} seed {seed}", flush=True)
             per_seed[spec].append(train_one(spec, seed, args, args.workdir / f"{tag}-s{seed}"))
     summary = summarize(per_seed)
-    base = next((s for s in specs if s.startswith("ce:none")), None)
-    checks = [c for s in specs if ":cmo" in s and (c := few_check(summary, base, s))]
+    checks = [c for s in specs if (c := few_check(summary, baseline_of(s, specs), s))]
     print(table(summary))
     for c in checks:
         verdict = "PASS" if c["passes"] else "FAIL"
@@ -161,7 +171,7 @@ def main(argv=None) -> int:
     params = {"shards": str(args.shards), "recipe": args.recipe, "epochs": args.epochs or "recipe",
               "seeds": seeds, "runs": specs, "extra": args.extra,
               "command": " ".join(["python", "bench/fidelity.py", *sys.argv[1:]])}
-    path = write_result("fidelity", params, {"summary": summary, "checks": checks},
+    path = write_result(args.name, params, {"summary": summary, "checks": checks},
                         out_dir=args.out, device="cpu" if args.device == "cpu" else None)
     png = path.with_suffix(".png")
     plot(summary, png, f"{args.recipe} on {args.shards.name}, seeds {seeds} ({args.device})")
