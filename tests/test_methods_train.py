@@ -163,3 +163,32 @@ def test_confusion_refresh_reads_only_the_chosen_split(shards):
     m = _otmix(shards, "heldout")
     m.refresh_confusion(model, epoch=1)
     assert m.last_counts.sum(1).tolist() == [min(n, 20) for n in TRAIN_COUNTS]
+
+
+def test_train_step_fills_the_otmix_bank_from_its_own_forward(shards):
+    """Bank mode costs no extra forward: train_step hands the features of unmixed rows to the
+    mixer (Mixer.observe), so after a plain step every background id has a feature."""
+    from ltpipe.train import build
+    from ltpipe.train.config import load_recipe, resolve
+    from ltpipe.train.dist import DistInfo
+    from ltpipe.train.loop import make_autocast, step_generator, train_step
+    from ltpipe.train.mixers.base import StepContext
+
+    cfg = resolve(load_recipe("synthetic"), {"mixer": "otmix", "loss": "ce", "model": "resnet8",
+                                             "epochs": 2, "batch_size": 8, "image_size": 16,
+                                             "channels_last": False},
+                  {"mode": "bank", "prob": 0.0})  # p = 0: plain steps only
+    env = build.make_env(cfg["train"], torch.tensor(TRAIN_COUNTS), shards,
+                         DistInfo(0, 1, 0, torch.device("cpu")))
+    mixer = build.make_mixer(cfg, env)
+    model, criterion = build.make_model_and_criterion(cfg, env, mixer)
+    opt, sched = build.make_optimizer(cfg["train"], model, criterion, steps_per_epoch=1)
+    streams = _streams(3)
+    ctx = StepContext(0, 2, 0, env.class_counts, step_generator(0, 0, 0, 0, torch.device("cpu")),
+                      model=model)
+    train_step(model=model, mixer=mixer, criterion=criterion, optimizer=opt, scheduler=sched,
+               scaler=torch.amp.GradScaler("cpu", enabled=False), streams=streams, ctx=ctx,
+               autocast=make_autocast(torch.device("cpu"), "fp32"))
+    seen = torch.nonzero(mixer.bank_seen).flatten()
+    assert sorted(seen.tolist()) == sorted(streams["uniform"].index.tolist())
+    assert bool((mixer.bank[seen].abs().sum(1) > 0).all())

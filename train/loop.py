@@ -71,6 +71,7 @@ def train_step(*, model, mixer, criterion, optimizer, scheduler, scaler, streams
     mixed = mixer(streams, ctx)  # MixedBatch(images, y_a, y_b, lam [B], extras)
     with autocast():
         out = model(mixed.images)  # ModelOutput(logits [B,C], features [B,D], extras)
+    mixer.observe(out, mixed)  # e.g. a feature bank; no-op for most mixers
     result = criterion(out, mixed, ctx)  # fp32, outside autocast
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(result.loss).backward()

@@ -65,6 +65,11 @@ class Mixer(nn.Module):
     def forward(self, streams: Mapping[str, Batch], ctx: StepContext) -> MixedBatch:
         raise NotImplementedError
 
+    def observe(self, out: Any, mixed: MixedBatch) -> None:
+        """Hook after the training forward pass (``out``: ModelOutput). Default: nothing.
+
+        OTmix's bank mode keeps the features of unmixed rows here, so it needs no extra forward."""
+
     def on_epoch_start(self, epoch: int, ctx: StepContext) -> None:
         """Hook for per-epoch state (OTmix confusion refresh, schedule draws). Default: none."""
 
