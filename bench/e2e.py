@@ -328,7 +328,11 @@ def measure_mixer(name: str, shards: Path, args, counts: torch.Tensor) -> tuple[
         tv = make_torch_loader(shards, streams=streams, num_workers=per_stream,
                                prefetch=args.prefetch, **r, **common)
         tv_source = full_steps(tv, args.batch_size)
-        ref = timed(step, tv_source, args.ref_steps, args.repeats, max(2, args.warmup // 2))
+        # warm-up also consumes the batches the workers queued while starting (workers ×
+        # prefetch per stream): timing only that backlog overstates the reference loader.
+        backlog = per_stream * args.prefetch
+        ref = timed(step, tv_source, args.ref_steps, args.repeats,
+                    max(2, args.warmup // 2) + backlog)
         tv_source.close()
         baselines[f"torchvision_w{args.ref_workers}"] = ref
         log(f"{name}: torchvision {ref['images_per_s']['mean']:,.0f} img/s")
