@@ -142,6 +142,7 @@ def main(argv=None) -> int:
                                             "precision", "channels_last", "compile", "loss",
                                             "warmup", "runs", "rounds")}
     params["mixer_params"] = params_of
+    params["torch_threads"] = torch.get_num_threads()
     params["command"] = " ".join(["python", "bench/train_step.py", *sys.argv[1:]])
     path = write_result("train_step", params, results, out_dir=args.out,
                         device=None if cuda else "cpu")
