@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -39,8 +40,8 @@ def parse_config(spec: str) -> tuple[str, str, str, list[str]]:
 
 
 def train_one(spec: str, seed: int, args, run_dir: Path) -> dict:
-    from ltpipe.train.train_cli import train
-
+    """One `ltpipe train` run in a fresh process (an in-process series of runs would fork DALI
+    workers from a process that already holds loader threads)."""
     done = run_dir / "final.json"
     if done.is_file():
         return json.loads(done.read_text())
@@ -56,10 +57,10 @@ def train_one(spec: str, seed: int, args, run_dir: Path) -> dict:
             cli += ["--epochs", str(args.epochs)]
         cli += list(args.extra)
     cli += ["--no-progress"] if not args.progress else []
-    try:
-        return train.main(args=cli, standalone_mode=False)
-    except SystemExit as exc:
-        raise SystemExit(f"{spec} seed {seed}: ltpipe train failed (exit {exc.code})") from None
+    proc = subprocess.run([sys.executable, "-m", "ltpipe.train", *cli])
+    if proc.returncode != 0 or not done.is_file():
+        raise SystemExit(f"{spec} seed {seed}: ltpipe train failed (exit {proc.returncode})")
+    return json.loads(done.read_text())
 
 
 def summarize(per_seed: dict[str, list[dict]]) -> dict:
