@@ -48,7 +48,7 @@ import torch
 
 from ltpipe.pipeline.batch import Batch
 from ltpipe.train import build
-from ltpipe.train.benchmark import write_result
+from ltpipe.train.benchmark import benchmark_shards, write_result
 from ltpipe.train.config import resolve
 from ltpipe.train.dist import DistInfo
 from ltpipe.train.loop import make_autocast, step_generator, train_step
@@ -118,16 +118,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def shard_dir(args) -> Path:
-    if args.shards:
-        return args.shards
-    from ltpipe.shards.format import MANIFEST
-    from ltpipe.shards.write import write_shards
-
-    if not (args.generate / MANIFEST).is_file():
-        t0 = time.perf_counter()
-        write_shards("synthetic", args.generate, size=args.size, workers=args.gen_workers, seed=0)
-        log(f"generated {args.generate} in {time.perf_counter() - t0:.0f} s")
-    return args.generate
+    return benchmark_shards(args.shards, args.generate, args.size, args.gen_workers, log)
 
 
 def log(msg: str) -> None:

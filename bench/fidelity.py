@@ -167,7 +167,7 @@ def main(argv=None) -> int:
         verdict = "PASS" if c["passes"] else "FAIL"
         print(f"{verdict}: {c['method']} Few {c['few_gain']:+.1f} over {c['base']} "
               f"(seed spread {c['spread']:.1f})")
-    from ltpipe.train.benchmark import RESULTS_DIR, write_result
+    from ltpipe.train.benchmark import write_result
 
     params = {"shards": str(args.shards), "recipe": args.recipe, "epochs": args.epochs or "recipe",
               "seeds": seeds, "runs": specs, "extra": args.extra,

@@ -27,7 +27,7 @@ import torch
 
 from ltpipe.pipeline.loader import make_loader
 from ltpipe.pipeline.torch_loader import make_torch_loader
-from ltpipe.train.benchmark import write_result
+from ltpipe.train.benchmark import benchmark_shards, write_result
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 STREAM_SETS = ((("uniform", "minority"), "pairs_per_s"), (("uniform",), "images_per_s"))
@@ -61,16 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def shard_dir(args) -> Path:
-    if args.shards:
-        return args.shards
-    from ltpipe.shards.format import MANIFEST
-    from ltpipe.shards.write import write_shards
-
-    if not (args.generate / MANIFEST).is_file():
-        t0 = time.perf_counter()
-        write_shards("synthetic", args.generate, size=args.size, workers=args.gen_workers, seed=0)
-        print(f"generated {args.generate} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    return args.generate
+    return benchmark_shards(args.shards, args.generate, args.size, args.gen_workers, lambda m: print(m, file=sys.stderr))
 
 
 def endless(loader):

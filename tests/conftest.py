@@ -3,3 +3,26 @@
 import os
 
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+import pytest  # noqa: E402  (after the simulator switch above)
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory):
+    """A tiny synthetic shard directory (6 classes: 40,15,6,2,1,1 train images, 32 px)."""
+    from ltpipe.shards.write import write_shards
+
+    out = tmp_path_factory.mktemp("tiny") / "shards"
+    write_shards("synthetic", out, classes=6, max_per_class=40, image_size=32, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Shared CI cores: OpenMP threads spin-wait against each other; restore afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

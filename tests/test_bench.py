@@ -10,7 +10,6 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from ltpipe.shards.write import write_shards
 from ltpipe.train import bench_cli
 from ltpipe.train.benchmark import validate_result
 from ltpipe.train.cli import main
@@ -18,22 +17,12 @@ from ltpipe.train.cli import main
 TINY_E2E = ["--tiny", "--steps", "2", "--repeats", "2", "--warmup", "1", "--ref-steps", "2"]
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench") / "tiny"
-    write_shards("synthetic", out, classes=6, max_per_class=40, image_size=32, progress=False)
-    return out
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Shared CI cores: OpenMP threads spin-wait against each other; restore afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def shards(tiny_shards):
+    return tiny_shards
 
 
 def invoke(args):

@@ -12,29 +12,18 @@ from PIL import Image
 
 from ltpipe.pipeline.minority import ShardBytes
 from ltpipe.pipeline.shardset import open_split
-from ltpipe.shards.write import write_shards
 from ltpipe.train.cli import main
 from ltpipe.train.mixers.registry import MIXERS, mixer_class
 from ltpipe.train.models import build_model
 from ltpipe.train.preview import CAPTION, HEADER, TILE, grid_size, make_preview
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    out = tmp_path_factory.mktemp("preview") / "tiny"
-    write_shards("synthetic", out, classes=6, max_per_class=40, image_size=32, progress=False)
-    return out
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Shared CI cores: OpenMP threads spin-wait against each other; restore afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def shards(tiny_shards):
+    return tiny_shards
 
 
 def tile(grid: np.ndarray, row: int, col: int) -> np.ndarray:

@@ -88,3 +88,20 @@ def time_cuda(fn: Callable[[], object], warmup: int = 10, runs: int = 50) -> lis
         e.record()
     torch.cuda.synchronize()
     return [s.elapsed_time(e) for s, e in zip(starts, ends)]
+
+
+def benchmark_shards(shards: Path | None, generate: Path | None, size: str, workers: int,
+                     log: Callable[[str], None] = print) -> Path:
+    """``shards`` if given, else the synthetic ``size`` profile written to ``generate`` (once: a
+    finished directory is reused), so benchmark data is made on the measuring machine."""
+    if shards:
+        return Path(shards)
+    from ltpipe.shards.format import MANIFEST
+    from ltpipe.shards.write import write_shards
+
+    generate = Path(generate)
+    if not (generate / MANIFEST).is_file():
+        t0 = time.perf_counter()
+        write_shards("synthetic", generate, size=size, workers=workers, seed=0)
+        log(f"generated {generate} in {time.perf_counter() - t0:.0f} s")
+    return generate
