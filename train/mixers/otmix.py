@@ -117,6 +117,7 @@ class OTMix(Mixer):
         self.register_buffer("fhat", torch.zeros(c, c, device=env.device))  # F̂ [C,C]
         self.register_buffer("has_fhat", torch.zeros((), dtype=torch.bool, device=env.device))
         self.force_ot: bool | None = None  # tests: override the epoch's draw
+        self._fhat_cache: tuple[int, bool] | None = None  # (epoch, has_fhat)
         self._draw: tuple[int, bool] | None = None  # (epoch, use_ot)
         self.last_counts: torch.Tensor | None = None  # int64 [C,C] of the last refresh
         self.bank: torch.Tensor | None = None  # [N, D] (bank mode), allocated on first observe
@@ -147,6 +148,13 @@ class OTMix(Mixer):
             self._draw = (epoch, draw_use_ot(self.env.seed, epoch, epochs, self.mu))
         return self._draw[1] if self.force_ot is None else self.force_ot
 
+    def _fhat_ready(self, epoch: int) -> bool:
+        """bool(has_fhat), read from the device once per epoch: a read every step would block
+        the host on the GPU every step."""
+        if self._fhat_cache is None or self._fhat_cache[0] != epoch:
+            self._fhat_cache = (epoch, bool(self.has_fhat))
+        return self._fhat_cache[1]
+
     def on_epoch_start(self, epoch: int, ctx: StepContext) -> None:
         if self.mode == "bank" and epoch > 0 and self._observed == 0:
             log.warning("otmix bank mode: no features were observed last epoch (the trainer must "
@@ -168,6 +176,7 @@ class OTMix(Mixer):
         self.last_counts = counts
         self.fhat.copy_(conf.confusion_matrix(counts))
         self.has_fhat.fill_(True)
+        self._fhat_cache = None
 
     def _confusion_steps(self, epoch: int):
         from ltpipe.pipeline.loader import make_loader
@@ -199,15 +208,16 @@ class OTMix(Mixer):
     def forward(self, streams: Mapping[str, Batch], ctx: StepContext) -> MixedBatch:
         bg, fg = streams["uniform"], streams["minority"]
         b, dev, gen = len(bg), bg.labels.device, ctx.generator
+        # p = 1 needs no draw (mix_gate consumes none then): no host sync on that path
         if not active_in_epoch(ctx.epoch, ctx.epochs, self.mix_schedule) or \
-                not bool(mix_gate(self.prob, gen)):
+                (self.prob < 1.0 and not bool(mix_gate(self.prob, gen))):
             return MixedBatch.unmixed(bg, mixed=torch.zeros(b, dtype=torch.bool, device=dev))
         fg_images, y_fg, fg_index = fg.images[:b], fg.labels[:b], fg.index[:b]  # trim Q (§6.8)
         m = max(1, round(self.fraction * b))
         rows = torch.arange(b, device=dev) if m == b else \
             torch.randperm(b, generator=gen, device=gen.device)[:m].to(dev)  # mixed rows [m]
         base = torch.arange(b, device=dev)  # π: background row of every output row
-        ot = self.use_ot_in(ctx.epoch, ctx.epochs) and bool(self.has_fhat)
+        ot = self.use_ot_in(ctx.epoch, ctx.epochs) and self._fhat_ready(ctx.epoch)
         if ot:
             zb, zf = self.features(bg, fg, rows, ctx)
             cost = ot_cost(zf, zb, y_fg[rows], bg.labels, self.fhat, self.omega,
