@@ -39,6 +39,13 @@ def parse_config(spec: str) -> tuple[str, str, str, list[str]]:
     return loss, reweight or "none", mixer, [o for o in opts.split(";") if o]
 
 
+def run_tag(spec: str) -> str:
+    """A flat folder name for a config: 'ce:m2m@classifier="runs/g"' -> 'ce_m2m_classifier_runs_g'
+    (a path-valued param must not become nested folders)."""
+    tag = spec.replace(":", "_").replace("@", "_").replace(";", "_").replace("=", "")
+    return tag.replace('"', "").replace("'", "").replace("/", "_").replace("\\", "_")
+
+
 def train_one(spec: str, seed: int, args, run_dir: Path) -> dict:
     """One `ltpipe train` run in a fresh process (an in-process series of runs would fork DALI
     workers from a process that already holds loader threads)."""
@@ -155,7 +162,7 @@ def main(argv=None) -> int:
         write_shards("synthetic", args.shards, progress=False)
     per_seed = {}
     for spec in specs:
-        tag = spec.replace(":", "_").replace("@", "_").replace(";", "_").replace("=", "")
+        tag = run_tag(spec)
         per_seed[spec] = []
         for seed in seeds:
             print(f"== {spec} seed {seed}", flush=True)
