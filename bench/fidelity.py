@@ -121,7 +121,7 @@ def plot(summary: dict, path: Path, title: str) -> None:
 
     specs = list(summary)
     width = 0.8 / max(len(specs), 1)
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = plt.subplots(figsize=(9, 3.5))
     for i, spec in enumerate(specs):
         xs = np.arange(len(METRICS)) + i * width
         ax.bar(xs, [summary[spec][m]["mean"] or 0.0 for m in METRICS], width,
@@ -129,7 +129,7 @@ def plot(summary: dict, path: Path, title: str) -> None:
     ax.set_xticks(np.arange(len(METRICS)) + 0.4 - width / 2, ["All", "Many", "Medium", "Few"])
     ax.set_ylabel("val top-1 % (mean ± std over seeds)")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside: bars stay visible
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=110)
