@@ -50,10 +50,14 @@ from ltpipe.pipeline.batch import Batch
 from ltpipe.train import build
 from ltpipe.train.benchmark import benchmark_shards, write_result
 from ltpipe.train.config import resolve
+from ltpipe.train.cuda_stream import PRIORITIES, compute_stream
 from ltpipe.train.dist import DistInfo
 from ltpipe.train.loop import make_autocast, step_generator, train_step
 from ltpipe.train.mixers.base import StepContext
 from ltpipe.train.mixers.registry import MIXERS, mixer_params
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/trace_summary.py
+import trace_summary  # noqa: E402
 
 GPU = dict(size="inat", model="resnet50", batch_size=256, image_size=224, preset="imagenet",
            precision="bf16", compile=True, steps=15, repeats=3, warmup=10, ref_steps=10,
@@ -96,6 +100,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "a shared CPU)")
     p.add_argument("--prefetch", type=int, default=3)
     p.add_argument("--hw-decoder-load", type=float, default=0.65)
+    p.add_argument("--compute-stream", choices=PRIORITIES, default="high",
+                   help="CUDA priority of the step's stream (train/cuda_stream.py)")
+    p.add_argument("--variants", default="",
+                   help="loader settings to sweep on the FIRST mixer, ';'-separated, each "
+                   "'key=value,...' over hw, threads, workers, prefetch, prio (unset keys keep "
+                   "the options above); the fastest is used for the other mixers and the "
+                   "reference, e.g. 'prio=default;prio=high;prio=high,hw=0.8'")
     p.add_argument("--max-image-side", type=int, default=800, help="nvJPEG preallocation hint")
     p.add_argument("--mix-prob", type=float, default=1.0, help="mixers' prob param, if any")
     p.add_argument("--profile-steps", type=int, default=0,
@@ -107,6 +118,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.mixer_names = [m.strip() for m in args.mixers.split(",") if m.strip()]
+    try:
+        args.variant_list = parse_variants(args.variants, args)
+    except ValueError as exc:
+        p.error(f"--variants: {exc}")
     unknown = [m for m in args.mixer_names if m not in MIXERS]
     if unknown or not args.mixer_names:
         p.error(f"--mixers: unknown {unknown or args.mixers!r} (choose from {', '.join(MIXERS)})")
@@ -115,6 +130,33 @@ def parse_args(argv=None) -> argparse.Namespace:
         if getattr(args, key) <= 0:
             p.error(f"--{key.replace('_', '-')}: must be a positive integer")
     return args
+
+
+VARIANT_KEYS = {"hw": float, "threads": int, "workers": int, "prefetch": int, "prio": str}
+
+
+def parse_variants(text: str, args) -> list[dict]:
+    """'prio=default;prio=high,hw=0.8' -> full settings dicts (the options fill unset keys)."""
+    base = {"hw": args.hw_decoder_load, "threads": args.threads, "workers": None,
+            "prefetch": args.prefetch, "prio": args.compute_stream}
+    out = []
+    for spec in [v for v in text.split(";") if v.strip()] or [""]:
+        v = dict(base)
+        for item in [i for i in spec.split(",") if i.strip()]:
+            key, sep, value = (x.strip() for x in item.partition("="))
+            if not sep or key not in VARIANT_KEYS:
+                raise ValueError(f"{item!r}: expected key=value with key in {list(VARIANT_KEYS)}")
+            v[key] = VARIANT_KEYS[key](value)
+        if v["prio"] not in PRIORITIES or not 0 <= v["hw"] <= 1:
+            raise ValueError(f"{spec!r}: prio must be one of {PRIORITIES}, hw in [0, 1]")
+        if v["workers"] is None:  # Q's reader processes: a quarter of DALI's threads
+            v["workers"] = max(1, v["threads"] // 4)
+        out.append(v)
+    return out
+
+
+def variant_label(v: dict) -> str:
+    return ",".join(f"{k}={v[k]}" for k in VARIANT_KEYS)
 
 
 def shard_dir(args) -> Path:
@@ -260,8 +302,9 @@ def timed(step: StepUnderTest, source, steps: int, repeats: int, warmup: int) ->
     return out
 
 
-def profile(step: StepUnderTest, source, steps: int, path: Path) -> None:
-    """torch.profiler over ``steps`` steps: top ops to stderr, a Chrome trace to ``path``."""
+def profile(step: StepUnderTest, source, steps: int, path: Path) -> dict:
+    """torch.profiler over ``steps`` steps: top ops to stderr, a Chrome trace to ``path``;
+    returns the per-step GPU time summary (bench/trace_summary.py)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -276,6 +319,11 @@ def profile(step: StepUnderTest, source, steps: int, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     prof.export_chrome_trace(str(path))
     log(f"profile trace: {path}")
+    if step.device.type != "cuda":
+        return {}
+    summary_ = trace_summary.summarize(trace_summary.load_kernels(path), steps)
+    log(trace_summary.format_summary(path.name, summary_))
+    return summary_
 
 
 def loader_kwargs(args, counts_device: torch.device) -> dict:
@@ -286,48 +334,87 @@ def loader_kwargs(args, counts_device: torch.device) -> dict:
 
 # ---------------------------------------------------------------- the three ways
 
-def measure_mixer(name: str, shards: Path, args, counts: torch.Tensor) -> tuple[dict, dict]:
-    """(results entry, baselines entry) of one mixer: ceiling, ltpipe, torchvision."""
+def measure_mixer(name: str, shards: Path, args, counts: torch.Tensor,
+                  variants: list[dict]) -> tuple[dict, dict]:
+    """(results entry, baselines entry) of one mixer: ceiling, ltpipe under each loader variant
+    (the fastest is "ltpipe"), torchvision with the fastest variant's stream."""
     from ltpipe.pipeline.loader import make_loader
-    from ltpipe.pipeline.torch_loader import make_torch_loader
 
     step = StepUnderTest(name, shards, args, counts)
     common = loader_kwargs(args, step.device)
     streams = tuple(step.mixer.streams)
     r = {"r": step.mixer.fg_r} if hasattr(step.mixer, "fg_r") else {}
-    dali = dict(streams=streams, num_threads=args.threads, py_workers=max(1, args.threads // 4),
-                prefetch=args.prefetch, hw_decoder_load=args.hw_decoder_load,
-                max_image_side=args.max_image_side, **r, **common)
-    resident = resident_batches(make_loader(shards, **dali), args.batch_size)
+
+    def dali(v: dict) -> dict:
+        return dict(streams=streams, num_threads=v["threads"], py_workers=v["workers"],
+                    prefetch=v["prefetch"], hw_decoder_load=v["hw"],
+                    max_image_side=args.max_image_side, **r, **common)
+
+    resident = resident_batches(make_loader(shards, **dali(variants[0])), args.batch_size)
     log(f"{name}: ceiling (compiles during warm-up)" if args.compile else f"{name}: ceiling")
     ceiling = timed(step, itertools.cycle(resident), args.steps, args.repeats, args.warmup)
-    del resident
-    log(f"{name}: ceiling {ceiling['images_per_s']['mean']:,.0f} img/s; ltpipe end to end")
-    source = full_steps(make_loader(shards, **dali), args.batch_size)
-    ours = timed(step, source, args.steps, args.repeats, args.warmup)
+    out_dir = args.out or Path(__file__).resolve().parent / "results"
+    profiles = {}
     if args.profile_steps > 0:
-        out_dir = args.out or Path(__file__).resolve().parent / "results"
-        trace = out_dir / f"e2e-{name}-{args.device}-trace.json.gz"
-        profile(step, source, args.profile_steps, trace)
+        profiles["ceiling"] = profile(step, itertools.cycle(resident), args.profile_steps,
+                                      out_dir / f"e2e-{name}-ceiling-{args.device}-trace.json.gz")
+    del resident
+    log(f"{name}: ceiling {ceiling['images_per_s']['mean']:,.0f} img/s")
+    swept = {}
+    for v in variants:
+        label = variant_label(v)
+        source = full_steps(make_loader(shards, **dali(v)), args.batch_size)
+        with compute_stream(step.device, v["prio"]):
+            swept[label] = timed(step, source, args.steps, args.repeats, args.warmup)
+        close(source)
+        log(f"{name}: ltpipe [{label}] {swept[label]['images_per_s']['mean']:,.0f} img/s")
+    best_label = max(swept, key=lambda k: swept[k]["images_per_s"]["mean"])
+    best = next(v for v in variants if variant_label(v) == best_label)
+    if args.profile_steps > 0:
+        source = full_steps(make_loader(shards, **dali(best)), args.batch_size)
+        with compute_stream(step.device, best["prio"]):
+            for _ in range(max(2, args.warmup // 2)):
+                step.run(next(source))
+            profiles["ltpipe"] = profile(step, source, args.profile_steps,
+                                         out_dir / f"e2e-{name}-{args.device}-trace.json.gz")
+        close(source)
+    baselines, ref = {}, None
+    if not args.skip_reference:
+        ref = reference(step, shards, args, streams, r, common, best["prio"])
+        baselines[f"torchvision_w{args.ref_workers}"] = ref
+        log(f"{name}: torchvision {ref['images_per_s']['mean']:,.0f} img/s")
+    result = compare(name, ceiling, swept[best_label], ref)
+    result["ltpipe_variant"] = best_label
+    if len(swept) > 1:
+        result["variants"] = swept
+    if profiles:
+        result["profile"] = profiles
+    return result, baselines
+
+
+def reference(step: StepUnderTest, shards: Path, args, streams, r: dict, common: dict,
+              priority: str) -> dict:
+    """The torchvision loaders (``--ref-workers`` processes split over the streams)."""
+    from ltpipe.pipeline.torch_loader import make_torch_loader
+
+    per_stream = max(1, args.ref_workers // len(streams))
+    tv = make_torch_loader(shards, streams=streams, num_workers=per_stream,
+                           prefetch=args.prefetch, **r, **common)
+    source = full_steps(tv, args.batch_size)
+    # warm-up also consumes the batches the workers queued while starting (workers × prefetch
+    # per stream): timing only that backlog overstates the reference loader.
+    backlog = per_stream * args.prefetch
+    with compute_stream(step.device, priority):
+        ref = timed(step, source, args.ref_steps, args.repeats, max(2, args.warmup // 2) + backlog)
+    close(source)
+    return ref
+
+
+def close(source) -> None:
+    """End a loader generator and free its pipeline (DALI threads, workers, GPU buffers)."""
     source.close()
     del source
     gc.collect()
-    log(f"{name}: ltpipe {ours['images_per_s']['mean']:,.0f} img/s")
-    baselines, ref = {}, None
-    if not args.skip_reference:
-        per_stream = max(1, args.ref_workers // len(streams))
-        tv = make_torch_loader(shards, streams=streams, num_workers=per_stream,
-                               prefetch=args.prefetch, **r, **common)
-        tv_source = full_steps(tv, args.batch_size)
-        # warm-up also consumes the batches the workers queued while starting (workers ×
-        # prefetch per stream): timing only that backlog overstates the reference loader.
-        backlog = per_stream * args.prefetch
-        ref = timed(step, tv_source, args.ref_steps, args.repeats,
-                    max(2, args.warmup // 2) + backlog)
-        tv_source.close()
-        baselines[f"torchvision_w{args.ref_workers}"] = ref
-        log(f"{name}: torchvision {ref['images_per_s']['mean']:,.0f} img/s")
-    return compare(name, ceiling, ours, ref), baselines
 
 
 def compare(name: str, ceiling: dict, ours: dict, ref: dict | None) -> dict:
@@ -386,9 +473,14 @@ def main(argv=None) -> int:
                   num_classes=manifest.num_classes, mixer_params=MIXER_PARAMS,
                   torch=torch.__version__)
     results, baselines, path = {}, {}, None
+    variants = args.variant_list
     for name in args.mixer_names:
         try:
-            results[name], baselines[name] = measure_mixer(name, shards, args, counts)
+            results[name], baselines[name] = measure_mixer(name, shards, args, counts, variants)
+            # the first mixer's sweep picks the loader settings of the others
+            label = results[name]["ltpipe_variant"]
+            variants = [v for v in variants if variant_label(v) == label]
+            params["chosen_variant"] = label
         except Exception as exc:  # one GPU session: keep the other mixers' numbers
             traceback.print_exc()
             results[name], baselines[name] = {"error": f"{type(exc).__name__}: {exc}"}, {}

@@ -42,9 +42,18 @@ def assert_chart(path):
 
 def test_e2e_three_ways_in_one_run(shards, tmp_path):
     res = invoke(["e2e", shards, "--device", "cpu", "--out", tmp_path, *TINY_E2E,
-                  "--mixers", "cmo,otmix", "--profile-steps", "1"])
+                  "--mixers", "cmo,otmix", "--profile-steps", "1",
+                  "--variants", "threads=1,workers=1;threads=2,prefetch=2"])
     assert res.exit_code == 0, res.output
     doc = load(tmp_path / "e2e-cpu.json")
+    # the first mixer sweeps the loader variants; the fastest feeds "ltpipe" and the next mixers
+    sweep = doc["results"]["cmo"]["variants"]
+    assert len(sweep) == 2 and "hw=0.65,threads=2,workers=1,prefetch=2,prio=high" in sweep
+    chosen = max(sweep, key=lambda k: sweep[k]["images_per_s"]["mean"])
+    assert doc["results"]["cmo"]["ltpipe"] == sweep[chosen]
+    assert doc["params"]["chosen_variant"] == chosen
+    assert doc["results"]["otmix"]["ltpipe_variant"] == chosen
+    assert "variants" not in doc["results"]["otmix"]
     assert doc["device"] == "cpu" and doc["params"]["model"] == "resnet8"
     assert doc["params"]["batch_size"] == 8 and doc["params"]["compile"] is False
     for name in ("cmo", "otmix"):
@@ -64,6 +73,14 @@ def test_e2e_three_ways_in_one_run(shards, tmp_path):
     assert_chart(tmp_path / "e2e-cpu.png")
     with gzip.open(tmp_path / "e2e-cmo-cpu-trace.json.gz", "rt") as f:  # the profiled steps
         assert "traceEvents" in json.load(f)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("hw=2", "hw in [0, 1]"), ("speed=3", "expected key=value"), ("prio=max", "prio must be"),
+    ("threads", "expected key=value")])
+def test_bad_variants_are_one_line(shards, tmp_path, spec, message):
+    res = invoke(["e2e", shards, "--device", "cpu", "--out", tmp_path, "--variants", spec])
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
 
 
 def test_loader_bench_through_the_cli(shards, tmp_path):

@@ -42,10 +42,33 @@ def test_cli_overrides_recipe_and_round_trips_through_toml():
 
 
 @pytest.mark.parametrize("override,needle", [({"epochs": 0}, "--epochs"), ({"lr": -1.0}, "--lr"),
-                                             ({"schedule": "linear"}, "--schedule")])
+                                             ({"schedule": "linear"}, "--schedule"),
+                                             ({"compute_stream": "max"}, "--compute-stream")])
 def test_bad_values_are_named(override, needle):
     with pytest.raises(ConfigError, match=needle):
         resolve({}, override, {})
+
+
+@pytest.mark.parametrize("loader,needle", [({"threads": -1}, r"\[loader\] threads"),
+                                           ({"prefetch": 0}, r"\[loader\] prefetch"),
+                                           ({"hw_decoder_load": 1.5}, "hw_decoder_load"),
+                                           ({"speed": 2}, "unknown keys")])
+def test_bad_loader_values_are_named(loader, needle):
+    with pytest.raises(ConfigError, match=needle):
+        resolve({}, {}, {}, loader_overrides=loader)
+
+
+def test_loader_resources_may_change_on_resume_and_default_to_this_ranks_cpus(monkeypatch):
+    cfg = resolve({}, {}, {})
+    faster = resolve(cfg, {"compute_stream": "default"}, {}, loader_overrides={"threads": 12})
+    assert differences(cfg, faster) == []  # speed settings, never the samples
+    monkeypatch.setattr(build, "cpus_per_rank", lambda: 12)
+    auto = build.loader_resources(cfg["loader"])
+    assert auto["num_threads"] == 12 and auto["py_workers"] == 3 and auto["prefetch"] == 3
+    assert build.loader_resources(faster["loader"] | {"py_workers": 5})["py_workers"] == 5
+    monkeypatch.undo()
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "10000")  # more ranks than CPUs: still one thread
+    assert build.cpus_per_rank() == 1
 
 
 def test_parse_scalar():

@@ -22,7 +22,7 @@ import click
 
 BENCHMARKS = ("loader", "e2e", "kernels")
 # keys that describe a measurement rather than being one (left out of tables and charts)
-SKIP_KEYS = frozenset({"std", "runs", "p10_ms", "p90_ms", "iterations", "meets_targets"})
+SKIP_KEYS = frozenset({"std", "runs", "p10_ms", "p90_ms", "iterations", "meets_targets", "profile"})
 MAX_PANELS = 6
 PASS_THROUGH = {"ignore_unknown_options": True, "help_option_names": ["-h", "--help"]}
 

@@ -6,6 +6,7 @@ plain keyword arguments. Method names stay in the registries.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -21,15 +22,31 @@ from ltpipe.train.models import build_model
 from ltpipe.train.schedule import LRSchedule
 
 
+def cpus_per_rank() -> int:
+    """This rank's share of the CPUs it may run on (torchrun sets LOCAL_WORLD_SIZE)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cpus or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+def loader_resources(table: dict) -> dict:
+    """[loader] -> make_loader kwargs; 0 threads/workers = automatic (all of this rank's CPUs
+    for DALI's threads, a quarter of them for Q's reader processes, as bench/e2e.py measures)."""
+    threads = table["threads"] or cpus_per_rank()
+    workers = table["py_workers"] or max(1, threads // 4)
+    return dict(num_threads=threads, py_workers=workers, prefetch=table["prefetch"],
+                hw_decoder_load=float(table["hw_decoder_load"]))
+
+
 def make_loaders(shards: Path, t: dict, streams: tuple[str, ...], fg_r: float | None,
-                 info: DistInfo, epoch: int):
-    """(train loader over the mixer's streams, val loader or None)."""
+                 info: DistInfo, epoch: int, resources: dict | None = None):
+    """(train loader over the mixer's streams, val loader or None); ``resources``: the
+    ``loader_resources`` kwargs (None: make_loader's defaults)."""
     from ltpipe.pipeline.loader import make_loader
 
     common = dict(device=info.device.type, preset=t["preset"], image_size=t["image_size"],
                   dtype=loader_dtype(info.device, t["precision"]),
                   channels_last=t["channels_last"], seed=t["seed"], rank=info.rank,
-                  world=info.world)
+                  world=info.world, **(resources or {}))
     extra = {} if fg_r is None else {"r": fg_r}
     train = make_loader(str(shards), split="train", batch_size=t["batch_size"], streams=streams,
                         epoch=epoch, **common, **extra)

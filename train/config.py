@@ -8,6 +8,8 @@ A recipe (``train/recipes/<name>.toml`` or any ``FILE.toml``) has the tables::
     [mixer.<name>]  params of that mixer (only the chosen mixer's table is used)
     [loss.<name>]   params of that base loss (e.g. [loss.la] tau = 1.0)
     [aux.<name>]    params of an auxiliary term a mixer declares (e.g. [aux.smc] weight = 0.1)
+    [loader]  threads, py_workers, prefetch, hw_decoder_load: DALI's resources (they change the
+              speed, never the samples, so a resumed run may change them)
 
 Values follow ALGORITHMS.md §1/§5 (recipe files cite them). CLI options override the recipe;
 no config object travels below the trainer's builder (STYLE.md rule 2).
@@ -31,13 +33,17 @@ DEFAULTS: dict[str, Any] = {
         "gamma": 0.01, "mixer": "none", "loss": "ce", "reweight": "none", "drw_epoch": -1,
         "preset": "cifar", "image_size": 32, "precision": "bf16", "channels_last": True,
         "compile": False, "eval_every": 1, "ckpt_every": 0, "seed": 0, "device": "cpu",
+        "compute_stream": "high",  # CUDA: the step's stream priority vs DALI's (cuda_stream.py)
     },
+    # threads / py_workers 0: this rank's share of the CPUs (build.py); hw_decoder_load: the
+    # share of JPEGs nvJPEG sends to the hardware decoder (bench/e2e.py sweeps it)
+    "loader": {"threads": 0, "py_workers": 0, "prefetch": 3, "hw_decoder_load": 0.65},
     "mixer": {}, "loss": {}, "aux": {},
 }
 SCHEDULES = ("step", "cosine", "constant")
 PRECISIONS = ("bf16", "fp16", "fp32")
 # keys that may differ between a run and its resumption
-VOLATILE = frozenset({"device", "progress"})
+VOLATILE = frozenset({"device", "progress", "compute_stream", "loader"})
 
 
 class ConfigError(ValueError):
@@ -108,15 +114,17 @@ def parse_assignments(items: tuple[str, ...], option: str) -> dict[str, Any]:
 
 
 def resolve(recipe: dict, train_overrides: dict, mixer_overrides: dict,
-            loss_overrides: dict | None = None) -> dict:
-    """DEFAULTS <- recipe <- CLI; returns the full config and checks the train table."""
+            loss_overrides: dict | None = None, loader_overrides: dict | None = None) -> dict:
+    """DEFAULTS <- recipe <- CLI; returns the full config and checks the train/loader tables."""
     cfg = merge(DEFAULTS, recipe)
     cfg["train"].update({k: v for k, v in train_overrides.items() if v is not None})
+    cfg["loader"].update(loader_overrides or {})
     mixer = cfg["train"]["mixer"]
     cfg["mixer"] = {mixer: {**cfg["mixer"].get(mixer, {}), **mixer_overrides}}
     loss = cfg["train"]["loss"]
     cfg["loss"] = {loss: {**cfg["loss"].get(loss, {}), **(loss_overrides or {})}}
     check_train(cfg["train"])
+    check_loader(cfg["loader"])
     return cfg
 
 
@@ -140,6 +148,24 @@ def check_train(t: dict) -> None:
         raise ConfigError(f"--precision: unknown {t['precision']!r} ({', '.join(PRECISIONS)})")
     if t["device"] not in ("cpu", "cuda"):
         raise ConfigError(f"--device: must be cpu or cuda, got {t['device']!r}")
+    if t["compute_stream"] not in ("high", "default"):
+        raise ConfigError(f"--compute-stream: must be high or default, got {t['compute_stream']!r}")
+
+
+def check_loader(table: dict) -> None:
+    unknown = set(table) - set(DEFAULTS["loader"])
+    if unknown:
+        raise ConfigError(f"[loader]: unknown keys {sorted(unknown)} "
+                          f"(allowed: {', '.join(DEFAULTS['loader'])})")
+    for key in ("threads", "py_workers"):
+        if not isinstance(table[key], int) or table[key] < 0:
+            raise ConfigError(f"[loader] {key}: must be an integer >= 0 (0: automatic), "
+                              f"got {table[key]!r}")
+    if not isinstance(table["prefetch"], int) or table["prefetch"] < 1:
+        raise ConfigError(f"[loader] prefetch: must be an integer >= 1, got {table['prefetch']!r}")
+    load = table["hw_decoder_load"]
+    if not isinstance(load, (int, float)) or not 0 <= load <= 1:
+        raise ConfigError(f"[loader] hw_decoder_load: must be in [0, 1], got {load!r}")
 
 
 def differences(saved: dict, new: dict) -> list[str]:

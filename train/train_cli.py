@@ -18,7 +18,7 @@ import click
 TRAIN_OPTIONS = ("mixer", "loss", "reweight", "model", "epochs", "batch_size", "lr", "wd",
                  "momentum", "warmup", "schedule", "milestones", "gamma", "drw_epoch", "device",
                  "seed", "precision", "channels_last", "compile", "eval_every", "ckpt_every",
-                 "preset", "image_size")
+                 "preset", "image_size", "compute_stream")
 # named shortcuts for mixer params (ALGORITHMS.md §7)
 NAMED_MIXER_OPTIONS = {"fg_r": "fg_r", "otmix_mode": "mode",
                        "otmix_confusion_split": "confusion_split", "m2m_classifier": "classifier"}
@@ -84,6 +84,9 @@ def _milestones(ctx, param, value):
 @click.option("--image-size", type=int)
 @click.option("--mixer-opt", multiple=True, metavar="KEY=VALUE", help="Mixer param (TOML value).")
 @click.option("--loss-opt", multiple=True, metavar="KEY=VALUE", help="Base-loss param, e.g. tau=1.")
+@click.option("--loader-opt", multiple=True, metavar="KEY=VALUE",
+              help="DALI resources: threads, py_workers, prefetch, hw_decoder_load.")
+@click.option("--compute-stream", help="CUDA stream priority of the step: high | default.")
 @click.option("--fg-r", type=float, help="Foreground (minority stream) r.")
 @click.option("--otmix-mode", help="OTmix mode.")
 @click.option("--otmix-confusion-split", help="OTmix confusion split.")
@@ -92,12 +95,14 @@ def _milestones(ctx, param, value):
 @click.option("--progress/--no-progress", default=True)
 @click.option("--dump-ranks", is_flag=True, hidden=True,
               help="Save each rank's sample ids per epoch and final weights (tests).")
-def train(shards, out, recipe, resume, progress, dump_ranks, mixer_opt, loss_opt, **options):
+def train(shards, out, recipe, resume, progress, dump_ranks, mixer_opt, loss_opt, loader_opt,
+          **options):
     """Train a classifier on SHARDS (an `ltpipe shard` directory) into RUN."""
     from ltpipe.train.checkpoint import CheckpointError
 
     try:
-        cfg, shards, run_dir = resolve_run(shards, out, recipe, resume, mixer_opt, loss_opt, options)
+        cfg, shards, run_dir = resolve_run(shards, out, recipe, resume, mixer_opt, loss_opt, options,
+                                             loader_opt)
     except ValueError as exc:  # ConfigError, CheckpointError, ShardFormatError
         fail(str(exc))
     try:
@@ -108,7 +113,7 @@ def train(shards, out, recipe, resume, progress, dump_ranks, mixer_opt, loss_opt
     return result
 
 
-def resolve_run(shards, out, recipe, resume, mixer_opt, loss_opt, options):
+def resolve_run(shards, out, recipe, resume, mixer_opt, loss_opt, options, loader_opt=()):
     """(resolved config, shard dir, run dir); raises ValueError with a one-line message."""
     from ltpipe.shards.format import load_manifest
     from ltpipe.train.checkpoint import CONFIG, read_config
@@ -122,6 +127,7 @@ def resolve_run(shards, out, recipe, resume, mixer_opt, loss_opt, options):
             mixer_params[key] = str(value) if isinstance(value, Path) else value
     train = {k: options.get(k) for k in TRAIN_OPTIONS}
     loss_params = parse_assignments(loss_opt, "--loss-opt")
+    loader = parse_assignments(loader_opt, "--loader-opt")
     if resume is not None:
         saved = read_config(resume)
         shards = shards or Path(saved["run"]["shards"])
@@ -129,7 +135,7 @@ def resolve_run(shards, out, recipe, resume, mixer_opt, loss_opt, options):
         if Path(out).resolve() != Path(resume).resolve():
             raise ConfigError(f"--out {out} differs from --resume {resume}")
         cfg = resolve({k: v for k, v in saved.items() if k != "run"}, train, mixer_params,
-                      loss_params)
+                      loss_params, loader)
         diff = differences(saved, cfg)
         if diff:
             raise ConfigError(f"{Path(resume) / CONFIG}: options change the run: {', '.join(diff)}")
@@ -140,7 +146,7 @@ def resolve_run(shards, out, recipe, resume, mixer_opt, loss_opt, options):
         if os.environ.get("RANK", "0") == "0" and (Path(out) / CONFIG).is_file():
             raise ConfigError(f"{out}: already holds a run (use --resume {out} or another --out)")
         base = load_recipe(recipe) if recipe else {}
-        cfg = resolve(base, train, mixer_params, loss_params)
+        cfg = resolve(base, train, mixer_params, loss_params, loader)
         cfg["run"] = run_table(shards, recipe)
     from ltpipe.train.mixers.registry import mixer_class
 

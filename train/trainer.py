@@ -23,6 +23,7 @@ from ltpipe.train import build
 from ltpipe.train.checkpoint import (FINAL, FORMAT, LAST, CheckpointError, load_file, rng_state,
                                      save_atomic, set_rng_state)
 from ltpipe.train.config import differences
+from ltpipe.train.cuda_stream import compute_stream
 from ltpipe.train.dist import (DistInfo, all_reduce_sum, barrier, broadcast_buffers,
                                gather_objects)
 from ltpipe.train.evaluate import class_hits, format_table, summarize
@@ -54,7 +55,7 @@ class Trainer:
         self.mixer = build.make_mixer(cfg, self.env)
         self.loader, self.val_loader = build.make_loaders(
             shards, t, tuple(self.mixer.streams), getattr(self.mixer, "fg_r", None), info,
-            self.epoch)
+            self.epoch, build.loader_resources(cfg["loader"]))
         self.model, self.criterion = build.make_model_and_criterion(cfg, self.env, self.mixer)
         self.optimizer, self.scheduler = build.make_optimizer(t, self.model, self.criterion,
                                                               len(self.loader))
@@ -125,6 +126,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ the run
     def fit(self) -> dict:
+        with compute_stream(self.info.device, self.t["compute_stream"]):
+            return self._fit()
+
+    def _fit(self) -> dict:
         E = self.t["epochs"]
         for epoch in range(self.epoch, E):
             if self.step_in_epoch == 0:  # a fresh epoch (a resumed one keeps its loader position)
