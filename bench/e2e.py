@@ -104,9 +104,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="CUDA priority of the step's stream (train/cuda_stream.py)")
     p.add_argument("--variants", default="",
                    help="loader settings to sweep on the FIRST mixer, ';'-separated, each "
-                   "'key=value,...' over hw, threads, workers, prefetch, prio (unset keys keep "
-                   "the options above); the fastest is used for the other mixers and the "
-                   "reference, e.g. 'prio=default;prio=high;prio=high,hw=0.8'")
+                   "'key=value,...' over hw, threads, workers, prefetch, prio, shards (another "
+                   "copy of the data; unset keys keep the options above); the fastest is used "
+                   "for the other mixers and the reference, e.g. "
+                   "'prio=default;prio=high;prio=high,hw=0.8;prio=high,shards=/tmp/inat-400'")
     p.add_argument("--max-image-side", type=int, default=800, help="nvJPEG preallocation hint")
     p.add_argument("--mix-prob", type=float, default=1.0, help="mixers' prob param, if any")
     p.add_argument("--profile-steps", type=int, default=0,
@@ -132,13 +133,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-VARIANT_KEYS = {"hw": float, "threads": int, "workers": int, "prefetch": int, "prio": str}
+VARIANT_KEYS = {"hw": float, "threads": int, "workers": int, "prefetch": int, "prio": str,
+                "shards": str}
 
 
 def parse_variants(text: str, args) -> list[dict]:
     """'prio=default;prio=high,hw=0.8' -> full settings dicts (the options fill unset keys)."""
     base = {"hw": args.hw_decoder_load, "threads": args.threads, "workers": None,
-            "prefetch": args.prefetch, "prio": args.compute_stream}
+            "prefetch": args.prefetch, "prio": args.compute_stream, "shards": ""}
     out = []
     for spec in [v for v in text.split(";") if v.strip()] or [""]:
         v = dict(base)
@@ -149,6 +151,8 @@ def parse_variants(text: str, args) -> list[dict]:
             v[key] = VARIANT_KEYS[key](value)
         if v["prio"] not in PRIORITIES or not 0 <= v["hw"] <= 1:
             raise ValueError(f"{spec!r}: prio must be one of {PRIORITIES}, hw in [0, 1]")
+        if v["shards"] and not (Path(v["shards"]) / "manifest.json").is_file():
+            raise ValueError(f"{v['shards']}: not a shard directory (no manifest.json)")
         if v["workers"] is None:  # Q's reader processes: a quarter of DALI's threads
             v["workers"] = max(1, v["threads"] // 4)
         out.append(v)
@@ -156,7 +160,9 @@ def parse_variants(text: str, args) -> list[dict]:
 
 
 def variant_label(v: dict) -> str:
-    return ",".join(f"{k}={v[k]}" for k in VARIANT_KEYS)
+    """All settings, plus ``shards=`` when the variant reads another copy of the data (e.g. one
+    written with ``ltpipe shard --max-size``: the same images, fewer pixels to decode)."""
+    return ",".join(f"{k}={v[k]}" for k in VARIANT_KEYS if k != "shards" or v[k])
 
 
 def shard_dir(args) -> Path:
@@ -350,7 +356,10 @@ def measure_mixer(name: str, shards: Path, args, counts: torch.Tensor,
                     prefetch=v["prefetch"], hw_decoder_load=v["hw"],
                     max_image_side=args.max_image_side, **r, **common)
 
-    resident = resident_batches(make_loader(shards, **dali(variants[0])), args.batch_size)
+    def loader(v: dict):
+        return make_loader(Path(v["shards"]) if v["shards"] else shards, **dali(v))
+
+    resident = resident_batches(loader(variants[0]), args.batch_size)
     log(f"{name}: ceiling (compiles during warm-up)" if args.compile else f"{name}: ceiling")
     ceiling = timed(step, itertools.cycle(resident), args.steps, args.repeats, args.warmup)
     out_dir = args.out or Path(__file__).resolve().parent / "results"
@@ -363,7 +372,7 @@ def measure_mixer(name: str, shards: Path, args, counts: torch.Tensor,
     swept = {}
     for v in variants:
         label = variant_label(v)
-        source = full_steps(make_loader(shards, **dali(v)), args.batch_size)
+        source = full_steps(loader(v), args.batch_size)
         with compute_stream(step.device, v["prio"]):
             swept[label] = timed(step, source, args.steps, args.repeats, args.warmup)
         close(source)
@@ -371,7 +380,7 @@ def measure_mixer(name: str, shards: Path, args, counts: torch.Tensor,
     best_label = max(swept, key=lambda k: swept[k]["images_per_s"]["mean"])
     best = next(v for v in variants if variant_label(v) == best_label)
     if args.profile_steps > 0:
-        source = full_steps(make_loader(shards, **dali(best)), args.batch_size)
+        source = full_steps(loader(best), args.batch_size)
         with compute_stream(step.device, best["prio"]):
             for _ in range(max(2, args.warmup // 2)):
                 step.run(next(source))
@@ -380,7 +389,8 @@ def measure_mixer(name: str, shards: Path, args, counts: torch.Tensor,
         close(source)
     baselines, ref = {}, None
     if not args.skip_reference:
-        ref = reference(step, shards, args, streams, r, common, best["prio"])
+        ref_shards = Path(best["shards"]) if best["shards"] else shards  # the same images
+        ref = reference(step, ref_shards, args, streams, r, common, best["prio"])
         baselines[f"torchvision_w{args.ref_workers}"] = ref
         log(f"{name}: torchvision {ref['images_per_s']['mean']:,.0f} img/s")
     result = compare(name, ceiling, swept[best_label], ref)
