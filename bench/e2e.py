@@ -105,7 +105,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--variants", default="",
                    help="loader settings to sweep on the FIRST mixer, ';'-separated, each "
                    "'key=value,...' over hw, threads, workers, prefetch, prio, shards (another "
-                   "copy of the data; unset keys keep the options above); the fastest is used "
+                   "copy of the data), cpudec (streams decoded on the CPU, e.g. minority or "
+                   "uniform+minority); unset keys keep the options above); the fastest is used "
                    "for the other mixers and the reference, e.g. "
                    "'prio=default;prio=high;prio=high,hw=0.8;prio=high,shards=/tmp/inat-400'")
     p.add_argument("--max-image-side", type=int, default=800, help="nvJPEG preallocation hint")
@@ -134,13 +135,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 VARIANT_KEYS = {"hw": float, "threads": int, "workers": int, "prefetch": int, "prio": str,
-                "shards": str}
+                "shards": str, "cpudec": str}
 
 
 def parse_variants(text: str, args) -> list[dict]:
     """'prio=default;prio=high,hw=0.8' -> full settings dicts (the options fill unset keys)."""
     base = {"hw": args.hw_decoder_load, "threads": args.threads, "workers": None,
-            "prefetch": args.prefetch, "prio": args.compute_stream, "shards": ""}
+            "prefetch": args.prefetch, "prio": args.compute_stream, "shards": "",
+            "cpudec": ""}
     out = []
     for spec in [v for v in text.split(";") if v.strip()] or [""]:
         v = dict(base)
@@ -162,7 +164,8 @@ def parse_variants(text: str, args) -> list[dict]:
 def variant_label(v: dict) -> str:
     """All settings, plus ``shards=`` when the variant reads another copy of the data (e.g. one
     written with ``ltpipe shard --max-size``: the same images, fewer pixels to decode)."""
-    return ",".join(f"{k}={v[k]}" for k in VARIANT_KEYS if k != "shards" or v[k])
+    return ",".join(f"{k}={v[k]}" for k in VARIANT_KEYS
+                    if k not in ("shards", "cpudec") or v[k])
 
 
 def shard_dir(args) -> Path:
@@ -354,6 +357,7 @@ def measure_mixer(name: str, shards: Path, args, counts: torch.Tensor,
     def dali(v: dict) -> dict:
         return dict(streams=streams, num_threads=v["threads"], py_workers=v["workers"],
                     prefetch=v["prefetch"], hw_decoder_load=v["hw"],
+                    cpu_decode=tuple(x for x in v["cpudec"].split("+") if x),
                     max_image_side=args.max_image_side, **r, **common)
 
     def loader(v: dict):

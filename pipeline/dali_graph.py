@@ -59,13 +59,18 @@ class GraphSpec:
     max_side: int = 0  # largest encoded image side, for nvJPEG preallocation (0: no hint)
     # "full": the P and Q decode/augment chains run concurrently, on their own CUDA streams
     concurrency: str = "full"
+    # streams decoded and resized by CPU operators even on "cuda" (uploaded as uint8 S x S before
+    # normalisation): moves their decode off the GPU the training step needs (bench/e2e.py
+    # ``cpudec=``); worth it when the CPUs can keep up, e.g. with images stored small
+    cpu_decode: tuple[str, ...] = ()
 
 
-def _augment(jpg, spec: GraphSpec):
-    """Encoded bytes -> normalized [3,S,S] (CHW) or [S,S,3] (HWC) per sample."""
+def _augment(jpg, spec: GraphSpec, cpu_decode: bool = False):
+    """Encoded bytes -> normalized [3,S,S] (CHW) or [S,S,3] (HWC) per sample; ``cpu_decode``:
+    decode and resize on the CPU, then upload (only matters when spec.device is "cuda")."""
     from nvidia.dali import fn, types
 
-    mixed = spec.device == "cuda"
+    mixed = spec.device == "cuda" and not cpu_decode
     dec = "mixed" if mixed else "cpu"
     hw = {}
     if mixed:  # nvJPEG memory settings as in DALI's ResNet-50 example: no reallocation mid-run
@@ -96,6 +101,8 @@ def _augment(jpg, spec: GraphSpec):
     else:
         img = fn.decoders.image(jpg, device=dec, output_type=types.RGB, **hw)
         crop = (s, s)
+    if spec.device == "cuda" and cpu_decode:
+        img = img.gpu()  # uint8: a quarter of the normalised fp32 bytes over PCIe
     kwargs = {"crop": crop, "out_of_bounds_policy": "pad"} if crop else {}
     return fn.crop_mirror_normalize(
         img, dtype=types.FLOAT16 if spec.half else types.FLOAT,
@@ -130,13 +137,13 @@ def build_pipeline(spec: GraphSpec, reader: dict | None, sources: dict, checkpoi
         if reader is not None:
             jpg, ids = fn.readers.webdataset(
                 **reader, ext=["jpg", "id"], dtypes=[types.UINT8, types.INT64], name="P")
-            outs += [_augment(jpg, spec), ids]
-        for src in sources.values():
+            outs += [_augment(jpg, spec, "uniform" in spec.cpu_decode), ids]
+        for name, src in sources.items():
             jpg, ids = fn.external_source(source=src, num_outputs=2, batch=True, batch_info=True,
                                           parallel=True, dtype=[types.UINT8, types.INT64],
                                           prefetch_queue_depth=max(2, spec.prefetch,
                                                                    spec.py_workers))
-            outs += [_augment(jpg, spec), ids]
+            outs += [_augment(jpg, spec, name in spec.cpu_decode), ids]
         return tuple(outs)
 
     pipe = graph()

@@ -87,7 +87,7 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
                 r: float = 1.0, seed: int = 0, rank: int = 0, world: int = 1, epoch: int = 0,
                 num_threads: int = 4, prefetch: int = 2, py_workers: int = 2,
                 hw_decoder_load: float = 0.65, max_image_side: int = 0, concurrency: str = "full",
-                validate: bool = True, allow_empty_classes: bool = False):
+                cpu_decode=(), validate: bool = True, allow_empty_classes: bool = False):
     """Build the DALI loader of one rank (falls back to the torch reference without DALI).
 
     Args:
@@ -102,6 +102,7 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
         num_threads, prefetch, py_workers: DALI CPU threads, prefetch depth, Q's worker processes.
         hw_decoder_load, max_image_side: nvJPEG hardware-decoder share and preallocation hint.
         concurrency: "full" (P and Q chains run concurrently, own CUDA streams) or "backend".
+        cpu_decode: stream names whose decode and resize run on the CPU even on "cuda".
         validate: scan payload markers for corrupt samples (skipped, counted in ``skipped``).
         allow_empty_classes: give classes with n_k = 0 the probability q_k = 0 instead of raising.
     Returns a DaliLoader: ``for step in loader`` -> {stream: Batch}; len, set_epoch,
@@ -121,6 +122,10 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
                                  channels_last=channels_last, r=r, seed=seed, rank=rank,
                                  world=world, epoch=epoch, num_workers=num_threads,
                                  allow_empty_classes=allow_empty_classes)
+    cpu_decode = (cpu_decode,) if isinstance(cpu_decode, str) else tuple(cpu_decode)
+    if not set(cpu_decode) <= set(streams):
+        raise ValueError(f"cpu_decode: {sorted(set(cpu_decode) - set(streams))} are not among "
+                         f"the streams {streams}")
     dev_id = torch.cuda.current_device() if device == "cuda" else None
     spec = GraphSpec(
         batch_size=int(batch_size), preset=preset, size=int(image_size or DEFAULT_SIZE[preset]),
@@ -129,7 +134,7 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
         device_id=dev_id, hw_decoder_load=hw_decoder_load, py_workers=py_workers,
         # fork is fast but unsafe once CUDA is initialized in this process
         py_start_method="spawn" if torch.cuda.is_initialized() else "fork",
-        max_side=int(max_image_side), concurrency=concurrency)
+        max_side=int(max_image_side), concurrency=concurrency, cpu_decode=cpu_decode)
     return DaliLoader(data, spec, streams, r=r, seed=seed, rank=rank, world=world, epoch=epoch,
                       dtype=dtype)
 

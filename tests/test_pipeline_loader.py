@@ -154,3 +154,29 @@ def test_layout_dtype_and_imagenet_preset(shards):
     assert img.dtype == torch.float16 and img.is_contiguous() and img.shape == (8, 3, 32, 32)
     # ImageNet normalization: a [0, 255] pixel maps into [-mean/std, (1-mean)/std]
     assert -2.2 < img.float().min() and img.float().max() < 2.7
+
+
+def test_cpu_decode_names_loader_streams_and_keeps_the_samples(shards):
+    """cpu_decode moves a stream's decode to CPU operators; on "cpu" every stream decodes there,
+    so the batches must be exactly the default loader's (the option changes speed, not samples)."""
+    with pytest.raises(ValueError, match=r"cpu_decode: \['balanced'\] are not among"):
+        make_loader(shards, batch_size=8, streams=("uniform", "minority"), cpu_decode="balanced")
+    kwargs = dict(batch_size=8, streams=("uniform", "minority"), seed=3)
+    plain = next(iter(make_loader(shards, **kwargs)))
+    moved = next(iter(make_loader(shards, cpu_decode=("minority",), **kwargs)))
+    for name in kwargs["streams"]:
+        assert torch.equal(plain[name].images, moved[name].images)
+        assert torch.equal(plain[name].index, moved[name].index)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cpu_decoded_stream_reaches_the_gpu(shards):
+    torch.cuda.init()  # DALI's Python workers are then spawned, as in training
+    loader = make_loader(shards, batch_size=8, streams=("uniform", "minority"), device="cuda",
+                         preset="imagenet", image_size=24, dtype=torch.float16,
+                         channels_last=True, cpu_decode=("minority",))
+    step = next(iter(loader))
+    for b in step.values():
+        assert b.images.is_cuda and b.images.shape == (8, 3, 24, 24)
+        assert -2.2 < b.images.float().min() and b.images.float().max() < 2.7

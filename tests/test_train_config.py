@@ -52,7 +52,8 @@ def test_bad_values_are_named(override, needle):
 @pytest.mark.parametrize("loader,needle", [({"threads": -1}, r"\[loader\] threads"),
                                            ({"prefetch": 0}, r"\[loader\] prefetch"),
                                            ({"hw_decoder_load": 1.5}, "hw_decoder_load"),
-                                           ({"speed": 2}, "unknown keys")])
+                                           ({"speed": 2}, "unknown keys"),
+                                           ({"cpu_decode": ["q"]}, "cpu_decode")])
 def test_bad_loader_values_are_named(loader, needle):
     with pytest.raises(ConfigError, match=needle):
         resolve({}, {}, {}, loader_overrides=loader)

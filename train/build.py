@@ -34,7 +34,8 @@ def loader_resources(table: dict) -> dict:
     threads = table["threads"] or cpus_per_rank()
     workers = table["py_workers"] or max(1, threads // 4)
     return dict(num_threads=threads, py_workers=workers, prefetch=table["prefetch"],
-                hw_decoder_load=float(table["hw_decoder_load"]))
+                hw_decoder_load=float(table["hw_decoder_load"]),
+                cpu_decode=tuple(table["cpu_decode"]))
 
 
 def make_loaders(shards: Path, t: dict, streams: tuple[str, ...], fg_r: float | None,
@@ -43,16 +44,22 @@ def make_loaders(shards: Path, t: dict, streams: tuple[str, ...], fg_r: float | 
     ``loader_resources`` kwargs (None: make_loader's defaults)."""
     from ltpipe.pipeline.loader import make_loader
 
+    resources = dict(resources or {})
+    cpu_decode = resources.pop("cpu_decode", ())  # each loader takes the streams it has
+
+    def on_cpu(names: tuple[str, ...]) -> dict:
+        return {"cpu_decode": tuple(s for s in cpu_decode if s in names)}
+
     common = dict(device=info.device.type, preset=t["preset"], image_size=t["image_size"],
                   dtype=loader_dtype(info.device, t["precision"]),
                   channels_last=t["channels_last"], seed=t["seed"], rank=info.rank,
-                  world=info.world, **(resources or {}))
+                  world=info.world, **resources)
     extra = {} if fg_r is None else {"r": fg_r}
     train = make_loader(str(shards), split="train", batch_size=t["batch_size"], streams=streams,
-                        epoch=epoch, **common, **extra)
+                        epoch=epoch, **common, **extra, **on_cpu(streams))
     try:
         val = make_loader(str(shards), split="val", batch_size=t["batch_size"],
-                          streams=("uniform",), epoch=0, **common)
+                          streams=("uniform",), epoch=0, **common, **on_cpu(("uniform",)))
     except ValueError as exc:
         if "no split" not in str(exc):
             raise

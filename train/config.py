@@ -8,7 +8,7 @@ A recipe (``train/recipes/<name>.toml`` or any ``FILE.toml``) has the tables::
     [mixer.<name>]  params of that mixer (only the chosen mixer's table is used)
     [loss.<name>]   params of that base loss (e.g. [loss.la] tau = 1.0)
     [aux.<name>]    params of an auxiliary term a mixer declares (e.g. [aux.smc] weight = 0.1)
-    [loader]  threads, py_workers, prefetch, hw_decoder_load: DALI's resources (they change the
+    [loader]  threads, py_workers, prefetch, hw_decoder_load, cpu_decode: DALI's resources (they change the
               speed, never the samples, so a resumed run may change them)
 
 Values follow ALGORITHMS.md §1/§5 (recipe files cite them). CLI options override the recipe;
@@ -37,7 +37,9 @@ DEFAULTS: dict[str, Any] = {
     },
     # threads / py_workers 0: this rank's share of the CPUs (build.py); hw_decoder_load: the
     # share of JPEGs nvJPEG sends to the hardware decoder (bench/e2e.py sweeps it)
-    "loader": {"threads": 0, "py_workers": 0, "prefetch": 3, "hw_decoder_load": 0.65},
+    # cpu_decode: streams ("uniform", "minority") decoded on the CPU even on CUDA
+    "loader": {"threads": 0, "py_workers": 0, "prefetch": 3, "hw_decoder_load": 0.65,
+               "cpu_decode": []},
     "mixer": {}, "loss": {}, "aux": {},
 }
 SCHEDULES = ("step", "cosine", "constant")
@@ -163,6 +165,10 @@ def check_loader(table: dict) -> None:
                               f"got {table[key]!r}")
     if not isinstance(table["prefetch"], int) or table["prefetch"] < 1:
         raise ConfigError(f"[loader] prefetch: must be an integer >= 1, got {table['prefetch']!r}")
+    names = table["cpu_decode"]
+    if not isinstance(names, list) or not set(names) <= {"uniform", "minority", "balanced"}:
+        raise ConfigError(f"[loader] cpu_decode: a list of stream names (uniform, minority, "
+                          f"balanced), got {names!r}")
     load = table["hw_decoder_load"]
     if not isinstance(load, (int, float)) or not 0 <= load <= 1:
         raise ConfigError(f"[loader] hw_decoder_load: must be in [0, 1], got {load!r}")

@@ -5,7 +5,7 @@
 #   1. generate the iNat-like set here (16 cores), and copies written with `--max-size` PX for each
 #      PX in $MAX_SIZES (the same images, fewer pixels to decode; variants 'shards=...'),
 #   2. bench/e2e.py: ceiling, a sweep of loader variants on CMO ($VARIANTS: stream priority,
-#      hardware-decoder share, threads, prefetch, shards) with profiles, then SMC and OTmix bank
+#      hardware-decoder share, threads, prefetch, shards, CPU decode of Q) with profiles, then SMC and OTmix bank
 #      with the fastest variant, torchvision reference each,
 #   3. (RUN_TRAIN=1) a short real `ltpipe train` on CUDA (DALI GPU loader, compile, stream),
 #   4. (RUN_LOADER=1) the loader benchmark with the reference loaders.
@@ -20,8 +20,8 @@ mkdir -p "$OUT" /tmp/traces
 log() { echo "== $(date +%T) $*"; }
 # session 2: "prio=default;prio=high;prio=default,hw=0.8;prio=high,hw=0.8;prio=high,hw=0.9;prio=high,hw=0.8,threads=12;prio=high,hw=0.8,prefetch=4"
 MAX_SIZES=${MAX_SIZES:-"384"}
-VARIANTS=${VARIANTS:-"prio=high;prio=high,prefetch=4$(for px in $MAX_SIZES; do printf ';prio=high,shards=%s' "$DATA-$px"; done)"}
-log gpu-test; [ "$DEVICE" = cuda ] && timeout 60 python3 -m pytest tests/test_bench_trace.py -m gpu -q -p no:cacheprovider 2>&1 | tail -2
+VARIANTS=${VARIANTS:-"prio=high;prio=high,prefetch=4;prio=high,cpudec=minority$(for px in $MAX_SIZES; do printf ';prio=high,shards=%s;prio=high,shards=%s,cpudec=minority' "$DATA-$px" "$DATA-$px"; done)"}
+log gpu-test; [ "$DEVICE" = cuda ] && timeout 90 python3 -m pytest tests/test_bench_trace.py tests/test_pipeline_loader.py -m gpu -q -p no:cacheprovider 2>&1 | tail -2
 log generate; /usr/bin/time -f "generate: %e s" timeout "${T_GEN:-100}" ltpipe shard synthetic "$DATA" --size "$SIZE" --workers "$(nproc)" 2>&1 | tail -3
 for px in $MAX_SIZES; do log "generate --max-size $px"; timeout "${T_GEN:-100}" ltpipe shard synthetic "$DATA-$px" --size "$SIZE" --max-size "$px" --workers "$(nproc)" 2>&1 | tail -1; done
 log e2e; timeout "${T_E2E:-420}" python3 bench/e2e.py --device "$DEVICE" --shards "$DATA" ${E2E_EXTRA:-} \
