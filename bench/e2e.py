@@ -16,8 +16,13 @@ blocked in ``next(it)``. Timing: wall clock with a synchronize at both ends, aft
 steps (which absorb torch.compile), ``--repeats`` runs of ``--steps`` steps: mean ± std.
 Only full batches are fed (a ragged epoch end would recompile the model; its wait still counts).
 On CUDA the host time per step is split into the wait in ``next(it)`` and the time to issue the
-step (host syncs show there). ``--profile-steps N`` then profiles N more ltpipe steps
-(torch.profiler: top ops on stderr, ``e2e-<mixer>-<device>-trace.json.gz`` in ``--out``).
+step (host syncs show there). ``--variants`` sweeps loader settings (stream priority, hardware-
+decoder share, threads, prefetch, a smaller copy of the data, CPU decode) on the first mixer; the
+fastest feeds "ltpipe" of every mixer. The step runs on a high-priority CUDA stream unless
+``prio=default`` (train/cuda_stream.py, as the trainer does). ``--profile-steps N`` profiles N
+ceiling steps and N ltpipe steps of the fastest variant (torch.profiler: top ops on stderr,
+``e2e-<mixer>[-ceiling]-<device>-trace.json.gz`` in ``--out``; on CUDA the per-step split of GPU
+time into step and loader, bench/trace_summary.py, goes into the JSON as ``profile``).
 
 Mixing runs on every step (prob 1, mix_schedule "always"): the pipeline's worst case. OTmix bank:
 F̂ is set to the uniform off-diagonal matrix, use_ot is forced and the bank holds random unit
@@ -163,7 +168,8 @@ def parse_variants(text: str, args) -> list[dict]:
 
 def variant_label(v: dict) -> str:
     """All settings, plus ``shards=`` when the variant reads another copy of the data (e.g. one
-    written with ``ltpipe shard --max-size``: the same images, fewer pixels to decode)."""
+    written with ``ltpipe shard --max-size``: the same images, fewer pixels to decode) and
+    ``cpudec=`` when streams are decoded on the CPU (a mixer without such a stream ignores it)."""
     return ",".join(f"{k}={v[k]}" for k in VARIANT_KEYS
                     if k not in ("shards", "cpudec") or v[k])
 
@@ -357,7 +363,7 @@ def measure_mixer(name: str, shards: Path, args, counts: torch.Tensor,
     def dali(v: dict) -> dict:
         return dict(streams=streams, num_threads=v["threads"], py_workers=v["workers"],
                     prefetch=v["prefetch"], hw_decoder_load=v["hw"],
-                    cpu_decode=tuple(x for x in v["cpudec"].split("+") if x),
+                    cpu_decode=tuple(x for x in v["cpudec"].split("+") if x in streams),
                     max_image_side=args.max_image_side, **r, **common)
 
     def loader(v: dict):
