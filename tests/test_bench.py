@@ -43,7 +43,8 @@ def assert_chart(path):
 def test_e2e_three_ways_in_one_run(shards, tmp_path):
     res = invoke(["e2e", shards, "--device", "cpu", "--out", tmp_path, *TINY_E2E,
                   "--mixers", "cmo,otmix", "--profile-steps", "1",
-                  "--variants", f"threads=1,workers=1;threads=2,prefetch=2,shards={shards},cpudec=minority"])
+                  "--variants",
+                  f"threads=1,workers=1;threads=2,prefetch=2,shards={shards},cpudec=minority"])
     assert res.exit_code == 0, res.output
     doc = load(tmp_path / "e2e-cpu.json")
     # the first mixer sweeps the loader variants; the fastest feeds "ltpipe" and the next mixers

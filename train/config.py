@@ -8,8 +8,8 @@ A recipe (``train/recipes/<name>.toml`` or any ``FILE.toml``) has the tables::
     [mixer.<name>]  params of that mixer (only the chosen mixer's table is used)
     [loss.<name>]   params of that base loss (e.g. [loss.la] tau = 1.0)
     [aux.<name>]    params of an auxiliary term a mixer declares (e.g. [aux.smc] weight = 0.1)
-    [loader]  threads, py_workers, prefetch, hw_decoder_load, cpu_decode: DALI's resources (they change the
-              speed, never the samples, so a resumed run may change them)
+    [loader]  threads, py_workers, prefetch, hw_decoder_load, cpu_decode: DALI's resources (they
+              change the speed, never the samples, so a resumed run may change them)
 
 Values follow ALGORITHMS.md §1/§5 (recipe files cite them). CLI options override the recipe;
 no config object travels below the trainer's builder (STYLE.md rule 2).
@@ -43,6 +43,7 @@ DEFAULTS: dict[str, Any] = {
     "mixer": {}, "loss": {}, "aux": {},
 }
 SCHEDULES = ("step", "cosine", "constant")
+STREAM_PRIORITIES = ("high", "default")  # the step's CUDA stream (cuda_stream.py)
 PRECISIONS = ("bf16", "fp16", "fp32")
 # keys that may differ between a run and its resumption
 VOLATILE = frozenset({"device", "progress", "compute_stream", "loader"})
@@ -150,8 +151,9 @@ def check_train(t: dict) -> None:
         raise ConfigError(f"--precision: unknown {t['precision']!r} ({', '.join(PRECISIONS)})")
     if t["device"] not in ("cpu", "cuda"):
         raise ConfigError(f"--device: must be cpu or cuda, got {t['device']!r}")
-    if t["compute_stream"] not in ("high", "default"):
-        raise ConfigError(f"--compute-stream: must be high or default, got {t['compute_stream']!r}")
+    if t["compute_stream"] not in STREAM_PRIORITIES:
+        raise ConfigError(f"--compute-stream: must be one of {', '.join(STREAM_PRIORITIES)}, "
+                          f"got {t['compute_stream']!r}")
 
 
 def check_loader(table: dict) -> None:

@@ -18,7 +18,7 @@ import contextlib
 
 import torch
 
-PRIORITIES = ("high", "default")
+from ltpipe.train.config import STREAM_PRIORITIES as PRIORITIES
 # torch maps an out-of-range priority to the nearest valid one: this is the highest the device has
 HIGHEST = -(1 << 20)
 

@@ -101,8 +101,8 @@ def train(shards, out, recipe, resume, progress, dump_ranks, mixer_opt, loss_opt
     from ltpipe.train.checkpoint import CheckpointError
 
     try:
-        cfg, shards, run_dir = resolve_run(shards, out, recipe, resume, mixer_opt, loss_opt, options,
-                                             loader_opt)
+        cfg, shards, run_dir = resolve_run(shards, out, recipe, resume, mixer_opt, loss_opt,
+                                           options, loader_opt)
     except ValueError as exc:  # ConfigError, CheckpointError, ShardFormatError
         fail(str(exc))
     try:
