@@ -53,7 +53,7 @@ import torch
 
 from ltpipe.pipeline.batch import Batch
 from ltpipe.train import build
-from ltpipe.train.benchmark import benchmark_shards, write_result
+from ltpipe.train.benchmark import add_shard_source_args, benchmark_shards, write_result
 from ltpipe.train.config import resolve
 from ltpipe.train.cuda_stream import PRIORITIES, compute_stream
 from ltpipe.train.dist import DistInfo
@@ -80,12 +80,8 @@ RESIDENT_STEPS = 4  # distinct batches cycled by the ceiling
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--shards", type=Path, help="an existing shard directory")
-    src.add_argument("--generate", type=Path, help="write the synthetic set here (reused if done)")
+    add_shard_source_args(p, None, "synthetic profile for --generate (inat; tiny: default)")
     p.add_argument("--tiny", action="store_true", help="CPU-sized defaults (see module doc)")
-    p.add_argument("--size", help="synthetic profile for --generate (inat; tiny: default)")
-    p.add_argument("--gen-workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--mixers", default="cmo", help="comma-separated mixer names")
     p.add_argument("--model")
     p.add_argument("--batch-size", type=int)

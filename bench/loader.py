@@ -17,7 +17,6 @@ CPU (small, labelled cpu):
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -27,7 +26,7 @@ import torch
 
 from ltpipe.pipeline.loader import make_loader
 from ltpipe.pipeline.torch_loader import make_torch_loader
-from ltpipe.train.benchmark import benchmark_shards, write_result
+from ltpipe.train.benchmark import add_shard_source_args, benchmark_shards, write_result
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 STREAM_SETS = ((("uniform", "minority"), "pairs_per_s"), (("uniform",), "images_per_s"))
@@ -36,11 +35,7 @@ STREAM_SETS = ((("uniform", "minority"), "pairs_per_s"), (("uniform",), "images_
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--shards", type=Path, help="an existing shard directory")
-    src.add_argument("--generate", type=Path, help="write the synthetic set here (reused if done)")
-    p.add_argument("--size", default="inat", help="synthetic profile for --generate")
-    p.add_argument("--gen-workers", type=int, default=os.cpu_count() or 1)
+    add_shard_source_args(p, "inat", "synthetic profile for --generate")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--dtype", choices=tuple(DTYPES), default="fp16")

@@ -90,6 +90,16 @@ def time_cuda(fn: Callable[[], object], warmup: int = 10, runs: int = 50) -> lis
     return [s.elapsed_time(e) for s, e in zip(starts, ends)]
 
 
+def add_shard_source_args(parser, size_default: str | None, size_help: str) -> None:
+    """``--shards DIR`` | ``--generate DIR`` (+ ``--size``, ``--gen-workers``): the options that
+    feed ``benchmark_shards``."""
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--shards", type=Path, help="an existing shard directory")
+    src.add_argument("--generate", type=Path, help="write the synthetic set here (reused if done)")
+    parser.add_argument("--size", default=size_default, help=size_help)
+    parser.add_argument("--gen-workers", type=int, default=os.cpu_count() or 1)
+
+
 def benchmark_shards(shards: Path | None, generate: Path | None, size: str, workers: int,
                      log: Callable[[str], None] = print) -> Path:
     """``shards`` if given, else the synthetic ``size`` profile written to ``generate`` (once: a
