@@ -383,8 +383,8 @@ def measure_mixer(name: str, shards: Path, args, counts: torch.Tensor,
             swept[label] = timed(step, source, args.steps, args.repeats, args.warmup)
         close(source)
         log(f"{name}: ltpipe [{label}] {swept[label]['images_per_s']['mean']:,.0f} img/s")
-    best_label = max(swept, key=lambda k: swept[k]["images_per_s"]["mean"])
-    best = next(v for v in variants if variant_label(v) == best_label)
+    best = max(variants, key=lambda v: swept[variant_label(v)]["images_per_s"]["mean"])
+    best_label = variant_label(best)
     if args.profile_steps > 0:
         source = full_steps(loader(best), args.batch_size)
         with compute_stream(step.device, best["prio"]):
@@ -427,9 +427,9 @@ def reference(step: StepUnderTest, shards: Path, args, streams, r: dict, common:
 
 
 def close(source) -> None:
-    """End a loader generator and free its pipeline (DALI threads, workers, GPU buffers)."""
+    """End a loader generator (its frame drops the loader) and collect the pipeline now (DALI
+    threads, workers, GPU buffers) rather than when the next loader is already running."""
     source.close()
-    del source
     gc.collect()
 
 
