@@ -134,6 +134,11 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def short_label(label: str, width: int = 70) -> str:
+    """A bar label that leaves the bars room (e2e variant labels can hold a shard path)."""
+    return label if len(label) <= width else "…" + label[-(width - 1):]
+
+
 def write_chart(rows: list[dict], path: Path, title: str) -> Path:
     """One horizontal bar panel per metric (results blue, baselines grey); atomic write."""
     import matplotlib
@@ -152,7 +157,7 @@ def write_chart(rows: list[dict], path: Path, title: str) -> Path:
         ax.barh(ys, [r["value"] for r in sel],
                 xerr=[r["std"] if isinstance(r["std"], (int, float)) else 0 for r in sel],
                 color=["tab:blue" if r["source"] == "result" else "tab:gray" for r in sel])
-        ax.set_yticks(list(ys), [r["label"] for r in sel], fontsize=8)
+        ax.set_yticks(list(ys), [short_label(r["label"]) for r in sel], fontsize=8)
         ax.invert_yaxis()
         ax.set_title(metric, fontsize=9)
         ax.tick_params(axis="x", labelsize=8)
