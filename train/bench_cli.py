@@ -89,6 +89,8 @@ def run_benchmark(name: str, argv: list[str], out: Path) -> tuple[Path | None, i
         code = module.main(argv)
     except SystemExit as exc:  # argparse errors: the script already printed its message
         code = exc.code
+        if isinstance(code, str):  # sys.exit("message"): print it, as Python would
+            print(code, file=sys.stderr)
     code = 0 if code is None else (code if isinstance(code, int) else 2)
     written = [p for p in out.glob(f"{name}-*.json") if p.stat().st_mtime >= started - 1]
     return (max(written, key=lambda p: p.stat().st_mtime) if written else None), code
