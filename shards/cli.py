@@ -68,7 +68,8 @@ def shard(ctx, source, out, **options):
     """Write SOURCE as WebDataset shards in OUT.
 
     SOURCE is synthetic (default data, no files), imagefolder:PATH, list:FILE[:ROOT],
-    inat:JSON[:ROOT], cifar10:DIR or cifar100:DIR.
+    inat:JSON[:ROOT], cifar10:DIR, cifar100:DIR or shards:DIR (another shard directory, e.g. to
+    store it smaller with --max-size).
     """
     from ltpipe.shards.errors import ShardInputError
     from ltpipe.shards.write import write_shards

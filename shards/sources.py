@@ -1,7 +1,9 @@
 """SOURCE strings of ``ltpipe shard`` -> a plan: class names and, per split, the items to write.
 
 Forms: ``synthetic``, ``imagefolder:PATH``, ``list:FILE[:ROOT]`` (+ val_list),
-``inat:JSON[:ROOT]`` (+ val_json), ``cifar10:DIR``, ``cifar100:DIR``. Planning is cheap (no image
+``inat:JSON[:ROOT]`` (+ val_json), ``cifar10:DIR``, ``cifar100:DIR``, ``shards:DIR`` (another
+ltpipe shard directory: its classes, splits and source paths, e.g. rewritten with a smaller
+``--max-size``, which makes decoding cheaper, or subsampled with ``--imbalance``). Planning is cheap (no image
 is decoded); unknown labels found here go to rejected.tsv (missing files when read). ``imbalance``
 subsamples the train split to the exponential profile of ALGORITHMS.md §5 (first n_k per class).
 """
@@ -13,12 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ltpipe.shards import cifar, synthetic
-from ltpipe.shards.encode import Item, identity, read_file
+from ltpipe.shards.encode import Item, Rejected, identity, read_file
 from ltpipe.shards.errors import ShardInputError
+from ltpipe.shards.format import INDEX, ShardFormatError, load_manifest
 from ltpipe.shards.longtail import longtail_subset
+from ltpipe.shards.tario import read_dali_index
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-SCHEMES = ("synthetic", "imagefolder", "list", "inat", "cifar10", "cifar100")
+SCHEMES = ("synthetic", "imagefolder", "list", "inat", "cifar10", "cifar100", "shards")
 
 
 @dataclass
@@ -65,6 +69,8 @@ def plan_source(source: str, *, imbalance: float | None = None,
         plan = _image_list(rest, val_list)
     elif scheme == "inat":
         plan = _inat(rest, val_json)
+    elif scheme == "shards":
+        plan = _shard_dir(Path(rest))
     else:
         names, splits = cifar.load(Path(rest), scheme)
         plan = (names, {s: [Item(p, k, identity, px) for p, k, px in rows]
@@ -202,3 +208,63 @@ def _inat(spec: str, val_json: str | None):
         _, _, splits["val"], val_rejected = _inat_split(Path(val_json), base, cat_index)
         rejected += val_rejected
     return names, splits, rejected
+
+
+def read_span(span: tuple[str, int, int]) -> bytes:
+    """``size`` bytes at ``offset`` of ``path``: one payload of a shard tar."""
+    path, offset, size = span
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(size)
+    except OSError as exc:
+        raise Rejected(f"unreadable shard ({exc.strerror or exc})") from None
+    if len(data) != size:
+        raise Rejected(f"truncated shard (payload ends past {path})")
+    return data
+
+
+def _shard_dir(root: Path):
+    """A finished ltpipe shard directory; each item keeps its original source path (read from
+    the samples' .json members through the DALI indexes) and reads its .jpg by offset."""
+    try:
+        manifest = load_manifest(root)
+        splits = {}
+        for split in manifest.splits:
+            rows = manifest.index(split)
+            tars = [str(t) for t in manifest.shard_paths(split)]
+            paths = _source_paths(tars, manifest.dali_index_paths(split))
+            items = []
+            for i, (shard, offset, size, label) in enumerate(rows.tolist()):
+                if (shard, offset) not in paths:
+                    raise ShardFormatError(f"{root / split / INDEX}: sample {i} is not in the "
+                                           f"DALI index of {tars[shard]}")
+                items.append(Item(paths[shard, offset], label, read_span,
+                                  (tars[shard], offset, size)))
+            splits[split] = items
+    except (ShardFormatError, OSError) as exc:
+        raise ShardInputError(f"shards {root}: {exc}") from None
+    return list(manifest.classes), splits, []
+
+
+def _source_paths(tars: list[str], indexes: list[Path]) -> dict[tuple[int, int], str]:
+    """(shard, .jpg offset) -> the "path" of the sample's .json member."""
+    paths = {}
+    for shard, (tar, idx) in enumerate(zip(tars, indexes)):
+        try:
+            samples = read_dali_index(idx)
+        except ValueError as exc:
+            raise ShardFormatError(str(exc)) from None
+        with open(tar, "rb") as f:
+            for spans in samples:
+                by_ext = {sp.ext: sp for sp in spans}
+                if "jpg" not in by_ext or "json" not in by_ext:
+                    raise ShardFormatError(f"{idx}: a sample without .jpg/.json members")
+                f.seek(by_ext["json"].offset)
+                try:
+                    meta = json.loads(f.read(by_ext["json"].size))
+                    paths[shard, by_ext["jpg"].offset] = str(meta["path"])
+                except (ValueError, KeyError, TypeError):
+                    raise ShardFormatError(
+                        f"{tar}: unreadable .json member of {by_ext['json'].name}") from None
+    return paths

@@ -15,6 +15,7 @@ from PIL import Image
 from ltpipe.shards import readback
 from ltpipe.shards.errors import ShardInputError
 from ltpipe.shards.longtail import longtail_counts, longtail_subset
+from ltpipe.shards.tario import read_dali_index
 from ltpipe.shards.write import write_shards
 
 QUIET = dict(progress=False)
@@ -96,6 +97,39 @@ def test_imagefolder_round_trip_and_rejections(folder, tmp_path):
     assert jpegs[by_path[t("train/cat/b.png")]][:2] == b"\xff\xd8"
     assert Image.open(io.BytesIO(jpegs[by_path[t("train/cat/big.jpg")]])).size == (100, 40)
     assert m.raw["splits"]["train"]["image_stats"]["width"]["max"] == 100
+
+
+def test_shards_source_rewrites_a_shard_directory(folder, tmp_path):
+    first = write_shards(f"imagefolder:{folder}", tmp_path / "first", max_size=100, **QUIET)
+    samples = {split: {sid: (p, label) for sid, (p, label) in _json_paths(first, split).items()}
+               for split in first.splits}
+    jpegs = {split: {samples[split][sid][0]: jpg for sid, _, jpg in
+                     readback.with_webdataset(first, split)} for split in first.splits}
+    # as it is: the same classes, source paths, labels and JPEG bytes (in a new shuffled order)
+    copy = write_shards(f"shards:{first.root}", tmp_path / "copy", seed=1, **QUIET)
+    assert copy.classes == first.classes and set(copy.splits) == {"train", "val"}
+    for split in first.splits:
+        assert_round_trip(copy, split, dict(samples[split].values()))
+        by_path = {p: sid for sid, (p, _) in _json_paths(copy, split).items()}
+        got = {sid: jpg for sid, _, jpg in readback.with_webdataset(copy, split)}
+        assert {p: got[by_path[p]] for p in by_path} == jpegs[split]
+    # smaller: every image resized to long side <= 24, same samples
+    small = write_shards(f"shards:{first.root}", tmp_path / "small", max_size=24, **QUIET)
+    assert_round_trip(small, "train", dict(samples["train"].values()))
+    assert small.raw["splits"]["train"]["image_stats"]["width"]["max"] == 24
+    assert small.raw["totals"]["rejected"] == 0
+
+
+def test_shards_source_bad_directory_is_one_line(folder, tmp_path):
+    with pytest.raises(ShardInputError, match="no such shard directory"):
+        write_shards(f"shards:{tmp_path}/missing", tmp_path / "out", **QUIET)
+    first = write_shards(f"imagefolder:{folder}", tmp_path / "first", **QUIET)
+    tar = first.shard_paths("train")[-1]
+    last_json = read_dali_index(tar.with_suffix(".idx"))[-1][-1]
+    assert last_json.ext == "json"
+    tar.write_bytes(tar.read_bytes()[:last_json.offset + 2])  # a cut-off shard
+    with pytest.raises(ShardInputError, match=f"{tar}: unreadable .json member"):
+        write_shards(f"shards:{first.root}", tmp_path / "out", **QUIET)
 
 
 def test_list_source_with_val_list(tmp_path):
