@@ -7,11 +7,22 @@ worker processes for the reference (split evenly between its two DataLoaders for
 Timing: wall clock over ``--steps`` steps after ``--warmup`` steps, with a CUDA synchronize at
 both ends; each step's tensors are on the device when counted. Result: write_result("loader").
 
+Stored size (``--max-sizes 384,256``): the same images also stored with their long side <= PX
+(``ltpipe shard --max-size``, copies at DIR-PX: generated with ``--generate``, expected beside
+``--shards``), DALI only; results ``..._px384``, and ``params.stored`` the mean stored width, height
+and JPEG KB of each copy. Fewer stored pixels mean less decode and resize work per image, on the GPU
+or, with ``--cpu-decode`` (decode and resize on the CPU even on "cuda", as ``cpu_decode``), on the
+CPU cores: the cores' images/s there says whether a stream can leave the GPU (issue 7).
+
 GPU (generates the synthetic iNat-like set, ~36k JPEGs of 500-800 px, on that machine):
     python bench/loader.py --device cuda --generate /tmp/ltpipe-inat --gen-workers 16
 CPU (small, labelled cpu):
     python bench/loader.py --device cpu --generate /tmp/ltpipe-small --size large \
         --batch-size 32 --steps 8 --ref-steps 8 --warmup 2 --workers 2 --image-size 112
+CPU decode cost per core by stored size (iNat-like images; DIR and DIR-384 written by
+``ltpipe shard synthetic DIR --size inat --classes 200 --max-per-class 60 [--max-size 384]``):
+    python bench/loader.py --device cpu --shards DIR --max-sizes 384 --workers 1,2 \
+        --streams single --skip-reference --batch-size 64 --steps 12 --warmup 3 --out DIR-results
 """
 
 from __future__ import annotations
@@ -29,7 +40,8 @@ from ltpipe.pipeline.torch_loader import make_torch_loader
 from ltpipe.train.benchmark import add_shard_source_args, benchmark_shards, write_result
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-STREAM_SETS = ((("uniform", "minority"), "pairs_per_s"), (("uniform",), "images_per_s"))
+STREAM_SETS = {"pairs": (("uniform", "minority"), "pairs_per_s"),
+               "single": (("uniform",), "images_per_s")}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -50,13 +62,41 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="nvJPEG hardware share; comma-separated values are swept (DALI runs only)")
     p.add_argument("--max-image-side", type=int, default=800, help="nvJPEG preallocation hint")
     p.add_argument("--concurrency", choices=("full", "backend"), default="full")
+    p.add_argument("--streams", default="pairs,single",
+                   help="comma-separated: pairs (P+Q), single (P)")
+    p.add_argument("--max-sizes", default="",
+                   help="comma-separated PX: also measure the copies stored at long side <= PX")
+    p.add_argument("--cpu-decode", action="store_true",
+                   help="decode and resize on the CPU even on cuda (DALI runs)")
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
     return p.parse_args(argv)
 
 
-def shard_dir(args) -> Path:
-    return benchmark_shards(args.shards, args.generate, args.size, args.gen_workers, lambda m: print(m, file=sys.stderr))
+def shard_dirs(args) -> dict[str, Path]:
+    """Label -> shard directory: "" for the data itself, "px<PX>" for each ``--max-sizes`` copy."""
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr)
+
+    dirs = {"": benchmark_shards(args.shards, args.generate, args.size, args.gen_workers, log)}
+    for px in [int(v) for v in args.max_sizes.split(",") if v]:
+        base = args.shards or args.generate
+        copy = base.with_name(f"{base.name}-{px}")
+        if args.shards and not copy.is_dir():
+            raise SystemExit(f"bench/loader.py: --max-sizes {px}: {copy} does not exist (write it "
+                             f"with `ltpipe shard ... --max-size {px}`, or use --generate)")
+        dirs[f"px{px}"] = benchmark_shards(copy if args.shards else None, copy, args.size,
+                                           args.gen_workers, log, max_size=px)
+    return dirs
+
+
+def stored_stats(shards: Path) -> dict:
+    """Mean stored width, height (px) and JPEG size (KB) of the train split (manifest stats)."""
+    from ltpipe.shards.format import load_manifest
+
+    stats = load_manifest(shards).raw["splits"]["train"]["image_stats"]
+    return {"width": stats["width"]["mean"], "height": stats["height"]["mean"],
+            "jpeg_kb": round(stats["jpeg_bytes"]["mean"] / 1e3, 1)}
 
 
 def endless(loader):
@@ -89,19 +129,32 @@ def summary(rates: list[float]) -> dict:
     return {"mean": statistics.fmean(rates), "std": statistics.pstdev(rates), "runs": rates}
 
 
-def measure_dali(shards: Path, args, common: dict) -> dict:
-    """DALI pairs/s and images/s per worker count (and per hardware-decoder share if several)."""
+def stream_sets(args) -> list[tuple[str, tuple[str, ...], str]]:
+    """(tag, streams, unit) for each name in ``--streams``."""
+    names = [n for n in args.streams.split(",") if n]
+    unknown = sorted(set(names) - set(STREAM_SETS))
+    if unknown or not names:
+        raise SystemExit(f"bench/loader.py: --streams: expected names from {list(STREAM_SETS)}, "
+                         f"got {args.streams!r}")
+    return [(n, *STREAM_SETS[n]) for n in names]
+
+
+def measure_dali(shards: Path, args, common: dict, label: str = "") -> dict:
+    """DALI pairs/s and images/s per worker count (and per hardware-decoder share if several);
+    ``label`` (a stored-size copy) ends each key."""
     results = {}
     loads = [float(h) for h in args.hw_decoder_load.split(",")]
     for workers in [int(w) for w in args.workers.split(",")]:
-        for streams, unit in STREAM_SETS:
+        for kind, streams, unit in stream_sets(args):
             for load in loads:
-                tag = f"{'pairs' if len(streams) == 2 else 'single'}_w{workers}"
+                tag = f"{kind}_w{workers}"
                 tag += f"_hw{load:g}" if len(loads) > 1 else ""
+                tag += f"_{label}" if label else ""
                 loader = make_loader(shards, streams=streams, num_threads=workers,
                                      py_workers=max(1, workers // 4), prefetch=args.prefetch,
                                      hw_decoder_load=load, max_image_side=args.max_image_side,
-                                     concurrency=args.concurrency, **common)
+                                     concurrency=args.concurrency,
+                                     cpu_decode=streams if args.cpu_decode else (), **common)
                 results[f"dali_{tag}"] = {unit: summary(throughput(loader, args, args.steps))}
                 print(f"dali  {tag}: {results[f'dali_{tag}'][unit]['mean']:.0f} {unit}",
                       file=sys.stderr)
@@ -113,8 +166,8 @@ def measure_reference(shards: Path, args, common: dict) -> dict:
     """Reference pairs/s and images/s; ``workers`` DataLoader processes split over the streams."""
     baselines = {}
     for workers in [int(w) for w in args.workers.split(",")]:
-        for streams, unit in STREAM_SETS:
-            tag = f"{'pairs' if len(streams) == 2 else 'single'}_w{workers}"
+        for kind, streams, unit in stream_sets(args):
+            tag = f"{kind}_w{workers}"
             per_stream = max(1, workers // len(streams))
             ref = make_torch_loader(shards, streams=streams, prefetch=args.prefetch,
                                     num_workers=per_stream, **common)
@@ -126,12 +179,14 @@ def measure_reference(shards: Path, args, common: dict) -> dict:
     return baselines
 
 
-def measure(shards: Path, args) -> tuple[dict, dict]:
+def measure(dirs: dict[str, Path], args) -> tuple[dict, dict]:
     common = dict(batch_size=args.batch_size, device=args.device, preset="imagenet",
                   image_size=args.image_size, dtype=DTYPES[args.dtype],
                   channels_last=not args.no_channels_last, r=1.0, seed=0)
-    results = measure_dali(shards, args, common)
-    baselines = {} if args.skip_reference else measure_reference(shards, args, common)
+    results = {}
+    for label, shards in dirs.items():
+        results.update(measure_dali(shards, args, common, label))
+    baselines = {} if args.skip_reference else measure_reference(dirs[""], args, common)
     return results, baselines
 
 
@@ -140,16 +195,18 @@ def main(argv=None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("bench/loader.py: --device cuda but no CUDA device is visible", file=sys.stderr)
         return 2
-    shards = shard_dir(args)
+    stream_sets(args)  # a bad --streams fails before any data is written
+    dirs = shard_dirs(args)
     if args.device == "cuda":
         torch.cuda.init()  # CUDA first: DALI's Python workers are then spawned, never forked
-    results, baselines = measure(shards, args)
+    results, baselines = measure(dirs, args)
     from ltpipe.shards.format import load_manifest
 
-    manifest = load_manifest(shards)
+    manifest = load_manifest(dirs[""])
     params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     params.update(train_samples=manifest.split("train").num_samples,
-                  num_classes=manifest.num_classes, target_pairs_per_s_h100=11000)
+                  num_classes=manifest.num_classes, target_pairs_per_s_h100=11000,
+                  stored={label or "as_given": stored_stats(d) for label, d in dirs.items()})
     path = write_result("loader", params, results, baselines, out_dir=args.out,
                         device="cpu" if args.device == "cpu" else None)
     print(path)

@@ -97,6 +97,25 @@ def test_loader_bench_through_the_cli(shards, tmp_path):
     assert_chart(tmp_path / "loader-cpu.png")
 
 
+def test_loader_bench_measures_each_stored_size(tmp_path):
+    from ltpipe.shards.write import write_shards
+
+    data = tmp_path / "data"
+    for px in (None, 16):  # the same images, then stored at long side <= 16 px
+        write_shards("synthetic", data.with_name(f"data-{px}") if px else data, classes=3,
+                     max_per_class=12, image_size=32, max_size=px, progress=False)
+    res = invoke(["loader", data, "--device", "cpu", "--out", tmp_path, "--batch-size", "4",
+                  "--image-size", "32", "--steps", "1", "--warmup", "1", "--repeats", "1",
+                  "--workers", "1", "--prefetch", "1", "--streams", "single", "--max-sizes", "16",
+                  "--cpu-decode", "--skip-reference"])
+    assert res.exit_code == 0, res.output
+    doc = load(tmp_path / "loader-cpu.json")
+    assert sorted(doc["results"]) == ["dali_single_w1", "dali_single_w1_px16"]
+    stored = doc["params"]["stored"]
+    assert stored["as_given"]["width"] == 32 and stored["px16"]["width"] == 16
+    assert stored["px16"]["jpeg_kb"] < stored["as_given"]["jpeg_kb"]
+
+
 def test_kernels_bench_takes_no_shards(tmp_path):
     res = invoke(["kernels", "--device", "cpu", "--out", tmp_path, "--batch", "4", "--size", "32",
                   "--runs", "3", "--warmup", "1"])
@@ -125,11 +144,15 @@ def test_result_rows_flatten_measurements_only():
     (["e2e", "--device", "cpu"], "SHARDS: give a shard directory"),
     (["e2e", "{tmp}", "--device", "cpu"], "not a shard directory (no manifest.json)"),
     (["loader", "{shards}", "--generate", "{tmp}/x", "--device", "cpu"], "not both"),
+    (["e2e", "{shards}", "--device", "cpu", "--reference-mixers", "smc"], "not among --mixers"),
+    (["loader", "{shards}", "--device", "cpu", "--max-sizes", "16"], "shards-16 does not exist"),
+    (["loader", "{shards}", "--device", "cpu", "--streams", "triples"], "--streams: expected"),
 ])
-def test_bad_input_is_one_line_exit_2(shards, tmp_path, args, message):
+def test_bad_input_is_one_line_exit_2(shards, tmp_path, args, message, capsys):
     res = invoke([a.format(tmp=tmp_path, shards=shards) for a in args])
     assert res.exit_code == 2
-    assert message in res.output and "Traceback" not in res.output
+    said = res.output + capsys.readouterr().err  # the CLI's own errors, then the scripts'
+    assert message in said and "Traceback" not in said
 
 
 def test_script_errors_keep_exit_2(shards, tmp_path, capsys):
@@ -148,7 +171,8 @@ def test_missing_bench_folder_is_one_line(tmp_path, monkeypatch):
 
 def test_a_failing_mixer_keeps_the_others(shards, tmp_path):
     res = invoke(["e2e", shards, "--device", "cpu", "--out", tmp_path, *TINY_E2E,
-                  "--skip-reference", "--mixers", "m2m,none"])  # m2m: no classifier given
+                  "--mixers", "m2m,none",  # m2m: no classifier given
+                  "--reference-mixers", "m2m"])  # so "none" gets no torchvision run
     assert res.exit_code == 1
     doc = load(tmp_path / "e2e-cpu.json")
     assert "needs a frozen classifier" in doc["results"]["m2m"]["error"]

@@ -101,9 +101,10 @@ def add_shard_source_args(parser, size_default: str | None, size_help: str) -> N
 
 
 def benchmark_shards(shards: Path | None, generate: Path | None, size: str, workers: int,
-                     log: Callable[[str], None] = print) -> Path:
+                     log: Callable[[str], None] = print, max_size: int | None = None) -> Path:
     """``shards`` if given, else the synthetic ``size`` profile written to ``generate`` (once: a
-    finished directory is reused), so benchmark data is made on the measuring machine."""
+    finished directory is reused), so benchmark data is made on the measuring machine.
+    ``max_size``: the same images stored with their long side <= PX (``ltpipe shard --max-size``)."""
     if shards:
         return Path(shards)
     from ltpipe.shards.format import MANIFEST
@@ -112,6 +113,6 @@ def benchmark_shards(shards: Path | None, generate: Path | None, size: str, work
     generate = Path(generate)
     if not (generate / MANIFEST).is_file():
         t0 = time.perf_counter()
-        write_shards("synthetic", generate, size=size, workers=workers, seed=0)
+        write_shards("synthetic", generate, size=size, workers=workers, seed=0, max_size=max_size)
         log(f"generated {generate} in {time.perf_counter() - t0:.0f} s")
     return generate
