@@ -115,6 +115,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--profile-steps", type=int, default=0,
                    help="after the ltpipe run, profile N more steps (top ops + Chrome trace)")
     p.add_argument("--skip-reference", action="store_true", help="no torchvision run")
+    p.add_argument("--reference-mixers", default="",
+                   help="comma-separated mixers that get the torchvision run (default: all)")
     p.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
     args = p.parse_args(argv)
     for key, value in (TINY if args.tiny else GPU).items():
@@ -128,6 +130,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = [m for m in args.mixer_names if m not in MIXERS]
     if unknown or not args.mixer_names:
         p.error(f"--mixers: unknown {unknown or args.mixers!r} (choose from {', '.join(MIXERS)})")
+    args.reference_names = [m.strip() for m in args.reference_mixers.split(",") if m.strip()] \
+        or args.mixer_names
+    if not set(args.reference_names) <= set(args.mixer_names):
+        p.error(f"--reference-mixers: {sorted(set(args.reference_names) - set(args.mixer_names))}"
+                " are not among --mixers")
     for key in ("batch_size", "image_size", "steps", "repeats", "ref_steps", "ref_workers",
                 "threads"):
         if getattr(args, key) <= 0:
@@ -394,7 +401,7 @@ def measure_mixer(name: str, shards: Path, args, counts: torch.Tensor,
                                          out_dir / f"e2e-{name}-{args.device}-trace.json.gz")
         close(source)
     baselines, ref = {}, None
-    if not args.skip_reference:
+    if not args.skip_reference and name in args.reference_names:
         ref_shards = Path(best["shards"]) if best["shards"] else shards  # the same images
         ref = reference(step, ref_shards, args, streams, r, common, best["prio"])
         baselines[f"torchvision_w{args.ref_workers}"] = ref
