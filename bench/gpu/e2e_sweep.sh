@@ -13,7 +13,7 @@
 # Session 2 ran the first VARIANTS below (results in bench/results/e2e-*h100*.json); the default
 # now measures the next lever, smaller stored images, against the best setting found then. Session 3
 # measured on the CPU (bench/results/loader-stored-size-cpu.json) what decoding Q on the CPU costs:
-# ~270 img/s per core as generated, ~450 at 384 px, ~580 at 256, so 16 cores cannot feed Q (5.4k
+# ~295 img/s per core as generated, ~490 at 384 px, ~660 at 256, so 16 cores cannot feed Q (5.4k
 # img/s) from the images as generated: no 'cpudec' variant on them.
 # CPU dry run (tiny): DEVICE=cpu SIZE=default E2E_EXTRA=--tiny bash bench/gpu/e2e_sweep.sh
 set -uo pipefail
