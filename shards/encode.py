@@ -59,31 +59,41 @@ def identity(x: Any) -> Any:
 def encode_image(raw: bytes | np.ndarray, *, max_size: int | None, quality: int) -> Encoded:
     """JPEG bytes for ``raw`` (kept as is when already a small enough RGB/grey JPEG)."""
     if isinstance(raw, np.ndarray):
-        return _to_jpeg(Image.fromarray(raw), max_size, quality)
+        img = Image.fromarray(raw)
+        return _to_jpeg(img, fitted_size(*img.size, max_size), quality)
     try:
         img = Image.open(io.BytesIO(raw))
+        w, h = img.size  # from the header
+        size = fitted_size(w, h, max_size)
+        if img.format == "JPEG" and size != (w, h):
+            # libjpeg's scaled IDCT decodes at 1/2, 1/4 or 1/8 size where that still covers the
+            # target: a fraction of the pixels to decode, low-pass filtered in the DCT domain
+            img.draft(None, size)
         img.load()  # full decode: truncated/corrupt data raises here
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError,
             ValueError) as exc:
         raise Rejected(f"corrupt or truncated image ({exc})".replace("\t", " ")) from None
-    w, h = img.size
-    small_enough = max_size is None or max(w, h) <= max_size
-    if img.format == "JPEG" and img.mode in KEEP_MODES and small_enough:
+    if img.format == "JPEG" and img.mode in KEEP_MODES and size == (w, h):
         return Encoded(bytes(raw), w, h)
-    return _to_jpeg(img, max_size, quality)
+    return _to_jpeg(img, size, quality)
 
 
-def _to_jpeg(img: Image.Image, max_size: int | None, quality: int) -> Encoded:
+def fitted_size(w: int, h: int, max_size: int | None) -> tuple[int, int]:
+    """(w, h) scaled so the long side is at most ``max_size`` (aspect kept, at least 1 px)."""
+    if max_size is None or max(w, h) <= max_size:
+        return w, h
+    scale = max_size / max(w, h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def _to_jpeg(img: Image.Image, size: tuple[int, int], quality: int) -> Encoded:
     if img.mode != "RGB":
         img = img.convert("RGB")
-    w, h = img.size
-    if max_size is not None and max(w, h) > max_size:
-        scale = max_size / max(w, h)
-        w, h = max(1, round(w * scale)), max(1, round(h * scale))
-        img = img.resize((w, h), Image.BICUBIC, reducing_gap=3.0)
+    if img.size != size:
+        img = img.resize(size, Image.BICUBIC, reducing_gap=3.0)
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=quality)
-    return Encoded(buf.getvalue(), w, h)
+    return Encoded(buf.getvalue(), *size)
 
 
 def sample_members(sample_id: int, label: int, path: str, class_name: str,

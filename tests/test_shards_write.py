@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import struct
 import subprocess
@@ -10,7 +11,9 @@ import tarfile
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from ltpipe.shards.encode import encode_image, fitted_size
 from ltpipe.shards.format import INDEX_DTYPE, MEMBERS, decode_sample_id, key_of
 from ltpipe.shards.longtail import longtail_counts
 from ltpipe.shards.tario import read_dali_index
@@ -164,3 +167,23 @@ def test_parse_size():
     assert parse_size("1GiB") == 2**30 and parse_size("4096") == 4096
     with pytest.raises(ValueError, match="--shard-size"):
         parse_size("lots")
+
+
+@pytest.mark.parametrize("max_size", [384, 150, 90])
+def test_max_size_resize_matches_a_full_decode(max_size):
+    """Large JPEGs are decoded at a reduced scale (libjpeg's scaled IDCT) before the resize: the
+    result has the fitted size and the pixels of resizing the full decode, within JPEG loss."""
+    # gradients under a 2-px checkerboard: a resize without a low-pass aliases it (nearest: 45)
+    y, x = np.mgrid[0:600, 0:800]
+    checker = 50 * (((x + y) % 2) * 2 - 1)
+    image = np.stack([x * 255 // 800, y * 255 // 600, np.full_like(x, 128)], -1)
+    image = (image + checker[..., None]).clip(0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "JPEG", quality=95)
+    enc = encode_image(buf.getvalue(), max_size=max_size, quality=95)
+    assert (enc.width, enc.height) == fitted_size(800, 600, max_size) == \
+        (max_size, round(600 * max_size / 800))
+    full = Image.open(io.BytesIO(buf.getvalue()))
+    ref = np.asarray(full.resize((enc.width, enc.height), Image.BICUBIC), dtype=np.float64)
+    got = np.asarray(Image.open(io.BytesIO(enc.jpeg)), dtype=np.float64)
+    assert np.abs(got - ref).mean() < 2.0
