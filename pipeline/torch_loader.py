@@ -40,7 +40,10 @@ def torchvision_transform(preset: str, size: int, train: bool):
     elif preset == "imagenet":
         geo = [T.Resize(eval_resize(size)), T.CenterCrop(size)]
     elif train:
-        geo = [T.RandomCrop(size, padding=CIFAR_PAD), T.RandomHorizontalFlip()]
+        # pad_if_needed: images smaller than size - 2 * pad (e.g. stored with --max-size) are
+        # zero-padded, as DALI's out-of-bounds slice does, instead of raising
+        geo = [T.RandomCrop(size, padding=CIFAR_PAD, pad_if_needed=True),
+               T.RandomHorizontalFlip()]
     else:
         geo = [T.CenterCrop(size)]
     return T.Compose(geo + [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])

@@ -52,6 +52,19 @@ def test_dali_cpu_matches_reference_on_eval(shards, preset, size, tol_max, tol_m
     assert d.max() <= tol_max and d.mean() <= tol_mean, (d.max(), d.mean())
 
 
+def test_images_smaller_than_the_crop_are_padded_by_both(tmp_path):
+    small = tmp_path / "small"  # 16 px images under the 32 px cifar crop (padding 4)
+    write_shards("synthetic", small, classes=3, max_per_class=10, image_size=16, progress=False)
+    kw = dict(batch_size=8, streams=("uniform",), preset="cifar", image_size=32, seed=1)
+    zero = (-torch.tensor([0.485, 0.456, 0.406]) / torch.tensor([0.229, 0.224, 0.225]))
+    for loader in (make_loader(small, **kw), make_torch_loader(small, num_workers=0, **kw)):
+        images = next(iter(loader))["uniform"].images.float()
+        assert images.shape == (8, 3, 32, 32)
+        # at most the image's own 16 x 16 pixels differ from the zero padding
+        content = ((images - zero.view(1, 3, 1, 1)).abs() > 1e-3).sum(dim=(2, 3))
+        assert (content <= 16 * 16).all() and (content > 0).any()
+
+
 def test_reference_loader_epochs_q_and_resume(shards):
     labels = np.load(shards / "train" / "index.npy")["label"]
     kw = dict(batch_size=16, streams=("uniform", "minority"), seed=2, num_workers=0)
