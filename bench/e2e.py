@@ -382,15 +382,27 @@ def measure_mixer(name: str, shards: Path, args, counts: torch.Tensor,
                                       out_dir / f"e2e-{name}-ceiling-{args.device}-trace.json.gz")
     del resident
     log(f"{name}: ceiling {ceiling['images_per_s']['mean']:,.0f} img/s")
-    swept = {}
+    swept, failed = {}, {}
     for v in variants:
         label = variant_label(v)
-        source = full_steps(loader(v), args.batch_size)
-        with compute_stream(step.device, v["prio"]):
-            swept[label] = timed(step, source, args.steps, args.repeats, args.warmup)
-        close(source)
+        source = None
+        try:
+            source = full_steps(loader(v), args.batch_size)
+            with compute_stream(step.device, v["prio"]):
+                swept[label] = timed(step, source, args.steps, args.repeats, args.warmup)
+        except Exception as exc:  # one GPU session: a setting that breaks must not end the sweep
+            traceback.print_exc()
+            failed[label] = f"{type(exc).__name__}: {exc}"
+            log(f"{name}: ltpipe [{label}] failed: {failed[label]}")
+            continue
+        finally:
+            if source is not None:
+                close(source)
         log(f"{name}: ltpipe [{label}] {swept[label]['images_per_s']['mean']:,.0f} img/s")
-    best = max(variants, key=lambda v: swept[variant_label(v)]["images_per_s"]["mean"])
+    if not swept:
+        raise RuntimeError(f"every loader variant failed, e.g. {next(iter(failed.values()))}")
+    best = max((v for v in variants if variant_label(v) in swept),
+               key=lambda v: swept[variant_label(v)]["images_per_s"]["mean"])
     best_label = variant_label(best)
     if args.profile_steps > 0:
         source = full_steps(loader(best), args.batch_size)
@@ -410,6 +422,8 @@ def measure_mixer(name: str, shards: Path, args, counts: torch.Tensor,
     result["ltpipe_variant"] = best_label
     if len(swept) > 1:
         result["variants"] = swept
+    if failed:
+        result["failed_variants"] = failed
     if profiles:
         result["profile"] = profiles
     return result, baselines

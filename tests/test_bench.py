@@ -78,6 +78,29 @@ def test_e2e_three_ways_in_one_run(shards, tmp_path):
         assert "traceEvents" in json.load(f)
 
 
+def test_a_failing_variant_keeps_the_sweep(shards, tmp_path, monkeypatch):
+    import ltpipe.pipeline.loader as loader_mod
+
+    real = loader_mod.make_loader
+
+    def breaks_on_two_threads(*args, **kwargs):  # stands in for a setting the device rejects
+        if kwargs.get("num_threads") == 2:
+            raise RuntimeError("no such setting here")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loader_mod, "make_loader", breaks_on_two_threads)
+    res = invoke(["e2e", shards, "--device", "cpu", "--out", tmp_path, *TINY_E2E,
+                  "--skip-reference", "--mixers", "cmo", "--threads", "1",
+                  "--variants", "prefetch=2;threads=2;prefetch=3"])
+    assert res.exit_code == 0, res.output
+    cmo = load(tmp_path / "e2e-cpu.json")["results"]["cmo"]
+    assert sorted(cmo["variants"]) == ["hw=0.65,threads=1,workers=1,prefetch=2,prio=high",
+                                       "hw=0.65,threads=1,workers=1,prefetch=3,prio=high"]
+    assert cmo["failed_variants"] == {
+        "hw=0.65,threads=2,workers=1,prefetch=3,prio=high": "RuntimeError: no such setting here"}
+    assert cmo["ltpipe_variant"] in cmo["variants"]
+
+
 @pytest.mark.parametrize("spec, message", [
     ("hw=2", "hw in [0, 1]"), ("speed=3", "expected key=value"), ("prio=max", "prio must be"),
     ("threads", "expected key=value"), ("shards=/nonexistent", "not a shard directory")])

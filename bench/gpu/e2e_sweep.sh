@@ -15,7 +15,8 @@
 # measured on the CPU (bench/results/loader-stored-size-cpu.json) what decoding Q on the CPU costs:
 # ~295 img/s per core as generated, ~490 at 384 px, ~660 at 256, so 16 cores cannot feed Q (5.4k
 # img/s) from the images as generated: no 'cpudec' variant on them.
-# CPU dry run (tiny): DEVICE=cpu SIZE=default E2E_EXTRA=--tiny bash bench/gpu/e2e_sweep.sh
+# Time: e2e gets what is left of T_TOTAL (585 s) less T_AFTER (5 s; raise it for RUN_TRAIN/RUN_LOADER).
+# CPU dry run (tiny): DEVICE=cpu SIZE=default E2E_EXTRA=--tiny MAX_SIZES=16 bash bench/gpu/e2e_sweep.sh
 set -uo pipefail
 export PYTHONUNBUFFERED=1 NUMBA_ENABLE_CUDASIM=0 PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 DEVICE=${DEVICE:-cuda} SIZE=${SIZE:-inat} OUT=${OUT:-/tmp/out} DATA=${DATA:-/tmp/ltpipe-$SIZE}
@@ -24,12 +25,13 @@ mkdir -p "$OUT" /tmp/traces
 log() { echo "== $(date +%T) $*"; }
 # session 2: "prio=default;prio=high;prio=default,hw=0.8;prio=high,hw=0.8;prio=high,hw=0.9;prio=high,hw=0.8,threads=12;prio=high,hw=0.8,prefetch=4"
 MAX_SIZES=${MAX_SIZES:-"384 256"}
-VARIANTS=${VARIANTS:-"prio=high$(for px in $MAX_SIZES; do printf ';prio=high,shards=%s;prio=high,shards=%s,cpudec=minority' "$DATA-$px" "$DATA-$px"; done);prio=high,hw=0.9,shards=$DATA-${MAX_SIZES%% *}"}
-log gpu-test; [ "$DEVICE" = cuda ] && timeout 90 python3 -m pytest tests/test_bench_trace.py tests/test_pipeline_loader.py -m gpu -q -p no:cacheprovider 2>&1 | tail -2
+VARIANTS=${VARIANTS:-"prio=high$(for px in $MAX_SIZES; do printf ';prio=high,shards=%s;prio=high,shards=%s,cpudec=minority' "$DATA-$px" "$DATA-$px"; done)"}
+log gpu-test; [ "$DEVICE" = cuda ] && timeout 60 python3 -m pytest tests/test_bench_trace.py tests/test_pipeline_loader.py -m gpu -q -p no:cacheprovider 2>&1 | tail -2
 log generate; /usr/bin/time -f "generate: %e s" timeout "${T_GEN:-100}" ltpipe shard synthetic "$DATA" --size "$SIZE" --workers "$(nproc)" 2>&1 | tail -3
 # the copies are rewritten from the shards (about twice as fast as rendering again on the CPU)
 for px in $MAX_SIZES; do log "copy --max-size $px"; timeout "${T_GEN:-100}" ltpipe shard "shards:$DATA" "$DATA-$px" --max-size "$px" --workers "$(nproc)" 2>&1 | tail -1; done
-log e2e; timeout "${T_E2E:-420}" python3 bench/e2e.py --device "$DEVICE" --shards "$DATA" ${E2E_EXTRA:-} \
+# e2e gets what is left of T_TOTAL (one device call: run it with timeout_s >= T_TOTAL + 10)
+log e2e; timeout "${T_E2E:-$(( ${T_TOTAL:-585} - SECONDS - ${T_AFTER:-5} ))}" python3 bench/e2e.py --device "$DEVICE" --shards "$DATA" ${E2E_EXTRA:-} \
   --mixers cmo,smc,otmix --reference-mixers cmo --steps "${STEPS:-20}" --repeats 2 --warmup 8 --profile-steps 3 \
   --variants "$VARIANTS" --out /tmp/traces 2>&1 | grep -v -E "Warn|USDT|profiler_st" | tee "$OUT/e2e.log" | grep -v -E "^ |^-|^Name|^Self" | tail -40
 cp /tmp/traces/e2e-*.json "$OUT/" 2>/dev/null
