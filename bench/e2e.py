@@ -60,6 +60,7 @@ from ltpipe.train.dist import DistInfo
 from ltpipe.train.loop import make_autocast, step_generator, train_step
 from ltpipe.train.mixers.base import StepContext
 from ltpipe.train.mixers.registry import MIXERS, mixer_params
+from ltpipe.train.step_timer import StepTimer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/trace_summary.py
 import trace_summary  # noqa: E402
@@ -279,44 +280,31 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def event(cuda: bool):
-    if not cuda:
-        return None
-    e = torch.cuda.Event(enable_timing=True)
-    e.record()
-    return e
-
-
 def timed(step: StepUnderTest, source, steps: int, repeats: int, warmup: int) -> dict:
     """images/s per repeat; per step (ms): device idle, host wait in next(), host time to issue
-    the step (CUDA: when wait + issue ~ the step time while the device idles, the host is the
-    bottleneck: Python overhead or host syncs). See the module doc."""
-    cuda = step.device.type == "cuda"
+    the step (train/step_timer.py; CUDA: when wait + issue ~ the step time while the device
+    idles, the host is the bottleneck: Python overhead or host syncs). See the module doc."""
     for _ in range(warmup):
         step.run(next(source))
-    rates, idle, wait, issue = [], [], [], []
+    timer = StepTimer(step.device)
+    feed = timer.iterate(source)
+    rates, per_step = [], {"idle": [], "wait": [], "issue": []}
     for _ in range(repeats):
         sync(step.device)
-        t0, n, marks = time.perf_counter(), 0, []
+        t0, n = time.perf_counter(), 0
         for _ in range(steps):
-            h0 = time.perf_counter()
-            streams = next(source)
-            h1 = time.perf_counter()
-            start = event(cuda)
-            n += step.run(streams)
-            marks.append((start, event(cuda)))
-            wait.append((h1 - h0) * 1e3)
-            issue.append((time.perf_counter() - h1) * 1e3)
+            streams = next(feed)
+            with timer.step():
+                n += step.run(streams)
         sync(step.device)
         rates.append(n / (time.perf_counter() - t0))
-        if cuda:  # gap between step i's end and step i+1's start on the compute stream
-            idle += [marks[i][1].elapsed_time(marks[i + 1][0]) for i in range(steps - 1)]
-        else:  # the CPU is the device: it idles while it waits for the loader
-            idle += wait[-steps:]
-    out = {"images_per_s": summary(rates), "device_idle_ms_per_step": summary(idle or [0.0])}
-    if cuda:
-        out["host_wait_ms_per_step"] = summary(wait)
-        out["host_issue_ms_per_step"] = summary(issue)
+        for key, values in timer.collect().items():
+            per_step[key] += values
+    out = {"images_per_s": summary(rates),
+           "device_idle_ms_per_step": summary(per_step["idle"] or [0.0])}
+    if step.device.type == "cuda":
+        out["host_wait_ms_per_step"] = summary(per_step["wait"])
+        out["host_issue_ms_per_step"] = summary(per_step["issue"])
     return out
 
 

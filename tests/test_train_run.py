@@ -72,7 +72,11 @@ def test_none_ce_learns_and_writes_every_output(plain_run):
     rec = lines(run)
     assert [r["epoch"] for r in rec] == [0, 1]
     assert {"epoch", "lr", "train_loss", "top1", "many", "medium", "few", "images_per_s",
-            "seconds"} <= set(rec[0])
+            "seconds", "data_wait_ms_per_step", "device_idle_ms_per_step"} <= set(rec[0])
+    for r in rec:  # per-step means, well under the epoch's time per step
+        per_step_ms = r["seconds"] * 1e3 / 6  # 6 steps per epoch
+        assert 0 <= r["data_wait_ms_per_step"] < per_step_ms
+        assert 0 <= r["device_idle_ms_per_step"] < per_step_ms
     assert rec[1]["train_loss"] < rec[0]["train_loss"]  # it learns
     final = json.loads((run / "final.json").read_text())
     assert 0 <= final["top1"] <= 100

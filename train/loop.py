@@ -44,6 +44,11 @@ class EpochSums:
     parts: dict[str, torch.Tensor] = field(default_factory=dict)
     samples: int = 0
     seconds: float = 0.0
+    # train/step_timer.py: Σ ms the host waited for the loader, Σ ms the device idled between
+    # steps, and the steps they cover
+    wait_ms: float = 0.0
+    idle_ms: float = 0.0
+    timed_steps: int = 0
 
     @classmethod
     def zeros(cls, device: torch.device) -> "EpochSums":
@@ -55,14 +60,22 @@ class EpochSums:
             self.parts[k] = self.parts.get(k, torch.zeros_like(self.loss)) + v * n
         self.samples += n
 
+    def add_timing(self, per_step: dict[str, list[float]]) -> None:
+        """StepTimer.collect()'s figures."""
+        self.wait_ms += sum(per_step["wait"])
+        self.idle_ms += sum(per_step["idle"])
+        self.timed_steps += len(per_step["wait"])
+
     def state_dict(self) -> dict:
         return {"loss": self.loss, "parts": dict(self.parts), "samples": self.samples,
-                "seconds": self.seconds}
+                "seconds": self.seconds, "wait_ms": self.wait_ms, "idle_ms": self.idle_ms,
+                "timed_steps": self.timed_steps}
 
     @classmethod
     def from_state(cls, state: dict, device: torch.device) -> "EpochSums":
         return cls(state["loss"].to(device), {k: v.to(device) for k, v in state["parts"].items()},
-                   state["samples"], state["seconds"])
+                   state["samples"], state["seconds"], state.get("wait_ms", 0.0),
+                   state.get("idle_ms", 0.0), state.get("timed_steps", 0))
 
 
 def train_step(*, model, mixer, criterion, optimizer, scheduler, scaler, streams,

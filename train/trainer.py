@@ -30,6 +30,7 @@ from ltpipe.train.evaluate import class_hits, format_table, summarize
 from ltpipe.train.loop import (EPOCH_TAG, EpochSums, make_autocast, step_generator, train_step)
 from ltpipe.train.mixers.base import StepContext
 from ltpipe.train.report import RunReport
+from ltpipe.train.step_timer import StepTimer
 
 
 # Test hook: SIGKILL this process right after optimizer step N (tests/test_train_run.py).
@@ -149,13 +150,15 @@ class Trainer:
         bar = tqdm(total=len(self.loader), initial=self.step_in_epoch, disable=not self.progress,
                    desc=f"epoch {epoch + 1}/{self.t['epochs']}", unit="step", leave=False)
         t0, n0 = time.perf_counter(), self.sums.samples
-        for streams in self.loader:
+        timer = StepTimer(self.info.device)
+        for streams in timer.iterate(self.loader):
             if self.dump_ranks:
                 seen.append(streams[self.mixer.streams[0]].index.cpu().numpy())
-            loss, parts, n = train_step(
-                model=self.train_model, mixer=self.mixer, criterion=self.criterion,
-                optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
-                streams=streams, ctx=self._ctx(epoch, self.step), autocast=self.autocast)
+            with timer.step():
+                loss, parts, n = train_step(
+                    model=self.train_model, mixer=self.mixer, criterion=self.criterion,
+                    optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
+                    streams=streams, ctx=self._ctx(epoch, self.step), autocast=self.autocast)
             self.sums.add(loss, parts, n)
             self.step += 1
             self.step_in_epoch += 1
@@ -163,23 +166,30 @@ class Trainer:
             rate = (self.sums.samples - n0) * self.info.world / max(time.perf_counter() - t0, 1e-9)
             bar.set_postfix_str(f"{rate:,.0f} img/s", refresh=False)
             if self.t["ckpt_every"] and self.step % self.t["ckpt_every"] == 0:
+                self._synchronize()
+                self.sums.add_timing(timer.collect())
                 self.sums.seconds += time.perf_counter() - t0
                 self._save()
                 t0, n0 = time.perf_counter(), self.sums.samples
             if self.step == KILL_AT_STEP:
                 os.kill(os.getpid(), signal.SIGKILL)
         broadcast_buffers(self.model, self.info)  # identical BN statistics for eval and checkpoint
-        if self.info.device.type == "cuda":
-            torch.cuda.synchronize()
+        self._synchronize()
+        self.sums.add_timing(timer.collect())
         self.sums.seconds += time.perf_counter() - t0
         bar.close()
         if self.dump_ranks:
             np.save(self.run_dir / f"seen-e{epoch}-r{self.info.rank}.npy",
                     np.concatenate(seen) if seen else np.zeros(0, np.int64))
 
+    def _synchronize(self) -> None:
+        if self.info.device.type == "cuda":
+            torch.cuda.synchronize()
+
     def _epoch_record(self, epoch: int) -> dict:
-        totals = torch.stack([self.sums.loss, torch.tensor(float(self.sums.samples),
-                                                           device=self.info.device)])
+        s = self.sums
+        totals = torch.stack([s.loss] + [torch.tensor(float(v), device=self.info.device)
+                                         for v in (s.samples, s.wait_ms, s.idle_ms, s.timed_steps)])
         parts = torch.stack(list(self.sums.parts.values())) if self.sums.parts else None
         all_reduce_sum(totals, self.info)
         if parts is not None:
@@ -197,6 +207,10 @@ class Trainer:
             record.update({k: result[k] for k in ("top1", "many", "medium", "few")})
         record["images_per_s"] = samples / max(self.sums.seconds, 1e-9)
         record["seconds"] = self.sums.seconds
+        # is the device waiting for data? (mean over ranks and steps; train/step_timer.py)
+        steps = max(float(totals[4]), 1.0)
+        record["data_wait_ms_per_step"] = float(totals[2]) / steps
+        record["device_idle_ms_per_step"] = float(totals[3]) / steps
         if self.progress:
             shown = {k: round(v, 3) for k, v in record.items() if isinstance(v, float)}
             tqdm.write(f"epoch {epoch + 1}: {shown}")
