@@ -2,6 +2,7 @@
 
 import time
 
+import pytest
 import torch
 
 from ltpipe.train.step_timer import StepTimer
@@ -36,3 +37,18 @@ def test_a_ready_loader_costs_no_wait_and_collect_resets():
     assert len(got["wait"]) == len(got["issue"]) == 5
     assert max(got["wait"]) < LOADER_MS / 3 and min(got["issue"]) >= LOADER_MS * 0.9
     assert timer.collect() == {"wait": [], "idle": [], "issue": []}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_idle_is_the_gap_between_steps_on_the_device():
+    dev = torch.device("cuda")
+    x = torch.randn(2048, 2048, device=dev)
+    timer = StepTimer(dev)
+    for _ in timer.iterate(slow_loader(3)):  # the GPU finishes each step long before the next
+        with timer.step():
+            x @ x
+    torch.cuda.synchronize()
+    got = timer.collect()
+    assert len(got["wait"]) == 3 and len(got["idle"]) == 2  # gaps between 3 steps
+    assert min(got["idle"]) >= LOADER_MS * 0.8

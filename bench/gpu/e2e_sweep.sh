@@ -26,7 +26,7 @@ log() { echo "== $(date +%T) $*"; }
 # session 2: "prio=default;prio=high;prio=default,hw=0.8;prio=high,hw=0.8;prio=high,hw=0.9;prio=high,hw=0.8,threads=12;prio=high,hw=0.8,prefetch=4"
 MAX_SIZES=${MAX_SIZES:-"384 256"}
 VARIANTS=${VARIANTS:-"prio=high$(for px in $MAX_SIZES; do printf ';prio=high,shards=%s;prio=high,shards=%s,cpudec=minority' "$DATA-$px" "$DATA-$px"; done)"}
-log gpu-test; [ "$DEVICE" = cuda ] && timeout 60 python3 -m pytest tests/test_bench_trace.py tests/test_pipeline_loader.py -m gpu -q -p no:cacheprovider 2>&1 | tail -2
+log gpu-test; [ "$DEVICE" = cuda ] && timeout 60 python3 -m pytest tests/test_bench_trace.py tests/test_pipeline_loader.py tests/test_train_step_timer.py -m gpu -q -p no:cacheprovider 2>&1 | tail -2
 log generate; /usr/bin/time -f "generate: %e s" timeout "${T_GEN:-100}" ltpipe shard synthetic "$DATA" --size "$SIZE" --workers "$(nproc)" 2>&1 | tail -3
 # the copies are rewritten from the shards (about twice as fast as rendering again on the CPU)
 for px in $MAX_SIZES; do log "copy --max-size $px"; timeout "${T_GEN:-100}" ltpipe shard "shards:$DATA" "$DATA-$px" --max-size "$px" --workers "$(nproc)" 2>&1 | tail -1; done
