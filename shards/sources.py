@@ -3,9 +3,10 @@
 Forms: ``synthetic``, ``imagefolder:PATH``, ``list:FILE[:ROOT]`` (+ val_list),
 ``inat:JSON[:ROOT]`` (+ val_json), ``cifar10:DIR``, ``cifar100:DIR``, ``shards:DIR`` (another
 ltpipe shard directory: its classes, splits and source paths, e.g. rewritten with a smaller
-``--max-size``, which makes decoding cheaper, or subsampled with ``--imbalance``). Planning is cheap (no image
-is decoded); unknown labels found here go to rejected.tsv (missing files when read). ``imbalance``
-subsamples the train split to the exponential profile of ALGORITHMS.md §5 (first n_k per class).
+``--max-size``, which makes decoding cheaper, or subsampled with ``--imbalance``). Planning is
+cheap (no image is decoded); unknown labels found here go to rejected.tsv (missing files when
+read). ``imbalance`` subsamples the train split to the exponential profile of ALGORITHMS.md §5
+(first n_k per class).
 """
 
 from __future__ import annotations
@@ -243,7 +244,7 @@ def _shard_dir(root: Path):
                                   (tars[shard], offset, size)))
             splits[split] = items
     except (ShardFormatError, OSError) as exc:
-        raise ShardInputError(f"shards {root}: {exc}") from None
+        raise ShardInputError(str(exc)) from None  # it names the file
     return list(manifest.classes), splits, []
 
 

@@ -35,6 +35,8 @@ def shards(tmp_path_factory):
     (["shard", "imagefolder:{tmp}/missing", "{out}"], "no such file or directory"),
     (["shard", "list:{tmp}/missing.txt", "{out}"], "no such file or directory"),
     (["shard", "cifar10:{tmp}/missing", "{out}"], "no such directory"),
+    (["shard", "shards:{tmp}/missing", "{out}"], "missing: no such shard directory"),
+    (["shard", "shards:{foreign}", "{out}"], "manifest.json: missing"),
     (["shard", "synthetic", "{out}", "--quality", "0"], "Invalid value for '--quality'"),
     (["shard", "synthetic", "{out}", "--workers", "zero"], "Invalid value for '--workers'"),
     (["shard", "synthetic", "{out}", "--shard-size", "big"], "--shard-size: cannot parse"),
