@@ -67,7 +67,7 @@ def test_pairs_equal_argmax_of_pot_plan(seed):
     pairs = ot_pairs(cost, eps=0.01)
     a = np.full(B, 1 / B)
     plan = ot.sinkhorn(a, a, cost.double().numpy(), reg=0.01, method="sinkhorn_log",
-                       numItermax=1000, stopThr=1e-9)
+                       numItermax=100_000, stopThr=1e-9)  # converged reference
     assert pairs.tolist() == plan.argmax(1).tolist()
 
 
