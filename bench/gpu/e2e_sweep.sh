@@ -9,7 +9,8 @@
 #      torchvision reference, then SMC and OTmix bank with the fastest variant (no reference: their
 #      targets are vs the ceiling only),
 #   3. (RUN_TRAIN=1) a short real `ltpipe train` on CUDA (DALI GPU loader, compile, stream),
-#   4. (RUN_LOADER=1) the loader benchmark with the reference loaders.
+#   4. (RUN_LOADER=1) the loader benchmark with the reference loaders (LOADER_EXTRA='--max-sizes
+#      384,256 --skip-reference' measures the stored copies instead: decode rate per size).
 # Session 2 ran the first VARIANTS below (results in bench/results/e2e-*h100*.json); the default
 # now measures the next lever, smaller stored images, against the best setting found then. Session 3
 # measured on the CPU (bench/results/loader-stored-size-cpu.json) what decoding Q on the CPU costs:
