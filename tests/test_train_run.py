@@ -95,11 +95,21 @@ def test_none_ce_learns_and_writes_every_output(plain_run):
     (["--recipe", "nope"], "recipe: unknown 'nope'"),
     (["--mixer", "cmo", "--mixer-opt", "foo=1"], "unknown parameter 'foo'"),
     (["--loss", "hinge"], "loss: unknown 'hinge'"),
+    (["--mixer", "cmo", "--mixer-opt", "prob=abc"], "prob must be like its default 0.5"),
+    (["--mixer", "smc", "--mixer-opt", "views=2.5"], "views must be like its default 2"),
 ])
 def test_bad_options_exit_2_with_one_line(shards, tmp_path, args, needle):
     res = invoke(shards, "--out", tmp_path / "r", *FAST, *args)
     assert res.exit_code == 2
     assert res.stderr.count("\n") == 1 and needle in res.stderr, res.stderr
+    assert not (tmp_path / "r").exists()  # nothing half-made: the fixed command can reuse --out
+
+
+def test_out_that_is_a_file_is_one_line(shards, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    res = invoke(shards, "--out", tmp_path / "afile", *FAST)
+    assert res.exit_code == 2 and res.stderr.count("\n") == 1
+    assert "--out" in res.stderr and "not a directory" in res.stderr
 
 
 def test_missing_shards_exit_2(tmp_path):

@@ -143,6 +143,8 @@ def resolve_run(shards, out, recipe, resume, mixer_opt, loss_opt, options, loade
     else:
         if shards is None or out is None:
             raise ConfigError("need SHARDS and --out RUN (or --resume RUN)")
+        if Path(out).exists() and not Path(out).is_dir():
+            raise ConfigError(f"--out {out}: exists and is not a directory")
         if os.environ.get("RANK", "0") == "0" and (Path(out) / CONFIG).is_file():
             raise ConfigError(f"{out}: already holds a run (use --resume {out} or another --out)")
         base = load_recipe(recipe) if recipe else {}
@@ -179,16 +181,16 @@ def run(cfg: dict, shards: Path, run_dir: Path, *, resume: bool, progress: bool,
         fail(str(exc))
     try:
         cfg["run"]["world"] = info.world
-        if info.is_main and not resume:
+        try:
+            trainer = Trainer(cfg, shards, run_dir, info, resume=resume, progress=progress,
+                              dump_ranks=dump_ranks)
+        except ValueError as exc:  # bad parameters: nothing written yet, the same --out reruns
+            fail(str(exc))
+        if info.is_main and not resume:  # before any step, so that --resume finds it
             run_dir.mkdir(parents=True, exist_ok=True)
             tmp = run_dir / f".{CONFIG}.tmp{os.getpid()}"
             tmp.write_text(to_toml(cfg))
             tmp.replace(run_dir / CONFIG)
-        try:
-            trainer = Trainer(cfg, shards, run_dir, info, resume=resume, progress=progress,
-                              dump_ranks=dump_ranks)
-        except ValueError as exc:
-            fail(str(exc))
         return trainer.fit()
     finally:
         shutdown(info)

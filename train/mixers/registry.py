@@ -45,4 +45,26 @@ def build_mixer(name: str, **params) -> Mixer:
         if unknown:
             raise ValueError(f"mixer {name!r}: unknown parameter {unknown[0]!r} "
                              f"(accepts: {', '.join(mixer_params(name)) or 'none'})")
-    return cls(**params)
+    for key, value in params.items():
+        if key in sig.parameters and not _same_kind(sig.parameters[key].default, value):
+            kind = type(sig.parameters[key].default).__name__
+            raise ValueError(f"mixer {name!r}: {key} must be like its default "
+                             f"{sig.parameters[key].default!r} ({kind}), got {value!r}")
+    try:
+        return cls(**params)
+    except TypeError as exc:  # a value of the right kind the constructor still cannot use
+        raise ValueError(f"mixer {name!r}: bad parameter ({exc})") from None
+
+
+def _same_kind(default, value) -> bool:
+    """A TOML value fits a parameter whose default is a bool, int, float (an int will do), str or
+    sequence of the same kind; a default of None accepts anything."""
+    if default is inspect.Parameter.empty or default is None:
+        return True
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, (tuple, list)):
+        return isinstance(value, (tuple, list))
+    return isinstance(value, type(default))
