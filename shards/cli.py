@@ -81,7 +81,11 @@ def shard(ctx, source, out, **options):
         m = write_shards(source, out or Path("."), command=command, **options)
     except ShardInputError as exc:
         raise InputError(str(exc)) from None
-    except OSError as exc:
+    except BrokenPipeError:
+        raise  # `| head`: click ends quietly
+    except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:  # an unusable OUT
+        raise InputError(f"{exc.filename or out}: {exc.strerror or exc}") from None
+    except OSError as exc:  # e.g. a full disk: not bad input, exit status 1
         raise click.ClickException(f"{exc.filename or out}: {exc.strerror or exc}") from None
     if m is None:
         return

@@ -84,7 +84,10 @@ def verify(m: Manifest, progress: bool = True) -> list[str]:
                     continue
                 if file_sha256(path) != shard.sha256:
                     problems.append(f"{path}: sha256 differs from the manifest")
-                problems += _verify_shard(path, number, next_id, shard.samples, index)
+                try:
+                    problems += _verify_shard(path, number, next_id, shard.samples, index)
+                except (tarfile.TarError, OSError) as exc:  # cut off or not a tar at all
+                    problems.append(f"{path}: unreadable tar ({exc})")
                 next_id += shard.samples
                 bar.update(shard.samples)
     return problems

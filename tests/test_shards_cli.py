@@ -36,6 +36,7 @@ def shards(tmp_path_factory):
     (["shard", "list:{tmp}/missing.txt", "{out}"], "no such file or directory"),
     (["shard", "cifar10:{tmp}/missing", "{out}"], "no such directory"),
     (["shard", "shards:{tmp}/missing", "{out}"], "missing: no such shard directory"),
+    (["shard", "synthetic", "{foreign}/x.txt/sub"], "x.txt"),  # OUT under a file
     (["shard", "shards:{foreign}", "{out}"], "manifest.json: missing"),
     (["shard", "synthetic", "{out}", "--quality", "0"], "Invalid value for '--quality'"),
     (["shard", "synthetic", "{out}", "--workers", "zero"], "Invalid value for '--workers'"),
@@ -127,3 +128,15 @@ def test_tail_classes_see_few_contexts():
     n_ctx = [len(c) for c in synthetic.class_contexts(spec)]
     assert n_ctx[0] == spec.num_contexts and n_ctx[-1] <= 2
     assert all(a >= b for a, b in zip(n_ctx, n_ctx[1:]))
+
+
+def test_verify_reports_a_cut_off_tar(shards, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(shards, copy)
+    tar = copy / "train" / "shard-000000.tar"
+    tar.write_bytes(tar.read_bytes()[:3000])  # cut inside the first sample's .jpg
+    r = run("inspect", copy, "--verify")
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert f"{tar}: unreadable tar" in r.stderr and "Error: verify: " in r.stderr
