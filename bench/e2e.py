@@ -53,7 +53,8 @@ import torch
 
 from ltpipe.pipeline.batch import Batch
 from ltpipe.train import build
-from ltpipe.train.benchmark import add_shard_source_args, benchmark_shards, write_result
+from ltpipe.train.benchmark import (ScriptParser, add_shard_source_args, benchmark_shards,
+                                    write_result)
 from ltpipe.train.config import resolve
 from ltpipe.train.cuda_stream import PRIORITIES, compute_stream
 from ltpipe.train.dist import DistInfo
@@ -79,7 +80,7 @@ RESIDENT_STEPS = 4  # distinct batches cycled by the ceiling
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ScriptParser(__file__, __doc__)
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     add_shard_source_args(p, None, "synthetic profile for --generate (inat; tiny: default)")
     p.add_argument("--tiny", action="store_true", help="CPU-sized defaults (see module doc)")

@@ -17,13 +17,14 @@ The check (issue 5): a mixer's Few-class mean must exceed its baseline's (the sa
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from ltpipe.train.benchmark import ScriptParser
 
 ROOT = Path(__file__).resolve().parent.parent
 METRICS = ("top1", "many", "medium", "few")
@@ -138,7 +139,7 @@ def plot(summary: dict, path: Path, title: str) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ScriptParser(__file__, __doc__)
     p.add_argument("--shards", type=Path, default=ROOT / "out" / "synthetic",
                    help="shard dir (the synthetic default is written there if missing)")
     p.add_argument("--runs", default="ce:none,ce:cmo,bs:cmo,ldam-drw:cmo")

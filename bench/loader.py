@@ -37,7 +37,8 @@ import torch
 
 from ltpipe.pipeline.loader import make_loader
 from ltpipe.pipeline.torch_loader import make_torch_loader
-from ltpipe.train.benchmark import add_shard_source_args, benchmark_shards, write_result
+from ltpipe.train.benchmark import (ScriptParser, add_shard_source_args, benchmark_shards,
+                                    count, positive_int, positive_ints, write_result)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 STREAM_SETS = {"pairs": (("uniform", "minority"), "pairs_per_s"),
@@ -45,26 +46,27 @@ STREAM_SETS = {"pairs": (("uniform", "minority"), "pairs_per_s"),
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ScriptParser(__file__, __doc__)
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     add_shard_source_args(p, "inat", "synthetic profile for --generate")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--image-size", type=positive_int, default=224)
     p.add_argument("--dtype", choices=tuple(DTYPES), default="fp16")
     p.add_argument("--no-channels-last", action="store_true")
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--ref-steps", type=int, default=15, help="timed steps for the reference")
-    p.add_argument("--warmup", type=int, default=8)
-    p.add_argument("--repeats", type=int, default=2, help="timed runs per configuration")
+    p.add_argument("--steps", type=positive_int, default=40)
+    p.add_argument("--ref-steps", type=positive_int, default=15,
+                   help="timed steps for the reference")
+    p.add_argument("--warmup", type=count, default=8)
+    p.add_argument("--repeats", type=positive_int, default=2, help="timed runs per configuration")
     p.add_argument("--workers", default="8,16", help="comma-separated worker/thread counts")
-    p.add_argument("--prefetch", type=int, default=3)
+    p.add_argument("--prefetch", type=positive_int, default=3)
     p.add_argument("--hw-decoder-load", default="0.65",
                    help="nvJPEG hardware share; comma-separated values are swept (DALI runs only)")
     p.add_argument("--max-image-side", type=int, default=800, help="nvJPEG preallocation hint")
     p.add_argument("--concurrency", choices=("full", "backend"), default="full")
     p.add_argument("--streams", default="pairs,single",
                    help="comma-separated: pairs (P+Q), single (P)")
-    p.add_argument("--max-sizes", default="",
+    p.add_argument("--max-sizes", type=positive_ints, default=[],
                    help="comma-separated PX: also measure the copies stored at long side <= PX")
     p.add_argument("--cpu-decode", action="store_true",
                    help="decode and resize on the CPU even on cuda (DALI runs)")
@@ -79,7 +81,7 @@ def shard_dirs(args) -> dict[str, Path]:
         print(msg, file=sys.stderr)
 
     dirs = {"": benchmark_shards(args.shards, args.generate, args.size, args.gen_workers, log)}
-    for px in [int(v) for v in args.max_sizes.split(",") if v]:
+    for px in args.max_sizes:
         base = args.shards or args.generate
         copy = base.with_name(f"{base.name}-{px}")
         if args.shards and not copy.is_dir():

@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 
 from ltpipe.shards.write import write_shards
-from ltpipe.train.benchmark import write_result
+from ltpipe.train.benchmark import ScriptParser, write_result
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ScriptParser(__file__, __doc__)
     p.add_argument("--size", default="large", help="synthetic profile: default, large, inat")
     p.add_argument("--max-per-class", type=int, default=None, help="shrink the profile (CPU runs)")
     p.add_argument("--workers", default=f"1,{os.cpu_count() or 1}", help="comma-separated counts")

@@ -14,13 +14,14 @@ and the loader's heaviest kernels. Compare an ltpipe trace with a ceiling trace 
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import re
 import sys
 from collections import defaultdict
 from pathlib import Path
+
+from ltpipe.train.benchmark import ScriptParser
 
 LOADER_KERNEL = re.compile(r"dali|nvjpeg", re.IGNORECASE)
 
@@ -102,7 +103,7 @@ def format_summary(label: str, s: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ScriptParser(__file__, __doc__)
     p.add_argument("trace", type=Path)
     p.add_argument("--steps", type=int, default=1, help="steps the trace holds")
     args = p.parse_args(argv)

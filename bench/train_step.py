@@ -25,7 +25,7 @@ import sys
 import torch
 
 from ltpipe.pipeline.batch import Batch
-from ltpipe.train.benchmark import time_cuda, write_result
+from ltpipe.train.benchmark import ScriptParser, time_cuda, write_result
 from ltpipe.train.config import parse_scalar
 from ltpipe.train.dist import DistInfo
 from ltpipe.train.loop import make_autocast, step_generator, train_step
@@ -88,7 +88,7 @@ def build_step(mixer_name: str, args, device, mixer_params: dict):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ScriptParser(__file__, __doc__)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--model", default=None, help="default: resnet50 on cuda, resnet8 on cpu")
     p.add_argument("--batch-size", type=int, default=None)

@@ -170,12 +170,20 @@ def test_result_rows_flatten_measurements_only():
     (["e2e", "{shards}", "--device", "cpu", "--reference-mixers", "smc"], "not among --mixers"),
     (["loader", "{shards}", "--device", "cpu", "--max-sizes", "16"], "shards-16 does not exist"),
     (["loader", "{shards}", "--device", "cpu", "--streams", "triples"], "--streams: expected"),
+    (["loader", "{shards}", "--device", "cpu", "--batch-size", "0"],
+     "argument --batch-size: must be a positive integer, got '0'"),
+    (["loader", "{shards}", "--device", "cpu", "--max-sizes", "abc"],
+     "argument --max-sizes: must be a positive integer, got 'abc'"),
+    (["loader", "{shards}", "--device", "cpu", "--batch-size", "100000", "--skip-reference"],
+     "bench/loader.py: error: batch_size: 100000 exceeds the"),
+    (["kernels", "--device", "cpu", "--runs", "1"], "--runs must be >= 2"),
 ])
 def test_bad_input_is_one_line_exit_2(shards, tmp_path, args, message, capsys):
     res = invoke([a.format(tmp=tmp_path, shards=shards) for a in args])
     assert res.exit_code == 2
     said = res.output + capsys.readouterr().err  # the CLI's own errors, then the scripts'
     assert message in said and "Traceback" not in said
+    assert "usage:" not in said  # one line, not argparse's usage block
 
 
 def test_script_errors_keep_exit_2(shards, tmp_path, capsys):

@@ -91,6 +91,9 @@ def run_benchmark(name: str, argv: list[str], out: Path) -> tuple[Path | None, i
         code = exc.code
         if isinstance(code, str):  # sys.exit("message"): print it, as Python would
             print(code, file=sys.stderr)
+    except ValueError as exc:  # the library's one-line input errors (ShardFormatError, ...)
+        print(f"bench/{name}.py: error: {exc}", file=sys.stderr)
+        code = 2
     code = 0 if code is None else (code if isinstance(code, int) else 2)
     written = [p for p in out.glob(f"{name}-*.json") if p.stat().st_mtime >= started - 1]
     return (max(written, key=lambda p: p.stat().st_mtime) if written else None), code

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import os
@@ -12,6 +13,43 @@ from typing import Callable
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "bench" / "results"
 SCHEMA_KEYS = ("name", "date", "git", "device", "cpu_count", "params", "results", "baselines")
+
+
+class ScriptParser(argparse.ArgumentParser):
+    """argparse for bench/*.py: a bad option is one line naming it (no usage block), exit 2."""
+
+    def __init__(self, script: str, doc: str | None):
+        super().__init__(prog=f"bench/{Path(script).name}", description=(doc or "").split("\n")[0])
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def count(text: str) -> int:
+    """argparse type: an integer >= 0 (warm-up steps, ...)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def positive_ints(text: str) -> list[int]:
+    """argparse type: comma-separated positive integers ("" -> [])."""
+    return [positive_int(v) for v in text.split(",") if v.strip()]
 
 
 def git_hash() -> str:
@@ -104,7 +142,8 @@ def benchmark_shards(shards: Path | None, generate: Path | None, size: str, work
                      log: Callable[[str], None] = print, max_size: int | None = None) -> Path:
     """``shards`` if given, else the synthetic ``size`` profile written to ``generate`` (once: a
     finished directory is reused), so benchmark data is made on the measuring machine.
-    ``max_size``: the same images stored with their long side <= PX (``ltpipe shard --max-size``)."""
+    ``max_size``: the same images stored with their long side <= PX (``ltpipe shard
+    --max-size``)."""
     if shards:
         return Path(shards)
     from ltpipe.shards.format import MANIFEST
