@@ -179,6 +179,19 @@ def variant_label(v: dict) -> str:
                     if k not in ("shards", "cpudec") or v[k])
 
 
+def check_same_data(manifest, other: str) -> None:
+    """A variant's ``shards=`` must hold the same samples (e.g. a --max-size copy)."""
+    from ltpipe.shards.format import load_manifest
+
+    if not other:
+        return
+    copy = load_manifest(other)
+    if copy.classes != manifest.classes or \
+            copy.split("train").class_counts != manifest.split("train").class_counts:
+        raise ValueError(f"--variants shards={other}: not a copy of {manifest.root} (its classes "
+                         "or per-class counts differ)")
+
+
 def shard_dir(args) -> Path:
     return benchmark_shards(args.shards, args.generate, args.size, args.gen_workers, log)
 
@@ -485,6 +498,8 @@ def main(argv=None) -> int:
     try:
         shards = shard_dir(args)
         manifest = load_manifest(shards)
+        for v in args.variant_list:
+            check_same_data(manifest, v["shards"])
     except ValueError as exc:  # ShardFormatError / ShardInputError: one line naming the file
         print(f"bench/e2e.py: {exc}", file=sys.stderr)
         return 2

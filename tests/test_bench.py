@@ -109,6 +109,18 @@ def test_bad_variants_are_one_line(shards, tmp_path, spec, message):
     assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
 
 
+def test_a_variant_must_read_a_copy_of_the_data(shards, tmp_path, capsys):
+    from ltpipe.shards.write import write_shards
+
+    other = tmp_path / "other"  # another dataset, not a copy of SHARDS
+    write_shards("synthetic", other, classes=3, max_per_class=10, image_size=32, progress=False)
+    res = invoke(["e2e", shards, "--device", "cpu", "--out", tmp_path, *TINY_E2E,
+                  "--variants", f"prefetch=2;shards={other}"])
+    assert res.exit_code == 2
+    assert f"shards={other}: not a copy of" in res.output + capsys.readouterr().err
+    assert not list(tmp_path.glob("e2e-*.json"))
+
+
 def test_loader_bench_through_the_cli(shards, tmp_path):
     res = invoke(["loader", shards, "--device", "cpu", "--out", tmp_path, "--batch-size", "8",
                   "--image-size", "32", "--steps", "2", "--ref-steps", "2", "--warmup", "1",
