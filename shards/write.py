@@ -67,7 +67,7 @@ def write_shards(source: str, out: str | Path, *, imbalance: float | None = None
                        seed=seed)
     orders = {split: _shuffled(items, seed, split) for split, items in plan.splits.items() if items}
     if dry_run:
-        manifest_mod.print_plan(source, plan, orders, options, _estimate_bytes(orders, options))
+        manifest_mod.print_plan(source, plan, orders, options, _estimate_bytes(orders, options, plan.classes))
         return None
     out = Path(out)
     inputs = _inputs_digest(orders)
@@ -192,12 +192,16 @@ def _encoder(workers: int, options: dict) -> Iterator[Callable[[list[Item]], Ite
             fn, items, chunksize=max(1, min(32, len(items) // (8 * workers))))
 
 
-def _estimate_bytes(orders: dict[str, list[Item]], options: dict) -> dict[str, float]:
-    """Mean JPEG bytes per sample from the first few inputs of each split (for the dry run)."""
+def _estimate_bytes(orders: dict[str, list[Item]], options: dict,
+                    classes: list[str]) -> dict[str, float]:
+    """Mean tar bytes per sample (its members with their headers and padding, which outweigh
+    small JPEGs) from the first few inputs of each split (for the dry run)."""
     fn = functools.partial(encode_item, max_size=options["max_size"], quality=options["quality"])
     out = {}
     for split, items in orders.items():
-        sizes = [len(r.jpeg) for r in map(fn, items[:16]) if isinstance(r, Encoded)]
+        sizes = [sum(member_tar_bytes(len(m)) for m in
+                     sample_members(0, it.label, it.path, classes[it.label], r.jpeg).values())
+                 for it, r in zip(items[:16], map(fn, items[:16])) if isinstance(r, Encoded)]
         out[split] = float(np.mean(sizes)) if sizes else 0.0
     return out
 
