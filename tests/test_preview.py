@@ -7,6 +7,7 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -79,6 +80,9 @@ def test_every_registered_mixer(shards, tmp_path, name):
     (["--mixer", "cmo", "--split", "val"], "only the train split has"),
     (["--mixer", "none", "--n", "1000"], "batch_size: 1000 exceeds"),
     (["--mixer", "cmo", "--mixer-opt", "prob"], "--mixer-opt: expected KEY=VALUE"),
+    (["--mixer", "cmo", "--image-size", "0"], "--image-size: must be a positive integer"),
+    pytest.param(["--mixer", "cmo", "--device", "cuda"], "torch sees no CUDA device",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")),
 ])
 def test_bad_input_is_one_line_exit_2(shards, tmp_path, args, message):
     out = tmp_path / "g.png"

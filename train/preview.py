@@ -181,10 +181,16 @@ def make_preview(shards: Path, mixer: str, out: Path, *, n: int = 8, split: str 
                  image_size: int | None = None, model: str = "resnet8",
                  mixer_opts: dict | None = None) -> Path:
     """Write the grid PNG and return its path; bad input raises a one-line ValueError."""
+    import torch
+
     from ltpipe.shards.format import load_manifest
 
     if n <= 0:
         raise ValueError(f"--n: must be a positive integer, got {n}")
+    if image_size is not None and image_size <= 0:
+        raise ValueError(f"--image-size: must be a positive integer, got {image_size}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no CUDA device (use --device cpu)")
     manifest = load_manifest(shards)
     preset = preset or guess_preset(manifest, split)
     image_size = image_size or (32 if preset == "cifar" else 224)
