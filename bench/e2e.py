@@ -486,6 +486,8 @@ def print_table(results: dict, baselines: dict) -> None:
               f"{res['ltpipe']['images_per_s']['mean']:10,.0f} {tv} "
               f"{res['ltpipe_vs_ceiling']:6.3f} {bc} "
               f"{res['ltpipe']['device_idle_ms_per_step']['mean']:8.2f}")
+    print("images/s; b/a = ltpipe / ceiling, b/c = ltpipe / torchvision; idle ms = ltpipe's "
+          "device idle per step")
 
 
 def main(argv=None) -> int:
