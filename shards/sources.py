@@ -234,6 +234,11 @@ def _shard_dir(root: Path):
         for split in manifest.splits:
             rows = manifest.index(split)
             tars = [str(t) for t in manifest.shard_paths(split)]
+            for tar, info in zip(tars, manifest.split(split).shards):
+                # a cut-off or rewritten tar; `ltpipe inspect DIR --verify` checks every byte
+                if Path(tar).stat().st_size != info.bytes:
+                    raise ShardFormatError(f"{tar}: {Path(tar).stat().st_size} bytes, its "
+                                           f"manifest says {info.bytes}")
             paths = _source_paths(tars, manifest.dali_index_paths(split))
             items = []
             for i, (shard, offset, size, label) in enumerate(rows.tolist()):

@@ -125,9 +125,15 @@ def test_shards_source_bad_directory_is_one_line(folder, tmp_path):
         write_shards(f"shards:{tmp_path}/missing", tmp_path / "out", **QUIET)
     first = write_shards(f"imagefolder:{folder}", tmp_path / "first", **QUIET)
     tar = first.shard_paths("train")[-1]
+    whole = tar.read_bytes()
     last_json = read_dali_index(tar.with_suffix(".idx"))[-1][-1]
     assert last_json.ext == "json"
-    tar.write_bytes(tar.read_bytes()[:last_json.offset + 2])  # a cut-off shard
+    tar.write_bytes(whole[:last_json.offset + 2])  # a cut-off shard
+    with pytest.raises(ShardInputError, match=f"{tar}: [0-9]+ bytes, its manifest says"):
+        write_shards(f"shards:{first.root}", tmp_path / "out", **QUIET)
+    damaged = bytearray(whole)
+    damaged[last_json.offset] = ord("#")  # same size, the .json member no longer parses
+    tar.write_bytes(bytes(damaged))
     with pytest.raises(ShardInputError, match=f"{tar}: unreadable .json member"):
         write_shards(f"shards:{first.root}", tmp_path / "out", **QUIET)
 
