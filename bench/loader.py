@@ -38,7 +38,8 @@ import torch
 from ltpipe.pipeline.loader import make_loader
 from ltpipe.pipeline.torch_loader import make_torch_loader
 from ltpipe.train.benchmark import (ScriptParser, add_shard_source_args, benchmark_shards,
-                                    count, positive_int, positive_ints, write_result)
+                                    non_negative_int, positive_int, positive_ints,
+                                    write_result)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 STREAM_SETS = {"pairs": (("uniform", "minority"), "pairs_per_s"),
@@ -56,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=positive_int, default=40)
     p.add_argument("--ref-steps", type=positive_int, default=15,
                    help="timed steps for the reference")
-    p.add_argument("--warmup", type=count, default=8)
+    p.add_argument("--warmup", type=non_negative_int, default=8)
     p.add_argument("--repeats", type=positive_int, default=2, help="timed runs per configuration")
     p.add_argument("--workers", default="8,16", help="comma-separated worker/thread counts")
     p.add_argument("--prefetch", type=positive_int, default=3)

@@ -36,7 +36,7 @@ def positive_int(text: str) -> int:
     return value
 
 
-def count(text: str) -> int:
+def non_negative_int(text: str) -> int:
     """argparse type: an integer >= 0 (warm-up steps, ...)."""
     try:
         value = int(text)
