@@ -77,6 +77,7 @@ def shard(ctx, source, out, **options):
     if out is None and not options["dry_run"]:
         raise InputError("Missing argument 'OUT'.")
     command = " ".join([ctx.command_path, shlex.join(ctx.meta.get("ltpipe.argv", []))])
+    before = _manifest_stamp(out)
     try:
         m = write_shards(source, out or Path("."), command=command, **options)
     except ShardInputError as exc:
@@ -93,9 +94,19 @@ def shard(ctx, source, out, **options):
     shards = sum(len(s.shards) for s in m.splits.values())
     size = sum(sh.bytes for s in m.splits.values() for sh in s.shards)
     rejected = m.raw["totals"]["rejected"]
-    click.echo(f"wrote {' / '.join(parts)} images in {shards} shards ({size / 1e6:.1f} MB) "
-               f"to {m.root}; {rejected} rejected"
+    done = before is not None and before == _manifest_stamp(out)  # a re-run of a finished job
+    click.echo(f"{'already complete:' if done else 'wrote'} {' / '.join(parts)} images in "
+               f"{shards} shards ({size / 1e6:.1f} MB) {'in' if done else 'to'} {m.root}; "
+               f"{rejected} rejected"
                + (f" (see {m.root / 'rejected.tsv'})" if rejected else ""))
+
+
+def _manifest_stamp(out: Path | None) -> int | None:
+    """The manifest's modification time (ns), None when there is none yet."""
+    try:
+        return (out / "manifest.json").stat().st_mtime_ns if out is not None else None
+    except OSError:
+        return None
 
 
 @click.command(cls=OneLineCommand)

@@ -27,6 +27,8 @@ def shards(tmp_path_factory):
     r = run("shard", "synthetic", out, *TINY)
     assert r.exit_code == 0, r.output
     assert r.stdout.startswith("wrote 65 train / 60 val images in 5 shards")
+    again = run("shard", "synthetic", out, *TINY)  # nothing to do, and it says so
+    assert again.exit_code == 0 and again.stdout.startswith("already complete: 65 train / 60 val")
     return out
 
 
