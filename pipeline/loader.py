@@ -190,12 +190,17 @@ class DaliLoader:
         shard = (self.rank + epoch - self._pipe_start) % self.world if self.train else self.rank
         return max(0, self._sizes[shard] - (self._steps - 1) * b)
 
+    def _next(self, position: tuple[int, int] | None) -> tuple[int, int] | None:
+        """Step L of epoch e is step 0 of epoch e+1."""
+        if position is not None and position[1] >= self._steps:
+            return position[0] + 1, 0
+        return position
+
     def _normalize(self) -> None:
-        """Step L of epoch e is step 0 of epoch e+1 (for the loader and the running pipeline)."""
-        if self.step >= self._steps:
-            self.epoch, self.step = self.epoch + 1, 0
-        if self._pos is not None and self._pos[1] >= self._steps:
-            self._pos = (self._pos[0] + 1, 0)
+        """Move the loader and the running pipeline's position past a finished epoch (never
+        while an epoch is being iterated: that loop would go on into the next epoch)."""
+        self.epoch, self.step = self._next((self.epoch, self.step))
+        self._pos = self._next(self._pos)
 
     def set_epoch(self, epoch: int) -> None:
         self._normalize()
@@ -300,16 +305,18 @@ class DaliLoader:
 
     # ---- state -------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        self._normalize()
+        """Where the next step comes from. Read-only: a checkpoint taken on an epoch's last
+        step, while ``for steps in loader`` is suspended there, must not restart that loop."""
         if self._restore is not None:
             return dict(self._restore)
+        epoch, step = self._next((self.epoch, self.step))
         dali = None
-        if self._pipe is not None and self._pos == (self.epoch, self.step):
+        if self._pipe is not None and self._next(self._pos) == (epoch, step):
             dali = self._pipe.checkpoint()
-        elif self.step != 0:
+        elif step != 0:
             raise RuntimeError("loader: pipeline position lost; cannot checkpoint")
-        return {"version": STATE_VERSION, "epoch": self.epoch, "step": self.step,
-                "pipe_start_epoch": self._pipe_start if dali is not None else self.epoch,
+        return {"version": STATE_VERSION, "epoch": epoch, "step": step,
+                "pipe_start_epoch": self._pipe_start if dali is not None else epoch,
                 "dali": dali, "streams": list(self.streams), "batch_size": self.spec.batch_size,
                 "seed": self.seed, "rank": self.rank, "world": self.world, "r": self.r}
 

@@ -1,5 +1,7 @@
 """The DALI loader on real shards, DALI CPU operators (issue 3): epochs, eval, Q, resume, layout."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -139,6 +141,22 @@ def test_resume_gives_the_uninterrupted_sequence(shards, stop, world, rank, stre
     with pytest.raises(ValueError, match="loader state: seed"):
         other = make_loader(shards, **{**kw, "seed": 4})
         other.load_state_dict(state)
+
+
+def test_a_checkpoint_inside_an_epoch_leaves_the_epoch_as_it_is(shards):
+    """The trainer checkpoints between steps, the last one included; the epoch's loop must
+    still end after its steps (a checkpoint on the last step once restarted it)."""
+    plain = make_loader(shards, batch_size=16, seed=3)
+    want = [s["uniform"].index.clone() for s in plain]
+    checked = make_loader(shards, batch_size=16, seed=3)
+    got, states = [], []
+    for s in itertools.islice(checked, len(want) + 2):  # bounded: the bug never ended
+        got.append(s["uniform"].index.clone())
+        states.append(checked.state_dict())
+    assert len(got) == len(want) == checked.steps_per_epoch
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    assert [(st["epoch"], st["step"]) for st in states] == \
+        [(0, i + 1) for i in range(len(got) - 1)] + [(1, 0)]
 
 
 def test_layout_dtype_and_imagenet_preset(shards):

@@ -146,6 +146,17 @@ def test_exact_resume_after_sigkill(shards, tmp_path):
     assert [r["train_loss"] for r in lines(full)] == [r["train_loss"] for r in lines(killed)]
 
 
+def test_checkpoints_do_not_change_training(shards, plain_run, tmp_path):
+    """--ckpt-every 6 lands on each epoch's last step (6 steps per epoch): same training as
+    without it (a checkpoint there once restarted the epoch's loop)."""
+    run = tmp_path / "ckpt6"
+    res = train_process(shards, "--out", run, "--epochs", "2", "--mixer", "none", "--loss", "ce",
+                        "--ckpt-every", "6", *FAST)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert [r["train_loss"] for r in lines(run)] == [r["train_loss"] for r in lines(plain_run[0])]
+    assert_bitwise_equal(weights(plain_run[0] / "final.pt"), weights(run / "final.pt"))
+
+
 def test_corrupt_or_mismatched_checkpoint_exit_2(shards, plain_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(plain_run[0], run)
