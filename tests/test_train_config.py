@@ -126,3 +126,5 @@ def test_load_model_restores_a_frozen_classifier(tmp_path):
     assert torch.equal(g(x).logits, model(x).logits)
     with pytest.raises(CheckpointError, match="config.toml"):
         load_model(tmp_path / "nothing")
+    with pytest.raises(CheckpointError, match="final.pt: trained on 3 classes, this run has 4"):
+        load_model(tmp_path, num_classes=4)

@@ -97,6 +97,12 @@ def test_none_ce_learns_and_writes_every_output(plain_run):
     (["--loss", "hinge"], "loss: unknown 'hinge'"),
     (["--mixer", "cmo", "--mixer-opt", "prob=abc"], "prob must be like its default 0.5"),
     (["--mixer", "smc", "--mixer-opt", "views=2.5"], "views must be like its default 2"),
+    (["--mixer", "smc", "--mixer-opt", "scale=[0.8, 0.2]"], "scale must satisfy 0 <= lo <= hi"),
+    (["--mixer", "smc", "--mixer-opt", "scale=0.5"], "scale must be like its default (0.2, 0.8)"),
+    (["--loss", "focal", "--loss-opt", "gamma=[1, 2]"], "gamma must be like its default 1.0"),
+    (["--loss", "focal", "--loss-opt", "gamma=-1"], "gamma must be >= 0"),
+    (["--loss", "ldam", "--loss-opt", 'scale="a"'], "scale must be like its default 30.0"),
+    (["--loss", "ldam", "--loss-opt", "max_m=0.3"], "accepts: max_margin, scale"),
 ])
 def test_bad_options_exit_2_with_one_line(shards, tmp_path, args, needle):
     res = invoke(shards, "--out", tmp_path / "r", *FAST, *args)

@@ -78,8 +78,10 @@ def read_config(run_dir: Path) -> dict:
         raise CheckpointError(f"{path}: unreadable ({exc})") from None
 
 
-def load_model(run_dir: str | Path, device: torch.device | str = "cpu"):
-    """The final (else last) model of an earlier run, frozen and in eval mode (M2m's g)."""
+def load_model(run_dir: str | Path, device: torch.device | str = "cpu",
+               num_classes: int | None = None):
+    """The final (else last) model of an earlier run, frozen and in eval mode (M2m's g);
+    ``num_classes``: the classes it must have been trained on."""
     from ltpipe.train.losses.per_sample import NEEDS_COSINE
     from ltpipe.train.models import build_model
 
@@ -87,6 +89,9 @@ def load_model(run_dir: str | Path, device: torch.device | str = "cpu"):
     cfg = read_config(run_dir)
     path = run_dir / FINAL if (run_dir / FINAL).is_file() else run_dir / LAST
     ckpt = load_file(path, "cpu")
+    if num_classes is not None and int(ckpt["num_classes"]) != num_classes:
+        raise CheckpointError(f"{path}: trained on {ckpt['num_classes']} classes, this run has "
+                              f"{num_classes}")
     train = cfg["train"]
     model = build_model(train["model"], int(ckpt["num_classes"]),
                         cosine_classifier=train["loss"] in NEEDS_COSINE)

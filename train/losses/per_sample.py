@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ltpipe.train.params import check_params
+
 
 def _log_prior(class_counts: torch.Tensor) -> torch.Tensor:
     counts = class_counts.double().clamp_min(1)  # n_k = 0 -> max(n_k, 1) (§6.3)
@@ -33,6 +35,9 @@ class CrossEntropy(nn.Module):
 class LDAM(nn.Module):
     def __init__(self, class_counts: torch.Tensor, max_margin: float = 0.5, scale: float = 30.0):
         super().__init__()
+        if not (max_margin > 0 and scale > 0):
+            raise ValueError(f"loss 'ldam': max_margin and scale must be > 0, got {max_margin}, "
+                             f"{scale}")
         margins = class_counts.double().clamp_min(1).pow(-0.25)
         self.register_buffer("margins", (margins * (max_margin / margins.max())).float())
         self.scale = scale
@@ -57,6 +62,8 @@ class LogitAdjusted(nn.Module):
 class Focal(nn.Module):
     def __init__(self, class_counts: torch.Tensor, gamma: float = 1.0):
         super().__init__()
+        if gamma < 0:
+            raise ValueError(f"loss 'focal': gamma must be >= 0, got {gamma}")
         self.gamma = gamma
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -80,7 +87,5 @@ def build_base_loss(name: str, class_counts: torch.Tensor, **params) -> nn.Modul
         raise ValueError(f"loss: unknown {name!r} (choose from {', '.join(BASE_LOSSES)})")
     if name == "bs" and "tau" in params:
         raise ValueError("loss: 'bs' is logit adjustment with tau=1; use 'la' to set tau")
-    try:
-        return BASE_LOSSES[name](class_counts, **params)
-    except TypeError as exc:
-        raise ValueError(f"loss {name!r}: bad parameter ({exc})") from None
+    check_params(f"loss {name!r}", BASE_LOSSES[name], params, skip=("class_counts",))
+    return BASE_LOSSES[name](class_counts, **params)

@@ -45,6 +45,9 @@ class ResizeMix(Mixer):
         if box not in ("batch", "sample"):
             raise ValueError(f"mixer resizemix: box must be 'batch' or 'sample', got {box!r}")
         active_in_epoch(0, env.epochs, mix_schedule)  # validates the name
+        if not 0.0 < scale[0] <= scale[1] <= 1.0:
+            raise ValueError(f"mixer resizemix: scale must satisfy 0 < lo <= hi <= 1, got "
+                             f"{scale!r}")
         self.scale = (float(scale[0]), float(scale[1]))
         self.prob, self.mix_schedule, self.box = float(prob), mix_schedule, box
 

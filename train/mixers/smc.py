@@ -43,6 +43,8 @@ class SMCMix(Mixer):
             raise ValueError(f"mixer smc: view_aug must be one of {VIEW_AUGS}, got {view_aug!r}")
         if int(views) not in (1, 2):
             raise ValueError(f"mixer smc: views must be 1 or 2, got {views}")
+        if not 0.0 <= scale[0] <= scale[1] <= 1.0:
+            raise ValueError(f"mixer smc: scale must satisfy 0 <= lo <= hi <= 1, got {scale!r}")
         self.fg_r = float(fg_r)  # γ: the loader builds the minority stream with this r
         self.scale = (float(scale[0]), float(scale[1]))
         self.box, self.views, self.view_aug = box, int(views), view_aug
