@@ -196,3 +196,13 @@ def test_ddp_gloo_two_processes(shards, tmp_path):
         assert sorted(np.concatenate(seen).tolist()) == list(range(sum(n)))  # each sample once
     assert not (run / "params-r2.pt").exists() and len(lines(run)) == 2  # only rank 0 reports
     shutil.rmtree(run / "tb")
+
+
+def test_a_mixer_that_never_acts_is_warned_about(shards, tmp_path, caplog):
+    res = invoke(shards, "--out", tmp_path / "r", "--epochs", "1", "--mixer", "cmo", *FAST)
+    assert res.exit_code == 0, res.output
+    assert "mixer cmo acts in none of the 1 epochs (mix_schedule='repo')" in caplog.text
+    caplog.clear()
+    res = invoke(shards, "--out", tmp_path / "r2", "--epochs", "1", "--mixer", "cmo",
+                 "--mixer-opt", 'mix_schedule="always"', *FAST)
+    assert res.exit_code == 0 and "acts in none" not in caplog.text

@@ -9,6 +9,7 @@ weights, bit for bit, as an uninterrupted one (tests/test_train_resume.py).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import time
@@ -32,6 +33,8 @@ from ltpipe.train.mixers.base import StepContext
 from ltpipe.train.report import RunReport
 from ltpipe.train.step_timer import StepTimer
 
+
+log = logging.getLogger(__name__)
 
 # Test hook: SIGKILL this process right after optimizer step N (tests/test_train_run.py).
 KILL_AT_STEP = int(os.environ.get("LTPIPE_TEST_KILL_AT_STEP", "0"))
@@ -65,6 +68,12 @@ class Trainer:
         self.autocast = make_autocast(info.device, t["precision"])
         self.train_model = self._wrap(self.model)
         self.sums = EpochSums.zeros(info.device)
+        if info.is_main and not any(self.mixer.mixes_in(e, t["epochs"]) for e in range(t["epochs"])):
+            schedule = {k: getattr(self.mixer, k) for k in ("mix_schedule", "start_epoch")
+                        if hasattr(self.mixer, k)}
+            log.warning("warning: mixer %s acts in none of the %d epochs (%s); this run is plain "
+                        "training", t["mixer"], t["epochs"],
+                        ", ".join(f"{k}={v!r}" for k, v in schedule.items()))
         self.report = RunReport(self.run_dir, enabled=info.is_main)
         if ckpt is not None:
             self._restore(ckpt)

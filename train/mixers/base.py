@@ -73,6 +73,12 @@ class Mixer(nn.Module):
     def on_epoch_start(self, epoch: int, ctx: StepContext) -> None:
         """Hook for per-epoch state (OTmix confusion refresh, schedule draws). Default: none."""
 
+    def mixes_in(self, epoch: int, epochs: int) -> bool:
+        """Whether the schedule lets this mixer act in ``epoch`` (the trainer warns when it
+        never does). Default: a ``mix_schedule`` attribute decides, else every epoch."""
+        schedule = getattr(self, "mix_schedule", None)
+        return schedule is None or active_in_epoch(epoch, epochs, schedule)
+
     def extra_repr(self) -> str:
         return f"streams={self.streams}"
 

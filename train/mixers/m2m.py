@@ -72,6 +72,9 @@ class M2m(Mixer):
         counts = env.class_counts.clamp(min=1).to(torch.float32)  # §6.3: max(n_k, 1)
         self.register_buffer("counts", counts, persistent=False)
 
+    def mixes_in(self, epoch: int, epochs: int) -> bool:
+        return epoch >= self.start_epoch
+
     def train(self, mode: bool = True):  # g stays frozen in eval mode whatever the trainer does
         super().train(mode)
         self.g.eval()
