@@ -68,7 +68,8 @@ class Trainer:
         self.autocast = make_autocast(info.device, t["precision"])
         self.train_model = self._wrap(self.model)
         self.sums = EpochSums.zeros(info.device)
-        if info.is_main and not any(self.mixer.mixes_in(e, t["epochs"]) for e in range(t["epochs"])):
+        epochs = range(t["epochs"])
+        if info.is_main and not any(self.mixer.mixes_in(e, t["epochs"]) for e in epochs):
             schedule = {k: getattr(self.mixer, k) for k in ("mix_schedule", "start_epoch")
                         if hasattr(self.mixer, k)}
             log.warning("warning: mixer %s acts in none of the %d epochs (%s); this run is plain "
