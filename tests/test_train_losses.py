@@ -65,6 +65,14 @@ def test_unknown_loss_and_param():
         build_base_loss("ldam", COUNTS, temperature=2)
 
 
+def test_drw_that_never_starts_is_warned_about(caplog):
+    ClassWeights("drw", COUNTS, epochs=10, drw_epoch=9)
+    assert "never" not in caplog.text
+    w = ClassWeights("drw", COUNTS, epochs=2, drw_epoch=24)  # a recipe's epoch, a short run
+    assert all(w.at(e) is None for e in range(2))
+    assert "drw starts at epoch 24 of a 2-epoch run: it never reweights" in caplog.text
+
+
 def test_drw_switches_at_its_epoch():
     w = ClassWeights("drw", COUNTS, epochs=10, drw_epoch=6)
     assert w.at(0) is None and w.at(5) is None

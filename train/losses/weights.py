@@ -9,7 +9,11 @@ Computed in fp64, stored fp32.
 
 from __future__ import annotations
 
+import logging
+
 import torch
+
+log = logging.getLogger(__name__)
 
 POLICIES = ("none", "inverse", "drw")
 
@@ -30,6 +34,9 @@ class ClassWeights:
         self.policy = policy
         # Default deferral: 4/5 of the run, as 160/200 (CIFAR) and 80/100 (ImageNet-LT).
         self.drw_epoch = int(drw_epoch) if drw_epoch is not None else (4 * epochs) // 5
+        if policy == "drw" and self.drw_epoch >= epochs:
+            log.warning("warning: reweight drw starts at epoch %d of a %d-epoch run: it never "
+                        "reweights (set --drw-epoch)", self.drw_epoch, epochs)
         n = class_counts.double().clamp_min(1)
         self._inverse = ((1 / n) * (len(n) / (1 / n).sum())).float()
         self._drw = effective_number_weights(class_counts, beta)
