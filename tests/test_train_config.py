@@ -49,6 +49,29 @@ def test_bad_values_are_named(override, needle):
         resolve({}, override, {})
 
 
+@pytest.mark.parametrize("text,needle", [
+    ('[train]\nepochs = "two"', r"bad.toml: \[train\] epochs: must be a positive integer"),
+    ("[train]\nepoch = 2", r"unknown keys \['epoch'\] \(allowed: model, epochs"),
+    ('[train]\nchannels_last = "no"', r"\[train\] channels_last: must be true or false"),
+    ("[mixer.cmx]\nprob = 1.0", r"bad.toml: \[mixer.cmx\]: unknown mixer"),
+    ("[train]\nloss = \"ce\"\n[loss.ldam]\nmaxm = 0.3", r"\[loss.ldam\]: unknown parameter 'maxm'"),
+    ('[mixer.cmo]\nprob = "high"', r"\[mixer.cmo\]: prob must be like its default 0.5"),
+])
+def test_a_recipe_files_bad_values_name_the_file(tmp_path, text, needle):
+    """Each table is checked, the chosen mixer's and loss's or not: a typo never passes."""
+    (tmp_path / "bad.toml").write_text(text + "\n")
+    with pytest.raises(ConfigError, match=needle):
+        load_recipe(str(tmp_path / "bad.toml"))
+
+
+def test_extends_finds_a_file_beside_the_recipe(tmp_path, monkeypatch):
+    (tmp_path / "base.toml").write_text("[train]\nepochs = 7\n")
+    (tmp_path / "child.toml").write_text('extends = "base.toml"\n[train]\nlr = 0.2\n')
+    monkeypatch.chdir("/")  # not where the recipes are
+    t = load_recipe(str(tmp_path / "child.toml"))["train"]
+    assert t == {"epochs": 7, "lr": 0.2}
+
+
 @pytest.mark.parametrize("loader,needle", [({"threads": -1}, r"\[loader\] threads"),
                                            ({"prefetch": 0}, r"\[loader\] prefetch"),
                                            ({"hw_decoder_load": 1.5}, "hw_decoder_load"),

@@ -81,9 +81,35 @@ def load_recipe(name_or_path: str, _seen: tuple[str, ...] = ()) -> dict:
     unknown = set(doc) - set(DEFAULTS)
     if unknown:
         raise ConfigError(f"{path}: unknown tables {sorted(unknown)} (allowed: {list(DEFAULTS)})")
+    check_recipe(doc, path)
     if parent is None:
         return doc
-    return merge(load_recipe(str(parent), _seen + (str(path),)), doc)
+    parent = str(parent)
+    if parent.endswith(".toml") and not Path(parent).is_absolute():
+        parent = str(path.parent / parent)  # a FILE.toml next to the recipe that extends it
+    return merge(load_recipe(parent, _seen + (str(path),)), doc)
+
+
+def check_recipe(doc: dict, path: Path) -> None:
+    """A recipe file's own values, each error naming the file: [train] and [loader] keys and
+    kinds, and every [mixer.NAME] / [loss.NAME] table, chosen or not, against its constructor."""
+    from ltpipe.train.losses.per_sample import BASE_LOSSES
+    from ltpipe.train.mixers.registry import MIXERS, mixer_class
+    from ltpipe.train.params import check_params
+
+    try:
+        check_train(merge(DEFAULTS["train"], doc.get("train", {})), source="[train] ")
+        check_loader(merge(DEFAULTS["loader"], doc.get("loader", {})))
+        for table, known, skip in (("mixer", MIXERS, ("env",)),
+                                   ("loss", BASE_LOSSES, ("class_counts",))):
+            for name, params in doc.get(table, {}).items():
+                if name not in known:
+                    raise ConfigError(f"[{table}.{name}]: unknown {table} (choose from "
+                                      f"{', '.join(known)})")
+                cls = mixer_class(name) if table == "mixer" else BASE_LOSSES[name]
+                check_params(f"[{table}.{name}]", cls, params, skip=skip)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def merge(base: dict, over: dict) -> dict:
@@ -131,29 +157,49 @@ def resolve(recipe: dict, train_overrides: dict, mixer_overrides: dict,
     return cfg
 
 
-def check_train(t: dict) -> None:
+def check_train(t: dict, source: str = "") -> None:
+    """The [train] table; errors name the option (``--epochs``), or with ``source`` (a recipe's
+    "[train] ") the key (``[train] epochs``)."""
+    def name(key: str) -> str:
+        return f"{source}{key}" if source else f"--{key.replace('_', '-')}"
+
     unknown = set(t) - set(DEFAULTS["train"]) - {"progress"}
     if unknown:
-        raise ConfigError(f"[train]: unknown keys {sorted(unknown)}")
+        raise ConfigError(f"[train]: unknown keys {sorted(unknown)} "
+                          f"(allowed: {', '.join(DEFAULTS['train'])})")
     for key in ("epochs", "batch_size", "image_size", "eval_every"):
-        if not isinstance(t[key], int) or t[key] <= 0:
-            raise ConfigError(f"--{key.replace('_', '-')}: must be a positive integer, got {t[key]!r}")
-    for key in ("lr", "wd", "momentum"):
-        if not isinstance(t[key], (int, float)) or t[key] < 0 or not math.isfinite(t[key]):
-            raise ConfigError(f"--{key}: must be a finite number >= 0, got {t[key]!r}")
-    if not isinstance(t["warmup"], int) or t["warmup"] < 0:
-        raise ConfigError(f"--warmup: must be an integer >= 0 (epochs), got {t['warmup']!r}")
-    if not isinstance(t["ckpt_every"], int) or t["ckpt_every"] < 0:
-        raise ConfigError(f"--ckpt-every: must be an integer >= 0 (steps), got {t['ckpt_every']!r}")
+        if not isinstance(t[key], int) or isinstance(t[key], bool) or t[key] <= 0:
+            raise ConfigError(f"{name(key)}: must be a positive integer, got {t[key]!r}")
+    for key in ("lr", "wd", "momentum", "gamma"):
+        if not isinstance(t[key], (int, float)) or isinstance(t[key], bool) or t[key] < 0 \
+                or not math.isfinite(t[key]):
+            raise ConfigError(f"{name(key)}: must be a finite number >= 0, got {t[key]!r}")
+    for key, what in (("warmup", "epochs"), ("ckpt_every", "steps"), ("seed", "seed")):
+        if not isinstance(t[key], int) or isinstance(t[key], bool) or t[key] < 0:
+            raise ConfigError(f"{name(key)}: must be an integer >= 0 ({what}), got {t[key]!r}")
+    if not isinstance(t["drw_epoch"], int) or t["drw_epoch"] < -1:
+        raise ConfigError(f"{name('drw_epoch')}: must be an epoch (-1: 4/5 of the run), got "
+                          f"{t['drw_epoch']!r}")
+    milestones = t["milestones"]
+    if not isinstance(milestones, list) or not all(isinstance(m, int) for m in milestones):
+        raise ConfigError(f"{name('milestones')}: must be a list of epochs, got {milestones!r}")
+    for key in ("nesterov", "channels_last", "compile"):
+        if not isinstance(t[key], bool):
+            raise ConfigError(f"{name(key)}: must be true or false, got {t[key]!r}")
+    for key in ("model", "mixer", "loss", "reweight", "preset"):
+        if not isinstance(t[key], str):
+            raise ConfigError(f"{name(key)}: must be a name, got {t[key]!r}")
     if t["schedule"] not in SCHEDULES:
-        raise ConfigError(f"--schedule: unknown {t['schedule']!r} (choose from {', '.join(SCHEDULES)})")
+        raise ConfigError(f"{name('schedule')}: unknown {t['schedule']!r} "
+                          f"(choose from {', '.join(SCHEDULES)})")
     if t["precision"] not in PRECISIONS:
-        raise ConfigError(f"--precision: unknown {t['precision']!r} ({', '.join(PRECISIONS)})")
+        raise ConfigError(f"{name('precision')}: unknown {t['precision']!r} "
+                          f"({', '.join(PRECISIONS)})")
     if t["device"] not in ("cpu", "cuda"):
-        raise ConfigError(f"--device: must be cpu or cuda, got {t['device']!r}")
+        raise ConfigError(f"{name('device')}: must be cpu or cuda, got {t['device']!r}")
     if t["compute_stream"] not in STREAM_PRIORITIES:
-        raise ConfigError(f"--compute-stream: must be one of {', '.join(STREAM_PRIORITIES)}, "
-                          f"got {t['compute_stream']!r}")
+        raise ConfigError(f"{name('compute_stream')}: must be one of "
+                          f"{', '.join(STREAM_PRIORITIES)}, got {t['compute_stream']!r}")
 
 
 def check_loader(table: dict) -> None:
