@@ -146,8 +146,11 @@ def test_exact_resume_after_sigkill(shards, tmp_path):
                 pass
     ckpt = torch.load(killed / "ckpt" / "last.pt", weights_only=False)
     assert (ckpt["epoch"], ckpt["step"], ckpt["step_in_epoch"]) == (1, 8, 2)
+    stale = killed / "ckpt" / ".last.pt.tmp4242"  # as a kill during a save leaves it
+    stale.write_bytes(b"half a checkpoint")
     res = train_process("--resume", killed, "--no-progress")
     assert res.returncode == 0, res.stderr[-2000:]
+    assert not stale.exists()
     assert_bitwise_equal(weights(full / "final.pt"), weights(killed / "final.pt"))
     assert [r["train_loss"] for r in lines(full)] == [r["train_loss"] for r in lines(killed)]
 

@@ -85,7 +85,7 @@ def _milestones(ctx, param, value):
 @click.option("--mixer-opt", multiple=True, metavar="KEY=VALUE", help="Mixer param (TOML value).")
 @click.option("--loss-opt", multiple=True, metavar="KEY=VALUE", help="Base-loss param, e.g. tau=1.")
 @click.option("--loader-opt", multiple=True, metavar="KEY=VALUE",
-              help="DALI resources: threads, py_workers, prefetch, hw_decoder_load.")
+              help="DALI resources: threads, py_workers, prefetch, hw_decoder_load, cpu_decode.")
 @click.option("--compute-stream", help="CUDA stream priority of the step: high | default.")
 @click.option("--fg-r", type=float, help="Foreground (minority stream) r.")
 @click.option("--otmix-mode", help="OTmix mode.")

@@ -87,7 +87,7 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.info.local_rank] if self.info.device.type == "cuda" else None
-            net = DDP(model, device_ids=ids, broadcast_buffers=True)
+            net = DDP(model, device_ids=ids)  # buffers from rank 0 before each forward (default)
         if self.t["compile"]:
             net = torch.compile(net)
         return net
@@ -102,6 +102,8 @@ class Trainer:
                                   f"resumed with {self.info.world}")
 
     def _restore(self, ckpt: dict) -> None:
+        for tmp in (self.run_dir / LAST).parent.glob(f".{LAST.name}.tmp*"):  # a save killed midway
+            tmp.unlink(missing_ok=True)
         try:
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
