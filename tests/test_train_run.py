@@ -169,6 +169,10 @@ def test_checkpoints_do_not_change_training(shards, plain_run, tmp_path):
 def test_corrupt_or_mismatched_checkpoint_exit_2(shards, plain_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(plain_run[0], run)
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    res = invoke("--resume", run)  # a finished run: nothing to do, nothing rewritten
+    assert res.exit_code == 0 and "already finished" in res.output
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
     res = invoke("--resume", run, "--lr", "0.3")
     assert res.exit_code == 2 and "options change the run" in res.stderr and "lr" in res.stderr
     cfg = run / "config.toml"

@@ -27,11 +27,15 @@ class RunReport:
     def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool = True):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
-        self._tb = None
-        if enabled and tensorboard:
+        self._tensorboard = enabled and tensorboard
+        self._tb = None  # opened with the first epoch: a run that trains nothing writes nothing
+
+    def _writer(self):
+        if self._tb is None and self._tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(str(self.run_dir / "tb"))
+        return self._tb
 
     def lines(self) -> list[str]:
         path = self.run_dir / METRICS
@@ -44,20 +48,22 @@ class RunReport:
         path = self.run_dir / METRICS
         if not self.enabled or not path.is_file():
             return
-        keep = [ln for ln in path.read_text().splitlines()
-                if ln.strip() and json.loads(ln)["epoch"] < epoch]
-        _write_atomic(path, "".join(ln + "\n" for ln in keep))
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        keep = [ln for ln in lines if json.loads(ln)["epoch"] < epoch]
+        if len(keep) < len(lines):
+            _write_atomic(path, "".join(ln + "\n" for ln in keep))
 
     def epoch(self, record: dict) -> None:
         if not self.enabled:
             return
         with open(self.run_dir / METRICS, "a") as fh:
             fh.write(json.dumps(record) + "\n")
-        if self._tb is not None:
+        tb = self._writer()
+        if tb is not None:
             for key, value in record.items():
                 if key != "epoch" and isinstance(value, (int, float)):
-                    self._tb.add_scalar(key, value, record["epoch"])
-            self._tb.flush()
+                    tb.add_scalar(key, value, record["epoch"])
+            tb.flush()
 
     def final(self, result: dict, train_counts, class_names=None) -> None:
         if not self.enabled:

@@ -7,6 +7,7 @@ DDP: launch with ``torchrun --nproc_per_node=N -m ltpipe.train SHARDS --out RUN 
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
@@ -186,6 +187,10 @@ def run(cfg: dict, shards: Path, run_dir: Path, *, resume: bool, progress: bool,
                               dump_ranks=dump_ranks)
         except ValueError as exc:  # bad parameters: nothing written yet, the same --out reruns
             fail(str(exc))
+        if trainer.finished:  # a resumed run with nothing left to train: change nothing
+            if info.is_main:
+                click.echo(f"{run_dir}: already finished ({run_dir / 'final.json'})")
+            return json.loads((run_dir / "final.json").read_text())
         if info.is_main and not resume:  # before any step, so that --resume finds it
             run_dir.mkdir(parents=True, exist_ok=True)
             tmp = run_dir / f".{CONFIG}.tmp{os.getpid()}"

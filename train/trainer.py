@@ -78,6 +78,9 @@ class Trainer:
         self.report = RunReport(self.run_dir, enabled=info.is_main)
         if ckpt is not None:
             self._restore(ckpt)
+        # resumed after its last epoch, with its results written
+        self.finished = ckpt is not None and self.epoch >= t["epochs"] and \
+            (self.run_dir / "final.json").is_file()
         self.report.truncate_from(self.epoch)
 
     # ------------------------------------------------------------------ setup helpers
