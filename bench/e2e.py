@@ -54,7 +54,7 @@ import torch
 from ltpipe.pipeline.batch import Batch
 from ltpipe.train import build
 from ltpipe.train.benchmark import (ScriptParser, add_shard_source_args, benchmark_shards,
-                                    write_result)
+                                    positive_int, write_result)
 from ltpipe.train.config import resolve
 from ltpipe.train.cuda_stream import PRIORITIES, compute_stream
 from ltpipe.train.dist import DistInfo
@@ -86,18 +86,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tiny", action="store_true", help="CPU-sized defaults (see module doc)")
     p.add_argument("--mixers", default="cmo", help="comma-separated mixer names")
     p.add_argument("--model")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--image-size", type=int)
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--image-size", type=positive_int)
     p.add_argument("--preset", choices=("imagenet", "cifar"))
     p.add_argument("--precision", choices=("bf16", "fp16", "fp32"))
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--steps", type=int, help="timed steps per repeat")
-    p.add_argument("--repeats", type=int)
+    p.add_argument("--steps", type=positive_int, help="timed steps per repeat")
+    p.add_argument("--repeats", type=positive_int)
     p.add_argument("--warmup", type=int)
-    p.add_argument("--ref-steps", type=int, help="timed steps per repeat for torchvision")
-    p.add_argument("--ref-workers", type=int, help="torchvision DataLoader processes in all")
-    p.add_argument("--threads", type=int, help="DALI CPU threads (Q workers: threads // 4)")
+    p.add_argument("--ref-steps", type=positive_int, help="timed steps per repeat for torchvision")
+    p.add_argument("--ref-workers", type=positive_int,
+                   help="torchvision DataLoader processes in all")
+    p.add_argument("--threads", type=positive_int,
+                   help="DALI CPU threads (Q workers: threads // 4)")
     p.add_argument("--torch-threads", type=int,
                    help="torch CPU threads (0: torch's default; tiny: 1, as OpenMP spin-waits on "
                    "a shared CPU)")
@@ -137,10 +139,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not set(args.reference_names) <= set(args.mixer_names):
         p.error(f"--reference-mixers: {sorted(set(args.reference_names) - set(args.mixer_names))}"
                 " are not among --mixers")
-    for key in ("batch_size", "image_size", "steps", "repeats", "ref_steps", "ref_workers",
-                "threads"):
-        if getattr(args, key) <= 0:
-            p.error(f"--{key.replace('_', '-')}: must be a positive integer")
     return args
 
 
