@@ -103,8 +103,10 @@ def shard(ctx, source, out, **options):
 
 def _manifest_stamp(out: Path | None) -> int | None:
     """The manifest's modification time (ns), None when there is none yet."""
+    from ltpipe.shards.format import MANIFEST
+
     try:
-        return (out / "manifest.json").stat().st_mtime_ns if out is not None else None
+        return (out / MANIFEST).stat().st_mtime_ns if out is not None else None
     except OSError:
         return None
 

@@ -174,6 +174,7 @@ def run(cfg: dict, shards: Path, run_dir: Path, *, resume: bool, progress: bool,
     from ltpipe.train.checkpoint import CONFIG
     from ltpipe.train.config import to_toml
     from ltpipe.train.dist import init_distributed, shutdown
+    from ltpipe.train.report import FINAL as FINAL_JSON
     from ltpipe.train.trainer import Trainer
 
     try:
@@ -188,9 +189,10 @@ def run(cfg: dict, shards: Path, run_dir: Path, *, resume: bool, progress: bool,
         except ValueError as exc:  # bad parameters: nothing written yet, the same --out reruns
             fail(str(exc))
         if trainer.finished:  # a resumed run with nothing left to train: change nothing
+            results = run_dir / FINAL_JSON
             if info.is_main:
-                click.echo(f"{run_dir}: already finished ({run_dir / 'final.json'})")
-            return json.loads((run_dir / "final.json").read_text())
+                click.echo(f"{run_dir}: already finished ({results})")
+            return json.loads(results.read_text())
         if info.is_main and not resume:  # before any step, so that --resume finds it
             run_dir.mkdir(parents=True, exist_ok=True)
             tmp = run_dir / f".{CONFIG}.tmp{os.getpid()}"

@@ -30,6 +30,7 @@ from ltpipe.train.dist import (DistInfo, all_reduce_sum, barrier, broadcast_buff
 from ltpipe.train.evaluate import class_hits, format_table, summarize
 from ltpipe.train.loop import (EPOCH_TAG, EpochSums, make_autocast, step_generator, train_step)
 from ltpipe.train.mixers.base import StepContext
+from ltpipe.train.report import FINAL as FINAL_JSON
 from ltpipe.train.report import RunReport
 from ltpipe.train.step_timer import StepTimer
 
@@ -80,7 +81,7 @@ class Trainer:
             self._restore(ckpt)
         # resumed after its last epoch, with its results written
         self.finished = ckpt is not None and self.epoch >= t["epochs"] and \
-            (self.run_dir / "final.json").is_file()
+            (self.run_dir / FINAL_JSON).is_file()
         self.report.truncate_from(self.epoch)
 
     # ------------------------------------------------------------------ setup helpers
