@@ -101,6 +101,7 @@ def test_none_ce_learns_and_writes_every_output(plain_run):
     (["--mixer", "smc", "--mixer-opt", "scale=0.5"], "scale must be like its default (0.2, 0.8)"),
     (["--loss", "focal", "--loss-opt", "gamma=[1, 2]"], "gamma must be like its default 1.0"),
     (["--loss", "focal", "--loss-opt", "gamma=-1"], "gamma must be >= 0"),
+    (["--loss", "la", "--loss-opt", "tau=-0.5"], "tau must be >= 0"),
     (["--loss", "ldam", "--loss-opt", 'scale="a"'], "scale must be like its default 30.0"),
     (["--loss", "ldam", "--loss-opt", "max_m=0.3"], "accepts: max_margin, scale"),
 ])

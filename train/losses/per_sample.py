@@ -53,6 +53,8 @@ class LogitAdjusted(nn.Module):
 
     def __init__(self, class_counts: torch.Tensor, tau: float = 1.0):
         super().__init__()
+        if tau < 0:  # a negative τ favours the head, the opposite of the correction
+            raise ValueError(f"loss 'la': tau must be >= 0, got {tau}")
         self.register_buffer("shift", tau * _log_prior(class_counts))
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
