@@ -151,3 +151,21 @@ def test_load_model_restores_a_frozen_classifier(tmp_path):
         load_model(tmp_path / "nothing")
     with pytest.raises(CheckpointError, match="final.pt: trained on 3 classes, this run has 4"):
         load_model(tmp_path, num_classes=4)
+
+
+def test_load_model_of_an_unfinished_run_warns_and_uses_last(tmp_path, caplog):
+    model = build_model("resnet8", 3)
+    (tmp_path / "config.toml").write_text('[train]\nmodel = "resnet8"\nloss = "ce"\nepochs = 9\n')
+    save_atomic({"format": 1, "num_classes": 3, "epoch": 4, "model": model.state_dict()},
+                tmp_path / "ckpt" / "last.pt")
+    with caplog.at_level("WARNING"):
+        g = load_model(tmp_path)
+    assert "unfinished run" in caplog.text and "epoch 4 of 9" in caplog.text
+    x = torch.randn(2, 3, 16, 16)
+    model.eval()
+    assert torch.equal(g(x).logits, model(x).logits)
+    caplog.clear()
+    save_atomic({"format": 1, "num_classes": 3, "model": model.state_dict()}, tmp_path / "final.pt")
+    with caplog.at_level("WARNING"):
+        load_model(tmp_path)
+    assert "unfinished" not in caplog.text

@@ -8,6 +8,7 @@ old or the new file, never half of one. ``RUN/final.pt`` holds the final model o
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import tomllib
@@ -20,6 +21,8 @@ LAST = Path("ckpt") / "last.pt"
 FINAL = "final.pt"
 CONFIG = "config.toml"
 FORMAT = 1
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -89,6 +92,10 @@ def load_model(run_dir: str | Path, device: torch.device | str = "cpu",
     cfg = read_config(run_dir)
     path = run_dir / FINAL if (run_dir / FINAL).is_file() else run_dir / LAST
     ckpt = load_file(path, "cpu")
+    if path.name != FINAL:  # usable (e.g. to try M2m early), but rarely what was meant
+        epochs = cfg.get("train", {}).get("epochs", "?")
+        log.warning("warning: %s has no %s (an unfinished run): using its last checkpoint, "
+                    "epoch %s of %s", run_dir, FINAL, ckpt.get("epoch", "?"), epochs)
     if num_classes is not None and int(ckpt["num_classes"]) != num_classes:
         raise CheckpointError(f"{path}: trained on {ckpt['num_classes']} classes, this run has "
                               f"{num_classes}")
