@@ -91,8 +91,9 @@ def _milestones(ctx, param, value):
 @click.option("--fg-r", type=float, help="Foreground (minority stream) r.")
 @click.option("--otmix-mode", help="OTmix mode.")
 @click.option("--otmix-confusion-split", help="OTmix confusion split.")
-@click.option("--m2m-classifier", type=click.Path(path_type=Path), help="M2m's g: an earlier RUN (its final.pt; an unfinished run's last "
-              "checkpoint, with a warning).")
+@click.option("--m2m-classifier", type=click.Path(path_type=Path),
+              help="M2m's g: an earlier RUN (its final.pt; an unfinished run's last checkpoint, "
+              "with a warning).")
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue RUN from its checkpoint.")
 @click.option("--progress/--no-progress", default=True)
 @click.option("--dump-ranks", is_flag=True, hidden=True,
