@@ -14,11 +14,13 @@ tars, no tar scanning. ``MinoritySource`` is the picklable callback DALI's paral
 from __future__ import annotations
 
 import mmap
+import os
 from pathlib import Path
 
 import numpy as np
 
 from ltpipe.pipeline.samplers import class_probabilities
+from ltpipe.pipeline.worker_lifetime import exit_with_parent
 
 
 class MinorityDraws:
@@ -108,12 +110,17 @@ class MinoritySource:
         self.draws, self.data = draws, data
         self.batch_size, self.steps_per_epoch = int(batch_size), int(steps_per_epoch)
         self.start_epoch = int(start_epoch)
+        self._parent = os.getpid()  # the process that builds the pipeline and forks the workers
+        self._bound_to_parent = False
 
     def position(self, iteration: int) -> tuple[int, int]:
         epoch, step = divmod(int(iteration), self.steps_per_epoch)
         return self.start_epoch + epoch, step
 
     def __call__(self, batch_info):
+        if not self._bound_to_parent and os.getpid() != self._parent:  # first call in a worker
+            exit_with_parent(self._parent)
+            self._bound_to_parent = True
         epoch, step = self.position(batch_info.iteration)
         ids = self.draws.draw(epoch, step, self.batch_size)
         return self.data.read_many(ids), ids

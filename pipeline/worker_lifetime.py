@@ -1,0 +1,33 @@
+"""Q's DALI worker processes end with the process that forked them.
+
+DALI forks its ``external_source`` workers, and a forked worker inherits both ends of the pipes it
+waits on, so it never sees them close: after a SIGKILL of the trainer (an OOM kill, a scheduler's
+preemption) the workers would live on, holding memory and mmapped shards. Linux's
+PR_SET_PDEATHSIG has the kernel kill them instead. Elsewhere this is a no-op.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def exit_with_parent(parent_pid: int) -> bool:
+    """Ask the kernel to SIGKILL this process when its parent dies; exit now if it already has.
+
+    Returns whether the request was made. The signal follows the parent *thread* that forked this
+    process: DALI forks its workers from the thread that builds the pipeline, the trainer's main
+    thread, which lives as long as the trainer does.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        return False
+    if os.getppid() != parent_pid:  # the parent died before the request: nothing would signal
+        os._exit(1)
+    return True
