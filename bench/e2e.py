@@ -248,7 +248,7 @@ def steady_state(mixer, model) -> None:
     mixer.force_ot = True
     if getattr(mixer, "mode", None) == "bank":
         feats = torch.nn.functional.normalize(torch.randn(n, model.feature_dim, device=dev), dim=1)
-        mixer.bank, mixer.bank_seen = feats, torch.ones(n, dtype=torch.bool, device=dev)
+        mixer.set_bank(feats)
 
 
 # ---------------------------------------------------------------- feeding and timing

@@ -158,11 +158,66 @@ def test_bank_mode_pairs_equal_exact_when_features_unchanged():
     p_exact = exact(s_exact, ctx(seed=7, model=model)).extras["pairs"]
     p_bank = bank(s_bank, ctx(seed=7, model=None)).extras["pairs"]  # bank: no model needed
     assert torch.equal(p_exact, p_bank)
-    # mixed rows are never written to the bank
-    before = bank.bank.clone()
+    # mixed rows are never written to the bank (row N is the sink they go to)
+    before = bank.bank[:-1].clone()
     mixed = bank(streams(4), ctx(seed=8))
     bank.observe(ModelOutput(torch.zeros(B, C), torch.randn(B, 6), {}), mixed)
-    assert torch.equal(bank.bank, before)
+    assert torch.equal(bank.bank[:-1], before)
+
+
+def observed(ids, plain, feats):
+    from ltpipe.pipeline.batch import MixedBatch
+
+    n = len(ids)
+    mixed = MixedBatch(torch.zeros(n, 3, H, H), torch.zeros(n, dtype=torch.long),
+                       torch.zeros(n, dtype=torch.long), torch.ones(n),
+                       {"index": torch.tensor(ids), "mixed": ~torch.tensor(plain)})
+    return ModelOutput(torch.zeros(n, C), feats, {}), mixed
+
+
+def test_bank_stores_the_unmixed_row_of_an_id_that_also_appears_mixed():
+    """OT pairs can show one background in several rows, mixed and not: only the plain one is
+    stored, whatever the order of the writes."""
+    bank = OTMix(env(), mode="bank")
+    feats = torch.arange(4 * 6, dtype=torch.float32).view(4, 6)
+    for order in ([0, 1, 2, 3], [3, 2, 1, 0]):
+        ids, plain = [7, 7, 9, 7], [False, True, False, False]
+        bank.observe(*observed([ids[i] for i in order], [plain[i] for i in order],
+                               feats[order]))
+        assert torch.equal(bank.bank[7], feats[1]) and bool(bank.bank_seen[7])
+        assert not bool(bank.bank_seen[9]) and not bank.bank[9].any()
+
+
+def test_bank_is_in_the_checkpoint():
+    bank = OTMix(env(), mode="bank")
+    bank.observe(*observed([3, 5], [True, True], torch.randn(2, 6)))
+    fresh = OTMix(env(), mode="bank")
+    fresh.load_state_dict(bank.state_dict())
+    assert torch.equal(fresh.bank, bank.bank) and torch.equal(fresh.bank_seen, bank.bank_seen)
+
+
+def _observe_on_rank(rank, world, init_file, out_dir):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world)
+    bank = OTMix(MixerEnv(class_counts=COUNTS, device=torch.device("cpu"), image_size=H,
+                          batch_size=3, epochs=20, rank=rank, world=world), mode="bank")
+    ids = [[1, 2, 3], [10, 11]][rank]  # rank 1's batch is short: padded with unstored rows
+    feats = torch.full((len(ids), 6), float(rank + 1))
+    bank.observe(*observed(ids, [True] * len(ids), feats))
+    torch.save((bank.bank, bank.bank_seen), f"{out_dir}/bank-{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_ddp_ranks_store_every_ranks_rows(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_observe_on_rank, args=(2, tmp_path / "init", tmp_path), nprocs=2)
+    (b0, s0), (b1, s1) = (torch.load(tmp_path / f"bank-{r}.pt") for r in (0, 1))
+    assert torch.equal(b0, b1) and torch.equal(s0, s1)  # every rank holds the same bank
+    assert torch.nonzero(s0[:-1]).flatten().tolist() == [1, 2, 3, 10, 11]
+    assert (b0[[1, 2, 3]] == 1).all() and (b0[[10, 11]] == 2).all() and not b0[0].any()
 
 
 def test_confusion_counts_from_steps_only_kept_ids():

@@ -126,25 +126,37 @@ def test_missing_shards_exit_2(tmp_path):
 
 CMO_RUN = ["--epochs", "2", "--mixer", "cmo", "--mixer-opt", "mix_schedule=\"always\"",
            "--mixer-opt", "prob=0.7", "--ckpt-every", "4", *FAST]
+# μ = 0: every epoch after the first takes OT steps, with costs from the feature bank, so a resume
+# that lost the bank would pair (and train) differently
+OTMIX_BANK_RUN = ["--epochs", "2", "--mixer", "otmix", "--otmix-mode", "bank",
+                  "--mixer-opt", "mix_schedule=\"always\"", "--mixer-opt", "prob=0.5",
+                  "--mixer-opt", "mu=0.0", "--ckpt-every", "4", *FAST]
 
 
-def test_exact_resume_after_sigkill(shards, tmp_path):
-    full, killed = tmp_path / "full", tmp_path / "killed"
-    assert train_process(shards, "--out", full, *CMO_RUN).returncode == 0
-    # Step 10 is mid-epoch 1 (6 steps per epoch); the last checkpoint was at step 8.
-    env = {**os.environ, "LTPIPE_TEST_KILL_AT_STEP": "10"}
-    cmd = [sys.executable, "-m", "ltpipe.train", str(shards), "--out", str(killed), *CMO_RUN]
-    log = tmp_path / "killed.log"
+def killed_run(cmd, kill_at_step, log):
+    """Run ``cmd`` until it SIGKILLs itself after optimizer step ``kill_at_step``."""
+    env = {**os.environ, "LTPIPE_TEST_KILL_AT_STEP": str(kill_at_step), "OMP_NUM_THREADS": "1"}
     with open(log, "w") as fh:  # a file, not a pipe: orphaned loader workers would hold a pipe
-        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen([str(c) for c in cmd], env=env, stdout=fh,
+                                stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            assert proc.wait(timeout=300) == -9, log.read_text()[-2000:]
+            code = proc.wait(timeout=300)
         finally:
-            try:  # the killed run's DALI worker processes, like the rest of a dead node
+            try:  # whatever the kill left of the process group, like the rest of a dead node
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+    return code
+
+
+@pytest.mark.parametrize("run_args", [CMO_RUN, OTMIX_BANK_RUN], ids=["cmo", "otmix-bank"])
+def test_exact_resume_after_sigkill(shards, tmp_path, run_args):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    assert train_process(shards, "--out", full, *run_args).returncode == 0
+    # Step 10 is mid-epoch 1 (6 steps per epoch); the last checkpoint was at step 8.
+    cmd = [sys.executable, "-m", "ltpipe.train", shards, "--out", killed, *run_args]
+    log = tmp_path / "killed.log"
+    assert killed_run(cmd, 10, log) == -9, log.read_text()[-2000:]
     ckpt = torch.load(killed / "ckpt" / "last.pt", weights_only=False)
     assert (ckpt["epoch"], ckpt["step"], ckpt["step_in_epoch"]) == (1, 8, 2)
     stale = killed / "ckpt" / ".last.pt.tmp4242"  # as a kill during a save leaves it
@@ -154,6 +166,21 @@ def test_exact_resume_after_sigkill(shards, tmp_path):
     assert not stale.exists()
     assert_bitwise_equal(weights(full / "final.pt"), weights(killed / "final.pt"))
     assert [r["train_loss"] for r in lines(full)] == [r["train_loss"] for r in lines(killed)]
+
+
+def test_resume_before_the_first_checkpoint_starts_over(shards, plain_run, tmp_path):
+    """Killed in epoch 0 with no checkpoint yet (config.toml only): --resume trains from the
+    start (here with --ckpt-every, which a resume may change) instead of refusing."""
+    run = tmp_path / "early"
+    cmd = [sys.executable, "-m", "ltpipe.train", shards, "--out", run, "--epochs", "2",
+           "--mixer", "none", "--loss", "ce", *FAST]
+    assert killed_run(cmd, 2, tmp_path / "early.log") == -9
+    assert (run / "config.toml").is_file() and not (run / "ckpt" / "last.pt").exists()
+    res = train_process("--resume", run, "--ckpt-every", "5")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "no checkpoint yet" in res.stderr
+    assert [r["train_loss"] for r in lines(run)] == [r["train_loss"] for r in lines(plain_run[0])]
+    assert_bitwise_equal(weights(plain_run[0] / "final.pt"), weights(run / "final.pt"))
 
 
 def test_checkpoints_do_not_change_training(shards, plain_run, tmp_path):
@@ -187,13 +214,20 @@ def test_corrupt_or_mismatched_checkpoint_exit_2(shards, plain_run, tmp_path):
     assert res.exit_code == 2 and "already holds a run" in res.stderr
 
 
-def test_ddp_gloo_two_processes(shards, tmp_path):
-    run = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "ltpipe.train", str(shards), "--out", str(run), "--epochs", "2",
-           "--mixer", "cmo", "--mixer-opt", "mix_schedule=\"always\"", "--dump-ranks", *FAST]
+def test_ddp_gloo_two_processes_and_exact_resume(shards, tmp_path):
+    """2 ranks: identical weights, each sample once per epoch, and a run killed mid-epoch and
+    resumed ends with the same weights and the same metrics (each rank keeps its own share of
+    the epoch's running sums)."""
+    def torchrun(*args):
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                "-m", "ltpipe.train", *(str(a) for a in args)]
+
+    run, killed = tmp_path / "ddp", tmp_path / "killed"
+    opts = ["--epochs", "2", "--mixer", "cmo", "--mixer-opt", "mix_schedule=\"always\"",
+            "--ckpt-every", "4", *FAST]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(torchrun(shards, "--out", run, "--dump-ranks", *opts), env=env,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = (torch.load(run / f"params-r{r}.pt", weights_only=False) for r in (0, 1))
     assert_bitwise_equal(a, b)  # DDP keeps the ranks identical
@@ -203,6 +237,15 @@ def test_ddp_gloo_two_processes(shards, tmp_path):
         assert len(seen[0]) == len(seen[1]) == 45
         assert sorted(np.concatenate(seen).tolist()) == list(range(sum(n)))  # each sample once
     assert not (run / "params-r2.pt").exists() and len(lines(run)) == 2  # only rank 0 reports
+    # 3 steps per epoch per rank: the checkpoint at step 4 is mid-epoch 1, the kill after step 5
+    log = tmp_path / "killed.log"
+    assert killed_run(torchrun(shards, "--out", killed, *opts), 5, log) != 0
+    assert torch.load(killed / "ckpt" / "last.pt", weights_only=False)["step_in_epoch"] == 1
+    proc = subprocess.run(torchrun("--resume", killed), env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_bitwise_equal(weights(run / "final.pt"), weights(killed / "final.pt"))
+    assert [r["train_loss"] for r in lines(run)] == [r["train_loss"] for r in lines(killed)]
     shutil.rmtree(run / "tb")
 
 

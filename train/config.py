@@ -45,8 +45,9 @@ DEFAULTS: dict[str, Any] = {
 SCHEDULES = ("step", "cosine", "constant")
 STREAM_PRIORITIES = ("high", "default")  # the step's CUDA stream (cuda_stream.py)
 PRECISIONS = ("bf16", "fp16", "fp32")
-# keys that may differ between a run and its resumption
-VOLATILE = frozenset({"device", "progress", "compute_stream", "loader"})
+# keys that may differ between a run and its resumption: speed and logging, never the samples
+VOLATILE = frozenset({"device", "progress", "compute_stream", "loader", "ckpt_every",
+                      "eval_every"})
 
 
 class ConfigError(ValueError):

@@ -67,7 +67,10 @@ class EpochSums:
         self.timed_steps += len(per_step["wait"])
 
     def state_dict(self) -> dict:
-        return {"loss": self.loss, "parts": dict(self.parts), "samples": self.samples,
+        # on the CPU: the states of all ranks are gathered into rank 0's checkpoint
+        return {"loss": self.loss.detach().cpu(),
+                "parts": {k: v.detach().cpu() for k, v in self.parts.items()},
+                "samples": self.samples,
                 "seconds": self.seconds, "wait_ms": self.wait_ms, "idle_ms": self.idle_ms,
                 "timed_steps": self.timed_steps}
 

@@ -48,7 +48,12 @@ class Trainer:
         self.cfg, self.t, self.info, self.run_dir = cfg, t, info, Path(run_dir)
         self.progress, self.dump_ranks = progress and info.is_main, dump_ranks
         self.epoch, self.step, self.step_in_epoch = 0, 0, 0
-        ckpt = load_file(self.run_dir / LAST, info.device) if resume else None
+        ckpt = None
+        if resume and (self.run_dir / LAST).is_file():
+            ckpt = load_file(self.run_dir / LAST, info.device)
+        elif resume and info.is_main:  # config.toml only: stopped before its first checkpoint
+            log.warning("%s: no checkpoint yet (the run stopped before its first): training from "
+                        "the start", self.run_dir)
         if ckpt is not None:
             self._check_matches(ckpt)
             self.epoch, self.step = ckpt["epoch"], ckpt["step"]
@@ -119,11 +124,18 @@ class Trainer:
         except (RuntimeError, KeyError, ValueError) as exc:
             msg = str(exc).splitlines()[0][:200]
             raise CheckpointError(f"{self.run_dir / LAST}: does not match this run ({msg})") from None
-        self.sums = EpochSums.from_state(ckpt["sums"], self.info.device)
-        set_rng_state(ckpt["rng"])
+        self.sums = EpochSums.from_state(self._own(ckpt["sums"]), self.info.device)
+        set_rng_state(self._own(ckpt["rng"]))
+
+    def _own(self, saved):
+        """This rank's entry of a per-rank list (older checkpoints hold rank 0's only)."""
+        return saved[self.info.rank] if isinstance(saved, list) else saved
 
     def _save(self) -> None:
-        loader_states = gather_objects(self.loader.state_dict(), self.info)  # one per rank
+        # per rank: each rank's loader position, share of the epoch's running sums and RNGs
+        loader_states = gather_objects(self.loader.state_dict(), self.info)
+        sums = gather_objects(self.sums.state_dict(), self.info)
+        rngs = gather_objects(rng_state(), self.info)
         if self.info.is_main:
             save_atomic({
                 "format": FORMAT, "config": self.cfg, "world": self.info.world,
@@ -132,7 +144,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "mixer": self.mixer.state_dict(),
                 "criterion": self.criterion.state_dict(), "loader": loader_states,
-                "sums": self.sums.state_dict(), "rng": rng_state(),
+                "sums": sums, "rng": rngs,
             }, self.run_dir / LAST)
         barrier(self.info)
 
@@ -153,11 +165,12 @@ class Trainer:
                 self.loader.set_epoch(epoch)
                 self.mixer.on_epoch_start(epoch, self._ctx(epoch, self.step, EPOCH_TAG))
             self._train_epoch(epoch)
-            record = self._epoch_record(epoch)
+            # the epoch's line before its checkpoint: a kill between the two redoes the epoch,
+            # and resuming drops the line again (the other order could lose it)
+            self.report.epoch(self._epoch_record(epoch))
             self.epoch, self.step_in_epoch = epoch + 1, 0
             self.sums = EpochSums.zeros(self.info.device)
             self._save()
-            self.report.epoch(record)
         return self._finish()
 
     def _train_epoch(self, epoch: int) -> None:

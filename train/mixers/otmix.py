@@ -20,10 +20,12 @@ Features z (pooled penultimate, ``model.features``), ``mode``:
            the model keeps its train mode, so BatchNorm running stats see them as in the repo).
   "bank":  no extra forward. A buffer [N, D] (``bank_dtype``) keeps, per sample id, the features of
            that sample's last *unmixed* appearance in a training forward (``observe``, called by the
-           trainer after the forward). Staleness: a feature is from the weights of that step,
-           on average up to ~1/(1 − p_mix) epochs old (p_mix = prob when active, so about two
-           epochs with the repo's p = 0.5); ids never seen unmixed have a zero feature, i.e. a
-           constant sample cost ω (only the class term decides for them). Not checkpointed.
+           trainer after the forward; under DDP every rank stores every rank's rows, so all banks
+           are equal). Staleness: a feature is from the weights of that step, on average up to
+           ~1/(1 − p_mix) epochs old (p_mix = prob when active, so about two epochs with the
+           repo's p = 0.5); ids never seen unmixed have a zero feature, i.e. a constant sample
+           cost ω (only the class term decides for them). The bank is checkpointed (exact resume;
+           iNat at fp32: 3.6 GB per checkpoint, so ``bank_dtype="float16"`` halves it).
 F̂ refreshes in ``on_epoch_start`` (only in epochs that can take an OT step), ``confusion.py``.
 """
 
@@ -120,9 +122,17 @@ class OTMix(Mixer):
         self._fhat_cache: tuple[int, bool] | None = None  # (epoch, has_fhat)
         self._draw: tuple[int, bool] | None = None  # (epoch, use_ot)
         self.last_counts: torch.Tensor | None = None  # int64 [C,C] of the last refresh
-        self.bank: torch.Tensor | None = None  # [N, D] (bank mode), allocated on first observe
-        self.bank_seen: torch.Tensor | None = None  # bool [N]
-        self._observed = 0
+        # bank mode: [N + 1, D] and bool [N + 1], allocated on the first observe (D is the
+        # model's); buffers, so that checkpoints hold them. Row N is a sink: rows that are not
+        # stored (mixed ones) are written there, so no write races a stored one for an id and
+        # no host sync selects the stored rows.
+        self.register_buffer("bank", None)
+        self.register_buffer("bank_seen", None)
+        self._stored: torch.Tensor | None = None  # rows stored this epoch (on the device)
+        if mode == "bank" and prob == 1.0 and fraction == 1.0 and mix_schedule == "always":
+            log.warning("warning: otmix bank mode with prob=1, fraction=1 and mix_schedule="
+                        "'always' never sees an unmixed row: the bank stays empty and only the "
+                        "class term of the cost decides")
         self._loader = None
         self._keep_ids = None
 
@@ -156,10 +166,11 @@ class OTMix(Mixer):
         return self._fhat_cache[1]
 
     def on_epoch_start(self, epoch: int, ctx: StepContext) -> None:
-        if self.mode == "bank" and epoch > 0 and self._observed == 0:
-            log.warning("otmix bank mode: no features were observed last epoch (the trainer must "
-                        "call mixer.observe(out, mixed) after the forward)")
-        self._observed = 0
+        # one read of the device per epoch
+        if self.mode == "bank" and epoch > 0 and (self._stored is None or int(self._stored) == 0):
+            log.warning("otmix bank mode: no features were stored last epoch (every row was mixed, "
+                        "or the trainer did not call mixer.observe(out, mixed) after the forward)")
+        self._stored = None
         # F̂ is needed only in epochs that can take an OT step; epoch 0 has no trained model yet.
         needed = self.use_ot_in(epoch, ctx.epochs) and epoch > 0 and \
             active_in_epoch(epoch, ctx.epochs, self.mix_schedule)
@@ -262,14 +273,50 @@ class OTMix(Mixer):
         feats, ids = out.features.detach(), mixed.extras["index"]
         plain = ~mixed.extras.get("mixed", torch.zeros_like(ids, dtype=torch.bool))
         if self.bank is None:
-            n = int(self.env.class_counts.sum())
-            self.bank = torch.zeros(n, feats.shape[1], device=feats.device, dtype=self.bank_dtype)
-            self.bank_seen = torch.zeros(n, dtype=torch.bool, device=feats.device)
-        ids = ids.to(self.bank.device)
-        old = self.bank[ids]
-        self.bank[ids] = torch.where(plain[:, None], feats.to(old.dtype), old)
-        self.bank_seen[ids] |= plain
-        self._observed += 1
+            self._allocate_bank(feats.shape[1], feats.device)
+        feats, ids, plain = self._from_all_ranks(feats.to(self.bank.dtype), ids, plain)
+        sink = self.bank.shape[0] - 1
+        target = torch.where(plain, ids.to(plain.device), sink).to(self.bank.device)
+        self.bank[target] = feats
+        self.bank_seen[target] = plain.to(self.bank_seen.device)  # the sink's stays False
+        stored = plain.sum()
+        self._stored = stored if self._stored is None else self._stored + stored
+
+    def _allocate_bank(self, dim: int, device) -> None:
+        n = int(self.env.class_counts.sum()) + 1  # + the sink row
+        self.bank = torch.zeros(n, dim, device=device, dtype=self.bank_dtype)
+        self.bank_seen = torch.zeros(n, dtype=torch.bool, device=device)
+
+    def set_bank(self, features: torch.Tensor) -> None:
+        """Bank mode: features [N, D] of every sample (benchmarks: a late epoch's state)."""
+        self._allocate_bank(features.shape[1], features.device)
+        self.bank[:-1] = features
+        self.bank_seen[:-1] = True
+
+    def _from_all_ranks(self, feats, ids, plain):
+        """Under DDP, every rank's (features, ids, unmixed) rows, padded to the per-rank batch
+        size (a last batch may be shorter) with rows marked mixed, so they are not stored."""
+        world = self.env.world
+        if world == 1 or not torch.distributed.is_initialized():
+            return feats, ids, plain
+        b = self.env.batch_size
+        pad = b - ids.shape[0]
+        if pad:
+            feats = torch.cat([feats, feats.new_zeros(pad, feats.shape[1])])
+            ids = torch.cat([ids, ids.new_zeros(pad)])
+            plain = torch.cat([plain, plain.new_zeros(pad)])
+        gathered = []
+        for t in (feats, ids, plain.to(torch.uint8)):  # gloo has no bool all_gather
+            out = t.new_empty((world * b, *t.shape[1:]))
+            torch.distributed.all_gather_into_tensor(out, t.contiguous())
+            gathered.append(out)
+        return gathered[0], gathered[1], gathered[2].bool()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        bank = state_dict.get(prefix + "bank")
+        if bank is not None and self.bank is None:  # a resumed run: allocate, then load
+            self._allocate_bank(bank.shape[1], self.fhat.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return (f"mode={self.mode}, omega={self.omega}, eps={self.eps}, alpha={self.alpha}, "
