@@ -102,6 +102,8 @@ def test_none_ce_learns_and_writes_every_output(plain_run):
     (["--loss", "focal", "--loss-opt", "gamma=[1, 2]"], "gamma must be like its default 1.0"),
     (["--loss", "focal", "--loss-opt", "gamma=-1"], "gamma must be >= 0"),
     (["--loss", "la", "--loss-opt", "tau=-0.5"], "tau must be >= 0"),
+    (["--mixer", "cmo", "--m2m-classifier", "runs/x"], "--m2m-classifier: mixer 'cmo' does not"),
+    (["--mixer", "m2m", "--m2m-classifier", "nowhere"], "not an ltpipe run directory"),
     (["--loss", "ldam", "--loss-opt", 'scale="a"'], "scale must be like its default 30.0"),
     (["--loss", "ldam", "--loss-opt", "max_m=0.3"], "accepts: max_margin, scale"),
 ])
@@ -257,3 +259,13 @@ def test_a_mixer_that_never_acts_is_warned_about(shards, tmp_path, caplog):
     res = invoke(shards, "--out", tmp_path / "r2", "--epochs", "1", "--mixer", "cmo",
                  "--mixer-opt", 'mix_schedule="always"', *FAST)
     assert res.exit_code == 0 and "acts in none" not in caplog.text
+
+
+def test_m2m_classifier_is_stored_absolute(shards, plain_run, tmp_path, monkeypatch):
+    """A resume from another directory (or a job scheduler's) still finds M2m's classifier."""
+    monkeypatch.chdir(plain_run[0].parent)
+    res = invoke(shards, "--out", tmp_path / "m2m", "--epochs", "1", "--mixer", "m2m",
+                 "--m2m-classifier", plain_run[0].name, "--mixer-opt", "start_epoch=5", *FAST)
+    assert res.exit_code == 0, res.output
+    saved = (tmp_path / "m2m" / "config.toml").read_text()
+    assert f'classifier = "{plain_run[0].resolve()}"' in saved

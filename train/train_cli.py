@@ -124,10 +124,12 @@ def resolve_run(shards, out, recipe, resume, mixer_opt, loss_opt, options, loade
                                      resolve)
 
     mixer_params = parse_assignments(mixer_opt, "--mixer-opt")
+    named = {}  # mixer param -> the option that set it
     for opt, key in NAMED_MIXER_OPTIONS.items():
         value = options.pop(opt, None)
-        if value is not None:
-            mixer_params[key] = str(value) if isinstance(value, Path) else value
+        if value is not None:  # a path is stored absolute: a resume may start elsewhere
+            mixer_params[key] = str(value.resolve()) if isinstance(value, Path) else value
+            named[key] = "--" + opt.replace("_", "-")
     train = {k: options.get(k) for k in TRAIN_OPTIONS}
     loss_params = parse_assignments(loss_opt, "--loss-opt")
     loader = parse_assignments(loader_opt, "--loader-opt")
@@ -155,12 +157,31 @@ def resolve_run(shards, out, recipe, resume, mixer_opt, loss_opt, options, loade
         cfg["run"] = run_table(shards, recipe)
     from ltpipe.train.mixers.registry import mixer_class
 
+    name = cfg["train"]["mixer"]
     try:
-        mixer_class(cfg["train"]["mixer"])  # unknown mixer -> one-line error before any work
+        cls = mixer_class(name)  # unknown mixer -> one-line error before any work
     except ImportError as exc:
-        raise ConfigError(f"mixer {cfg['train']['mixer']!r}: unavailable ({exc})") from None
+        raise ConfigError(f"mixer {name!r}: unavailable ({exc})") from None
+    check_named_mixer_options(name, cls, cfg["mixer"].get(name, {}), named, resume)
     load_manifest(shards).split("train")
     return cfg, Path(shards), Path(out)
+
+
+def check_named_mixer_options(name: str, cls, params: dict, named: dict, resume) -> None:
+    """Errors that name the option the user typed (--m2m-classifier), not the mixer's param."""
+    from ltpipe.train.checkpoint import CONFIG
+    from ltpipe.train.config import ConfigError
+    from ltpipe.train.params import accepted
+
+    takes = accepted(cls, skip=("env",))
+    for key, option in named.items():
+        if key not in takes:
+            raise ConfigError(f"{option}: mixer {name!r} does not use it")
+    run = params.get("classifier")
+    if isinstance(run, str) and not (Path(run) / CONFIG).is_file():
+        source = named.get("classifier") or (
+            "--mixer-opt classifier" if resume is None else f"{Path(resume) / CONFIG}: classifier")
+        raise ConfigError(f"{source} {run}: not an ltpipe run directory (no {CONFIG})")
 
 
 def run_table(shards: Path, recipe: str | None) -> dict:
