@@ -86,6 +86,10 @@ def test_none_ce_learns_and_writes_every_output(plain_run):
     cfg = (run / "config.toml").read_text()
     assert 'mixer = "none"' in cfg and "git = " in cfg
     assert "Few" in res.stdout and "top-1 %" in res.stdout  # the Many/Medium/Few table
+    # --no-progress (a batch job's log): an epoch line each, no progress-bar fragments
+    assert [ln.split(":")[0] for ln in res.stdout.splitlines() if ln.startswith("epoch")] == \
+        ["epoch 1/2", "epoch 2/2"]
+    assert "\r" not in res.stdout + res.stderr
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -56,7 +56,16 @@ def _milestones(ctx, param, value):
         raise click.BadParameter(f"expected comma-separated epochs, got {value!r}") from None
 
 
-@click.command(cls=TrainCommand, context_settings={"help_option_names": ["-h", "--help"]})
+def defaults_epilog() -> str:
+    from ltpipe.train.config import DEFAULTS
+
+    listed = ", ".join(f"{k} {v}" for k, v in DEFAULTS["train"].items())
+    return ("An option left out takes the recipe's value, else the default. Defaults: "
+            f"{listed}.")
+
+
+@click.command(cls=TrainCommand, context_settings={"help_option_names": ["-h", "--help"]},
+               epilog=defaults_epilog())
 @click.argument("shards", required=False, type=click.Path(path_type=Path))
 @click.option("--out", "out", type=click.Path(path_type=Path), help="Run directory RUN.")
 @click.option("--recipe", help="Shipped recipe name (cifar100-lt, synthetic, ...) or FILE.toml.")
@@ -64,9 +73,9 @@ def _milestones(ctx, param, value):
 @click.option("--loss", help="ce, ldam, bs, la, focal.")
 @click.option("--reweight", help="none | inverse | drw.")
 @click.option("--model", help="resnet32, resnet8/10/18/20, resnet50, resnext50_32x4d, timm:NAME.")
-@click.option("--epochs", type=int)
+@click.option("--epochs", type=int, help="Epochs E.")
 @click.option("--batch-size", type=int, help="Per-rank batch size.")
-@click.option("--lr", type=float)
+@click.option("--lr", type=float, help="Peak learning rate (after warm-up).")
 @click.option("--wd", type=float, help="Weight decay.")
 @click.option("--momentum", type=float)
 @click.option("--warmup", type=int, help="Linear warm-up epochs.")
@@ -75,27 +84,29 @@ def _milestones(ctx, param, value):
 @click.option("--gamma", type=float, help="Step-decay factor.")
 @click.option("--drw-epoch", type=int, help="DRW deferral epoch (default 4/5 of the run).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]))
-@click.option("--seed", type=int)
+@click.option("--seed", type=int, help="Seed of model init, loaders and mixers.")
 @click.option("--precision", help="bf16 | fp16 | fp32 (CUDA; the CPU trains in fp32).")
-@click.option("--channels-last/--no-channels-last", default=None)
+@click.option("--channels-last/--no-channels-last", default=None, help="NHWC memory format.")
 @click.option("--compile/--no-compile", "compile", default=None, help="torch.compile the model.")
 @click.option("--eval-every", type=int, help="Evaluate every N epochs (and at the end).")
 @click.option("--ckpt-every", type=int, help="Checkpoint every N steps (and at each epoch end).")
 @click.option("--preset", help="Augmentation preset: cifar | imagenet.")
-@click.option("--image-size", type=int)
+@click.option("--image-size", type=int, help="Training image side in px (cifar 32, imagenet 224).")
 @click.option("--mixer-opt", multiple=True, metavar="KEY=VALUE", help="Mixer param (TOML value).")
 @click.option("--loss-opt", multiple=True, metavar="KEY=VALUE", help="Base-loss param, e.g. tau=1.")
 @click.option("--loader-opt", multiple=True, metavar="KEY=VALUE",
               help="DALI resources: threads, py_workers, prefetch, hw_decoder_load, cpu_decode.")
 @click.option("--compute-stream", help="CUDA stream priority of the step: high | default.")
 @click.option("--fg-r", type=float, help="Foreground (minority stream) r.")
-@click.option("--otmix-mode", help="OTmix mode.")
-@click.option("--otmix-confusion-split", help="OTmix confusion split.")
+@click.option("--otmix-mode", help="OTmix features: exact (two extra forwards) | bank (stored).")
+@click.option("--otmix-confusion-split",
+              help="Split OTmix's confusion matrix is measured on (val).")
 @click.option("--m2m-classifier", type=click.Path(path_type=Path),
               help="M2m's g: an earlier RUN (its final.pt; an unfinished run's last checkpoint, "
               "with a warning).")
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue RUN from its checkpoint.")
-@click.option("--progress/--no-progress", default=True)
+@click.option("--progress/--no-progress", default=True,
+              help="Progress bars on a terminal (epoch lines are printed either way).")
 @click.option("--dump-ranks", is_flag=True, hidden=True,
               help="Save each rank's sample ids per epoch and final weights (tests).")
 def train(shards, out, recipe, resume, progress, dump_ranks, mixer_opt, loss_opt, loader_opt,

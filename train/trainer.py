@@ -36,6 +36,7 @@ from ltpipe.train.step_timer import StepTimer
 
 
 log = logging.getLogger(__name__)
+SHOWN = ("train_loss", "top1", "many", "medium", "few", "images_per_s", "data_wait_ms_per_step")
 
 # Test hook: SIGKILL this process right after optimizer step N (tests/test_train_run.py).
 KILL_AT_STEP = int(os.environ.get("LTPIPE_TEST_KILL_AT_STEP", "0"))
@@ -46,7 +47,10 @@ class Trainer:
                  resume: bool = False, progress: bool = True, dump_ranks: bool = False):
         t = cfg["train"]
         self.cfg, self.t, self.info, self.run_dir = cfg, t, info, Path(run_dir)
-        self.progress, self.dump_ranks = progress and info.is_main, dump_ranks
+        # progress bars on a terminal only (tqdm's None: a redirected log gets no \r fragments);
+        # the epoch lines are printed either way
+        self.bars = None if progress and info.is_main else True  # tqdm's disable=
+        self.dump_ranks = dump_ranks
         self.epoch, self.step, self.step_in_epoch = 0, 0, 0
         ckpt = None
         if resume and (self.run_dir / LAST).is_file():
@@ -176,7 +180,7 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> None:
         self.model.train()
         seen = []
-        bar = tqdm(total=len(self.loader), initial=self.step_in_epoch, disable=not self.progress,
+        bar = tqdm(total=len(self.loader), initial=self.step_in_epoch, disable=self.bars,
                    desc=f"epoch {epoch + 1}/{self.t['epochs']}", unit="step", leave=False)
         t0, n0 = time.perf_counter(), self.sums.samples
         timer = StepTimer(self.info.device)
@@ -240,9 +244,8 @@ class Trainer:
         steps = max(float(totals[4]), 1.0)
         record["data_wait_ms_per_step"] = float(totals[2]) / steps
         record["device_idle_ms_per_step"] = float(totals[3]) / steps
-        if self.progress:
-            shown = {k: round(v, 3) for k, v in record.items() if isinstance(v, float)}
-            tqdm.write(f"epoch {epoch + 1}: {shown}")
+        if self.info.is_main:
+            tqdm.write(epoch_line(record, self.t["epochs"]))
         return record
 
     def _evaluate(self) -> dict:
@@ -268,3 +271,9 @@ class Trainer:
             print(format_table(result, counts), flush=True)
         barrier(self.info)
         return result
+
+
+def epoch_line(record: dict, epochs: int) -> str:
+    """One readable line per epoch (the full record is metrics.jsonl's)."""
+    shown = [f"{k} {record[k]:.4g}" for k in SHOWN if isinstance(record.get(k), float)]
+    return f"epoch {record['epoch'] + 1}/{epochs}: " + ", ".join(shown)
