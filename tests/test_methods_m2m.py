@@ -23,14 +23,14 @@ class Toy(nn.Module):
         return (x.flatten(1) - 0.5) @ self.w.t()
 
 
-def env(epochs=10):
-    return MixerEnv(class_counts=COUNTS, device=torch.device("cpu"), image_size=4, batch_size=8,
+def env(epochs=10, counts=COUNTS):
+    return MixerEnv(class_counts=counts, device=torch.device("cpu"), image_size=4, batch_size=8,
                     epochs=epochs)
 
 
-def m2m(epochs=10, **params):
+def m2m(epochs=10, counts=COUNTS, **params):
     """M2m on raw [0,1] pixels (mean 0, std 1)."""
-    return M2m(env(epochs), mean=(0, 0, 0), std=(1, 1, 1), **params)
+    return M2m(env(epochs, counts), mean=(0, 0, 0), std=(1, 1, 1), **params)
 
 
 def ctx(epoch, seed=0, model=None):
@@ -53,6 +53,73 @@ def test_before_start_epoch_plain_uniform_and_default_start():
     assert out.images is streams["uniform"].images
     assert torch.equal(out.y_a, streams["uniform"].labels)
     assert torch.all(out.lam == 1)
+
+
+def test_after_start_epoch_the_batch_comes_from_the_balanced_stream():
+    """§3: from start_epoch on, the batch (images and labels) is the class-balanced stream's."""
+    m = m2m(classifier=Toy(), start_epoch=5, gamma=0.999999)  # γ ≈ 1: no row is replaced
+    streams = {"uniform": batch([0] * 8), "balanced": batch([2, 1, 2, 1, 0, 2, 1, 2], seed=1)}
+    out = m(streams, ctx(5))
+    assert not out.extras["accepted"].any()
+    assert torch.equal(out.y_a, streams["balanced"].labels)
+    assert torch.equal(out.images, streams["balanced"].images)
+    assert torch.equal(out.extras["index"], streams["balanced"].index)
+
+
+def test_constructor_defaults_are_the_papers_values():
+    """§3 Values: β=0.999, λ=0.5, γ=0.9, η=0.1, T=10, start at 0.8·E."""
+    m = M2m(env(200), classifier=Toy())
+    assert (m.beta, m.lam, m.gamma, m.eta, m.T, m.start_epoch) == (0.999, 0.5, 0.9, 0.1, 10, 160)
+
+
+def test_generated_fraction_per_class_is_one_minus_n_over_n_max():
+    """§3: G = {i : Bernoulli(1 − n_{y_i}/n_max)}. β = 0 makes p_ij ∈ {0, 1}, and the head class
+    in every batch gives each other row a seed, so a row is generated iff its Bernoulli fires:
+    n = n_max/2 → 1/2, n = n_max/4 → 3/4 (always generating: 1; n/Σn in place of n/n_max:
+    0.71 and 0.86). The head class itself is never generated."""
+    m = m2m(counts=torch.tensor([100, 50, 25]), classifier=Toy(), beta=0.0)
+    labels = torch.tensor([0] * 10 + [1] * 500 + [2] * 500)
+    gen = torch.Generator().manual_seed(0)
+    rates = torch.zeros(3)
+    draws = 4
+    for _ in range(draws):
+        generate, seed, p_seed = m.choose(labels, gen)
+        assert torch.all(p_seed[generate] == 1) and torch.all(seed[~generate] == -1)
+        rates += torch.stack([generate[labels == k].float().mean() for k in range(3)]) / draws
+    # 2000 rows per class: σ ≤ 0.011, so 0.04 is about 4σ and far from both wrong rules
+    assert rates.tolist() == pytest.approx([0.0, 0.5, 0.75], abs=0.04)
+
+
+def test_each_gradient_step_moves_every_sample_by_eta():
+    """§3: the step is η·∇L/‖∇L‖₂ per sample (not one norm over the batch). T = 0 gives x0 + δ;
+    T = 1 from the same generator state adds exactly one step; mid-grey images keep every pixel
+    away from the clamp."""
+    m = m2m(classifier=Toy(0), T=0, eta=0.1)
+    c = ctx(0)
+    x0 = torch.full((4, 3, 4, 4), 0.5)
+    k, k0 = torch.tensor([1, 2, 1, 2]), torch.tensor([0, 0, 0, 0])
+    x_delta = m._generate(x0, k, k0, 0.0, 1.0, c, torch.Generator().manual_seed(3))
+    m.T = 1
+    x1 = m._generate(x0, k, k0, 0.0, 1.0, c, torch.Generator().manual_seed(3))
+    assert 0 < x1.min() and x1.max() < 1  # no clamp active
+    moved = (x1 - x_delta).flatten(1).norm(dim=1)
+    assert moved.tolist() == pytest.approx([0.1] * 4, abs=1e-5)
+
+
+def test_generation_lowers_f_seed_class_logit():
+    """§3: L = CE(g(x*), k) + λ·f(x*)[k0] is minimised, so f's seed-class logit falls. g has zero
+    weights (no CE gradient), so only the λ term moves x*."""
+    g_model, f_model = Toy(0, scale=0.0), Toy(1)
+    m = m2m(classifier=g_model)  # λ = 0.5, T = 10, η = 0.1
+    c = ctx(0, model=f_model)
+    x0 = torch.rand(6, 3, 4, 4, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.25
+    k, k0 = torch.tensor([1, 2, 1, 2, 1, 2]), torch.tensor([0, 0, 1, 0, 0, 1])
+    x = m._generate(x0, k, k0, 0.0, 1.0, c, torch.Generator().manual_seed(0))
+    before = f_model(x0).gather(1, k0[:, None]).squeeze(1)
+    after = f_model(x).gather(1, k0[:, None]).squeeze(1)
+    # each of the 10 steps lowers f[k0] by η·‖w_k0‖ ≈ 0.1·7 while the clamp is inactive; δ ≤ 0.5
+    # moves it by at most 0.5·‖w_k0‖
+    assert torch.all(after < before - 2.0), (before, after)
 
 
 def test_accepted_samples_reach_gamma_and_f_untouched():
