@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ltpipe.pipeline.samplers import class_probabilities
-from ltpipe.pipeline.worker_lifetime import exit_with_parent
+from ltpipe.pipeline.worker_lifetime import tie_to_parent
 
 
 class MinorityDraws:
@@ -119,7 +119,7 @@ class MinoritySource:
 
     def __call__(self, batch_info):
         if not self._bound_to_parent and os.getpid() != self._parent:  # first call in a worker
-            exit_with_parent(self._parent)
+            tie_to_parent(self._parent)
             self._bound_to_parent = True
         epoch, step = self.position(batch_info.iteration)
         ids = self.draws.draw(epoch, step, self.batch_size)

@@ -1,9 +1,11 @@
-"""Q's DALI worker processes end with the process that forked them.
+"""Q's DALI worker processes end with the process that forked them, and leave Ctrl-C to it.
 
 DALI forks its ``external_source`` workers, and a forked worker inherits both ends of the pipes it
 waits on, so it never sees them close: after a SIGKILL of the trainer (an OOM kill, a scheduler's
 preemption) the workers would live on, holding memory and mmapped shards. Linux's
-PR_SET_PDEATHSIG has the kernel kill them instead. Elsewhere this is a no-op.
+PR_SET_PDEATHSIG has the kernel kill them instead. Elsewhere this is a no-op. Ctrl-C reaches the
+whole process group; the trainer handles it (and its exit ends the workers), so the workers ignore
+it rather than each print a KeyboardInterrupt traceback.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ import sys
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def exit_with_parent(parent_pid: int) -> bool:
-    """Ask the kernel to SIGKILL this process when its parent dies; exit now if it already has.
+def tie_to_parent(parent_pid: int) -> bool:
+    """Ignore SIGINT, and ask the kernel to SIGKILL this process when its parent dies (exit now if
+    it already has).
 
     Returns whether the request was made. The signal follows the parent *thread* that forked this
     process: DALI forks its workers from the thread that builds the pipeline, the trainer's main
     thread, which lives as long as the trainer does.
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if not sys.platform.startswith("linux"):
         return False
     libc = ctypes.CDLL(None, use_errno=True)

@@ -19,7 +19,10 @@ SCRIPT = textwrap.dedent("""
                          num_threads=1, py_workers=2)
     next(iter(loader))
     print("ready", flush=True)
-    time.sleep(600)
+    try:
+        time.sleep(600)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
 """)
 
 
@@ -39,11 +42,16 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def start(shards, **kwargs):
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(shards)], stdout=subprocess.PIPE,
+                            text=True, **kwargs)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
 def test_workers_exit_when_the_trainer_is_killed(tiny_shards):
-    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(tiny_shards)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = start(tiny_shards)
     try:
-        assert proc.stdout.readline().strip() == "ready"
         workers = children(proc.pid)
         assert len(workers) >= 2  # DALI's py_workers
         os.kill(proc.pid, signal.SIGKILL)
@@ -57,3 +65,24 @@ def test_workers_exit_when_the_trainer_is_killed(tiny_shards):
         assert not left, f"DALI workers outlived the trainer: {left}"
     finally:
         proc.kill()
+
+
+def test_ctrl_c_is_left_to_the_trainer(tiny_shards, tmp_path):
+    """Ctrl-C signals the whole process group: the workers stay quiet (no KeyboardInterrupt
+    traceback each) and end with the trainer."""
+    err = tmp_path / "stderr"
+    with open(err, "w") as fh:
+        proc = start(tiny_shards, stderr=fh, start_new_session=True)
+        try:
+            workers = children(proc.pid)
+            os.killpg(proc.pid, signal.SIGINT)
+            assert proc.stdout.readline().strip() == "interrupted"
+            assert proc.wait(30) == 0
+        finally:
+            proc.kill()
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert "Traceback" not in err.read_text(), err.read_text()[-2000:]
+    assert not [w for w in workers if alive(w)]
