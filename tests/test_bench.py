@@ -161,6 +161,15 @@ def test_kernels_bench_takes_no_shards(tmp_path):
     assert_chart(tmp_path / "kernels-cpu.png")
 
 
+@pytest.mark.parametrize("values, scale", [
+    ([0.02, 0.3, 110.0], "log"),  # paste kernels beside Sinkhorn: linear bars would vanish
+    ([4555.0, 5588.0, 1561.0], "linear"),
+    ([0.0, 5.0], "linear"),  # a zero has no place on a log axis
+    ([], "linear")])
+def test_chart_axis_goes_log_when_values_span_decades(values, scale):
+    assert bench_cli.axis_scale(values) == scale
+
+
 def test_result_rows_flatten_measurements_only():
     rate = {"mean": 10.0, "std": 1.0, "runs": [9, 11]}
     doc = {"results": {"cmo": {"ceiling": {"images_per_s": rate},
