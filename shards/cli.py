@@ -65,7 +65,7 @@ def _positive(name: str):
 @click.option("--image-size", type=int, help="Synthetic: square image side in px.")
 @click.pass_context
 def shard(ctx, source, out, **options):
-    """Write SOURCE as WebDataset shards in OUT.
+    """Write SOURCE as WebDataset shards in OUT (OUT may be left out only with --dry-run).
 
     SOURCE is synthetic (default data, no files), imagefolder:PATH, list:FILE[:ROOT],
     inat:JSON[:ROOT], cifar10:DIR, cifar100:DIR or shards:DIR (another shard directory, e.g. to
@@ -75,7 +75,7 @@ def shard(ctx, source, out, **options):
     from ltpipe.shards.write import write_shards
 
     if out is None and not options["dry_run"]:
-        raise InputError("Missing argument 'OUT'.")
+        raise InputError("Missing argument 'OUT' (only --dry-run runs without one).")
     command = " ".join([ctx.command_path, shlex.join(ctx.meta.get("ltpipe.argv", []))])
     before = _manifest_stamp(out)
     try:
