@@ -69,23 +69,50 @@ class RunReport:
     def final(self, result: dict, train_counts, class_names=None) -> None:
         if not self.enabled:
             return
-        _write_atomic(self.run_dir / FINAL, json.dumps(result, indent=2) + "\n")
-        plot_per_class(result["per_class"], train_counts, self.run_dir / PER_CLASS_PNG)
+        _write_atomic(self.run_dir / FINAL, json.dumps(rounded(result), indent=2) + "\n")
+        title = f"{self.run_dir.name}: top-1 {result['top1']:.1f} %"
+        plot_per_class(result["per_class"], train_counts, self.run_dir / PER_CLASS_PNG, title)
         if self._tb is not None:
             self._tb.close()
 
 
-def plot_per_class(per_class, train_counts, path: Path) -> None:
-    """Per-class accuracy (bars) against the class's training size (line, log scale)."""
+def rounded(value, digits: int = 6):
+    """Floats to ``digits`` decimals (56.00000000000001 -> 56.0), in nested dicts and lists."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v, digits) for v in value]
+    return value
+
+
+def plot_per_class(per_class, train_counts, path: Path, title: str = "") -> None:
+    """Per-class accuracy (bars) against the class's training size (line, log scale), with the
+    Many/Medium/Few boundaries."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    from ltpipe.shards.longtail import GROUPS, group_of
 
     order = sorted(range(len(train_counts)), key=lambda k: -train_counts[k])
     acc = [per_class[k] if per_class[k] is not None else 0.0 for k in order]
     fig, ax = plt.subplots(figsize=(max(6, len(order) * 0.05 + 4), 3.5))
     ax.bar(range(len(order)), acc, width=1.0, color="tab:blue", alpha=0.7)
+    groups = [group_of(int(train_counts[k])) for k in order]
+    for g in GROUPS:  # classes are sorted by size, so each group is one run of bars
+        idx = [i for i, x in enumerate(groups) if x == g]
+        if idx:
+            if idx[0] > 0:
+                ax.axvline(idx[0] - 0.5, color="black", lw=0.8, ls="--")
+            ax.text((idx[0] + idx[-1]) / 2, 1.01, g.capitalize(), ha="center", va="bottom",
+                    fontsize=8, transform=ax.get_xaxis_transform())  # above the bars
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if title:
+        ax.set_title(title, fontsize=10, pad=16)
     ax.set_xlabel("class (sorted by training size)")
     ax.set_ylabel("val accuracy %")
     ax.set_ylim(0, 100)
