@@ -91,6 +91,39 @@ def test_cmo_gate_and_schedule():
     assert 64 <= opened <= 136
 
 
+@pytest.mark.parametrize("epoch", range(10))
+def test_cmo_paper_schedule_is_off_only_in_the_last_three_epochs(epoch):
+    """§7.3 "paper" with E = 10: mixing in epochs 0..6, none in 7, 8, 9 (prob 1 by default)."""
+    paper = build_mixer("cmo", env=env(), mix_schedule="paper")
+    active = epoch <= 6
+    assert paper.mixes_in(epoch, 10) == active
+    out = paper({"uniform": stream(0), "minority": stream(100)}, ctx(epoch=epoch, seed=1))
+    assert (out.lam < 1).any().item() == active, epoch
+
+
+@pytest.mark.parametrize("name", ["cmo", "otmix"])
+@pytest.mark.parametrize("schedule,given,want", [
+    ("paper", None, 1.0), ("repo", None, 0.5), ("always", None, 0.5),  # the default follows it
+    ("paper", 0.5, 0.5), ("paper", 0.0, 0.0), ("repo", 1.0, 1.0),  # an explicit prob wins
+])
+def test_default_prob_follows_the_schedule(name, schedule, given, want):
+    """§1/§7.3: "paper" means every batch unless prob says otherwise; the repo's p is 0.5."""
+    params = {} if given is None else {"prob": given}
+    mixer = build_mixer(name, env=env(), mix_schedule=schedule, **params)
+    assert mixer.prob == want and type(mixer.prob) is float
+
+
+def test_cmo_paper_default_mixes_every_batch():
+    """The default gate under "paper" opens on every step; an explicit prob = 0.5 does not."""
+    def mixed_steps(**params):
+        mixer = build_mixer("cmo", env=env(), mix_schedule="paper", alpha=4.0, **params)
+        return sum(bool((mixer({"uniform": stream(0), "minority": stream(100)},
+                               ctx(epoch=0, seed=s)).lam < 1).any()) for s in range(40))
+
+    assert mixed_steps() == 40  # α = 4: no box comes out empty
+    assert 5 <= mixed_steps(prob=0.5) <= 35
+
+
 def test_cutmix_pairs_within_p():
     mixer = build_mixer("cutmix", env=env(), prob=1.0, box="sample")
     bg = stream(0)
@@ -121,6 +154,11 @@ def test_bad_params_name_themselves():
         build_mixer("cmo", env=env(), foo=1)
     with pytest.raises(ValueError, match="prob"):
         build_mixer("cmo", env=env(), prob=2.0)
+    for name in ("cmo", "otmix"):  # an explicit prob is still checked under "paper"
+        with pytest.raises(ValueError, match="prob must be in"):
+            build_mixer(name, env=env(), prob=1.5, mix_schedule="paper")
+        with pytest.raises(ValueError, match="prob must be like its default 0.5"):
+            build_mixer(name, env=env(), prob="high")
     with pytest.raises(ValueError, match="mix_schedule"):
         build_mixer("cutmix", env=env(), mix_schedule="sometimes")
     with pytest.raises(ValueError, match="unknown 'nope'"):

@@ -88,6 +88,9 @@ def active_in_epoch(epoch: int, epochs: int, schedule: str) -> bool:
 
     "repo": only when 3 < e < E−3 (the code behind the published numbers);
     "paper": every epoch except the last 3; "always": every epoch.
+    This is the epoch window only; the per-batch gate is the mixer's ``prob``. CMO's and OTmix's
+    default prob follows the schedule (``resolve_prob``: 1.0 under "paper", so that "paper" is
+    the papers' text, every batch; 0.5 otherwise).
     """
     if schedule == "repo":
         return 3 < epoch < epochs - 3
@@ -99,6 +102,23 @@ def active_in_epoch(epoch: int, epochs: int, schedule: str) -> bool:
 
 
 MixerFactory = Callable[..., Mixer]
+
+
+class ScheduleProb(float):
+    """The type of ``SCHEDULE_PROB``, the default ``prob`` of CMO and OTmix: a float (0.5) so
+    that parameter checks (train/params.py) still check a given prob's kind against it."""
+
+
+SCHEDULE_PROB = ScheduleProb(0.5)
+
+
+def resolve_prob(prob: float | None, mix_schedule: str) -> float:
+    """The batch gate's probability (ALGORITHMS.md §1, §7.3). The default (``SCHEDULE_PROB``,
+    or None) is 1.0 under ``mix_schedule="paper"`` (the papers' Algorithm 1 mixes every batch)
+    and 0.5 otherwise (the repos' mixup_prob); a prob given explicitly, 0.5 included, wins."""
+    if prob is None or prob is SCHEDULE_PROB:
+        return 1.0 if mix_schedule == "paper" else 0.5
+    return prob
 
 
 def mix_gate(prob: float, generator: torch.Generator) -> torch.Tensor:

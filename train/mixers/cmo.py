@@ -5,10 +5,12 @@ stream Q (class probability ∝ n_k^{−r}, r = ``fg_r``); the foreground batch 
 background's size [cmo:cifar_train.py]. A CutMix box of x_fg is pasted at the same coordinates
 into x_bg; y_a = y_bg, y_b = y_fg, lam = 1 − box area/HW.
 
-Params: ``prob`` (0.5: the repo's mixup_prob), ``mix_schedule`` ("repo": only when 3 < e < E−3,
-"paper": off in the last 3 epochs, "always"), ``box`` ("batch": one box for the whole batch as
-in the papers' code, "sample": one per sample), ``alpha`` (Beta(α,α), 1), ``fg_r`` (1.0 = paper's
-q(1); the paper recipes set 0, which is what the published code drew, §7.1).
+Params: ``mix_schedule`` ("repo": only when 3 < e < E−3, "paper": off in the last 3 epochs,
+"always"), ``prob`` (the per-batch gate; by default 1.0 under "paper", the paper's every batch,
+and 0.5 otherwise, the repo's mixup_prob; a prob given explicitly wins), ``box`` ("batch": one
+box for the whole batch as in the papers' code, "sample": one per sample), ``alpha`` (Beta(α,α),
+1), ``fg_r`` (1.0 = paper's q(1); the paper recipes set 0, which is what the published code drew,
+§7.1).
 """
 
 from __future__ import annotations
@@ -16,16 +18,18 @@ from __future__ import annotations
 from typing import Mapping
 
 from ltpipe.pipeline.batch import Batch, MixedBatch
-from ltpipe.train.mixers.base import Mixer, MixerEnv, StepContext, active_in_epoch
+from ltpipe.train.mixers.base import (SCHEDULE_PROB, Mixer, MixerEnv, StepContext,
+                                      active_in_epoch, resolve_prob)
 from ltpipe.train.mixers.cutmix import check_common, paste_mix_
 
 
 class CMO(Mixer):
     streams = ("uniform", "minority")
 
-    def __init__(self, env: MixerEnv, prob: float = 0.5, mix_schedule: str = "repo",
+    def __init__(self, env: MixerEnv, prob: float = SCHEDULE_PROB, mix_schedule: str = "repo",
                  box: str = "batch", alpha: float = 1.0, fg_r: float = 1.0):
         super().__init__(env)
+        prob = resolve_prob(prob, mix_schedule)  # default: 1.0 under "paper", else 0.5
         check_common("cmo", prob, alpha, mix_schedule, box)
         self.prob, self.alpha, self.mix_schedule, self.box = prob, alpha, mix_schedule, box
         self.fg_r = float(fg_r)

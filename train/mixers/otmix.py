@@ -4,7 +4,8 @@ ALGORITHMS.md §4, §6.8–6.9, §7; repo JintongGao/Enhancing-Minority-Classes-
 Background ~ P ("uniform"), foreground ~ Q ("minority", r = ``fg_r``). Per epoch t (0-indexed)
 ``use_ot ~ Bernoulli((t/T)^μ)`` is drawn once (repo), from a generator seeded by (seed, epoch)
 only, so every DDP rank agrees and a resumed epoch redraws the same value. When mixing is
-active (``mix_schedule``, gate ``prob``):
+active (``mix_schedule``; per-batch gate ``prob``, by default 1.0 under "paper", the paper's
+every batch, and 0.5 otherwise, the repo's; a prob given explicitly wins):
   OT step (use_ot and a confusion matrix F̂ exists):
     C[j,i] = ω·(1 − cos(zf_j, zb_i)) + (1−ω)·(1 − F̂[y_fg_j, y_bg_i])   rows fg j, cols bg i
     π(j) = argmax_i T[j,i], T = Sinkhorn_ε(C, a = 1/m, b = 1/B)   (``ltpipe.kernels.sinkhorn``)
@@ -44,7 +45,8 @@ from ltpipe.kernels.boxes import cutmix_boxes, sample_lam
 from ltpipe.kernels.paste import paste_
 from ltpipe.pipeline.batch import Batch, MixedBatch
 from ltpipe.train.mixers import confusion as conf
-from ltpipe.train.mixers.base import Mixer, MixerEnv, StepContext, active_in_epoch, mix_gate
+from ltpipe.train.mixers.base import (SCHEDULE_PROB, Mixer, MixerEnv, StepContext,
+                                      active_in_epoch, mix_gate, resolve_prob)
 
 log = logging.getLogger(__name__)
 MODES = ("exact", "bank")
@@ -96,11 +98,12 @@ class OTMix(Mixer):
 
     def __init__(self, env: MixerEnv, mode: str = "exact", omega: float = 0.05, eps: float = 0.01,
                  alpha: float = 4.0, mu: float = 1.0, confusion_split: str = "val",
-                 confusion_index: str = "fg_bg", fraction: float = 1.0, prob: float = 0.5,
-                 mix_schedule: str = "repo", box: str = "batch", fg_r: float = 1.0,
-                 confusion_per_class: int = 20, preset: str | None = None,
+                 confusion_index: str = "fg_bg", fraction: float = 1.0,
+                 prob: float = SCHEDULE_PROB, mix_schedule: str = "repo", box: str = "batch",
+                 fg_r: float = 1.0, confusion_per_class: int = 20, preset: str | None = None,
                  bank_dtype: str = "float32"):
         super().__init__(env)
+        prob = resolve_prob(prob, mix_schedule)  # default: 1.0 under "paper", else 0.5
         self._check(mode, omega, eps, alpha, confusion_index, fraction, prob, box)
         active_in_epoch(0, env.epochs, mix_schedule)  # validates the name
         self.mode, self.omega, self.eps, self.alpha, self.mu = mode, float(omega), float(eps), \
