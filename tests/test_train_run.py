@@ -273,3 +273,14 @@ def test_m2m_classifier_is_stored_absolute(shards, plain_run, tmp_path, monkeypa
     assert res.exit_code == 0, res.output
     saved = (tmp_path / "m2m" / "config.toml").read_text()
     assert f'classifier = "{plain_run[0].resolve()}"' in saved
+
+
+@pytest.mark.parametrize("argv, env, typed", [
+    (["/x/bin/ltpipe", "train", "s", "--out", "r"], {}, "ltpipe train s --out r"),
+    (["/repo/train/__main__.py", "s", "--out", "r"], {}, "python -m ltpipe.train s --out r"),
+    (["/repo/train/__main__.py", "s", "--out", "r"], {"LOCAL_WORLD_SIZE": "8"},
+     "torchrun --nproc_per_node=8 -m ltpipe.train s --out r")])
+def test_config_records_the_command_as_typed(argv, env, typed):
+    from ltpipe.train.train_cli import typed_command
+
+    assert typed_command(argv, env) == typed

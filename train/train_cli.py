@@ -199,7 +199,19 @@ def run_table(shards: Path, recipe: str | None) -> dict:
     from ltpipe.train.benchmark import git_hash
 
     return {"git": git_hash(), "shards": str(Path(shards).resolve()), "recipe": recipe or "",
-            "command": shlex.join(sys.argv)}
+            "command": typed_command(sys.argv, os.environ)}
+
+
+def typed_command(argv: list[str], env) -> str:
+    """The command as typed: a torchrun worker's argv is the module's file, not ``torchrun``."""
+    if argv[0].endswith("__main__.py"):
+        prog = ["python", "-m", "ltpipe.train"]
+        if "LOCAL_WORLD_SIZE" in env:  # started by torchrun
+            prog = ["torchrun", f"--nproc_per_node={env['LOCAL_WORLD_SIZE']}", "-m",
+                    "ltpipe.train"]
+    else:
+        prog = [Path(argv[0]).name]
+    return shlex.join(prog + argv[1:])
 
 
 def run(cfg: dict, shards: Path, run_dir: Path, *, resume: bool, progress: bool,
