@@ -169,3 +169,18 @@ def test_load_model_of_an_unfinished_run_warns_and_uses_last(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         load_model(tmp_path)
     assert "unfinished" not in caplog.text
+
+
+def test_load_model_warns_about_a_classifier_trained_on_other_data(tmp_path, caplog):
+    model = build_model("resnet8", 3)
+    (tmp_path / "config.toml").write_text(
+        '[train]\nmodel = "resnet8"\nloss = "ce"\nimage_size = 64\n'
+        f'[run]\nshards = "{tmp_path / "a"}"\n')
+    save_atomic({"format": 1, "num_classes": 3, "model": model.state_dict()}, tmp_path / "final.pt")
+    with caplog.at_level("WARNING"):
+        load_model(tmp_path, image_size=64, shards=tmp_path / "a")
+    assert "warning" not in caplog.text
+    with caplog.at_level("WARNING"):
+        load_model(tmp_path, image_size=32, shards=tmp_path / "b")
+    assert "trained at 64 px, this run trains at 32 px" in caplog.text
+    assert f"was trained on {tmp_path / 'a'}, this run reads {tmp_path / 'b'}" in caplog.text

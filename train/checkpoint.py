@@ -82,9 +82,11 @@ def read_config(run_dir: Path) -> dict:
 
 
 def load_model(run_dir: str | Path, device: torch.device | str = "cpu",
-               num_classes: int | None = None):
+               num_classes: int | None = None, image_size: int | None = None,
+               shards: str | Path | None = None):
     """The final (else last) model of an earlier run, frozen and in eval mode (M2m's g);
-    ``num_classes``: the classes it must have been trained on."""
+    ``num_classes``: the classes it must have been trained on (else an error); ``image_size``,
+    ``shards``: what this run trains on (a classifier trained otherwise is warned about)."""
     from ltpipe.train.losses.per_sample import NEEDS_COSINE
     from ltpipe.train.models import build_model
 
@@ -100,6 +102,7 @@ def load_model(run_dir: str | Path, device: torch.device | str = "cpu",
         raise CheckpointError(f"{path}: trained on {ckpt['num_classes']} classes, this run has "
                               f"{num_classes}")
     train = cfg["train"]
+    _warn_if_trained_otherwise(run_dir, cfg, image_size, shards)
     model = build_model(train["model"], int(ckpt["num_classes"]),
                         cosine_classifier=train["loss"] in NEEDS_COSINE)
     state = {k: v for k, v in ckpt["model"].items() if not k.startswith("heads.")}
@@ -112,3 +115,16 @@ def load_model(run_dir: str | Path, device: torch.device | str = "cpu",
         raise CheckpointError(f"{path}: does not match model {train['model']!r} ({exc})") from None
     model.to(device).eval().requires_grad_(False)
     return model
+
+
+def _warn_if_trained_otherwise(run_dir: Path, cfg: dict, image_size, shards) -> None:
+    """Same class count, other data or resolution: usable, but rarely what was meant."""
+    theirs = cfg.get("train", {}).get("image_size")
+    if image_size is not None and theirs is not None and int(theirs) != int(image_size):
+        log.warning("warning: %s was trained at %s px, this run trains at %s px", run_dir, theirs,
+                    image_size)
+    their_shards = cfg.get("run", {}).get("shards")
+    if shards is not None and their_shards and \
+            Path(their_shards).resolve() != Path(shards).resolve():
+        log.warning("warning: %s was trained on %s, this run reads %s", run_dir, their_shards,
+                    Path(shards).resolve())
