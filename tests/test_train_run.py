@@ -118,6 +118,16 @@ def test_bad_options_exit_2_with_one_line(shards, tmp_path, args, needle):
     assert not (tmp_path / "r").exists()  # nothing half-made: the fixed command can reuse --out
 
 
+@pytest.mark.parametrize("args", [["--epochs", "0"], ["--epochs", "abc"]])
+def test_under_torchrun_only_rank_0_prints_an_option_error(shards, tmp_path, monkeypatch, args):
+    monkeypatch.setenv("RANK", "1")
+    res = invoke(shards, "--out", tmp_path / "r", *FAST, *args)
+    assert res.exit_code == 2 and res.stderr == ""
+    monkeypatch.setenv("RANK", "0")
+    res = invoke(shards, "--out", tmp_path / "r", *FAST, *args)
+    assert res.exit_code == 2 and res.stderr.count("\n") == 1
+
+
 def test_out_that_is_a_file_is_one_line(shards, tmp_path):
     (tmp_path / "afile").write_text("x")
     res = invoke(shards, "--out", tmp_path / "afile", *FAST)

@@ -25,8 +25,11 @@ NAMED_MIXER_OPTIONS = {"fg_r": "fg_r", "otmix_mode": "mode",
                        "otmix_confusion_split": "confusion_split", "m2m_classifier": "classifier"}
 
 
-def fail(message: str) -> None:
-    click.echo(f"ltpipe train: error: {message}", err=True)
+def fail(message: str, every_rank: bool = True) -> None:
+    """One line on stderr, exit status 2. ``every_rank=False``: under torchrun, only rank 0
+    prints (an error of the options, which every rank finds alike)."""
+    if every_rank or os.environ.get("RANK", "0") == "0":
+        click.echo(f"ltpipe train: error: {message}", err=True)
     sys.exit(2)
 
 
@@ -36,7 +39,8 @@ class OneLineError(click.ClickException):
     exit_code = 2
 
     def show(self, file=None) -> None:
-        click.echo(f"ltpipe train: error: {self.format_message()}", err=True)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank finds it alike
+            click.echo(f"ltpipe train: error: {self.format_message()}", err=True)
 
 
 class TrainCommand(click.Command):
@@ -118,7 +122,7 @@ def train(shards, out, recipe, resume, progress, dump_ranks, mixer_opt, loss_opt
         cfg, shards, run_dir = resolve_run(shards, out, recipe, resume, mixer_opt, loss_opt,
                                            options, loader_opt)
     except ValueError as exc:  # ConfigError, CheckpointError, ShardFormatError
-        fail(str(exc))
+        fail(str(exc), every_rank=False)
     try:
         result = run(cfg, shards, run_dir, resume=resume is not None, progress=progress,
                      dump_ranks=dump_ranks)
