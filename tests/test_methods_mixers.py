@@ -162,5 +162,12 @@ def test_method_recipes_build_their_mixer(recipe):
     mixer = build_mixer(name, env=env(), **params)
     if name in ("smc", "otmix"):
         assert mixer.fg_r == 0.0  # ALGORITHMS.md §7.1: paper recipes draw a class-uniform fg
+    if name == "otmix":  # §4 hyper-parameters; §7.3 the repo's p and window; §7.2 one box
+        assert (mixer.alpha, mixer.omega, mixer.eps, mixer.mu) == (4.0, 0.05, 0.01, 1.0)
+        assert (mixer.prob, mixer.mix_schedule, mixer.box) == (0.5, "repo", "batch")
+    if name == "m2m":  # §3 values; generation from 0.8·E (160 of 200)
+        assert (mixer.beta, mixer.lam, mixer.gamma) == (0.999, 0.5, 0.9)
+        assert (mixer.eta, mixer.T) == (0.1, 10)
+        assert mixer.start_epoch == round(0.8 * cfg["train"]["epochs"])
     if name == "smc":
         assert cfg["train"]["loss"] == "la" and cfg["aux"]["smc"]["weight"] == 0.1

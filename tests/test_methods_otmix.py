@@ -10,7 +10,7 @@ from ltpipe.pipeline.batch import Batch
 from ltpipe.train.losses.base import ModelOutput
 from ltpipe.train.mixers import confusion as conf
 from ltpipe.train.mixers.base import MixerEnv, StepContext
-from ltpipe.train.mixers.otmix import OTMix, draw_use_ot, ot_cost, ot_pairs
+from ltpipe.train.mixers.otmix import OTMix, draw_use_ot, ot_cost, ot_pairs, ot_probability
 
 C, H, B = 5, 8, 12
 COUNTS = torch.tensor([40, 20, 10, 5, 3])
@@ -86,7 +86,26 @@ def test_confusion_matrix_rows_and_diagonal():
     assert f.flatten().tolist() == pytest.approx([0, 0.25, 0, 0, 0, 0, 0.25, 0.25, 0])
 
 
+def test_ot_probability_is_t_over_T_with_t_the_0_indexed_epoch():
+    """§4: use_ot ~ Bernoulli((t/T)^μ), t = the 0-indexed epoch (so epoch 0 never takes OT)."""
+    assert ot_probability(0, 20, 1.0) == 0.0
+    assert ot_probability(5, 20, 1.0) == 0.25
+    assert ot_probability(10, 20, 2.0) == 0.25
+    assert ot_probability(19, 20, 1.0) == 0.95
+
+
+def test_constructor_defaults_are_the_papers_values():
+    """§4 hyper-parameters ω=0.05, ε=0.01, α=4 (Beta(4,4)), μ=1; repo p=0.5 in 3 < e < E−3;
+    one box per batch, whole batch mixed, F̂[y_fg, y_bg], features of the current model; fg r=1
+    (the loader's default, §7.1)."""
+    m = OTMix(env())
+    assert (m.omega, m.eps, m.alpha, m.mu) == (0.05, 0.01, 4.0, 1.0)
+    assert (m.prob, m.mix_schedule, m.box, m.fraction) == (0.5, "repo", "batch", 1.0)
+    assert (m.confusion_index, m.confusion_split, m.mode, m.fg_r) == ("fg_bg", "val", "exact", 1.0)
+
+
 def test_schedule_probability_follows_t_over_T():
+    """draw_use_ot draws with ot_probability (its values: the test above)."""
     for t, T in ((5, 20), (15, 20)):
         draws = [draw_use_ot(seed, t, T, 1.0) for seed in range(600)]
         p = t / T
