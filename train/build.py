@@ -17,7 +17,7 @@ from ltpipe.train.losses.criterion import Criterion
 from ltpipe.train.losses.per_sample import NEEDS_COSINE, build_base_loss
 from ltpipe.train.losses.weights import ClassWeights
 from ltpipe.train.mixers.base import MixerEnv
-from ltpipe.train.mixers.registry import build_mixer
+from ltpipe.train.mixers.registry import build_mixer, mixer_class
 from ltpipe.train.models import build_model
 from ltpipe.train.schedule import LRSchedule
 
@@ -72,7 +72,36 @@ def loader_dtype(device: torch.device, precision: str) -> torch.dtype:
     return torch.float16 if device.type == "cuda" and precision != "fp32" else torch.float32
 
 
+# What reads the train counts n_k (ALGORITHMS.md §6.3): these losses (LDAM margins ∝ n_k^{-1/4},
+# BS/LA priors π_k = n_k/N), every re-weighting but "none", and Q streams (q_k ∝ n_k^{-r}).
+COUNTED_LOSSES = frozenset({"ldam", "bs", "la"})
+COUNTED_STREAMS = frozenset({"minority", "balanced"})
+
+
+def check_class_counts(t: dict, class_counts: torch.Tensor, shards) -> None:
+    """ALGORITHMS.md §6.3: a class with no training samples (n_k = 0) is a one-line ValueError at
+    build time when the loss, the re-weighting or the mixer's streams use the counts: they would
+    train on max(n_k, 1), which gives that class a prior of about 1/N (LA/BS), the largest margin
+    (LDAM) and the largest weight (DRW). CE/focal, no re-weighting and a P-only mixer still run."""
+    empty = torch.nonzero(class_counts.cpu() == 0).flatten().tolist()
+    if not empty:
+        return
+    users = []
+    if t["loss"] in COUNTED_LOSSES:
+        users.append(f"loss {t['loss']!r}")
+    if t["reweight"] != "none":
+        users.append(f"reweight {t['reweight']!r}")
+    streams = sorted(COUNTED_STREAMS & set(mixer_class(t["mixer"]).streams))
+    if streams:
+        users.append(f"mixer {t['mixer']!r} (stream {', '.join(streams)})")
+    if users:
+        more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+        raise ValueError(f"{shards}: class {empty[0]}{more} has no training samples, and "
+                         f"{' and '.join(users)} use the class counts (ALGORITHMS.md §6.3)")
+
+
 def make_env(t: dict, class_counts: torch.Tensor, shards: Path, info: DistInfo) -> MixerEnv:
+    check_class_counts(t, class_counts, shards)
     return MixerEnv(class_counts=class_counts, device=info.device, image_size=t["image_size"],
                     batch_size=t["batch_size"], epochs=t["epochs"], seed=t["seed"],
                     shards=str(shards), rank=info.rank, world=info.world)
