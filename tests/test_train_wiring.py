@@ -1,0 +1,82 @@
+"""What the trainer builds from the config: the Q loader's r is the mixer's fg_r (ALGORITHMS.md
+§7.1), and an empty class is a build-time error when anything uses the counts (§6.3)."""
+
+import pytest
+import torch
+
+from ltpipe.train import build
+from ltpipe.train.config import load_recipe, resolve
+from ltpipe.train.dist import DistInfo
+from ltpipe.train.trainer import Trainer
+
+CPU = DistInfo(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
+
+
+class LoaderCalled(Exception):
+    """Raised by the spy in place of building the train loader: the Trainer stops there."""
+
+
+def train_loader_args(monkeypatch, shards, tmp_path, recipe, mixer, mixer_params):
+    """The keyword arguments the Trainer passes to make_loader for the train split."""
+    from ltpipe.pipeline import loader
+
+    def spy(shards, split="train", **kwargs):
+        raise LoaderCalled(kwargs)
+
+    monkeypatch.setattr(loader, "make_loader", spy)
+    cfg = resolve(load_recipe(recipe), {"mixer": mixer, "device": "cpu", "batch_size": 8},
+                  mixer_params)
+    with pytest.raises(LoaderCalled) as stop:
+        Trainer(cfg, shards, tmp_path / "run", CPU, progress=False)
+    return stop.value.args[0]
+
+
+@pytest.mark.parametrize("recipe,mixer,params,r", [
+    ("synthetic", "cmo", {}, 0.0),  # the recipe's fg_r = 0 (§7.1)
+    ("synthetic", "cmo", {"fg_r": 1.0}, 1.0),  # --fg-r 1 overrides it
+    ("synthetic-smc", "smc", {}, 0.0),
+    ("synthetic-otmix", "otmix", {"fg_r": 0.5}, 0.5),
+    ("synthetic", "ros", {}, 0.0),
+])
+def test_trainer_builds_the_q_stream_with_the_mixers_fg_r(monkeypatch, tiny_shards, tmp_path,
+                                                          recipe, mixer, params, r):
+    """§7.1: the train loader's Q stream draws with r = the mixer's fg_r, not the loader's 1."""
+    args = train_loader_args(monkeypatch, tiny_shards, tmp_path, recipe, mixer, params)
+    assert "minority" in args["streams"] and args["r"] == r
+
+
+def test_trainer_leaves_r_to_the_loader_for_a_mixer_without_fg_r(monkeypatch, tiny_shards,
+                                                                 tmp_path):
+    args = train_loader_args(monkeypatch, tiny_shards, tmp_path, "synthetic", "none", {})
+    assert args["streams"] == ("uniform",) and "r" not in args
+
+
+def train_table(mixer="none", loss="ce", reweight="none"):
+    return resolve({}, {"mixer": mixer, "loss": loss, "reweight": reweight}, {})["train"]
+
+
+@pytest.mark.parametrize("mixer,loss,reweight", [
+    ("none", "ldam", "none"), ("none", "bs", "none"), ("none", "la", "none"),
+    ("cutmix", "ce", "drw"), ("none", "focal", "inverse"),
+    ("cmo", "ce", "none"), ("ros", "ce", "none"), ("smc", "ce", "none"), ("otmix", "ce", "none"),
+    ("m2m", "ce", "none"),
+])
+def test_an_empty_class_is_a_build_error_when_the_counts_are_used(mixer, loss, reweight):
+    """§6.3: n_k = 0 raises at build time (make_env, the trainer's first build step), naming the
+    class and the shards, when the loss, the re-weighting or a Q stream reads the counts."""
+    with pytest.raises(ValueError, match=r"^/data/lt: class 1 has no training samples") as err:
+        build.make_env(train_table(mixer, loss, reweight), torch.tensor([5, 0, 3]), "/data/lt", CPU)
+    assert "\n" not in str(err.value) and "§6.3" in str(err.value)
+
+
+@pytest.mark.parametrize("mixer,loss", [("none", "ce"), ("cutmix", "focal"), ("mixup", "ce"),
+                                        ("remix", "ce"), ("resizemix", "ce")])
+def test_an_empty_class_is_fine_when_nothing_uses_the_counts(mixer, loss):
+    env = build.make_env(train_table(mixer, loss), torch.tensor([5, 0, 3]), "/data/lt", CPU)
+    assert env.class_counts.tolist() == [5, 0, 3]
+
+
+def test_several_empty_classes_are_counted_in_the_message():
+    with pytest.raises(ValueError, match=r"class 0 \(and 1 more\) has no training samples, and "
+                                         r"loss 'ldam' and reweight 'drw' use the class counts"):
+        build.make_env(train_table("none", "ldam", "drw"), torch.tensor([0, 4, 0]), "s", CPU)
