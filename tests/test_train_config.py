@@ -55,7 +55,7 @@ def test_bad_values_are_named(override, needle):
     ('[train]\nchannels_last = "no"', r"\[train\] channels_last: must be true or false"),
     ("[mixer.cmx]\nprob = 1.0", r"bad.toml: \[mixer.cmx\]: unknown mixer"),
     ("[train]\nloss = \"ce\"\n[loss.ldam]\nmaxm = 0.3", r"\[loss.ldam\]: unknown parameter 'maxm'"),
-    ('[mixer.cmo]\nprob = "high"', r"\[mixer.cmo\]: prob must be like its default 0.5"),
+    ('[mixer.cmo]\nprob = "high"', r"\[mixer.cmo\]: prob must be float"),
 ])
 def test_a_recipe_files_bad_values_name_the_file(tmp_path, text, needle):
     """Each table is checked, the chosen mixer's and loss's or not: a typo never passes."""

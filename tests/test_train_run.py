@@ -99,7 +99,7 @@ def test_none_ce_learns_and_writes_every_output(plain_run):
     (["--recipe", "nope"], "recipe: unknown 'nope'"),
     (["--mixer", "cmo", "--mixer-opt", "foo=1"], "unknown parameter 'foo'"),
     (["--loss", "hinge"], "loss: unknown 'hinge'"),
-    (["--mixer", "cmo", "--mixer-opt", "prob=abc"], "prob must be like its default 0.5"),
+    (["--mixer", "cmo", "--mixer-opt", "prob=abc"], "prob must be float"),
     (["--mixer", "smc", "--mixer-opt", "views=2.5"], "views must be like its default 2"),
     (["--mixer", "smc", "--mixer-opt", "scale=[0.8, 0.2]"], "scale must satisfy 0 <= lo <= hi"),
     (["--mixer", "smc", "--mixer-opt", "scale=0.5"], "scale must be like its default (0.2, 0.8)"),

@@ -8,6 +8,7 @@ naming the parameter, raised before any work instead of a TypeError in the middl
 from __future__ import annotations
 
 import inspect
+import typing
 
 KEYWORD = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
@@ -21,8 +22,8 @@ def accepted(cls, skip: tuple[str, ...]) -> list[str]:
 
 def check_params(owner: str, cls, params: dict, skip: tuple[str, ...] = ()) -> None:
     """Raise ``ValueError("<owner>: ...")`` for a parameter ``cls`` does not take or a value
-    unlike its default."""
-    sig = inspect.signature(cls.__init__)
+    unlike its default (a default of None: unlike its annotation, e.g. ``float | None``)."""
+    sig = _signature(cls)
     names = accepted(cls, skip)
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
         unknown = [k for k in params if k not in names]
@@ -30,10 +31,31 @@ def check_params(owner: str, cls, params: dict, skip: tuple[str, ...] = ()) -> N
             raise ValueError(f"{owner}: unknown parameter {unknown[0]!r} "
                              f"(accepts: {', '.join(names) or 'none'})")
     for key, value in params.items():
-        default = sig.parameters[key].default if key in sig.parameters else None
-        if not same_kind(default, value):
+        param = sig.parameters.get(key)
+        default = param.default if param is not None else None
+        if default is None and param is not None:
+            kinds = annotated_kinds(param.annotation)
+            if kinds and not any(same_kind(kind(), value) for kind in kinds):
+                raise ValueError(f"{owner}: {key} must be "
+                                 f"{' or '.join(k.__name__ for k in kinds)}, got {value!r}")
+        elif not same_kind(default, value):
             raise ValueError(f"{owner}: {key} must be like its default {default!r} "
                              f"({type(default).__name__}), got {value!r}")
+
+
+def _signature(cls) -> inspect.Signature:
+    try:  # annotations are strings under ``from __future__ import annotations``
+        return inspect.signature(cls.__init__, eval_str=True)
+    except (NameError, TypeError, SyntaxError):
+        return inspect.signature(cls.__init__)
+
+
+def annotated_kinds(annotation) -> tuple[type, ...]:
+    """The kinds of an annotation like ``float | None``; () (no check) when it admits anything
+    besides scalars and None (``str | nn.Module | None``) or is not evaluated."""
+    members = [m for m in typing.get_args(annotation) or (annotation,) if m is not type(None)]
+    scalars = tuple(m for m in members if m in (bool, int, float, str))
+    return scalars if len(scalars) == len(members) else ()
 
 
 def same_kind(default, value) -> bool:

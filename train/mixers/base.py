@@ -104,19 +104,11 @@ def active_in_epoch(epoch: int, epochs: int, schedule: str) -> bool:
 MixerFactory = Callable[..., Mixer]
 
 
-class ScheduleProb(float):
-    """The type of ``SCHEDULE_PROB``, the default ``prob`` of CMO and OTmix: a float (0.5) so
-    that parameter checks (train/params.py) still check a given prob's kind against it."""
-
-
-SCHEDULE_PROB = ScheduleProb(0.5)
-
-
 def resolve_prob(prob: float | None, mix_schedule: str) -> float:
-    """The batch gate's probability (ALGORITHMS.md §1, §7.3). The default (``SCHEDULE_PROB``,
-    or None) is 1.0 under ``mix_schedule="paper"`` (the papers' Algorithm 1 mixes every batch)
-    and 0.5 otherwise (the repos' mixup_prob); a prob given explicitly, 0.5 included, wins."""
-    if prob is None or prob is SCHEDULE_PROB:
+    """The batch gate's probability (ALGORITHMS.md §1, §7.3). Not given (None): 1.0 under
+    ``mix_schedule="paper"`` (the papers' Algorithm 1 mixes every batch) and 0.5 otherwise (the
+    repos' mixup_prob); a prob given explicitly, 0.5 included, wins."""
+    if prob is None:
         return 1.0 if mix_schedule == "paper" else 0.5
     return prob
 

@@ -18,15 +18,14 @@ from __future__ import annotations
 from typing import Mapping
 
 from ltpipe.pipeline.batch import Batch, MixedBatch
-from ltpipe.train.mixers.base import (SCHEDULE_PROB, Mixer, MixerEnv, StepContext,
-                                      active_in_epoch, resolve_prob)
+from ltpipe.train.mixers.base import Mixer, MixerEnv, StepContext, active_in_epoch, resolve_prob
 from ltpipe.train.mixers.cutmix import check_common, paste_mix_
 
 
 class CMO(Mixer):
     streams = ("uniform", "minority")
 
-    def __init__(self, env: MixerEnv, prob: float = SCHEDULE_PROB, mix_schedule: str = "repo",
+    def __init__(self, env: MixerEnv, prob: float | None = None, mix_schedule: str = "repo",
                  box: str = "batch", alpha: float = 1.0, fg_r: float = 1.0):
         super().__init__(env)
         prob = resolve_prob(prob, mix_schedule)  # default: 1.0 under "paper", else 0.5

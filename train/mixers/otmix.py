@@ -45,8 +45,8 @@ from ltpipe.kernels.boxes import cutmix_boxes, sample_lam
 from ltpipe.kernels.paste import paste_
 from ltpipe.pipeline.batch import Batch, MixedBatch
 from ltpipe.train.mixers import confusion as conf
-from ltpipe.train.mixers.base import (SCHEDULE_PROB, Mixer, MixerEnv, StepContext,
-                                      active_in_epoch, mix_gate, resolve_prob)
+from ltpipe.train.mixers.base import (Mixer, MixerEnv, StepContext, active_in_epoch, mix_gate,
+                                      resolve_prob)
 
 log = logging.getLogger(__name__)
 MODES = ("exact", "bank")
@@ -99,7 +99,7 @@ class OTMix(Mixer):
     def __init__(self, env: MixerEnv, mode: str = "exact", omega: float = 0.05, eps: float = 0.01,
                  alpha: float = 4.0, mu: float = 1.0, confusion_split: str = "val",
                  confusion_index: str = "fg_bg", fraction: float = 1.0,
-                 prob: float = SCHEDULE_PROB, mix_schedule: str = "repo", box: str = "batch",
+                 prob: float | None = None, mix_schedule: str = "repo", box: str = "batch",
                  fg_r: float = 1.0, confusion_per_class: int = 20, preset: str | None = None,
                  bank_dtype: str = "float32"):
         super().__init__(env)
