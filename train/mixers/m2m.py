@@ -63,7 +63,8 @@ class M2m(Mixer):
         else:
             from ltpipe.train.checkpoint import load_model
 
-            g = load_model(str(classifier), env.device, num_classes=env.num_classes)
+            g = load_model(str(classifier), env.device, num_classes=env.num_classes,
+                           image_size=env.image_size, shards=env.shards)
         self.g = g.eval().requires_grad_(False)
         self.beta, self.lam, self.gamma, self.eta, self.T = float(beta), float(lam), float(gamma), \
             float(eta), int(T)
