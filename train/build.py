@@ -14,7 +14,7 @@ import torch
 from ltpipe.train.dist import DistInfo
 from ltpipe.train.losses.aux import build_aux_term
 from ltpipe.train.losses.criterion import Criterion
-from ltpipe.train.losses.per_sample import NEEDS_COSINE, build_base_loss
+from ltpipe.train.losses.per_sample import NEEDS_COSINE, NEEDS_COUNTS, build_base_loss
 from ltpipe.train.losses.weights import ClassWeights
 from ltpipe.train.mixers.base import MixerEnv
 from ltpipe.train.mixers.registry import build_mixer, mixer_class
@@ -72,9 +72,8 @@ def loader_dtype(device: torch.device, precision: str) -> torch.dtype:
     return torch.float16 if device.type == "cuda" and precision != "fp32" else torch.float32
 
 
-# What reads the train counts n_k (ALGORITHMS.md §6.3): these losses (LDAM margins ∝ n_k^{-1/4},
-# BS/LA priors π_k = n_k/N), every re-weighting but "none", and Q streams (q_k ∝ n_k^{-r}).
-COUNTED_LOSSES = frozenset({"ldam", "bs", "la"})
+# What reads the train counts n_k (ALGORITHMS.md §6.3): the losses in NEEDS_COUNTS, every
+# re-weighting but "none", and Q streams (q_k ∝ n_k^{-r}).
 COUNTED_STREAMS = frozenset({"minority", "balanced"})
 
 
@@ -87,7 +86,7 @@ def check_class_counts(t: dict, class_counts: torch.Tensor, shards) -> None:
     if not empty:
         return
     users = []
-    if t["loss"] in COUNTED_LOSSES:
+    if t["loss"] in NEEDS_COUNTS:
         users.append(f"loss {t['loss']!r}")
     if t["reweight"] != "none":
         users.append(f"reweight {t['reweight']!r}")
@@ -96,8 +95,9 @@ def check_class_counts(t: dict, class_counts: torch.Tensor, shards) -> None:
         users.append(f"mixer {t['mixer']!r} (stream {', '.join(streams)})")
     if users:
         more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+        verb = "uses" if len(users) == 1 else "use"
         raise ValueError(f"{shards}: class {empty[0]}{more} has no training samples, and "
-                         f"{' and '.join(users)} use the class counts (ALGORITHMS.md §6.3)")
+                         f"{' and '.join(users)} {verb} the class counts (ALGORITHMS.md §6.3)")
 
 
 def make_env(t: dict, class_counts: torch.Tensor, shards: Path, info: DistInfo) -> MixerEnv:

@@ -82,6 +82,8 @@ BASE_LOSSES: dict[str, type[nn.Module]] = {
     "focal": Focal,
 }
 NEEDS_COSINE = frozenset({"ldam"})
+# losses that read the train counts n_k (LDAM margins ∝ n_k^{-1/4}, BS/LA priors π_k = n_k/N)
+NEEDS_COUNTS = frozenset({"ldam", "bs", "la"})
 
 
 def build_base_loss(name: str, class_counts: torch.Tensor, **params) -> nn.Module:
