@@ -149,9 +149,10 @@ OTMIX_BANK_RUN = ["--epochs", "2", "--mixer", "otmix", "--otmix-mode", "bank",
                   "--mixer-opt", "mu=0.0", "--ckpt-every", "4", *FAST]
 
 
-def killed_run(cmd, kill_at_step, log):
-    """Run ``cmd`` until it SIGKILLs itself after optimizer step ``kill_at_step``."""
-    env = {**os.environ, "LTPIPE_TEST_KILL_AT_STEP": str(kill_at_step), "OMP_NUM_THREADS": "1"}
+def killed_run(cmd, kill_at_step, log, env=None):
+    """Run ``cmd`` until it SIGKILLs itself after optimizer step ``kill_at_step``; ``env`` as
+    the run it is compared with (thread counts change float sums)."""
+    env = {**(env or os.environ), "LTPIPE_TEST_KILL_AT_STEP": str(kill_at_step)}
     with open(log, "w") as fh:  # a file, not a pipe: orphaned loader workers would hold a pipe
         proc = subprocess.Popen([str(c) for c in cmd], env=env, stdout=fh,
                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -255,7 +256,7 @@ def test_ddp_gloo_two_processes_and_exact_resume(shards, tmp_path):
     assert not (run / "params-r2.pt").exists() and len(lines(run)) == 2  # only rank 0 reports
     # 3 steps per epoch per rank: the checkpoint at step 4 is mid-epoch 1, the kill after step 5
     log = tmp_path / "killed.log"
-    assert killed_run(torchrun(shards, "--out", killed, *opts), 5, log) != 0
+    assert killed_run(torchrun(shards, "--out", killed, *opts), 5, log, env) != 0
     assert torch.load(killed / "ckpt" / "last.pt", weights_only=False)["step_in_epoch"] == 1
     proc = subprocess.run(torchrun("--resume", killed), env=env, capture_output=True, text=True,
                           timeout=300)
