@@ -28,6 +28,7 @@ class MixedBatch:
     """What the model trains on. Loss = lam·ℓ(y_a) + (1−lam)·ℓ(y_b) (ALGORITHMS.md §0).
 
     y_a is the background/base label, y_b the pasted foreground's; identity is y_b = y_a, lam = 1.
+    ``changed_rows`` tells which rows' images the mixer changed (the share is logged per epoch).
     """
 
     images: torch.Tensor  # [B,3,H,W]
@@ -35,6 +36,12 @@ class MixedBatch:
     y_b: torch.Tensor  # int64 [B]
     lam: torch.Tensor  # float32 [B]: weight of y_a
     extras: Mapping[str, Any] = field(default_factory=dict)
+
+    def changed_rows(self) -> torch.Tensor:
+        """bool [B]: extras["changed"] where a mixer sets it (M2m: the accepted translations;
+        Remix: the pixel λ, since its label weight may be 1 on a mixed image), else lam < 1."""
+        changed = self.extras.get("changed")
+        return self.lam < 1 if changed is None else changed
 
     @classmethod
     def unmixed(cls, batch: Batch, **extras: Any) -> "MixedBatch":

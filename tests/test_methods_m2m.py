@@ -136,6 +136,7 @@ def test_accepted_samples_reach_gamma_and_f_untouched():
     # every accepted row kept its label k and was translated from a strictly larger class
     assert torch.all(COUNTS[seeds[acc]] > COUNTS[out.y_a[acc]])
     assert torch.equal(out.images[~acc], b.images[~acc])  # rejected rows: the real sample
+    assert torch.equal(out.changed_rows(), acc)  # the epoch's mixed_share counts translations
     assert not acc[:8].any() and torch.all(seeds[:8] == -1)  # the head class is never generated
     assert f_model.training and f_model.w.grad is None and g_model.w.grad is None
 

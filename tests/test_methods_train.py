@@ -117,11 +117,11 @@ def test_every_method_times_every_loss_trains(shards, g_run, mixer, loss):
         if step == 0:
             mixer_mod.on_epoch_start(1, ctx)
         streams = {k: v for k, v in _streams(step).items() if k in mixer_mod.streams}
-        loss_value, parts, n = train_step(model=model, mixer=mixer_mod, criterion=criterion,
-                                          optimizer=opt, scheduler=sched, scaler=scaler,
-                                          streams=streams, ctx=ctx,
-                                          autocast=make_autocast(torch.device("cpu"), "fp32"))
-        assert math.isfinite(loss_value.item()) and n >= 8
+        loss_value, parts, n, changed = train_step(
+            model=model, mixer=mixer_mod, criterion=criterion, optimizer=opt, scheduler=sched,
+            scaler=scaler, streams=streams, ctx=ctx,
+            autocast=make_autocast(torch.device("cpu"), "fp32"))
+        assert math.isfinite(loss_value.item()) and n >= 8 and 0 <= int(changed) <= n
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
     if mixer == "otmix":  # epoch 1 with the val split's confusion: the steps are OT steps
         assert bool(mixer_mod.has_fhat)

@@ -163,3 +163,15 @@ def test_bad_params_name_themselves():
         build_mixer("cutmix", env=env(), mix_schedule="sometimes")
     with pytest.raises(ValueError, match="unknown 'nope'"):
         build_mixer("nope", env=env())
+
+
+def test_changed_rows_default_to_lam_below_one_unless_the_mixer_says():
+    from ltpipe.pipeline.batch import MixedBatch
+
+    y = torch.zeros(3, dtype=torch.long)
+    lam = torch.tensor([1.0, 0.4, 0.0])
+    assert MixedBatch(torch.zeros(3, 3, 2, 2), y, y, lam).changed_rows().tolist() == \
+        [False, True, True]
+    accepted = torch.tensor([True, False, False])  # M2m: lam 1, but a translated image
+    assert MixedBatch(torch.zeros(3, 3, 2, 2), y, y, torch.ones(3),
+                      {"changed": accepted}).changed_rows().tolist() == [True, False, False]

@@ -78,6 +78,7 @@ def test_none_ce_learns_and_writes_every_output(plain_run):
         assert 0 <= r["data_wait_ms_per_step"] < per_step_ms
         assert 0 <= r["device_idle_ms_per_step"] < per_step_ms
     assert rec[1]["train_loss"] < rec[0]["train_loss"]  # it learns
+    assert [r["mixed_share"] for r in rec] == [0.0, 0.0]  # mixer none
     final = json.loads((run / "final.json").read_text())
     assert 0 <= final["top1"] <= 100
     assert len(final["per_class"]) == 4 and final["epochs"] == 2 and final["images_per_s"] > 0
@@ -182,7 +183,10 @@ def test_exact_resume_after_sigkill(shards, tmp_path, run_args):
     assert res.returncode == 0, res.stderr[-2000:]
     assert not stale.exists()
     assert_bitwise_equal(weights(full / "final.pt"), weights(killed / "final.pt"))
-    assert [r["train_loss"] for r in lines(full)] == [r["train_loss"] for r in lines(killed)]
+    exact = ("train_loss", "mixed_share")
+    assert [[r[k] for k in exact] for r in lines(full)] == \
+        [[r[k] for k in exact] for r in lines(killed)]
+    assert 0 < lines(full)[1]["mixed_share"] < 1  # mixing "always", with p = 0.7 or 0.5
 
 
 def test_resume_before_the_first_checkpoint_starts_over(shards, plain_run, tmp_path):

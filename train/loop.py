@@ -41,6 +41,7 @@ class EpochSums:
     """Running sums of the current epoch (checkpointed, so a resumed epoch logs the same loss)."""
 
     loss: torch.Tensor  # fp32 [] on device: Σ batch loss · batch size
+    changed: torch.Tensor  # int64 [] on device: Σ rows whose image the mixer changed
     parts: dict[str, torch.Tensor] = field(default_factory=dict)
     samples: int = 0
     seconds: float = 0.0
@@ -52,10 +53,12 @@ class EpochSums:
 
     @classmethod
     def zeros(cls, device: torch.device) -> "EpochSums":
-        return cls(torch.zeros((), device=device))
+        return cls(torch.zeros((), device=device),
+                   torch.zeros((), dtype=torch.int64, device=device))
 
-    def add(self, loss: torch.Tensor, parts: dict, n: int) -> None:
+    def add(self, loss: torch.Tensor, parts: dict, n: int, changed: torch.Tensor) -> None:
         self.loss += loss * n
+        self.changed += changed
         for k, v in parts.items():
             self.parts[k] = self.parts.get(k, torch.zeros_like(self.loss)) + v * n
         self.samples += n
@@ -68,7 +71,7 @@ class EpochSums:
 
     def state_dict(self) -> dict:
         # on the CPU: the states of all ranks are gathered into rank 0's checkpoint
-        return {"loss": self.loss.detach().cpu(),
+        return {"loss": self.loss.detach().cpu(), "changed": self.changed.cpu(),
                 "parts": {k: v.detach().cpu() for k, v in self.parts.items()},
                 "samples": self.samples,
                 "seconds": self.seconds, "wait_ms": self.wait_ms, "idle_ms": self.idle_ms,
@@ -76,14 +79,17 @@ class EpochSums:
 
     @classmethod
     def from_state(cls, state: dict, device: torch.device) -> "EpochSums":
-        return cls(state["loss"].to(device), {k: v.to(device) for k, v in state["parts"].items()},
+        changed = state.get("changed", torch.zeros((), dtype=torch.int64))  # older checkpoints
+        return cls(state["loss"].to(device), changed.to(device),
+                   {k: v.to(device) for k, v in state["parts"].items()},
                    state["samples"], state["seconds"], state.get("wait_ms", 0.0),
                    state.get("idle_ms", 0.0), state.get("timed_steps", 0))
 
 
 def train_step(*, model, mixer, criterion, optimizer, scheduler, scaler, streams,
-               ctx: StepContext, autocast) -> tuple[torch.Tensor, dict, int]:
-    """One optimizer step; returns (loss [] detached, parts {name: []}, batch size)."""
+               ctx: StepContext, autocast) -> tuple[torch.Tensor, dict, int, torch.Tensor]:
+    """One optimizer step; returns (loss [] detached, parts {name: []}, batch size, rows whose
+    image the mixer changed [] int64, on the device: no host sync)."""
     mixed = mixer(streams, ctx)  # MixedBatch(images, y_a, y_b, lam [B], extras)
     with autocast():
         out = model(mixed.images)  # ModelOutput(logits [B,C], features [B,D], extras)
@@ -94,4 +100,5 @@ def train_step(*, model, mixer, criterion, optimizer, scheduler, scaler, streams
     scaler.step(optimizer)
     scaler.update()
     scheduler.step()
-    return result.loss.detach(), result.parts, int(mixed.y_a.shape[0])
+    return result.loss.detach(), result.parts, int(mixed.y_a.shape[0]), \
+        mixed.changed_rows().sum()

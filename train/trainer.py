@@ -36,7 +36,8 @@ from ltpipe.train.step_timer import StepTimer
 
 
 log = logging.getLogger(__name__)
-SHOWN = ("train_loss", "top1", "many", "medium", "few", "images_per_s", "data_wait_ms_per_step")
+SHOWN = ("train_loss", "mixed_share", "top1", "many", "medium", "few", "images_per_s",
+         "data_wait_ms_per_step")
 
 # Test hook: SIGKILL this process right after optimizer step N (tests/test_train_run.py).
 KILL_AT_STEP = int(os.environ.get("LTPIPE_TEST_KILL_AT_STEP", "0"))
@@ -188,11 +189,11 @@ class Trainer:
             if self.dump_ranks:
                 seen.append(streams[self.mixer.streams[0]].index.cpu().numpy())
             with timer.step():
-                loss, parts, n = train_step(
+                loss, parts, n, changed = train_step(
                     model=self.train_model, mixer=self.mixer, criterion=self.criterion,
                     optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
                     streams=streams, ctx=self._ctx(epoch, self.step), autocast=self.autocast)
-            self.sums.add(loss, parts, n)
+            self.sums.add(loss, parts, n, changed)
             self.step += 1
             self.step_in_epoch += 1
             bar.update(1)
@@ -221,15 +222,18 @@ class Trainer:
 
     def _epoch_record(self, epoch: int) -> dict:
         s = self.sums
-        totals = torch.stack([s.loss] + [torch.tensor(float(v), device=self.info.device)
-                                         for v in (s.samples, s.wait_ms, s.idle_ms, s.timed_steps)])
+        totals = torch.stack([s.loss, s.changed.to(s.loss.dtype)] + [
+            torch.tensor(float(v), device=self.info.device)
+            for v in (s.samples, s.wait_ms, s.idle_ms, s.timed_steps)])
         parts = torch.stack(list(self.sums.parts.values())) if self.sums.parts else None
         all_reduce_sum(totals, self.info)
         if parts is not None:
             all_reduce_sum(parts, self.info)
-        samples = float(totals[1])
+        loss, changed, samples, wait_ms, idle_ms, steps = totals.tolist()
         record = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"],
-                  "train_loss": float(totals[0]) / max(samples, 1.0)}
+                  "train_loss": loss / max(samples, 1.0),
+                  # the share of the epoch's samples whose image the mixer changed
+                  "mixed_share": changed / max(samples, 1.0)}
         if parts is not None:
             record.update({f"loss_{k}": float(v) / max(samples, 1.0)
                            for k, v in zip(self.sums.parts, parts)})
@@ -241,9 +245,8 @@ class Trainer:
         record["images_per_s"] = samples / max(self.sums.seconds, 1e-9)
         record["seconds"] = self.sums.seconds
         # is the device waiting for data? (mean over ranks and steps; train/step_timer.py)
-        steps = max(float(totals[4]), 1.0)
-        record["data_wait_ms_per_step"] = float(totals[2]) / steps
-        record["device_idle_ms_per_step"] = float(totals[3]) / steps
+        record["data_wait_ms_per_step"] = wait_ms / max(steps, 1.0)
+        record["device_idle_ms_per_step"] = idle_ms / max(steps, 1.0)
         if self.info.is_main:
             tqdm.write(epoch_line(record, self.t["epochs"]))
         return record

@@ -89,7 +89,8 @@ class M2m(Mixer):
         y = batch.labels
         lam = torch.ones(len(batch), dtype=torch.float32, device=y.device)
         return MixedBatch(images, y, y, lam,
-                          {"index": batch.index, "accepted": accepted, "seed_labels": seeds})
+                          {"index": batch.index, "accepted": accepted, "seed_labels": seeds,
+                           "changed": accepted})
 
     # -- the pieces, public for tests ------------------------------------------------------
     def seed_probabilities(self, labels: torch.Tensor) -> torch.Tensor:

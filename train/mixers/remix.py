@@ -60,4 +60,5 @@ class Remix(Mixer):
         y_a, y_b = batch.labels, batch.labels[perm]
         counts = self.counts.to(dev)
         lam_y = remix_label_weight(lam, counts[y_a], counts[y_b], self.kappa, self.tau)
-        return MixedBatch(images, y_a, y_b, lam_y.float(), {"index": batch.index, "pixel_lam": lam})
+        return MixedBatch(images, y_a, y_b, lam_y.float(),
+                          {"index": batch.index, "pixel_lam": lam, "changed": lam < 1})
