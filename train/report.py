@@ -4,8 +4,9 @@ metrics.jsonl has one line per epoch: epoch (from 0, as the checkpoint, the LR s
 recipes' epoch numbers count; the progress bar shows epoch + 1 of the total), lr, train_loss,
 mixed_share (the share of the epoch's samples whose image the mixer changed: M2m's accepted
 translations), top1, many, medium, few (null in epochs not evaluated), images_per_s, seconds,
-data_wait_ms_per_step, device_idle_ms_per_step (train/step_timer.py), plus the loss parts. Resuming truncates lines from epochs that will run
-again, so a resumed run's file equals an uninterrupted one's (but for the timings).
+data_wait_ms_per_step, device_idle_ms_per_step (train/step_timer.py), plus the loss parts.
+Resuming truncates lines from epochs that will run again, so a resumed run's file equals an
+uninterrupted one's (but for the timings).
 """
 
 from __future__ import annotations
