@@ -59,7 +59,9 @@ def rng_state() -> dict:
         "python": random.getstate(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # this process's device only (each DDP rank saves its own): restoring every visible
+        # GPU's state would open a CUDA context on each of them
+        state["cuda_device"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -67,7 +69,9 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"].cpu())
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
+    if "cuda_device" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda_device"].cpu())
+    elif "cuda" in state and torch.cuda.is_available():  # older checkpoints: every device
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
