@@ -18,20 +18,17 @@ import sys
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def tie_to_parent(parent_pid: int) -> bool:
+def tie_to_parent(parent_pid: int) -> None:
     """Ignore SIGINT, and ask the kernel to SIGKILL this process when its parent dies (exit now if
     it already has).
 
-    Returns whether the request was made. The signal follows the parent *thread* that forked this
-    process: DALI forks its workers from the thread that builds the pipeline, the trainer's main
-    thread, which lives as long as the trainer does.
+    The signal follows the parent *thread* that forked this process: DALI forks its workers from
+    the thread that builds the pipeline, the trainer's main thread, which lives as long as the
+    trainer does.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if not sys.platform.startswith("linux"):
-        return False
+        return
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        return False
-    if os.getppid() != parent_pid:  # the parent died before the request: nothing would signal
-        os._exit(1)
-    return True
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0 and os.getppid() != parent_pid:
+        os._exit(1)  # the parent died before the request: nothing would signal
