@@ -40,6 +40,7 @@ from ltpipe.pipeline.shardset import ShardSplit, open_split
 log = logging.getLogger(__name__)
 
 STREAMS = ("uniform", "minority", "balanced")
+WEIGHTED_STREAMS = frozenset({"minority", "balanced"})  # drawn by the class counts (q ∝ n_k^-r)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 STATE_VERSION = 1
 
@@ -75,7 +76,7 @@ def check_arguments(data: ShardSplit, split: str, batch_size: int, streams, devi
     if not isinstance(rank, (int, np.integer)) or not 0 <= rank < world:
         raise ValueError(f"rank/world: need 0 <= rank < world, got rank={rank} world={world}")
     empty = np.flatnonzero(data.class_counts == 0)
-    if empty.size and not allow_empty_classes and set(streams) & {"minority", "balanced"}:
+    if empty.size and not allow_empty_classes and set(streams) & WEIGHTED_STREAMS:
         raise ValueError(f"{data.root / 'manifest.json'}: class {int(empty[0])} has no training "
                          "samples (pass allow_empty_classes=True to give it q=0)")
     return streams

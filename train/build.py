@@ -72,16 +72,12 @@ def loader_dtype(device: torch.device, precision: str) -> torch.dtype:
     return torch.float16 if device.type == "cuda" and precision != "fp32" else torch.float32
 
 
-# What reads the train counts n_k (ALGORITHMS.md §6.3): the losses in NEEDS_COUNTS, every
-# re-weighting but "none", and Q streams (q_k ∝ n_k^{-r}).
-COUNTED_STREAMS = frozenset({"minority", "balanced"})
-
-
 def check_class_counts(t: dict, class_counts: torch.Tensor, shards) -> None:
     """ALGORITHMS.md §6.3: a class with no training samples (n_k = 0) is a one-line ValueError at
-    build time when the loss, the re-weighting or the mixer's streams use the counts: they would
-    train on max(n_k, 1), which gives that class a prior of about 1/N (LA/BS), the largest margin
-    (LDAM) and the largest weight (DRW). CE/focal, no re-weighting and a P-only mixer still run."""
+    build time when the loss (NEEDS_COUNTS), the re-weighting or the mixer's Q streams
+    (WEIGHTED_STREAMS) use the counts: they would train on max(n_k, 1), which gives that class a
+    prior of about 1/N (LA/BS), the largest margin (LDAM) and the largest weight (DRW). CE/focal,
+    no re-weighting and a P-only mixer still run."""
     empty = torch.nonzero(class_counts.cpu() == 0).flatten().tolist()
     if not empty:
         return
@@ -90,7 +86,9 @@ def check_class_counts(t: dict, class_counts: torch.Tensor, shards) -> None:
         users.append(f"loss {t['loss']!r}")
     if t["reweight"] != "none":
         users.append(f"reweight {t['reweight']!r}")
-    streams = sorted(COUNTED_STREAMS & set(mixer_class(t["mixer"]).streams))
+    from ltpipe.pipeline.loader import WEIGHTED_STREAMS
+
+    streams = sorted(WEIGHTED_STREAMS & set(mixer_class(t["mixer"]).streams))
     if streams:
         users.append(f"mixer {t['mixer']!r} (stream {', '.join(streams)})")
     if users:
