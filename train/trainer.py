@@ -137,10 +137,11 @@ class Trainer:
         return saved[self.info.rank] if isinstance(saved, list) else saved
 
     def _save(self) -> None:
-        # per rank: each rank's loader position, share of the epoch's running sums and RNGs
-        loader_states = gather_objects(self.loader.state_dict(), self.info)
-        sums = gather_objects(self.sums.state_dict(), self.info)
-        rngs = gather_objects(rng_state(), self.info)
+        # per rank, in one collective: each rank's loader position, share of the epoch's running
+        # sums and RNG states
+        ranks = gather_objects((self.loader.state_dict(), self.sums.state_dict(), rng_state()),
+                               self.info)
+        loader_states, sums, rngs = (list(per_rank) for per_rank in zip(*ranks))
         if self.info.is_main:
             save_atomic({
                 "format": FORMAT, "config": self.cfg, "world": self.info.world,
