@@ -308,12 +308,13 @@ class OTMix(Mixer):
             feats = torch.cat([feats, feats.new_zeros(pad, feats.shape[1])])
             ids = torch.cat([ids, ids.new_zeros(pad)])
             plain = torch.cat([plain, plain.new_zeros(pad)])
+        rows = torch.stack([ids.to(torch.int64), plain.to(torch.int64)], dim=1)  # [b, 2]
         gathered = []
-        for t in (feats, ids, plain.to(torch.uint8)):  # gloo has no bool all_gather
+        for t in (feats, rows):  # two collectives per step: features, then (id, unmixed)
             out = t.new_empty((world * b, *t.shape[1:]))
             torch.distributed.all_gather_into_tensor(out, t.contiguous())
             gathered.append(out)
-        return gathered[0], gathered[1], gathered[2].bool()
+        return gathered[0], gathered[1][:, 0], gathered[1][:, 1].bool()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         bank = state_dict.get(prefix + "bank")
