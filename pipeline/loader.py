@@ -88,7 +88,8 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
                 r: float = 1.0, seed: int = 0, rank: int = 0, world: int = 1, epoch: int = 0,
                 num_threads: int = 4, prefetch: int = 2, py_workers: int = 2,
                 hw_decoder_load: float = 0.65, max_image_side: int = 0, concurrency: str = "full",
-                cpu_decode=(), validate: bool = True, allow_empty_classes: bool = False):
+                cpu_decode=(), validate: bool = True, allow_empty_classes: bool = False,
+                skip_corrupt: bool = False):
     """Build the DALI loader of one rank (falls back to the torch reference without DALI).
 
     Args:
@@ -104,12 +105,15 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
         hw_decoder_load, max_image_side: nvJPEG hardware-decoder share and preallocation hint.
         concurrency: "full" (P and Q chains run concurrently, own CUDA streams) or "backend".
         cpu_decode: stream names whose decode and resize run on the CPU even on "cuda".
-        validate: scan payload markers for corrupt samples (skipped, counted in ``skipped``).
+        validate: look for corrupt samples when opening the split (shardset.py).
         allow_empty_classes: give classes with n_k = 0 the probability q_k = 0 instead of raising.
+        skip_corrupt: leave corrupt samples out of both streams; by default a split that has any
+            is refused with a ShardFormatError (a ValueError) naming the shards and the count.
     Returns a DaliLoader: ``for step in loader`` -> {stream: Batch}; len, set_epoch,
-    state_dict/load_state_dict, class_counts (int64 [C]), num_classes, skipped.
+    state_dict/load_state_dict, class_counts (int64 [C]), num_classes, and ``skipped``: the
+    number of corrupt samples of the split left out (0 unless skip_corrupt).
     """
-    data = open_split(shards, split, validate=validate)
+    data = open_split(shards, split, validate=validate, skip_corrupt=skip_corrupt)
     streams = check_arguments(data, split, batch_size, streams, device, preset, dtype, r, rank,
                               world, allow_empty_classes)
     try:
@@ -122,7 +126,8 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
                                  device=device, preset=preset, image_size=image_size, dtype=dtype,
                                  channels_last=channels_last, r=r, seed=seed, rank=rank,
                                  world=world, epoch=epoch, num_workers=num_threads,
-                                 allow_empty_classes=allow_empty_classes)
+                                 validate=validate, allow_empty_classes=allow_empty_classes,
+                                 skip_corrupt=skip_corrupt)
     cpu_decode = (cpu_decode,) if isinstance(cpu_decode, str) else tuple(cpu_decode)
     if not set(cpu_decode) <= set(streams):
         raise ValueError(f"cpu_decode: {sorted(set(cpu_decode) - set(streams))} are not among "
@@ -161,7 +166,7 @@ class DaliLoader:
         self.device = torch.device("cuda", spec.device_id) if on_gpu else torch.device("cpu")
         self.class_counts = data.class_counts.copy()  # int64 [C], global train counts
         self.num_classes = int(data.num_classes)
-        self.skipped = data.skipped
+        self.skipped = data.skipped  # corrupt samples left out of every epoch (skip_corrupt)
         n = data.num_samples
         self._sizes = shard_sizes(n, world)
         self._steps = math.ceil(math.ceil(n / world) / spec.batch_size)

@@ -1,12 +1,15 @@
 """One split of a shard directory as the loaders see it (contract: shards/format.py).
 
 Reads the manifest and ``index.npy`` once, checks the caller's arguments against them (one-line
-ValueErrors naming the file or field), and finds corrupt samples up front so that both streams
-skip them: a sample whose ``.jpg`` payload lies outside its tar, or does not start with the JPEG
-SOI marker (FF D8) and end with EOI (FF D9) within its last 32 bytes, is logged with its key,
-counted in ``skipped`` and left out (P reads a filtered copy of the DALI index, Q never draws it).
-This catches truncated or overwritten payloads; a JPEG whose entropy-coded body is damaged but
-whose markers are intact is not detected here (the decoder reports it).
+ValueErrors naming the file or field), and finds corrupt samples up front: a sample whose ``.jpg``
+payload lies outside its tar, or does not start with the JPEG SOI marker (FF D8) and end with EOI
+(FF D9) within its last 32 bytes. This catches truncated or overwritten payloads; a JPEG whose
+entropy-coded body is damaged but whose markers are intact is not detected here.
+
+A split with corrupt samples is refused (one ShardFormatError naming the shards, the count and
+``ltpipe inspect --verify``) unless the caller opts in with ``skip_corrupt=True``: then each is
+logged with its key, counted in ``skipped`` and left out by both streams (P reads a filtered copy
+of the DALI index, Q never draws it). A run must not silently train on part of its data.
 """
 
 from __future__ import annotations
@@ -54,8 +57,12 @@ class ShardSplit:
         return mask
 
 
-def open_split(root, split: str, validate: bool = True) -> ShardSplit:
-    """Load ``root``'s manifest and index for ``split``; raise ValueError naming the bad file."""
+def open_split(root, split: str, validate: bool = True, skip_corrupt: bool = False) -> ShardSplit:
+    """Load ``root``'s manifest and index for ``split``; raise ValueError naming the bad file.
+
+    ``validate``: look for corrupt samples. ``skip_corrupt``: leave them out (``skipped`` counts
+    them) instead of refusing the split.
+    """
     if root is None or str(root) == "":
         raise ValueError("shards: no shard directory given")
     manifest = load_manifest(root)  # ShardFormatError (a ValueError) names the file
@@ -72,6 +79,8 @@ def open_split(root, split: str, validate: bool = True) -> ShardSplit:
     has_train = "train" in manifest.splits
     train_counts = manifest.split("train").class_counts if has_train else info.class_counts
     bad = find_corrupt(rows, tar_paths) if validate else np.zeros(0, dtype=np.int64)
+    if bad.size and not skip_corrupt:
+        raise ShardFormatError(corrupt_message(manifest.root, split, rows, tar_paths, bad))
     out = ShardSplit(manifest.root, split, tar_paths, idx_paths, rows, labels,
                      np.asarray(train_counts, dtype=np.int64), manifest.num_classes, bad)
     if bad.size:
@@ -81,6 +90,18 @@ def open_split(root, split: str, validate: bool = True) -> ShardSplit:
         out._tmpdir = tempfile.TemporaryDirectory(prefix="ltpipe-idx-")
         out.idx_paths = write_filtered_indexes(rows, idx_paths, bad, Path(out._tmpdir.name))
     return out
+
+
+def corrupt_message(root: Path, split: str, rows: np.ndarray, tar_paths: list[Path],
+                    bad: np.ndarray) -> str:
+    """One line: how many corrupt samples, in which shards, the first keys, and what to do."""
+    per_shard = np.bincount(rows["shard"][bad], minlength=len(tar_paths))
+    shards = [f"{tar_paths[s].name} ({int(n)})" for s, n in enumerate(per_shard) if n]
+    listed = ", ".join(shards[:5]) + (f", ... ({len(shards)} shards)" if len(shards) > 5 else "")
+    keys = ", ".join(key_of(int(i)) for i in bad[:3]) + (", ..." if bad.size > 3 else "")
+    return (f"{root / split}: {bad.size} corrupt sample(s) in {listed}, keys {keys}; "
+            f"run `ltpipe inspect --verify {root}` for details, or skip them explicitly "
+            "(skip_corrupt / --skip-corrupt)")
 
 
 def find_corrupt(rows: np.ndarray, tar_paths: list[Path]) -> np.ndarray:

@@ -73,9 +73,14 @@ def make_torch_loader(shards, split: str = "train", batch_size: int = 128,
                       channels_last: bool = False, r: float = 1.0, seed: int = 0, rank: int = 0,
                       world: int = 1, epoch: int = 0, num_workers: int = 4, prefetch: int = 2,
                       num_threads: int | None = None, validate: bool = True,
-                      allow_empty_classes: bool = False) -> "TorchLoader":
-    """Reference loader with ``make_loader``'s keywords (``num_threads`` is an alias of workers)."""
-    data = open_split(shards, split, validate=validate)
+                      allow_empty_classes: bool = False,
+                      skip_corrupt: bool = False) -> "TorchLoader":
+    """Reference loader with ``make_loader``'s keywords (``num_threads`` is an alias of workers).
+
+    As there, a split with corrupt samples is refused unless ``skip_corrupt``; ``skipped`` on the
+    loader counts the samples left out.
+    """
+    data = open_split(shards, split, validate=validate, skip_corrupt=skip_corrupt)
     streams = check_arguments(data, split, batch_size, streams, device, preset, dtype, r, rank,
                               world, allow_empty_classes)
     size = int(image_size or DEFAULT_SIZE[preset])
@@ -97,7 +102,7 @@ class TorchLoader:
         self.num_workers, self.prefetch = int(num_workers), int(prefetch)
         self.class_counts = data.class_counts.copy()
         self.num_classes = int(data.num_classes)
-        self.skipped = data.skipped
+        self.skipped = data.skipped  # corrupt samples left out of every epoch (skip_corrupt)
         self._good = np.flatnonzero(data.good_mask())  # readable ids, ascending
         n = self._good.size
         self._sizes = shard_sizes(n, world)

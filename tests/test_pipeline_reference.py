@@ -127,7 +127,7 @@ def test_empty_class_needs_allow_empty_classes(shards, tmp_path):
     assert make_loader(out, batch_size=8, streams=("uniform",)).num_classes == 7  # P needs no q
 
 
-def test_corrupt_sample_is_logged_skipped_and_counted(shards, tmp_path, caplog):
+def test_corrupt_sample_is_logged_skipped_and_counted_when_opted_in(shards, tmp_path, caplog):
     bad = tmp_path / "bad"
     shutil.copytree(shards, bad)
     row = np.load(bad / "train" / "index.npy")[5]
@@ -136,14 +136,16 @@ def test_corrupt_sample_is_logged_skipped_and_counted(shards, tmp_path, caplog):
         f.seek(int(row["offset"]))
         f.write(b"\x00\x00")
     with caplog.at_level(logging.WARNING):
-        loader = make_loader(bad, batch_size=16, streams=("uniform", "minority"), r=0.0)
+        loader = make_loader(bad, batch_size=16, streams=("uniform", "minority"), r=0.0,
+                             skip_corrupt=True)
     assert loader.skipped == 1 and "000000005" in caplog.text
     steps = list(loader)
     ids = np.concatenate([s["uniform"].index.numpy() for s in steps])
     assert np.array_equal(np.sort(ids), np.delete(np.arange(N_TRAIN), 5))
     q = np.concatenate([s["minority"].index.numpy() for s in steps])
     assert 5 not in q
-    ref = make_torch_loader(bad, batch_size=16, streams=("uniform",), num_workers=0)
+    ref = make_torch_loader(bad, batch_size=16, streams=("uniform",), num_workers=0,
+                            skip_corrupt=True)
     assert ref.skipped == 1
     ref_ids = np.concatenate([s["uniform"].index.numpy() for s in ref])
     assert np.array_equal(np.sort(ref_ids), np.delete(np.arange(N_TRAIN), 5))
