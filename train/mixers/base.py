@@ -3,11 +3,19 @@
 A mixer declares the loader streams it needs (``streams``); the trainer builds the loader with
 exactly those and never branches on a mixer's name. Mixers are ``nn.Module``s so any state they
 own (a feature bank, a confusion matrix, a frozen classifier) goes into the checkpoint.
+
+In a training loop of one's own (README, "Use ltpipe in your own training loop")::
+
+    env = MixerEnv.from_shards("out/synthetic", epochs=30, batch_size=64)
+    mixer = CMO(env, prob=0.5, mix_schedule="always")
+    mixed = mixer.mix(streams, epoch, step)   # the trainer's draws for (seed, epoch, step, rank)
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
@@ -33,6 +41,27 @@ class MixerEnv:
     @property
     def num_classes(self) -> int:
         return int(self.class_counts.numel())
+
+    @classmethod
+    def from_shards(cls, shards: str | Path, *, epochs: int, batch_size: int,
+                    image_size: int = 32, seed: int = 0, device: str | torch.device = "cpu",
+                    rank: int | None = None, world: int | None = None) -> "MixerEnv":
+        """The environment of a run on ``shards`` outside ltpipe's trainer: class counts from the
+        manifest's train split; ``rank``/``world`` from torch.distributed when it is initialised
+        (else 0/1). ``epochs`` is the run's length, which the mix schedules read."""
+        from ltpipe.shards.format import load_manifest  # only the library path reads a manifest
+
+        if rank is None or world is None:
+            dist = torch.distributed
+            running = dist.is_available() and dist.is_initialized()
+            rank = (dist.get_rank() if running else 0) if rank is None else rank
+            world = (dist.get_world_size() if running else 1) if world is None else world
+        device = torch.device(device)
+        counts = load_manifest(shards).split("train").class_counts
+        return cls(class_counts=torch.tensor(counts, dtype=torch.int64, device=device),
+                   device=device, image_size=int(image_size), batch_size=int(batch_size),
+                   epochs=int(epochs), seed=int(seed), shards=str(shards), rank=int(rank),
+                   world=int(world))
 
 
 @dataclass(frozen=True)
@@ -61,9 +90,30 @@ class Mixer(nn.Module):
     def __init__(self, env: MixerEnv):
         super().__init__()
         self.env = env
+        self._warned_off = False  # once per run (not checkpointed): see _warn_if_off
+        self.register_forward_pre_hook(_warn_if_off)
 
     def forward(self, streams: Mapping[str, Batch], ctx: StepContext) -> MixedBatch:
         raise NotImplementedError
+
+    def mix(self, streams: Mapping[str, Batch], epoch: int, step: int, *,
+            model: nn.Module | None = None, inplace: bool = True) -> MixedBatch:
+        """``forward`` with the StepContext built as ltpipe's trainer builds it: the generator is
+        seeded by (env.seed, epoch, step, env.rank), so the same step draws the same boxes and λ.
+
+        ``step`` counts optimizer steps from the start of the run. Mixers that paste (CMO, CutMix,
+        OTmix's CMO steps) write into ``streams["uniform"].images`` in place, saving a copy of the
+        batch; ``inplace=False`` pastes into a copy and leaves the caller's tensor as it was.
+        ``model``: the model being trained, for the mixers that read it (OTmix, M2m)."""
+        from ltpipe.train.loop import step_generator  # loop imports this module
+
+        if not inplace and "uniform" in streams:
+            bg = streams["uniform"]
+            streams = {**streams, "uniform": Batch(bg.images.clone(), bg.labels, bg.index, bg.meta)}
+        env = self.env
+        ctx = StepContext(epoch, env.epochs, step, env.class_counts,
+                          step_generator(env.seed, epoch, step, env.rank, env.device), model=model)
+        return self(streams, ctx)
 
     def observe(self, out: Any, mixed: MixedBatch) -> None:
         """Hook after the training forward pass (``out``: ModelOutput). Default: nothing.
@@ -99,6 +149,21 @@ def active_in_epoch(epoch: int, epochs: int, schedule: str) -> bool:
     if schedule == "always":
         return True
     raise ValueError(f"mix_schedule: unknown value {schedule!r} (repo, paper, always)")
+
+
+def _warn_if_off(mixer: Mixer, args: tuple) -> None:
+    """Forward pre-hook: say once per run that the schedule left a called mixer off, since
+    "repo" (the published code's window) returns unmixed batches in the first and last epochs."""
+    ctx = args[1] if len(args) > 1 else None
+    if mixer._warned_off or not isinstance(ctx, StepContext) or mixer.env.rank != 0:
+        return
+    if not mixer.mixes_in(ctx.epoch, ctx.epochs):
+        mixer._warned_off = True
+        schedule = getattr(mixer, "mix_schedule", None)
+        why = f'mix_schedule="{schedule}"' if schedule else "its schedule"
+        warnings.warn(f"{type(mixer).__name__}: {why} keeps mixing off in epoch {ctx.epoch} of "
+                      f"{ctx.epochs}: the batches pass unmixed (train/METHODS.md, schedules)",
+                      stacklevel=3)
 
 
 MixerFactory = Callable[..., Mixer]

@@ -11,6 +11,10 @@ and 0.5 otherwise, the repo's mixup_prob; a prob given explicitly wins), ``box``
 box for the whole batch as in the papers' code, "sample": one per sample), ``alpha`` (Beta(α,α),
 1), ``fg_r`` (1.0 = paper's q(1); the paper recipes set 0, which is what the published code drew,
 §7.1).
+
+The paste writes into the background batch ``streams["uniform"].images`` in place (no copy of
+the batch per step); the returned ``MixedBatch.images`` is that same tensor. A caller that keeps
+a reference to the background images and needs them unchanged uses ``mix(..., inplace=False)``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,95 @@
+"""ltpipe as a library in a training loop of one's own: the mixed-loss helper, Mixer.mix (the
+trainer's draws without StepContext plumbing), the in-place paste and the schedule warning."""
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ltpipe.pipeline.batch import Batch, MixedBatch
+from ltpipe.train.loop import step_generator
+from ltpipe.train.losses.mixed import mixed_loss
+from ltpipe.train.mixers.base import MixerEnv, StepContext
+from ltpipe.train.mixers.cmo import CMO
+
+B, H, C = 8, 16, 4
+COUNTS = torch.tensor([100, 40, 10, 3])
+
+
+def env(seed=0, rank=0):
+    return MixerEnv(COUNTS, torch.device("cpu"), H, B, epochs=10, seed=seed, rank=rank)
+
+
+def streams():
+    """P: sample i is the constant image i; Q: the constant image 100 + i."""
+    def batch(offset, labels):
+        ids = torch.arange(B) + offset
+        return Batch(ids.float().view(B, 1, 1, 1).expand(B, 3, H, H).contiguous(), labels, ids)
+    return {"uniform": batch(0, torch.arange(B) % C), "minority": batch(100, torch.full((B,), 3))}
+
+
+def test_mixed_loss_weights_y_a_by_lam_for_any_criterion():
+    torch.manual_seed(0)
+    logits = torch.randn(B, C)
+    y_a, y_b = torch.arange(B) % C, torch.full((B,), 3)
+    lam = torch.linspace(0.1, 0.9, B)
+    mixed = MixedBatch(torch.zeros(B, 3, 2, 2), y_a, y_b, lam)
+    want = (lam * F.cross_entropy(logits, y_a, reduction="none")
+            + (1 - lam) * F.cross_entropy(logits, y_b, reduction="none")).mean()
+    assert torch.allclose(mixed_loss(F.cross_entropy, logits, mixed), want)
+    focal_like = lambda x, y: F.nll_loss(F.log_softmax(x, 1), y, reduction="none")  # noqa: E731
+    assert torch.allclose(mixed_loss(focal_like, logits, mixed), want)
+    # a criterion that returns the batch mean: refused when lam varies per row ...
+    with pytest.raises(ValueError, match="reduction='none'"):
+        mixed_loss(nn.CrossEntropyLoss(), logits, mixed)
+    # ... and exact when it does not (one box per batch)
+    same = MixedBatch(mixed.images, y_a, y_b, torch.full((B,), 0.3))
+    want = 0.3 * F.cross_entropy(logits, y_a) + 0.7 * F.cross_entropy(logits, y_b)
+    assert torch.allclose(mixed_loss(nn.CrossEntropyLoss(), logits, same), want)
+    assert torch.allclose(mixed_loss(nn.CrossEntropyLoss(), logits, MixedBatch.unmixed(
+        Batch(mixed.images, y_a, torch.arange(B)))), F.cross_entropy(logits, y_a))
+
+
+def test_mix_draws_what_the_trainer_draws_for_the_same_step():
+    mixer = CMO(env(seed=7, rank=1), prob=1.0, mix_schedule="always", box="sample")
+    ours = mixer.mix(streams(), epoch=3, step=41)
+    ctx = StepContext(3, 10, 41, COUNTS, step_generator(7, 3, 41, 1, torch.device("cpu")))
+    trainer = mixer(streams(), ctx)
+    assert torch.equal(ours.images, trainer.images) and torch.equal(ours.lam, trainer.lam)
+    other = mixer.mix(streams(), epoch=3, step=42)
+    assert not torch.equal(other.lam, ours.lam)  # a step draws its own boxes
+
+
+def test_mix_pastes_in_place_unless_asked_for_a_copy():
+    mixer = CMO(env(), prob=1.0, mix_schedule="always")
+    s = streams()
+    kept = s["uniform"].images
+    before = kept.clone()
+    out = mixer.mix(s, epoch=0, step=0, inplace=False)
+    assert torch.equal(kept, before) and not torch.equal(out.images, before)
+    out = mixer.mix(s, epoch=0, step=0)
+    assert out.images is kept and not torch.equal(kept, before)
+
+
+def test_a_mixer_left_off_by_its_schedule_warns_once_per_run():
+    mixer = CMO(env(), prob=1.0)  # mix_schedule="repo": off while epoch <= 3
+    with pytest.warns(UserWarning, match=r'mix_schedule="repo" keeps mixing off in epoch 0'):
+        out = mixer.mix(streams(), epoch=0, step=0)
+    assert bool((out.lam == 1).all())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mixer.mix(streams(), epoch=1, step=5)  # once per run, not once per step
+        CMO(env(), prob=1.0, mix_schedule="always").mix(streams(), epoch=0, step=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # under DDP only rank 0 says it
+        CMO(env(rank=1), prob=1.0).mix(streams(), epoch=0, step=0)
+
+
+def test_env_from_shards_reads_the_train_counts(tiny_shards):
+    from ltpipe.shards.format import load_manifest
+
+    e = MixerEnv.from_shards(tiny_shards, epochs=5, batch_size=4)
+    want = load_manifest(tiny_shards).split("train").class_counts
+    assert e.class_counts.tolist() == list(want) and (e.rank, e.world, e.epochs) == (0, 1, 5)

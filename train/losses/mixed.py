@@ -1,0 +1,42 @@
+"""The mixed-label loss for a training loop of one's own: lam·ℓ(y_a) + (1−lam)·ℓ(y_b).
+
+ltpipe's trainer uses ``Criterion`` (class weights, auxiliary terms); this is the same label rule
+for any criterion, e.g. ``mixed_loss(F.cross_entropy, logits, mixed)``. ``lam`` is the weight of
+y_a, the background's label (train/METHODS.md, conventions).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ltpipe.pipeline.batch import MixedBatch
+
+
+def mixed_loss(criterion: Callable[..., torch.Tensor], logits: torch.Tensor,
+               mixed: MixedBatch) -> torch.Tensor:
+    """Mean over the batch of lam_i·ℓ(logits_i, y_a_i) + (1−lam_i)·ℓ(logits_i, y_b_i).
+
+    ``criterion(logits, targets)`` returns per-sample losses [B] or their mean. One that takes a
+    ``reduction`` keyword (``F.cross_entropy``) is asked for ``reduction="none"``. A mean is exact
+    when lam is the same for every row (one box per batch) and refused otherwise.
+    """
+    lam = mixed.lam.to(torch.float32)  # [B]
+    loss_a = _per_sample(criterion, logits, mixed.y_a)
+    if mixed.y_b is mixed.y_a:  # an unmixed batch: lam = 1
+        return loss_a.mean()
+    loss_b = _per_sample(criterion, logits, mixed.y_b)
+    if loss_a.dim() == 0:
+        if not bool((lam == lam[0]).all()):
+            raise ValueError("mixed_loss: the criterion returns one value per batch, but lam "
+                             "differs between rows; give it reduction='none'")
+        lam = lam[0]
+    return (lam * loss_a + (1 - lam) * loss_b).mean()
+
+
+def _per_sample(criterion, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    try:
+        return criterion(logits, targets, reduction="none")
+    except TypeError:  # no ``reduction`` keyword (an nn.Module, or a user's function)
+        return criterion(logits, targets)
