@@ -72,6 +72,7 @@ def shard(ctx, source, out, **options):
     store it smaller with --max-size).
     """
     from ltpipe.shards.errors import ShardInputError
+    from ltpipe.shards.outlock import OutputLockedError
     from ltpipe.shards.write import write_shards
 
     if out is None and not options["dry_run"]:
@@ -80,7 +81,7 @@ def shard(ctx, source, out, **options):
     before = _manifest_stamp(out)
     try:
         m = write_shards(source, out or Path("."), command=command, **options)
-    except ShardInputError as exc:
+    except (ShardInputError, OutputLockedError) as exc:
         raise InputError(str(exc)) from None
     except BrokenPipeError:
         raise  # `| head`: click ends quietly

@@ -26,6 +26,7 @@ from ltpipe.shards.encode import Encoded, Item, Rejected, encode_item, sample_me
 from ltpipe.shards.errors import ShardInputError
 from ltpipe.shards.format import MANIFEST, MEMBERS, REJECTED, SPLITS, Manifest, shard_name
 from ltpipe.shards.journal import Journal, ShardRecord
+from ltpipe.shards.outlock import LOCK_NAME, output_lock
 from ltpipe.shards.sources import plan_source
 from ltpipe.shards.tario import TarShardWriter, file_sha256, member_tar_bytes
 
@@ -54,7 +55,8 @@ def write_shards(source: str, out: str | Path, *, imbalance: float | None = None
                  on_shard: Callable[[ShardRecord], None] | None = None) -> Manifest | None:
     """Write SOURCE to OUT (see module docstring); returns the manifest (None for a dry run).
 
-    Raises ShardInputError (one line) for bad input. ``on_shard`` is called after each shard is
+    Raises ShardInputError (one line) for bad input and OutputLockedError (one line) while
+    another process writes to OUT. ``on_shard`` is called after each shard is
     in place (progress hooks; tests use it to simulate a kill).
     """
     options = _options(source, imbalance, max_size, quality, shard_size, samples_per_shard, seed,
@@ -70,6 +72,17 @@ def write_shards(source: str, out: str | Path, *, imbalance: float | None = None
         manifest_mod.print_plan(source, plan, orders, options, _estimate_bytes(orders, options, plan.classes))
         return None
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ShardInputError(f"OUT {out}: exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    command = command or _command_line(out, options)
+    with output_lock(out, command):  # a second writer of OUT refuses (OutputLockedError)
+        return _write_locked(out, plan, orders, options, workers, command, progress, on_shard)
+
+
+def _write_locked(out: Path, plan, orders: dict[str, list[Item]], options: dict, workers: int,
+                  command: str, progress: bool, on_shard) -> Manifest:
+    """write_shards' body, run while holding OUT's lock."""
     inputs = _inputs_digest(orders)
     done = _existing_output(out, options, inputs)
     if done is not None:
@@ -78,7 +91,6 @@ def write_shards(source: str, out: str | Path, *, imbalance: float | None = None
     kept = journal.start()
     for tmp in [*out.glob("*.tmp"), *out.glob("*/*.tmp")]:  # temporaries of an interrupted run
         tmp.unlink()
-    command = command or _command_line(out, options)
     written, rejected = {}, list(plan.rejected)
     with _encoder(workers, options) as encode:
         for split, items in orders.items():
@@ -92,7 +104,7 @@ def write_shards(source: str, out: str | Path, *, imbalance: float | None = None
     manifest_mod.check_classes(plan, written, out / REJECTED)
     for split, records in written.items():
         manifest_mod.write_index(out / split, records)
-    doc = manifest_mod.build(source, plan.classes, written, len(rejected), options, command)
+    doc = manifest_mod.build(options["source"], plan.classes, written, len(rejected), options, command)
     doc["inputs_sha256"] = inputs
     manifest_mod.write(out, doc)
     journal.remove()
@@ -149,10 +161,7 @@ def _inputs_digest(orders: dict[str, list[Item]]) -> str:
 def _existing_output(out: Path, options: dict, inputs: str) -> Manifest | None:
     """A finished identical output (returned as is), a resumable one (None), or an error.
     Same options but different inputs (files added/removed since) -> rewritten from scratch."""
-    if out.exists() and not out.is_dir():
-        raise ShardInputError(f"OUT {out}: exists and is not a directory")
-    if not out.exists() or not any(out.iterdir()):
-        out.mkdir(parents=True, exist_ok=True)
+    if not any(p.name != LOCK_NAME for p in out.iterdir()):
         return None
     header = Journal(out, options).read_header()
     journal_options = header["options"] if header else None
