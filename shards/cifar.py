@@ -3,14 +3,25 @@
 ``DIR`` is the extracted ``cifar-10-batches-py`` (data_batch_1..5, test_batch, batches.meta) or
 ``cifar-100-python`` (train, test, meta) folder, or a folder containing it. The test batch becomes
 the balanced ``val`` split; CIFAR-LT is made by the writer's ``imbalance`` (ALGORITHMS.md §5).
+
+The batches are Python pickles, and a pickle can name any function to call. They are read with
+``SafeUnpickler``, which resolves only the globals a CIFAR batch holds (numpy arrays and dtypes;
+``_codecs.encode``, which Python 3 writes for bytes at protocol 2); any other global is refused
+before anything is called, so a crafted file cannot run code.
 """
 
 from __future__ import annotations
 
+import codecs
 import pickle
 from pathlib import Path
 
 import numpy as np
+
+try:
+    import numpy._core as np_core  # numpy >= 2
+except ImportError:  # pragma: no cover - numpy 1.x
+    import numpy.core as np_core
 
 from ltpipe.shards.errors import ShardInputError
 
@@ -22,15 +33,52 @@ LAYOUT = {  # scheme -> (folder name, train batches, test batch, meta file, labe
 }
 
 
+# (module, name) -> the object: numpy's array/dtype reconstruction (numpy >= 2 names its core
+# "numpy._core"; older pickles say "numpy.core") and the bytes of a protocol-2 pickle
+_ALLOWED = {
+    **{(f"numpy.{core}.multiarray", "_reconstruct"): np_core.multiarray._reconstruct
+       for core in ("core", "_core")},
+    **{(f"numpy.{core}.numeric", "_frombuffer"): np_core.numeric._frombuffer
+       for core in ("core", "_core")},
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): codecs.encode,
+}
+
+
+class RefusedGlobal(pickle.UnpicklingError):
+    pass
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """An unpickler of plain data (dict, list, str, bytes, numbers) and numpy arrays only."""
+
+    def find_class(self, module, name):
+        try:
+            return _ALLOWED[module, name]
+        except KeyError:
+            raise RefusedGlobal(f"refused to load {module}.{name}: a CIFAR batch holds only "
+                                f"plain data and numpy arrays") from None
+
+    def persistent_load(self, pid):
+        raise RefusedGlobal("refused a persistent id: a CIFAR batch holds none")
+
+
 def _unpickle(path: Path) -> dict:
     if not path.is_file():
         raise ShardInputError(f"{path}: missing CIFAR batch file")
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
+            doc = SafeUnpickler(f, encoding="bytes").load()
+    except RefusedGlobal as exc:
+        raise ShardInputError(f"{path}: not a CIFAR pickle batch ({exc})") from None
     except Exception as exc:  # any unpickling failure means "not a CIFAR batch"
         raise ShardInputError(
             f"{path}: not a CIFAR pickle batch ({exc.__class__.__name__})") from None
+    if not isinstance(doc, dict):
+        raise ShardInputError(f"{path}: not a CIFAR pickle batch (a {type(doc).__name__}, "
+                              f"not a dict)")
+    return doc
 
 
 Rows = list[tuple[str, int, np.ndarray]]  # (path, label, [32,32,3] uint8 pixels)

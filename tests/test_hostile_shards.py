@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import io
+import pickle
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
@@ -57,3 +59,50 @@ def test_second_writer_of_one_out_exits_2(tmp_path):
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "train", "val"]
     assert run("inspect", out, "--verify").exit_code == 0
+
+
+# --- pickles that name code --------------------------------------------------------------------
+
+class _RunsCode:
+    """Unpickling this calls os.system (what a crafted CIFAR batch can do with pickle.load)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def _cifar100(root, meta, protocol):
+    """A tiny cifar-100-python folder: 2 classes, 4 train and 2 test images."""
+    import numpy as np
+
+    def batch(labels):
+        return {b"data": np.full((len(labels), 3072), 7, np.uint8), b"fine_labels": labels,
+                b"filenames": [b"x.png"] * len(labels), b"batch_label": "training batch"}
+
+    root.mkdir(parents=True)
+    for name, obj in (("train", batch([0, 1, 0, 1])), ("test", batch([0, 1])), ("meta", meta)):
+        (root / name).write_bytes(pickle.dumps(obj, protocol=protocol))
+
+
+@pytest.mark.parametrize("where", ["meta", "nested"])
+def test_cifar_pickle_that_runs_code_is_refused(tmp_path, where):
+    marker = tmp_path / "ran"
+    names = [b"a", b"b"]
+    meta = ({b"fine_label_names": _RunsCode(marker)} if where == "meta" else
+            {b"fine_label_names": names, b"extra": [{"deep": _RunsCode(marker)}]})
+    _cifar100(tmp_path / "cifar-100-python", meta, protocol=2)
+    line = one_line_error(run("shard", f"cifar100:{tmp_path}", tmp_path / "out"),
+                          "cifar-100-python/meta: not a CIFAR pickle batch")
+    assert "refused to load posix.system" in line
+    assert not marker.exists()  # nothing ran
+
+
+@pytest.mark.parametrize("protocol", [2, 5])  # 2: what CIFAR's own files use; 5: Python 3's
+def test_cifar_batches_still_load(tmp_path, protocol):
+    _cifar100(tmp_path / "cifar-100-python", {b"fine_label_names": [b"a", b"b"]}, protocol)
+    r = run("shard", f"cifar100:{tmp_path}", tmp_path / "out")
+    assert r.exit_code == 0 and r.stdout.startswith("wrote 4 train / 2 val images"), r.output
