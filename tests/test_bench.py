@@ -151,14 +151,23 @@ def test_loader_bench_measures_each_stored_size(tmp_path):
     assert stored["px16"]["jpeg_kb"] < stored["as_given"]["jpeg_kb"]
 
 
-def test_kernels_bench_takes_no_shards(tmp_path):
-    res = invoke(["kernels", "--device", "cpu", "--out", tmp_path, "--batch", "4", "--size", "32",
+def test_kernels_bench_takes_no_shards_and_writes_outside_the_checkout(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no --out: ./ltpipe-bench, never the committed bench/results
+    res = invoke(["kernels", "--device", "cpu", "--batch", "4", "--size", "32",
                   "--runs", "3", "--warmup", "1"])
     assert res.exit_code == 0, res.output
-    doc = load(tmp_path / "kernels-cpu.json")
+    doc = load(tmp_path / "ltpipe-bench" / "kernels-cpu.json")
     rows = bench_cli.result_rows(doc)
     assert rows and all(r["metric"] == "median_ms" and r["value"] > 0 for r in rows)
-    assert_chart(tmp_path / "kernels-cpu.png")
+    assert_chart(tmp_path / "ltpipe-bench" / "kernels-cpu.png")
+    # one table (the script's own print is not echoed), every row with its p10-p90 spread
+    assert res.output.count("paste_nchw_torch_where") == 1
+    table = [ln for ln in res.output.splitlines() if "median_ms" in ln]
+    assert len(table) == len(rows) and all("p10–p90" in ln for ln in table)
+    # each kernel sits beside its baselines
+    labels = [r["label"] for r in rows]
+    first = labels.index("paste_nchw")
+    assert labels[first + 1].startswith("paste_nchw_") and labels[-1].startswith("sinkhorn")
 
 
 @pytest.mark.parametrize("values, scale", [

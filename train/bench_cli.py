@@ -5,13 +5,18 @@ is not a package and ships only with a source checkout), then reads the result J
 (schema: ``ltpipe.train.benchmark.write_result``), prints a table and writes a PNG bar chart
 beside it (``<name>-<device>.png``). Options the CLI does not know go to the script unchanged, so
 ``ltpipe bench e2e SHARDS --device cpu --tiny --steps 4`` runs
-``python bench/e2e.py --shards SHARDS --device cpu --out bench/results --tiny --steps 4``
+``python bench/e2e.py --shards SHARDS --device cpu --out ltpipe-bench --tiny --steps 4``
 (SHARDS first: the script's options may take values, so no later word can be told from it).
+Results go to ``./ltpipe-bench/`` unless ``--out`` says otherwise: the checkout's committed
+``bench/results/`` is written only when asked for (``--out bench/results``). The script's own
+stdout table is not echoed (the CLI prints one table); its progress on stderr is.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import math
 import sys
@@ -24,6 +29,7 @@ BENCHMARKS = ("loader", "e2e", "kernels")
 # keys that describe a measurement rather than being one (left out of tables and charts)
 SKIP_KEYS = frozenset({"std", "runs", "p10_ms", "p90_ms", "iterations", "meets_targets", "profile"})
 MAX_PANELS = 6
+DEFAULT_OUT = Path("ltpipe-bench")  # not bench/results: committed files change only on request
 PASS_THROUGH = {"ignore_unknown_options": True, "help_option_names": ["-h", "--help"]}
 
 
@@ -86,7 +92,8 @@ def run_benchmark(name: str, argv: list[str], out: Path) -> tuple[Path | None, i
     module = load_script(name)
     started = time.time()
     try:
-        code = module.main(argv)
+        with contextlib.redirect_stdout(io.StringIO()):  # the table printed below replaces it
+            code = module.main(argv)
     except SystemExit as exc:  # argparse errors: the script already printed its message
         code = exc.code
         if isinstance(code, str):  # sys.exit("message"): print it, as Python would
@@ -102,10 +109,12 @@ def run_benchmark(name: str, argv: list[str], out: Path) -> tuple[Path | None, i
 # ---------------------------------------------------------------- table and chart
 
 def result_rows(doc: dict) -> list[dict]:
-    """Flatten results/baselines into rows {source, label, metric, value, std}.
+    """Flatten results/baselines into rows {source, label, metric, value, std, low, high}.
 
-    A dict with "mean" is one measurement (metric = its key); any other number is one too
-    (metric = its key, e.g. "median_ms", "ltpipe_vs_ceiling"); SKIP_KEYS and target_* are not.
+    A dict with "mean" is one measurement (metric = its key, spread its "std"); any other number
+    is one too (metric = its key, e.g. "median_ms", "ltpipe_vs_ceiling"), and a "median_ms"
+    beside "p10_ms"/"p90_ms" takes them as its spread (low, high); SKIP_KEYS and target_* are
+    not rows.
     """
     rows: list[dict] = []
 
@@ -116,27 +125,68 @@ def result_rows(doc: dict) -> list[dict]:
             label = "/".join(path) or key
             if isinstance(value, dict) and isinstance(value.get("mean"), (int, float)):
                 rows.append(dict(source=source, label=label, metric=key,
-                                 value=float(value["mean"]), std=value.get("std")))
+                                 value=float(value["mean"]), std=value.get("std"),
+                                 low=None, high=None))
             elif isinstance(value, dict):
                 walk(value, path + (key,), source)
             elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                low, high = (node.get("p10_ms"), node.get("p90_ms")) if key == "median_ms" \
+                    else (None, None)
                 rows.append(dict(source=source, label=label, metric=key, value=float(value),
-                                 std=None))
+                                 std=None, low=low, high=high))
 
     walk(doc["results"], (), "result")
     walk(doc["baselines"], (), "baseline")
-    return [r for r in rows if math.isfinite(r["value"])]
+    return paired([r for r in rows if math.isfinite(r["value"])])
+
+
+def paired(rows: list[dict]) -> list[dict]:
+    """Each result followed by its baselines (a baseline of result "paste_nchw" is labelled
+    "paste_nchw_<how>"), so table and chart compare neighbours; unmatched baselines last."""
+    results = [r for r in rows if r["source"] == "result"]
+    left = [r for r in rows if r["source"] != "result"]
+    out = []
+    for r in results:
+        mine = [b for b in left if b["metric"] == r["metric"]
+                and b["label"].startswith(r["label"] + "_")]
+        out += [r] + mine
+        left = [b for b in left if b not in mine]
+    return out + left
+
+
+def spread(r: dict) -> str:
+    """"±std" for a mean, "p10–p90" for a median, else empty."""
+    if isinstance(r["std"], (int, float)):
+        return f"±{r['std']:.4g}"
+    if isinstance(r.get("low"), (int, float)) and isinstance(r.get("high"), (int, float)):
+        return f"p10–p90 {r['low']:.4g}–{r['high']:.4g}"
+    return ""
 
 
 def format_table(rows: list[dict]) -> str:
     width = max([len(r["label"]) for r in rows] + [5])
     mwidth = max([len(r["metric"]) for r in rows] + [6])
-    lines = [f"{'':9}{'label':{width}}  {'metric':{mwidth}}  {'value':>12}  std"]
+    lines = [f"{'':9}{'label':{width}}  {'metric':{mwidth}}  {'value':>12}  spread"]
     for r in rows:
-        std = f"±{r['std']:.4g}" if isinstance(r["std"], (int, float)) else ""
         lines.append(f"{r['source']:9}{r['label']:{width}}  {r['metric']:{mwidth}}  "
-                     f"{r['value']:12.4g}  {std}")
+                     f"{r['value']:12.4g}  {spread(r)}")
     return "\n".join(lines)
+
+
+def error_bars(sel: list[dict]) -> list[list[float]]:
+    """[[below], [above]] for barh: ±std, or the p10/p90 percentiles around a median."""
+    below, above = [], []
+    for r in sel:
+        if isinstance(r["std"], (int, float)):
+            below.append(r["std"])
+            above.append(r["std"])
+        elif isinstance(r.get("low"), (int, float)) and isinstance(r.get("high"), (int, float)):
+            below.append(max(0.0, r["value"] - r["low"]))
+            above.append(max(0.0, r["high"] - r["value"]))
+        else:
+            below.append(0.0)
+            above.append(0.0)
+    return [below, above]
 
 
 def short_label(label: str, width: int = 70) -> str:
@@ -168,8 +218,7 @@ def write_chart(rows: list[dict], path: Path, title: str) -> Path:
     for ax, metric in zip(axes[:, 0], metrics):
         sel = [r for r in rows if r["metric"] == metric]
         ys = range(len(sel))
-        ax.barh(ys, [r["value"] for r in sel],
-                xerr=[r["std"] if isinstance(r["std"], (int, float)) else 0 for r in sel],
+        ax.barh(ys, [r["value"] for r in sel], xerr=error_bars(sel),
                 color=["tab:blue" if r["source"] == "result" else "tab:gray" for r in sel])
         ax.set_yticks(list(ys), [short_label(r["label"]) for r in sel], fontsize=8)
         ax.invert_yaxis()
@@ -210,9 +259,7 @@ def report(path: Path) -> None:
 # ---------------------------------------------------------------- commands
 
 def _run(name: str, base: list[str], out: Path | None, device: str, extra: tuple[str, ...]):
-    from ltpipe.train.benchmark import RESULTS_DIR
-
-    out = Path(out or RESULTS_DIR)
+    out = Path(out or DEFAULT_OUT)
     argv = base + ["--device", resolve_device(device), "--out", str(out)] + list(extra)
     path, code = run_benchmark(name, argv, out)
     if path is not None:
@@ -228,7 +275,8 @@ def _common(f, metavar: str = "[SCRIPT_OPTIONS]..."):
     f = click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto",
                      show_default=True, help="auto: cuda when torch sees a GPU.")(f)
     f = click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-                     help="Results folder (default: bench/results of the checkout).")(f)
+                     help="Results folder (default: ./ltpipe-bench; `--out bench/results` "
+                     "updates the checkout's committed results).")(f)
     return f
 
 
