@@ -108,8 +108,13 @@ class Manifest:
         self.split(split)
         if not path.is_file():
             raise ShardFormatError(f"{path}: missing (re-run `ltpipe shard`)")
-        rows = np.load(path, mmap_mode="r")
-        if rows.dtype != INDEX_DTYPE or len(rows) != self.split(split).num_samples:
+        try:  # allow_pickle stays False: an index never holds objects
+            rows = np.load(path, mmap_mode="r")
+        except (OSError, ValueError, EOFError) as exc:  # not .npy, cut off, pickled data
+            raise ShardFormatError(f"{path}: unreadable ({exc.__class__.__name__}: "
+                                   f"{' '.join(str(exc).split())})") from None
+        if (not isinstance(rows, np.ndarray) or rows.dtype != INDEX_DTYPE or rows.ndim != 1
+                or len(rows) != self.split(split).num_samples):
             raise ShardFormatError(f"{path}: does not match {self.root / MANIFEST}")
         return rows
 

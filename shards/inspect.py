@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ltpipe.shards.format import MEMBERS, REJECTED, Manifest, decode_sample_id, key_of
+from ltpipe.shards.format import (INDEX, MANIFEST, MEMBERS, REJECTED, Manifest, ShardFormatError,
+                                  decode_sample_id, key_of)
 from ltpipe.shards.longtail import group_sizes
 from ltpipe.shards.tario import MemberSpan, dali_index_text, file_sha256
 
@@ -66,7 +67,8 @@ def _class_table(m: Manifest) -> list[str]:
 
 def verify(m: Manifest, progress: bool = True) -> list[str]:
     """Re-read every shard: checksums, member order and ids, index.npy offsets and labels,
-    .idx contents, and that every JPEG decodes. Returns the problems found (empty = OK)."""
+    .idx contents, that every JPEG decodes, and each split's class_counts recounted from the
+    .cls members and from index.npy. Returns the problems found (empty = OK)."""
     from tqdm import tqdm
 
     problems: list[str] = []
@@ -75,7 +77,12 @@ def verify(m: Manifest, progress: bool = True) -> list[str]:
     with tqdm(total=total, desc="verify", unit="img", disable=None if progress else True,
               leave=False) as bar:
         for split, info in m.splits.items():
-            index = m.index(split)
+            try:
+                index = m.index(split)
+            except ShardFormatError as exc:  # missing, unreadable or the wrong shape
+                problems.append(str(exc))
+                index = None
+            labels: list[int] = []  # the .cls members, in sample id order
             next_id = 0
             for number, (shard, path) in enumerate(zip(info.shards, m.shard_paths(split))):
                 if not path.is_file():
@@ -85,16 +92,43 @@ def verify(m: Manifest, progress: bool = True) -> list[str]:
                 if file_sha256(path) != shard.sha256:
                     problems.append(f"{path}: sha256 differs from the manifest")
                 try:
-                    problems += _verify_shard(path, number, next_id, shard.samples, index)
+                    problems += _verify_shard(path, number, next_id, shard.samples, index, labels)
                 except (tarfile.TarError, OSError) as exc:  # cut off or not a tar at all
                     problems.append(f"{path}: unreadable tar ({exc})")
                 next_id += shard.samples
                 bar.update(shard.samples)
+            problems += _verify_counts(m, split, labels, index)
+    return problems
+
+
+def _verify_counts(m: Manifest, split: str, labels: list[int], index) -> list[str]:
+    """The manifest's class_counts against the .cls members and index.npy's labels."""
+    field = f"{m.root / MANIFEST}: splits.{split}.class_counts"
+    claimed = np.asarray(m.split(split).class_counts)
+    if len(claimed) != m.num_classes:
+        return [f"{field} has {len(claimed)} entries for {m.num_classes} classes"]
+    problems = []
+    sources = [(f"{split} .cls members", np.asarray(labels, dtype=np.int64))]
+    if index is not None:
+        sources.append((f"{m.root / split / INDEX} labels", np.asarray(index["label"], dtype=np.int64)))
+    for what, values in sources:
+        bad = (values < 0) | (values >= m.num_classes)
+        if bad.any():
+            problems.append(f"{what}: label {values[bad][0]} is not a class "
+                            f"(0..{m.num_classes - 1})")
+            continue
+        counted = np.bincount(values, minlength=m.num_classes)
+        wrong = np.flatnonzero(counted != claimed)
+        if len(wrong):
+            k = int(wrong[0])
+            problems.append(f"{field}[{k}] is {claimed[k]}, the {what} count {counted[k]} "
+                            f"({len(wrong)} class(es) differ)")
     return problems
 
 
 def _verify_shard(path: Path, number: int, first_id: int, samples: int,
-                  index: np.ndarray) -> list[str]:
+                  index: np.ndarray | None, labels: list[int]) -> list[str]:
+    """Problems of one shard; appends each sample's .cls label to ``labels``."""
     from PIL import Image
 
     problems, spans = [], []
@@ -112,19 +146,37 @@ def _verify_shard(path: Path, number: int, first_id: int, samples: int,
             spans.append([MemberSpan(ext, g.offset_data, g.size, g.name)
                           for ext, g in zip(MEMBERS, group)])
             data = {ext: tf.extractfile(g).read() for ext, g in zip(MEMBERS, group)}
-            row = index[sid]
-            jpg = group[MEMBERS.index("jpg")]
-            if (row["shard"], row["offset"], row["size"]) != (number, jpg.offset_data, jpg.size):
-                problems.append(f"{path}: index.npy row {sid} does not point at its .jpg")
-            if decode_sample_id(data["id"]) != sid or int(data["cls"]) != row["label"]:
-                problems.append(f"{path}: sample {sid} .id/.cls disagree with index.npy")
+            label = _parse_cls(data["cls"])
+            if label is None:
+                problems.append(f"{path}: sample {sid} .cls is not a class number")
+            else:
+                labels.append(label)
+            if index is not None:
+                problems += _check_row(path, number, sid, group, data, label, index)
             try:
                 Image.open(io.BytesIO(data["jpg"])).load()
             except Exception as exc:  # any decoder failure is a corrupt sample
                 problems.append(f"{path}: sample {sid} does not decode ({exc})")
     idx = path.with_suffix(".idx")
-    if not idx.is_file() or idx.read_text() != dali_index_text(spans):
+    if not idx.is_file() or idx.read_text(errors="replace") != dali_index_text(spans):
         problems.append(f"{idx}: missing or does not match the tar")
+    return problems
+
+
+def _parse_cls(data: bytes) -> int | None:
+    text = data.decode("ascii", errors="replace")
+    return int(text) if text.isdigit() and len(text) <= 10 else None
+
+
+def _check_row(path, number, sid, group, data, label, index) -> list[str]:
+    """The sample's index.npy row points at its .jpg and agrees with its .id and .cls."""
+    if sid >= len(index):
+        return [f"{path}: sample {sid} has no index.npy row"]
+    row, jpg, problems = index[sid], group[MEMBERS.index("jpg")], []
+    if (row["shard"], row["offset"], row["size"]) != (number, jpg.offset_data, jpg.size):
+        problems.append(f"{path}: index.npy row {sid} does not point at its .jpg")
+    if decode_sample_id(data["id"]) != sid or label != row["label"]:
+        problems.append(f"{path}: sample {sid} .id/.cls disagree with index.npy")
     return problems
 
 

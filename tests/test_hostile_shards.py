@@ -106,3 +106,59 @@ def test_cifar_batches_still_load(tmp_path, protocol):
     _cifar100(tmp_path / "cifar-100-python", {b"fine_label_names": [b"a", b"b"]}, protocol)
     r = run("shard", f"cifar100:{tmp_path}", tmp_path / "out")
     assert r.exit_code == 0 and r.stdout.startswith("wrote 4 train / 2 val images"), r.output
+
+
+# --- verification recounts what it is told -----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def synthetic_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("hostile") / "out"
+    assert run("shard", "synthetic", out, *TINY).exit_code == 0
+    return out
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_verify_recounts_class_counts(synthetic_out, tmp_path):
+    """class_counts edited with the total kept: --verify names the field (it once said OK)."""
+    import json
+
+    out = _copy(synthetic_out, tmp_path / "edited")
+    doc = json.loads((out / "manifest.json").read_text())
+    counts = doc["splits"]["train"]["class_counts"]
+    counts[0], counts[-1] = counts[0] - 1, counts[-1] + 1
+    (out / "manifest.json").write_text(json.dumps(doc))
+    r = run("inspect", out, "--verify")
+    assert r.exit_code == 1 and "verify: OK" not in r.stdout
+    assert f"{out / 'manifest.json'}: splits.train.class_counts[0] is {counts[0]}, the train .cls " \
+           f"members count {counts[0] + 1}" in r.stderr
+    assert "train/index.npy labels count" in r.stderr
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "pickled", "scalar", "labels"])
+def test_verify_on_a_bad_index_is_one_line(synthetic_out, tmp_path, damage):
+    import numpy as np
+
+    out = _copy(synthetic_out, tmp_path / "bad")
+    path = out / "train" / "index.npy"
+    rows = np.load(path)
+    if damage == "garbage":
+        path.write_bytes(b"\x00" * 40)
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:150])
+    elif damage == "pickled":
+        np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    elif damage == "scalar":
+        np.save(path, rows[0])  # 0-d: len() fails
+    else:
+        rows["label"][3] = 2**31 - 1  # a label no class has
+        np.save(path, rows)
+    r = run("inspect", out, "--verify")
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert f"{path}" in r.stderr and "Error: verify: " in r.stderr
+    assert all(len(line) < 400 for line in r.stderr.splitlines())
