@@ -97,3 +97,33 @@ def test_missing_shards_is_one_line(tmp_path):
                                     "--out", str(tmp_path / "g.png")])
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert "nope" in res.output
+
+
+def test_otmix_preview_takes_its_confusion_from_the_previewed_batch(shards, tmp_path, monkeypatch):
+    """Not from a pass over the whole confusion split: the model is untrained, and that pass was
+    most of the preview's time."""
+    from ltpipe.train.mixers import confusion
+
+    seen = []
+    real = confusion.confusion_counts
+
+    def spy(model, steps, *args, **kwargs):
+        steps = list(steps)
+        seen.append(sum(len(s["uniform"]) for s in steps))
+        return real(model, steps, *args, **kwargs)
+
+    monkeypatch.setattr(confusion, "confusion_counts", spy)
+    make_preview(shards, "otmix", tmp_path / "otmix.png", n=3)
+    assert seen == [3]
+
+
+def test_smc_mixed_tile_is_captioned_as_an_augmented_view(shards):
+    from ltpipe.pipeline.batch import Batch, MixedBatch
+    from ltpipe.train.preview import tiles
+
+    b = Batch(torch.zeros(2, 3, 8, 8), torch.tensor([0, 1]), torch.tensor([0, 1]))
+    plain = MixedBatch.unmixed(b)
+    views = MixedBatch(plain.images, plain.y_a, plain.y_b, plain.lam, {"views": 2})
+    names = tuple(f"c{k}" for k in range(6))
+    assert tiles({"uniform": b}, plain, names)[0][0][1] == "mixed"
+    assert tiles({"uniform": b}, views, names)[0][0][1] == "mixed, augmented view"

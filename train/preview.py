@@ -6,11 +6,13 @@
 e.g. OTmix's features, get a freshly built one) and writes a PNG grid:
   * mixers with two streams: one row per sample, [first stream | second stream | mixed], i.e.
     background | foreground | mixed for CMO/SMC/OTmix (an OTmix row shows the background its
-    foreground was paired with, ``extras["pairs"]``); SMC shows its first view;
+    foreground was paired with, ``extras["pairs"]``); SMC shows its first view, captioned as
+    augmented (its view augmentation runs after the mix);
   * mixers with one stream (none, cutmix, mixup, resizemix, remix): one tile per sample.
 Captions: class names from the manifest, and on the mixed tile "lam" = λ (the weight of y_a, the
 background label, ALGORITHMS.md §0) with y_a / y_b. The loader's normalization is undone.
-Mixing is forced on (prob 1, mix_schedule "always", epoch E−1 of E, OTmix's OT path forced);
+Mixing is forced on (prob 1, mix_schedule "always", epoch E−1 of E, OTmix's OT path forced, its
+confusion matrix from the previewed batch and the untrained model);
 ``--mixer-opt KEY=VALUE`` overrides any mixer param (m2m needs ``classifier="RUN"``).
 """
 
@@ -98,7 +100,12 @@ def mixed_step(shards: Path, split: str, t: dict, env, mixer, model):
     if hasattr(mixer, "force_ot"):
         mixer.force_ot = True  # OTmix: show the OT pairing, not its CMO fallback
     model.train()
-    mixer.on_epoch_start(epoch, ctx)  # e.g. OTmix's confusion matrix from the fresh model
+    if hasattr(mixer, "refresh_confusion"):
+        # OTmix: F̂ from the preview's own batch. The model is untrained, so a pass over the
+        # whole confusion split (most of the preview's time) would show nothing more.
+        mixer.refresh_confusion(model, epoch, steps=[step])
+    else:
+        mixer.on_epoch_start(epoch, ctx)
     mixed = mixer(step, ctx)
     del loader
     return shown, mixed
@@ -137,6 +144,9 @@ def tiles(shown: dict, mixed, classes: tuple[str, ...]) -> tuple[list, int]:
     pairs = mixed.extras.get("pairs")  # OTmix: background row of every output row
     lam = mixed.lam.float().cpu().tolist()
     y_a, y_b = mixed.y_a.cpu().tolist(), mixed.y_b.cpu().tolist()
+    # SMC's rows are views: its own augmentation runs after the mix, so the tile differs from
+    # the two inputs beside it by more than the paste
+    role = "mixed, augmented view" if mixed.extras.get("views") else "mixed"
     out = []
     for i in range(b):
         if len(names) > 1:
@@ -147,7 +157,7 @@ def tiles(shown: dict, mixed, classes: tuple[str, ...]) -> tuple[list, int]:
                 out.append((to_pil(batch.images[j], batch.meta), ROLES.get(name, name),
                             _short(classes[label])))
         caption = f"lam={lam[i]:.2f} {_short(classes[y_a[i]], 9)}/{_short(classes[y_b[i]], 9)}"
-        out.append((to_pil(mixed.images[i], first.meta), "mixed", caption))
+        out.append((to_pil(mixed.images[i], first.meta), role, caption))
     return out, 3 if len(names) > 1 else 1
 
 
