@@ -58,6 +58,11 @@ def _positive(name: str):
               help="Eval split list for a list: SOURCE.")
 @click.option("--val-json", type=click.Path(exists=True, dir_okay=False),
               help="Eval split json for an inat: SOURCE.")
+@click.option("--max-pixels", type=int, default=89_478_485, show_default=True,
+              callback=_positive("--max-pixels"),
+              help="Reject larger images (width x height, read from the header) to rejected.tsv.")
+@click.option("--allow-outside-root", is_flag=True,
+              help="list:/inat: paths may leave ROOT ('..', absolute paths); rejected otherwise.")
 @click.option("--size", type=click.Choice(list(PROFILES)), default="default", show_default=True,
               help="Synthetic profile.")
 @click.option("--classes", type=int, help="Synthetic: number of classes.")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -19,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from ltpipe.shards.format import encode_sample_id
 
 KEEP_MODES = ("RGB", "L")
+MAX_PIXELS = 89_478_485  # PIL's decompression-bomb warning threshold (Image.MAX_IMAGE_PIXELS)
 
 
 class Rejected(Exception):
@@ -56,14 +59,20 @@ def identity(x: Any) -> Any:
     return x
 
 
-def encode_image(raw: bytes | np.ndarray, *, max_size: int | None, quality: int) -> Encoded:
-    """JPEG bytes for ``raw`` (kept as is when already a small enough RGB/grey JPEG)."""
+def encode_image(raw: bytes | np.ndarray, *, max_size: int | None, quality: int,
+                 max_pixels: int = MAX_PIXELS) -> Encoded:
+    """JPEG bytes for ``raw`` (kept as is when already a small enough RGB/grey JPEG). An image
+    of more than ``max_pixels`` pixels is rejected from its header, before anything is decoded."""
     if isinstance(raw, np.ndarray):
         img = Image.fromarray(raw)
         return _to_jpeg(img, fitted_size(*img.size, max_size), quality)
     try:
-        img = Image.open(io.BytesIO(raw))
+        with _pil_pixel_limit_off():
+            img = Image.open(io.BytesIO(raw))
         w, h = img.size  # from the header
+        if w * h > max_pixels:
+            raise Rejected(f"image too large: {w}x{h} = {w * h} pixels "
+                           f"(--max-pixels {max_pixels})")
         size = fitted_size(w, h, max_size)
         if img.format == "JPEG" and size != (w, h):
             # libjpeg's scaled IDCT decodes at 1/2, 1/4 or 1/8 size where that still covers the
@@ -76,6 +85,20 @@ def encode_image(raw: bytes | np.ndarray, *, max_size: int | None, quality: int)
     if img.format == "JPEG" and img.mode in KEEP_MODES and size == (w, h):
         return Encoded(bytes(raw), w, h)
     return _to_jpeg(img, size, quality)
+
+
+@contextmanager
+def _pil_pixel_limit_off():
+    """PIL's own bomb check (a warning above its limit, an error above twice that) is off while
+    an image is opened (which reads the header only): ours, right after, decides, with the size."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
 def fitted_size(w: int, h: int, max_size: int | None) -> tuple[int, int]:
@@ -104,9 +127,11 @@ def sample_members(sample_id: int, label: int, path: str, class_name: str,
             "jpg": jpeg, "json": meta.encode()}
 
 
-def encode_item(item: Item, max_size: int | None, quality: int) -> Encoded | Rejected:
+def encode_item(item: Item, max_size: int | None, quality: int,
+                max_pixels: int = MAX_PIXELS) -> Encoded | Rejected:
     """Worker entry point: never raises for bad input, returns the Rejected instead."""
     try:
-        return encode_image(item.load(item.arg), max_size=max_size, quality=quality)
+        return encode_image(item.load(item.arg), max_size=max_size, quality=quality,
+                            max_pixels=max_pixels)
     except Rejected as exc:
         return exc

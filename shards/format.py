@@ -17,6 +17,12 @@ WebDataset key of sample i is ``key_of(i)`` (zero-padded), and its members are
     <key>.json  {"path": source path, "class": class name}
 
 in that order inside the tar.
+
+``manifest.json`` holds ``format_version``, ``source``, ``classes`` (class k's name) and per split
+``class_counts`` and ``shards`` (name, samples, bytes, sha256); for ``list:`` and ``inat:``
+sources also ``class_ids``, the source's own label of class k (the integer of the list file, the
+category id of the json): class indices are dense 0..C-1 whatever labels the source used. Other
+fields (statistics, options, command) are informative; readers need none of them.
 """
 
 from __future__ import annotations

@@ -62,12 +62,14 @@ def _split_doc(records, num_classes: int) -> dict:
 
 
 def build(source: str, classes: list[str], written: dict, rejected: int, options: dict,
-          command: str) -> dict:
+          command: str, class_ids: list | None = None) -> dict:
     splits = {name: _split_doc(records, len(classes)) for name, records in written.items()}
+    ids = {} if class_ids is None else {"class_ids": list(class_ids)}
     return {
         "format_version": FORMAT_VERSION,
         "source": source,
         "classes": list(classes),
+        **ids,
         "splits": splits,
         "totals": {"samples": sum(s["num_samples"] for s in splits.values()),
                    "bytes": sum(s["bytes"] for s in splits.values()),

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ltpipe.shards import cifar, synthetic
+from ltpipe.shards import cifar, labelled, synthetic
 from ltpipe.shards.encode import Item, Rejected, identity, read_file
 from ltpipe.shards.errors import ShardInputError
 from ltpipe.shards.format import INDEX, ShardFormatError, load_manifest
@@ -32,13 +32,14 @@ class SourcePlan:
     splits: dict[str, list[Item]]  # in source order; the writer shuffles
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     candidates: dict[str, list[int]] = field(default_factory=dict)  # split -> inputs per class
+    class_ids: list | None = None  # the source's own label of each class (list:, inat:)
 
 
 def plan_source(source: str, *, imbalance: float | None = None,
                 val_list: str | None = None, val_json: str | None = None,
                 size: str = "default", classes: int | None = None,
                 max_per_class: int | None = None, image_size: int | None = None,
-                seed: int = 0) -> SourcePlan:
+                seed: int = 0, allow_outside_root: bool = False) -> SourcePlan:
     scheme, _, rest = source.partition(":")
     if scheme not in SCHEMES:
         forms = ", ".join(s + ":" for s in SCHEMES[1:])
@@ -64,19 +65,23 @@ def plan_source(source: str, *, imbalance: float | None = None,
             for split, triples in synthetic.synthetic_items(spec).items()}, [], None)
     if not rest:
         raise ShardInputError(f"SOURCE {source!r}: missing path after '{scheme}:'")
+    class_ids = None
     if scheme == "imagefolder":
         plan = _imagefolder(Path(rest))
-    elif scheme == "list":
-        plan = _image_list(rest, val_list)
-    elif scheme == "inat":
-        plan = _inat(rest, val_json)
+    elif scheme in ("list", "inat"):
+        read = labelled.image_list if scheme == "list" else labelled.inat
+        names, class_ids, splits, rejected = read(rest, val_list if scheme == "list" else val_json,
+                                                  allow_outside_root)
+        plan = (names, splits, rejected)
     elif scheme == "shards":
-        plan = _shard_dir(Path(rest))
+        plan, class_ids = _shard_dir(Path(rest))
     else:
         names, splits = cifar.load(Path(rest), scheme)
         plan = (names, {s: [Item(p, k, identity, px) for p, k, px in rows]
                         for s, rows in splits.items()}, [])
-    return _finish(*plan, imbalance)
+    result = _finish(*plan, imbalance)
+    result.class_ids = class_ids
+    return result
 
 
 def _finish(classes, splits, rejected, imbalance) -> SourcePlan:
@@ -127,90 +132,6 @@ def _imagefolder(root: Path):
     return classes, splits, rejected
 
 
-def _read_pairs(list_file: Path, root: Path) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
-    """Lines ``relative/path label``; returns ((abs path, label) pairs, rejected)."""
-    pairs, rejected = [], []
-    for number, line in enumerate(_existing(list_file, "list").read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        fields = line.rsplit(maxsplit=1)
-        if len(fields) != 2:
-            raise ShardInputError(f"{list_file}:{number}: expected 'relative/path label'")
-        path = str(root / fields[0].strip())
-        try:
-            label = int(fields[1])
-            if label < 0:
-                raise ValueError
-        except ValueError:
-            rejected.append((path, f"unknown label {fields[1]!r}"))
-            continue
-        pairs.append((path, label))
-    return pairs, rejected
-
-
-def _image_list(spec: str, val_list: str | None):
-    file, _, root = spec.partition(":")
-    list_file = Path(file)
-    base = Path(root) if root else list_file.parent
-    _existing(base, "list ROOT")
-    train, rejected = _read_pairs(list_file, base)
-    val, val_rejected = _read_pairs(Path(val_list), base) if val_list else ([], [])
-    num_classes = max((label for _, label in train), default=-1) + 1
-    width = len(str(max(num_classes - 1, 0)))
-    classes = [f"{k:0{width}d}" for k in range(num_classes)]
-    splits = {"train": train, "val": val} if val_list else {"train": train}
-    rejected += val_rejected
-    out = {}
-    for split, pairs in splits.items():
-        items = []
-        for path, label in pairs:  # missing files are rejected when read
-            if label >= num_classes:
-                rejected.append((path, f"unknown label {label}"))
-            else:
-                items.append(Item(path, label, read_file, path))
-        out[split] = items
-    return classes, out, rejected
-
-
-def _inat_split(json_file: Path, root: Path, category_index: dict | None):
-    """Items of one COCO-style json; the train json defines the categories."""
-    try:
-        doc = json.loads(_existing(json_file, "inat").read_text())
-        images = {im["id"]: im["file_name"] for im in doc["images"]}
-        labels = {a["image_id"]: a["category_id"] for a in doc.get("annotations", [])}
-        cats = sorted(doc.get("categories", []), key=lambda c: c["id"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ShardInputError(f"{json_file}: not an iNaturalist/COCO json ({exc!r})") from None
-    if category_index is None:
-        if not cats:
-            raise ShardInputError(f"{json_file}: no categories")
-        category_index = {c["id"]: k for k, c in enumerate(cats)}
-        names = [str(c.get("name", c["id"])) for c in cats]
-    else:
-        names = None
-    items, rejected = [], []
-    for image_id, name in images.items():
-        path = str(root / name)
-        cat = labels.get(image_id)
-        if cat not in category_index:
-            rejected.append((path, f"unknown label {cat!r}"))
-        else:  # missing files are rejected when read
-            items.append(Item(path, category_index[cat], read_file, path))
-    return names, category_index, items, rejected
-
-
-def _inat(spec: str, val_json: str | None):
-    file, _, root = spec.partition(":")
-    base = Path(root) if root else Path(file).parent
-    _existing(base, "inat ROOT")
-    names, cat_index, train, rejected = _inat_split(Path(file), base, None)
-    splits = {"train": train}
-    if val_json:
-        _, _, splits["val"], val_rejected = _inat_split(Path(val_json), base, cat_index)
-        rejected += val_rejected
-    return names, splits, rejected
-
-
 def read_span(span: tuple[str, int, int]) -> bytes:
     """``size`` bytes at ``offset`` of ``path``: one payload of a shard tar."""
     path, offset, size = span
@@ -250,7 +171,7 @@ def _shard_dir(root: Path):
             splits[split] = items
     except (ShardFormatError, OSError) as exc:
         raise ShardInputError(str(exc)) from None  # it names the file
-    return list(manifest.classes), splits, []
+    return (list(manifest.classes), splits, []), manifest.raw.get("class_ids")
 
 
 def _source_paths(tars: list[str], indexes: list[Path]) -> dict[tuple[int, int], str]:

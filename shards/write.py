@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ltpipe.shards import manifest as manifest_mod
-from ltpipe.shards.encode import Encoded, Item, Rejected, encode_item, sample_members
+from ltpipe.shards.encode import MAX_PIXELS, Encoded, Item, Rejected, encode_item, sample_members
 from ltpipe.shards.errors import ShardInputError
 from ltpipe.shards.format import MANIFEST, MEMBERS, REJECTED, SPLITS, Manifest, shard_name
 from ltpipe.shards.journal import Journal, ShardRecord
@@ -51,6 +51,7 @@ def write_shards(source: str, out: str | Path, *, imbalance: float | None = None
                  dry_run: bool = False, val_list: str | None = None, val_json: str | None = None,
                  size: str = "default", classes: int | None = None,
                  max_per_class: int | None = None, image_size: int | None = None,
+                 max_pixels: int = MAX_PIXELS, allow_outside_root: bool = False,
                  command: str | None = None, progress: bool = True,
                  on_shard: Callable[[ShardRecord], None] | None = None) -> Manifest | None:
     """Write SOURCE to OUT (see module docstring); returns the manifest (None for a dry run).
@@ -61,12 +62,13 @@ def write_shards(source: str, out: str | Path, *, imbalance: float | None = None
     """
     options = _options(source, imbalance, max_size, quality, shard_size, samples_per_shard, seed,
                        val_list, val_json, size, classes, max_per_class, image_size)
+    options |= _later_options(max_pixels=max_pixels, allow_outside_root=allow_outside_root)
     if workers < 1:
         raise ShardInputError(f"--workers must be >= 1, got {workers}")
     plan = plan_source(source, imbalance=imbalance, val_list=options["val_list"],
                        val_json=options["val_json"], size=size,
                        classes=classes, max_per_class=max_per_class, image_size=image_size,
-                       seed=seed)
+                       seed=seed, allow_outside_root=allow_outside_root)
     orders = {split: _shuffled(items, seed, split) for split, items in plan.splits.items() if items}
     if dry_run:
         manifest_mod.print_plan(source, plan, orders, options, _estimate_bytes(orders, options, plan.classes))
@@ -104,7 +106,8 @@ def _write_locked(out: Path, plan, orders: dict[str, list[Item]], options: dict,
     manifest_mod.check_classes(plan, written, out / REJECTED)
     for split, records in written.items():
         manifest_mod.write_index(out / split, records)
-    doc = manifest_mod.build(options["source"], plan.classes, written, len(rejected), options, command)
+    doc = manifest_mod.build(options["source"], plan.classes, written, len(rejected), options,
+                             command, class_ids=plan.class_ids)
     doc["inputs_sha256"] = inputs
     manifest_mod.write(out, doc)
     journal.remove()
@@ -131,6 +134,21 @@ def _options(source, imbalance, max_size, quality, shard_size, samples_per_shard
             "val_json": None if val_json is None else str(val_json),
             "size": size, "classes": classes,
             "max_per_class": max_per_class, "image_size": image_size}
+
+
+# Options added after format 1 was first written, with the value that reproduces older output:
+# an output written before they existed still compares equal to a re-run that leaves them unset.
+LATER_OPTIONS = {"max_pixels": MAX_PIXELS, "allow_outside_root": False}
+
+
+def _later_options(**given) -> dict:
+    if given["max_pixels"] < 1:
+        raise ShardInputError(f"--max-pixels must be >= 1, got {given['max_pixels']}")
+    return given
+
+
+def _with_later_defaults(options: dict | None) -> dict | None:
+    return None if options is None else {**LATER_OPTIONS, **options}
 
 
 def _command_line(out: Path, options: dict) -> str:
@@ -164,9 +182,9 @@ def _existing_output(out: Path, options: dict, inputs: str) -> Manifest | None:
     if not any(p.name != LOCK_NAME for p in out.iterdir()):
         return None
     header = Journal(out, options).read_header()
-    journal_options = header["options"] if header else None
+    journal_options = _with_later_defaults(header["options"]) if header else None
     if (out / MANIFEST).is_file():
-        previous = manifest_mod.load_options(out)
+        previous = _with_later_defaults(manifest_mod.load_options(out))
         if previous == options:
             same_inputs = manifest_mod.load_raw(out).get("inputs_sha256") == inputs
             if same_inputs and manifest_mod.files_match(out):
@@ -192,7 +210,8 @@ def _different(out: Path, previous: dict | None, options: dict) -> None:
 @contextmanager
 def _encoder(workers: int, options: dict) -> Iterator[Callable[[list[Item]], Iterator]]:
     """Yield ``encode(items) -> iterator of Encoded | Rejected`` in input order."""
-    fn = functools.partial(encode_item, max_size=options["max_size"], quality=options["quality"])
+    fn = functools.partial(encode_item, max_size=options["max_size"], quality=options["quality"],
+                           max_pixels=options["max_pixels"])
     if workers == 1:
         yield lambda items: map(fn, items)
         return
@@ -205,7 +224,8 @@ def _estimate_bytes(orders: dict[str, list[Item]], options: dict,
                     classes: list[str]) -> dict[str, float]:
     """Mean tar bytes per sample (its members with their headers and padding, which outweigh
     small JPEGs) from the first few inputs of each split (for the dry run)."""
-    fn = functools.partial(encode_item, max_size=options["max_size"], quality=options["quality"])
+    fn = functools.partial(encode_item, max_size=options["max_size"], quality=options["quality"],
+                           max_pixels=options["max_pixels"])
     out = {}
     for split, items in orders.items():
         sizes = [sum(member_tar_bytes(len(m)) for m in

@@ -162,3 +162,65 @@ def test_verify_on_a_bad_index_is_one_line(synthetic_out, tmp_path, damage):
     assert r.exit_code == 1 and "Traceback" not in r.output, r.output
     assert f"{path}" in r.stderr and "Error: verify: " in r.stderr
     assert all(len(line) < 400 for line in r.stderr.splitlines())
+
+
+# --- labels and sizes that would exhaust memory -------------------------------------------------
+
+def _list_source(tmp_path, lines: list[str], images: dict[str, bytes] | None = None):
+    """ROOT with the given images (default: a.jpg, b.jpg, c.jpg) and a list file of ``lines``."""
+    root = tmp_path / "root"
+    root.mkdir(exist_ok=True)
+    for name, data in (images or {n: jpeg((i * 80, 0, 0)) for i, n in
+                                  enumerate(["a.jpg", "b.jpg", "c.jpg"])}).items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    listing = root / "train.txt"
+    listing.write_text("".join(line + "\n" for line in lines))
+    return listing
+
+
+def test_sparse_labels_map_to_dense_classes(tmp_path):
+    from ltpipe.shards.format import load_manifest
+
+    listing = _list_source(tmp_path, ["a.jpg 5000", "b.jpg 7", "c.jpg 5000"])
+    r = run("shard", f"list:{listing}", tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    m = load_manifest(tmp_path / "out")
+    assert m.classes == ("0007", "5000") and m.raw["class_ids"] == [7, 5000]
+    assert m.split("train").class_counts == (1, 2)
+    assert sorted(m.index("train")["label"].tolist()) == [0, 1, 1]
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("label", ["100000000", "9" * 4000, "9" * 200_000])
+def test_huge_label_is_one_line(tmp_path, label):
+    """10^8 once allocated 5.9 GB of class names; 4,000 digits hung (Python parses up to 4,300)."""
+    listing = _list_source(tmp_path, ["a.jpg 1", f"b.jpg {label}"])
+    line = one_line_error(run("shard", f"list:{listing}", tmp_path / "out"),
+                          f"{listing}:2: label ")
+    assert "above 10,000,000" in line and len(line) < 300
+
+
+def _jpeg_claiming(width: int, height: int) -> bytes:
+    """A small JPEG whose frame header (SOF0) claims width x height pixels."""
+    data = bytearray(jpeg(size=(16, 16)))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def test_images_above_max_pixels_are_rejected_from_the_header(tmp_path):
+    images = {"a.jpg": jpeg(), "bomb.jpg": _jpeg_claiming(30000, 30000),
+              "big.jpg": _jpeg_claiming(10000, 9000), "wide.jpg": jpeg(size=(300, 200))}
+    listing = _list_source(tmp_path, [f"{n} 0" for n in images], images)
+    r = run("shard", f"list:{listing}", tmp_path / "out", "--max-pixels", "50000")
+    assert r.exit_code == 0, r.output
+    rows = dict(line.split("\t") for line in
+                (tmp_path / "out" / "rejected.tsv").read_text().splitlines())
+    root = listing.parent
+    assert rows == {
+        f"{root}/bomb.jpg": "image too large: 30000x30000 = 900000000 pixels (--max-pixels 50000)",
+        f"{root}/big.jpg": "image too large: 10000x9000 = 90000000 pixels (--max-pixels 50000)",
+        f"{root}/wide.jpg": "image too large: 300x200 = 60000 pixels (--max-pixels 50000)"}
+    r = run("shard", f"list:{listing}", tmp_path / "out2")  # the default: 89,478,485 like PIL
+    assert r.exit_code == 0 and "2 rejected" in r.stdout, r.output

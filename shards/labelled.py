@@ -1,0 +1,225 @@
+"""``list:FILE[:ROOT]`` and ``inat:JSON[:ROOT]``: files that name images and their labels.
+
+Both are read as untrusted text, so that a careless or crafted file cannot change what is written
+without it showing in rejected.tsv:
+
+- every image path must stay inside ROOT (the list file's folder when ROOT is not given) after
+  ``..`` and absolute paths are resolved, lexically: symlinks inside ROOT are the data owner's
+  layout and are followed. Other paths are rejected unless ``allow_outside_root``;
+- a path listed again with the same label keeps its first occurrence; a path with two labels
+  or in both the train and the val file, an image id given twice and an image with more than one
+  annotation are rejected, every occurrence; rejected.tsv says why;
+- list labels are integers 0..MAX_LABEL; the labels used are mapped to dense class ids in
+  increasing order (the original labels are the manifest's ``class_ids``), so nothing is sized by
+  the largest label; a larger label is a one-line error;
+- a list file that is not UTF-8, a JSON nested too deeply, and names that are not valid Unicode
+  (a lone surrogate) are one-line errors or rejected rows, never tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+from ltpipe.shards.encode import Item, read_file
+from ltpipe.shards.errors import ShardInputError
+
+MAX_LABEL = 10**7  # the largest list label accepted (iNat 2021 has 10,000 classes)
+LABEL = re.compile(r"[0-9]+")
+OUTSIDE = "outside ROOT {root} (--allow-outside-root allows it)"
+
+Pair = tuple[str, object, str]  # (path, label as in the file, where it was given)
+
+
+def _existing(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise ShardInputError(f"{what} {path}: no such file or directory")
+    return path
+
+
+def is_unicode(text: str) -> bool:
+    """False for a string with lone surrogates (undecodable file names, JSON "\\ud800")."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _checked_path(root: Path, name: str, allow_outside: bool) -> tuple[str, str | None]:
+    """(path as written, reason to reject it or None)."""
+    path = root / name
+    if not is_unicode(name):
+        return str(path), "file name is not valid Unicode"
+    if not allow_outside:
+        base = os.path.normpath(os.path.abspath(root))
+        if not os.path.normpath(os.path.abspath(path)).startswith(base.rstrip(os.sep) + os.sep):
+            return str(path), OUTSIDE.format(root=root)
+    return str(path), None
+
+
+def _unique(pairs: list[Pair], taken: frozenset | set = frozenset()) -> tuple[list[Pair], list]:
+    """A path given twice with one label keeps its first occurrence; with several labels (or
+    also in ``taken``, the train split) every occurrence is rejected."""
+    labels: dict[str, set] = {}
+    first: dict[str, str] = {}
+    for path, label, where in pairs:
+        labels.setdefault(os.path.normpath(path), set()).add(str(label))
+        first.setdefault(os.path.normpath(path), where)
+    kept, rejected = [], []
+    for path, label, where in pairs:
+        key = os.path.normpath(path)
+        if key in taken:
+            rejected.append((path, f"{where}: also in the train split"))
+        elif len(labels[key]) > 1:
+            rejected.append((path, f"{where}: one file with {len(labels[key])} labels "
+                                   f"({', '.join(sorted(labels[key]))})"))
+        elif first[key] != where:
+            rejected.append((path, f"{where}: duplicate of {first[key]}"))
+        else:
+            kept.append((path, label, where))
+    return kept, rejected
+
+
+# --- list:FILE[:ROOT] ---------------------------------------------------------------------------
+
+def _list_lines(list_file: Path) -> list[str]:
+    data = _existing(list_file, "list").read_bytes()
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ShardInputError(f"{list_file}:{line}: not UTF-8 text (list files are UTF-8, "
+                              f"'relative/path label' per line)") from None
+
+
+def _parse_label(text: str, where: str) -> int | None:
+    """The label of a list line; None when it is not a label; an error above MAX_LABEL."""
+    if not LABEL.fullmatch(text):
+        return None
+    if len(text) > len(str(MAX_LABEL)) or int(text) > MAX_LABEL:  # no int() of 10^5 digits
+        shown = text if len(text) <= 20 else text[:17] + "..."
+        raise ShardInputError(f"{where}: label {shown} is above {MAX_LABEL:,}, the largest "
+                              f"label a list may use")
+    return int(text)
+
+
+def read_pairs(list_file: Path, root: Path, allow_outside: bool) -> tuple[list[Pair], list]:
+    """Lines ``relative/path label`` -> ((path, label, FILE:LINE) pairs, rejected)."""
+    pairs, rejected = [], []
+    for number, line in enumerate(_list_lines(list_file), 1):
+        if not line.strip():
+            continue
+        fields = line.rsplit(maxsplit=1)
+        where = f"{list_file}:{number}"
+        if len(fields) != 2:
+            raise ShardInputError(f"{where}: expected 'relative/path label'")
+        path, reason = _checked_path(root, fields[0].strip(), allow_outside)
+        label = _parse_label(fields[1], where)
+        if label is None:
+            reason = reason or f"unknown label {fields[1][:40]!r}"
+        if reason is not None:
+            rejected.append((path, reason))
+        else:
+            pairs.append((path, label, where))
+    kept, duplicates = _unique(pairs)
+    return kept, rejected + duplicates
+
+
+def image_list(spec: str, val_list: str | None, allow_outside: bool):
+    """(classes, class_ids, splits, rejected) of ``list:FILE[:ROOT]`` (+ the val list)."""
+    file, _, root = spec.partition(":")
+    list_file = Path(file)
+    base = Path(root) if root else list_file.parent
+    _existing(base, "list ROOT")
+    train, rejected = read_pairs(list_file, base, allow_outside)
+    class_ids = sorted({label for _, label, _ in train})
+    width = len(str(class_ids[-1])) if class_ids else 1
+    classes = [f"{c:0{width}d}" for c in class_ids]
+    dense = {c: k for k, c in enumerate(class_ids)}
+    splits = {"train": [Item(p, dense[label], read_file, p) for p, label, _ in train]}
+    if val_list:
+        val, val_rejected = read_pairs(Path(val_list), base, allow_outside)
+        val, leaked = _unique(val, {os.path.normpath(p) for p, _, _ in train})
+        rejected += val_rejected + leaked
+        splits["val"] = []
+        for path, label, _ in val:  # missing files are rejected when read
+            if label in dense:
+                splits["val"].append(Item(path, dense[label], read_file, path))
+            else:
+                rejected.append((path, f"unknown label {label}"))
+    return classes, class_ids, splits, rejected
+
+
+# --- inat:JSON[:ROOT] ---------------------------------------------------------------------------
+
+def _load_json(json_file: Path):
+    try:
+        doc = json.loads(_existing(json_file, "inat").read_text(encoding="utf-8"))
+        images = [(im["id"], im["file_name"]) for im in doc["images"]]
+        annotations = [(a["image_id"], a["category_id"]) for a in doc.get("annotations", [])]
+        cats = sorted(doc.get("categories", []), key=lambda c: c["id"])
+        names = [str(c.get("name", c["id"])) for c in cats]
+        Counter(i for i, _ in images + annotations)  # ids must be hashable
+        if not all(isinstance(name, str) for _, name in images):
+            raise TypeError("a file_name is not a string")
+    except RecursionError:
+        raise ShardInputError(f"{json_file}: nested too deeply to be an iNaturalist/COCO "
+                              f"json") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        detail = " ".join(f"{exc.__class__.__name__}: {exc}".split())[:200]
+        raise ShardInputError(f"{json_file}: not an iNaturalist/COCO json ({detail})") from None
+    bad = next((n for n in names if not is_unicode(n)), None)
+    if bad is not None:
+        raise ShardInputError(f"{json_file}: category name {bad.encode('utf-8', 'replace')!r} "
+                              f"is not valid Unicode")
+    return images, annotations, cats, names
+
+
+def _inat_split(json_file: Path, root: Path, category_index: dict | None, allow_outside: bool):
+    """Items of one COCO-style json; the train json defines the categories."""
+    images, annotations, cats, names = _load_json(json_file)
+    if category_index is None:
+        if not cats:
+            raise ShardInputError(f"{json_file}: no categories")
+        category_index = {c["id"]: k for k, c in enumerate(cats)}
+    else:
+        names = None
+    image_count = Counter(i for i, _ in images)
+    notes = Counter(i for i, _ in annotations)
+    labels = dict(annotations)
+    pairs, rejected = [], []
+    for image_id, name in images:
+        path, reason = _checked_path(root, name, allow_outside)
+        where = f"{json_file}: image id {image_id!r}"
+        if reason is None and image_count[image_id] > 1:
+            reason = f"{where} appears {image_count[image_id]} times"
+        elif reason is None and notes[image_id] > 1:
+            reason = f"{where} has {notes[image_id]} annotations"
+        elif reason is None and labels.get(image_id) not in category_index:
+            reason = f"unknown label {labels.get(image_id)!r}"
+        if reason is None:
+            pairs.append((path, category_index[labels[image_id]], where))
+        else:
+            rejected.append((path, reason))
+    return names, category_index, pairs, rejected
+
+
+def inat(spec: str, val_json: str | None, allow_outside: bool):
+    """(classes, class_ids, splits, rejected) of ``inat:JSON[:ROOT]`` (+ the val json)."""
+    file, _, root = spec.partition(":")
+    base = Path(root) if root else Path(file).parent
+    _existing(base, "inat ROOT")
+    names, cat_index, train, rejected = _inat_split(Path(file), base, None, allow_outside)
+    train, duplicates = _unique(train)
+    rejected += duplicates
+    splits = {"train": [Item(p, k, read_file, p) for p, k, _ in train]}
+    if val_json:
+        _, _, val, val_rejected = _inat_split(Path(val_json), base, cat_index, allow_outside)
+        val, duplicates = _unique(val, {os.path.normpath(p) for p, _, _ in train})
+        rejected += val_rejected + duplicates
+        splits["val"] = [Item(p, k, read_file, p) for p, k, _ in val]
+    return names, list(cat_index), splits, rejected
