@@ -1,9 +1,9 @@
-"""Box and lambda sampling for CutMix/CMO/OTmix (ALGORITHMS.md §1) and ResizeMix/SMC (§2).
+"""Box and lambda sampling for CutMix/CMO/OTmix and ResizeMix/SMC (METHODS.md: CMO; SMC).
 
 Everything runs on the requested device with an optional seeded ``torch.Generator`` and without
 a Python loop over the batch. Boxes are int32 ``[B, 4]`` rows ``(x0, y0, x1, y1)``, half-open and
 clipped to the image; ``lam`` is float32 ``[B]``, the weight of ``y_a`` (the background), always
-recomputed from the actual box area (§6.1-6.2).
+recomputed from the actual box area (METHODS.md: Boxes and λ).
 """
 
 from __future__ import annotations
@@ -83,11 +83,13 @@ def _broadcast(boxes: torch.Tensor, B: int, H: int, W: int):
 
 def cutmix_boxes(lam0: torch.Tensor, H: int, W: int, generator: torch.Generator | None = None, *,
                  per_sample: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """CutMix/CMO boxes from lam0 [B] (§1): s = sqrt(1-lam0), ch = floor(H s), cw = floor(W s),
-    centre uniform on the pixel grid, sides cy -+ ch//2 clipped to [0, H] (x likewise with W).
+    """CutMix/CMO boxes from lam0 [B] (METHODS.md, CMO): s = sqrt(1-lam0), ch = floor(H s),
+    cw = floor(W s), centre uniform on the pixel grid, sides cy -+ ch//2 clipped to [0, H] (x
+    likewise with W).
 
     Returns (boxes int32 [B,4] (x0,y0,x1,y1), lam float32 [B] = 1 - area/(H W)) on lam0's device.
-    ``per_sample=False``: every row gets the one box built from lam0[0] (the papers' code, §7.2).
+    ``per_sample=False``: every row gets the one box built from lam0[0] (the papers' code;
+    METHODS.md: Boxes and λ).
     """
     if not isinstance(lam0, torch.Tensor) or lam0.ndim != 1 or not lam0.is_floating_point():
         raise ValueError("lam0 must be a 1-D floating tensor [B]")
@@ -97,7 +99,7 @@ def cutmix_boxes(lam0: torch.Tensor, H: int, W: int, generator: torch.Generator 
         lam0 = lam0[:1]
     lam64 = lam0.to(torch.float64).clamp(0.0, 1.0)  # float64 like the reference numpy code
     s = torch.sqrt(1.0 - lam64)
-    ch = torch.floor(H * s).long()  # [n] unclipped side = 2*(ch//2), may be 1 px short (§1)
+    ch = torch.floor(H * s).long()  # [n] unclipped side = 2*(ch//2), may be 1 px short (see CMO)
     cw = torch.floor(W * s).long()
     cy, cx = _centres(lam64.shape[0], H, W, generator, lam0.device)
     y0 = (cy - ch // 2).clamp(0, H)
@@ -110,11 +112,12 @@ def cutmix_boxes(lam0: torch.Tensor, H: int, W: int, generator: torch.Generator 
 def resizemix_boxes(batch_size: int, H: int, W: int, generator: torch.Generator | None = None, *,
                     device=None, per_sample: bool = True,
                     scale: tuple[float, float] = (0.2, 0.8)) -> tuple[torch.Tensor, torch.Tensor]:
-    """ResizeMix/SMC boxes (§2): lf = lo + (hi-lo) u, u ~ U(0,1); h = max(1, round(H sqrt(lf))),
-    w = max(1, round(W sqrt(lf))); top ~ randint{0..H-h}, left ~ randint{0..W-w}.
+    """ResizeMix/SMC boxes (METHODS.md, SMC): lf = lo + (hi-lo) u, u ~ U(0,1);
+    h = max(1, round(H sqrt(lf))), w = max(1, round(W sqrt(lf))); top ~ randint{0..H-h},
+    left ~ randint{0..W-w}.
 
     Returns (boxes int32 [B,4] (x0,y0,x1,y1), lam float32 [B] = 1 - h w/(H W)): lam weights y_a,
-    the background (SMC's own lambda weights the foreground; see §2).
+    the background (SMC's own lambda weights the foreground; see METHODS.md: SMC).
     """
     if not isinstance(batch_size, int) or batch_size < 0:
         raise ValueError(f"batch_size must be a non-negative int, got {batch_size!r}")

@@ -1,4 +1,4 @@
-"""torch <-> numba.cuda glue shared by the kernels (STYLE.md §3 "Kernels").
+"""torch <-> numba.cuda glue shared by the kernels (dispatch on the tensor's device).
 
 Zero-copy views via ``__cuda_array_interface__`` (no stream sync: we launch on torch's own current
 stream), the numba wrapper of that stream, and scalar helpers whose implementation differs between

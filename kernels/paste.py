@@ -1,4 +1,4 @@
-"""In-place box paste (CutMix/CMO, ALGORITHMS.md §1) and resize-paste (ResizeMix/SMC, §2).
+"""In-place box paste (CutMix/CMO) and resize-paste (ResizeMix/SMC; METHODS.md: CMO; SMC).
 
 ``paste_(dst, src, boxes, src_index)``: for each i, ``dst[i, :, y0:y1, x0:x1] = src[j, :, y0:y1,
 x0:x1]`` with ``j = src_index[i]`` (default i): an exact copy of the stored bits.

@@ -1,4 +1,4 @@
-"""Batched log-domain Sinkhorn for OTmix pairing (ALGORITHMS.md §4, §6.6).
+"""Batched log-domain Sinkhorn for OTmix pairing (METHODS.md: OTmix).
 
 For G problems with costs C [G,n,m], marginals a [G,n], b [G,m] and regularisation eps:
     logK = -C/eps;  f = g = 0
@@ -123,7 +123,7 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor 
 def sinkhorn_argmax(cost: torch.Tensor, a: torch.Tensor | None = None,
                     b: torch.Tensor | None = None, eps: float = 0.01, max_iter: int = 1000,
                     tol: float | None = None) -> torch.Tensor:
-    """OTmix pairing (§4, Eq.8): pi(j) = argmax_i plan[j, i] = argmax_i (g_i - C[j,i]/eps),
+    """OTmix pairing (OTmix paper Eq.8): pi(j) = argmax_i plan[j, i] = argmax_i (g_i - C[j,i]/eps),
     ties -> lowest i. int64 [G, n] ([n] for 2-D cost); the plan is never materialized."""
     C, f, g, iters = _solve(cost, a, b, eps, max_iter, tol)
     pi = torch.argmax(g[:, None, :] - C / eps, dim=2)  # first maximum = lowest index

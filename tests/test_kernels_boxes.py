@@ -1,4 +1,4 @@
-"""Box/lambda sampling (ALGORITHMS.md §1, §2, §6.1-6.2): exact areas, clipping, Beta law."""
+"""Box/lambda sampling (METHODS.md: CMO; SMC; Boxes and λ): exact areas, clipping, Beta law."""
 
 import math
 import subprocess
@@ -42,12 +42,12 @@ def test_lam_is_exact_area_fraction_and_boxes_are_clipped():
     x0, y0, x1, y1 = boxes.T
     assert bool(((0 <= x0) & (x0 <= x1) & (x1 <= W) & (0 <= y0) & (y0 <= y1) & (y1 <= H)).all())
     assert np.array_equal(lam.numpy(), _area_lam(boxes, H, W))
-    assert lam[-3] == 1.0  # lam0 = 1: empty box, sample kept (§6.2)
+    assert lam[-3] == 1.0  # lam0 = 1: empty box, sample kept (METHODS.md: Boxes and λ)
     assert lam[-4] >= 0.0  # lam0 = 0: full-size box clipped around the centre
 
 
 def test_cutmix_rule_matches_the_reference_formula():
-    # §1 with the same draws: s = sqrt(1-lam0), ch = floor(H s), centre +- ch//2, clipped.
+    # CMO's boxes with the same draws: s = sqrt(1-lam0), ch = floor(H s), centre +- ch//2, clipped.
     H, W = 24, 16
     lam0 = sample_lam(300, 1.0, _gen(4))
     boxes, _ = cutmix_boxes(lam0, H, W, _gen(5))

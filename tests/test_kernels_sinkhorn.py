@@ -1,4 +1,4 @@
-"""Batched log-domain Sinkhorn (ALGORITHMS.md §4, §6.6) against POT, marginals, OTmix argmax,
+"""Batched log-domain Sinkhorn (METHODS.md: OTmix) against POT, marginals, OTmix argmax,
 and the numba kernel (CUDA simulator, tiny problems) against the torch reference."""
 
 import numpy as np

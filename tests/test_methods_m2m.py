@@ -1,4 +1,4 @@
-"""M2m (ALGORITHMS.md §3): confidence threshold, rejection rate, seeds from larger classes only."""
+"""M2m (METHODS.md: M2m): confidence threshold, rejection rate, seeds from larger classes only."""
 
 import pytest
 import torch
@@ -56,7 +56,7 @@ def test_before_start_epoch_plain_uniform_and_default_start():
 
 
 def test_after_start_epoch_the_batch_comes_from_the_balanced_stream():
-    """§3: from start_epoch on, the batch (images and labels) is the class-balanced stream's."""
+    """from start_epoch on, the batch (images and labels) is the class-balanced stream's."""
     m = m2m(classifier=Toy(), start_epoch=5, gamma=0.999999)  # γ ≈ 1: no row is replaced
     streams = {"uniform": batch([0] * 8), "balanced": batch([2, 1, 2, 1, 0, 2, 1, 2], seed=1)}
     out = m(streams, ctx(5))
@@ -67,13 +67,13 @@ def test_after_start_epoch_the_batch_comes_from_the_balanced_stream():
 
 
 def test_constructor_defaults_are_the_papers_values():
-    """§3 Values: β=0.999, λ=0.5, γ=0.9, η=0.1, T=10, start at 0.8·E."""
+    """METHODS.md: M2m Values: β=0.999, λ=0.5, γ=0.9, η=0.1, T=10, start at 0.8·E."""
     m = M2m(env(200), classifier=Toy())
     assert (m.beta, m.lam, m.gamma, m.eta, m.T, m.start_epoch) == (0.999, 0.5, 0.9, 0.1, 10, 160)
 
 
 def test_generated_fraction_per_class_is_one_minus_n_over_n_max():
-    """§3: G = {i : Bernoulli(1 − n_{y_i}/n_max)}. β = 0 makes p_ij ∈ {0, 1}, and the head class
+    """G = {i : Bernoulli(1 − n_{y_i}/n_max)}. β = 0 makes p_ij ∈ {0, 1}, and the head class
     in every batch gives each other row a seed, so a row is generated iff its Bernoulli fires:
     n = n_max/2 → 1/2, n = n_max/4 → 3/4 (always generating: 1; n/Σn in place of n/n_max:
     0.71 and 0.86). The head class itself is never generated."""
@@ -91,7 +91,7 @@ def test_generated_fraction_per_class_is_one_minus_n_over_n_max():
 
 
 def test_each_gradient_step_moves_every_sample_by_eta():
-    """§3: the step is η·∇L/‖∇L‖₂ per sample (not one norm over the batch). T = 0 gives x0 + δ;
+    """the step is η·∇L/‖∇L‖₂ per sample (not one norm over the batch). T = 0 gives x0 + δ;
     T = 1 from the same generator state adds exactly one step; mid-grey images keep every pixel
     away from the clamp."""
     m = m2m(classifier=Toy(0), T=0, eta=0.1)
@@ -107,7 +107,7 @@ def test_each_gradient_step_moves_every_sample_by_eta():
 
 
 def test_generation_lowers_f_seed_class_logit():
-    """§3: L = CE(g(x*), k) + λ·f(x*)[k0] is minimised, so f's seed-class logit falls. g has zero
+    """L = CE(g(x*), k) + λ·f(x*)[k0] is minimised, so f's seed-class logit falls. g has zero
     weights (no CE gradient), so only the λ term moves x*."""
     g_model, f_model = Toy(0, scale=0.0), Toy(1)
     m = m2m(classifier=g_model)  # λ = 0.5, T = 10, η = 0.1

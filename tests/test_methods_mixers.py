@@ -1,4 +1,4 @@
-"""ResizeMix, Remix and the SMC mixer (ALGORITHMS.md §0, §2): boxes, labels, views."""
+"""ResizeMix, Remix and the SMC mixer (METHODS.md: Conventions; SMC): boxes, labels, views."""
 
 import pytest
 import torch
@@ -161,11 +161,11 @@ def test_method_recipes_build_their_mixer(recipe):
         params["classifier"] = torch.nn.Linear(3 * H * H, 4)  # stands in for --m2m-classifier
     mixer = build_mixer(name, env=env(), **params)
     if name in ("smc", "otmix"):
-        assert mixer.fg_r == 0.0  # ALGORITHMS.md §7.1: paper recipes draw a class-uniform fg
-    if name == "otmix":  # §4 hyper-parameters; §7.3 the repo's p and window; §7.2 one box
+        assert mixer.fg_r == 0.0  # paper recipes draw a class-uniform fg (METHODS.md)
+    if name == "otmix":  # hyper-parameters; the repo's p and window; one box
         assert (mixer.alpha, mixer.omega, mixer.eps, mixer.mu) == (4.0, 0.05, 0.01, 1.0)
         assert (mixer.prob, mixer.mix_schedule, mixer.box) == (0.5, "repo", "batch")
-    if name == "m2m":  # §3 values; generation from 0.8·E (160 of 200)
+    if name == "m2m":  # METHODS.md: M2m values; generation from 0.8·E (160 of 200)
         assert (mixer.beta, mixer.lam, mixer.gamma) == (0.999, 0.5, 0.9)
         assert (mixer.eta, mixer.T) == (0.1, 10)
         assert mixer.start_epoch == round(0.8 * cfg["train"]["epochs"])

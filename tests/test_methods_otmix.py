@@ -1,4 +1,4 @@
-"""OTmix (ALGORITHMS.md §4): POT agreement, schedule, confusion matrix, bank vs exact features."""
+"""OTmix (METHODS.md: OTmix): POT agreement, schedule, confusion matrix, bank vs exact features."""
 
 import numpy as np
 import ot
@@ -87,7 +87,7 @@ def test_confusion_matrix_rows_and_diagonal():
 
 
 def test_ot_probability_is_t_over_T_with_t_the_0_indexed_epoch():
-    """§4: use_ot ~ Bernoulli((t/T)^μ), t = the 0-indexed epoch (so epoch 0 never takes OT)."""
+    """use_ot ~ Bernoulli((t/T)^μ), t = the 0-indexed epoch (so epoch 0 never takes OT)."""
     assert ot_probability(0, 20, 1.0) == 0.0
     assert ot_probability(5, 20, 1.0) == 0.25
     assert ot_probability(10, 20, 2.0) == 0.25
@@ -95,9 +95,9 @@ def test_ot_probability_is_t_over_T_with_t_the_0_indexed_epoch():
 
 
 def test_constructor_defaults_are_the_papers_values():
-    """§4 hyper-parameters ω=0.05, ε=0.01, α=4 (Beta(4,4)), μ=1; repo p=0.5 in 3 < e < E−3;
+    """Hyper-parameters ω=0.05, ε=0.01, α=4 (Beta(4,4)), μ=1; repo p=0.5 in 3 < e < E−3;
     one box per batch, whole batch mixed, F̂[y_fg, y_bg], features of the current model; fg r=1
-    (the loader's default, §7.1)."""
+    (the loader's default, METHODS.md: The meaning of r)."""
     m = OTMix(env())
     assert (m.omega, m.eps, m.alpha, m.mu) == (0.05, 0.01, 4.0, 1.0)
     assert (m.prob, m.mix_schedule, m.box, m.fraction) == (0.5, "repo", "batch", 1.0)

@@ -1,4 +1,4 @@
-"""End to end on the CPU: every method of issue 6 × {ce, bs, ldam} trains through the real
+"""End to end on the CPU: every method × {ce, bs, ldam} trains through the real
 trainer (and, for a subset, the DALI CPU loader) on tiny synthetic shards; OTmix's confusion
 refresh reads only its split."""
 
@@ -159,7 +159,7 @@ def test_confusion_refresh_reads_only_the_chosen_split(shards):
     assert m.last_counts.sum(1).tolist() == VAL_COUNTS  # every val sample once, no train sample
     assert bool(m.has_fhat) and torch.all(m.fhat.diagonal() == 0)
     assert model.training  # switched back after the eval pass
-    # no such split: min(n_k, 20) train samples per class (ALGORITHMS.md §7.4)
+    # no such split: min(n_k, 20) train samples per class (METHODS.md: OTmix)
     m = _otmix(shards, "heldout")
     m.refresh_confusion(model, epoch=1)
     assert m.last_counts.sum(1).tolist() == [min(n, 20) for n in TRAIN_COUNTS]

@@ -1,4 +1,4 @@
-"""``ltpipe preview``: a PNG grid of what the pipeline feeds the model (issue 7).
+"""``ltpipe preview``: a PNG grid of what the pipeline feeds the model.
 
 ``ltpipe preview SHARDS --mixer NAME --out grid.png`` builds the loader with the mixer's streams
 (CPU by default), takes one step, runs the mixer built the way the trainer builds it
@@ -10,7 +10,7 @@ e.g. OTmix's features, get a freshly built one) and writes a PNG grid:
     augmented (its view augmentation runs after the mix);
   * mixers with one stream (none, cutmix, mixup, resizemix, remix): one tile per sample.
 Captions: class names from the manifest, and on the mixed tile "lam" = λ (the weight of y_a, the
-background label, ALGORITHMS.md §0) with y_a / y_b. The loader's normalization is undone.
+background label, METHODS.md: Conventions) with y_a / y_b. The loader's normalization is undone.
 Mixing is forced on (prob 1, mix_schedule "always", epoch E−1 of E, OTmix's OT path forced, its
 confusion matrix from the previewed batch and the untrained model);
 ``--mixer-opt KEY=VALUE`` overrides any mixer param (m2m needs ``classifier="RUN"``).

@@ -1,4 +1,4 @@
-"""Per-step learning-rate factor: linear warm-up, then step decays or cosine (ALGORITHMS.md §1).
+"""Per-step learning-rate factor: linear warm-up, then step decays or cosine (METHODS.md: Losses).
 
 CIFAR recipe: 5 warm-up epochs, ×0.01 at epochs 160 and 180 [cmo:cifar_train.py adjust_lr];
 ImageNet-LT: ×0.1 at 60/80. The factor is a pure function of the step, so resuming only needs

@@ -1,4 +1,4 @@
-"""The mixer interface: stream batches in, one MixedBatch out (ALGORITHMS.md §0 label convention).
+"""The mixer interface: stream batches in, one MixedBatch out (METHODS.md: Conventions).
 
 A mixer declares the loader streams it needs (``streams``); the trainer builds the loader with
 exactly those and never branches on a mixer's name. Mixers are ``nn.Module``s so any state they
@@ -134,7 +134,7 @@ class Mixer(nn.Module):
 
 
 def active_in_epoch(epoch: int, epochs: int, schedule: str) -> bool:
-    """Whether mixing may run in ``epoch`` (ALGORITHMS.md §1 and §7.3).
+    """Whether mixing may run in ``epoch`` (METHODS.md: CMO; When to mix).
 
     "repo": only when 3 < e < E−3 (the code behind the published numbers);
     "paper": every epoch except the last 3; "always": every epoch.
@@ -170,7 +170,7 @@ MixerFactory = Callable[..., Mixer]
 
 
 def resolve_prob(prob: float | None, mix_schedule: str) -> float:
-    """The batch gate's probability (ALGORITHMS.md §1, §7.3). Not given (None): 1.0 under
+    """The batch gate's probability (METHODS.md: CMO; When to mix). Not given (None): 1.0 under
     ``mix_schedule="paper"`` (the papers' Algorithm 1 mixes every batch) and 0.5 otherwise (the
     repos' mixup_prob); a prob given explicitly, 0.5 included, wins."""
     if prob is None:

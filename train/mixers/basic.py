@@ -1,7 +1,7 @@
 """The identity mixer (plain ERM on P) and minority oversampling (train on Q alone).
 
 ``ros`` draws whole batches from the minority stream Q: class k with probability
-n_k^{−r}/Σ n_j^{−r} (ALGORITHMS.md §0, paper meaning of r; r = 0 is class-balanced).
+n_k^{−r}/Σ n_j^{−r} (METHODS.md: Conventions, paper meaning of r; r = 0 is class-balanced).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""CMO: Context-rich Minority Oversampling (Park et al., CVPR 2022; ALGORITHMS.md §1, §7).
+"""CMO: Context-rich Minority Oversampling (Park et al., CVPR 2022; METHODS.md: CMO; Deviations).
 
 Background (x_bg, y_bg) from the uniform stream P, foreground (x_fg, y_fg) from the minority
 stream Q (class probability ∝ n_k^{−r}, r = ``fg_r``); the foreground batch is cut to the
@@ -10,7 +10,7 @@ Params: ``mix_schedule`` ("repo": only when 3 < e < E−3, "paper": off in the l
 and 0.5 otherwise, the repo's mixup_prob; a prob given explicitly wins), ``box`` ("batch": one
 box for the whole batch as in the papers' code, "sample": one per sample), ``alpha`` (Beta(α,α),
 1), ``fg_r`` (1.0 = paper's q(1); the paper recipes set 0, which is what the published code drew,
-§7.1).
+METHODS.md: The meaning of r).
 
 The paste writes into the background batch ``streams["uniform"].images`` in place (no copy of
 the batch per step); the returned ``MixedBatch.images`` is that same tensor. A caller that keeps

@@ -1,11 +1,11 @@
-"""OTmix's class-confusion matrix (Gao et al., NeurIPS'23 §4, Table 8; ALGORITHMS.md §4, §6.8,
-§7.4).
+"""OTmix's class-confusion matrix (Gao et al., NeurIPS'23 §4, Table 8;
+METHODS.md: OTmix; Streams P and Q).
 
 Fcnt[k, k'] = #(true k, predicted k') of the current model (eval mode) on a class-balanced
 held-out set, summed over ranks; F = Fcnt / rowsum (an empty row stays 0); F̂ = F with the
 diagonal set to 0 and no renormalisation. The set is the shard directory's ``confusion_split``
 (default "val"). When the shards have no such split, ltpipe falls back to min(n_k, 20) samples
-per class of the train split (§7.4), drawn once with a fixed seed. Deviation: those samples are
+per class of the train split, drawn once with a fixed seed. Deviation: those samples are
 not withheld from training, and the loader reads them with the train split's augmentation in
 one full pass over that split (it has no id-subset mode), counting only the chosen ids.
 """
@@ -63,7 +63,7 @@ def confusion_matrix(counts: torch.Tensor) -> torch.Tensor:
 
 
 def all_reduce_counts(counts: torch.Tensor, world: int) -> torch.Tensor:
-    """Sum the counts over ranks under DDP (§6.8); a no-op on one process."""
+    """Sum the counts over ranks under DDP (METHODS.md: Streams P and Q); a no-op on one process."""
     if world > 1:
         import torch.distributed as dist
 

@@ -1,7 +1,8 @@
-"""CutMix and Mixup within one stream (P), and the box-paste step CMO shares (ALGORITHMS.md §1).
+"""CutMix and Mixup within one stream (P), and the box-paste step CMO shares (METHODS.md: CMO).
 
 CutMix [Yun et al. 2019, as in cmo:cifar_train.py]: lam0 ~ Beta(α,α), a box of area ≈ (1−lam0)·HW,
-``x[:, box] = x[perm][:, box]``, lam = 1 − area/HW recomputed from the clipped box (§6.1–6.2).
+``x[:, box] = x[perm][:, box]``, lam = 1 − area/HW recomputed from the clipped box
+(METHODS.md: Boxes and λ).
 Mixup [Zhang et al. 2018]: x = lam·x + (1−lam)·x[perm], one lam ~ Beta(α,α) per batch.
 Every random draw uses the step generator on the batch's device; the p-gate is applied by
 emptying the boxes (lam = 1) so no value is read back to the host.

@@ -1,4 +1,4 @@
-"""M2m: major-to-minor translation (Kim et al., CVPR 2020; ALGORITHMS.md §3; alinlab/M2m train.py).
+"""M2m: major-to-minor translation (Kim et al., CVPR 2020; METHODS.md: M2m; alinlab/M2m train.py).
 
 Before ``start_epoch`` (160 of 200 in the paper; default 0.8·E) the step is plain ERM on P. From
 then on the batch comes from the class-balanced stream and every batch runs generation:
@@ -13,7 +13,7 @@ directory, or an ``nn.Module``); f is the model being trained (``ctx.model``). B
 mode during generation; only x* gets gradients (``torch.autograd.grad``: no parameter .grad).
 Pixels: generation works on raw [0,1] pixels; ``mean``/``std`` (params, else ``batch.meta``, else
 the loader's ImageNet statistics) undo and redo the loader's normalization. The gradient
-normalization runs in fp32 (§6.7).
+normalization runs in fp32 (METHODS.md: Empty classes, ranks and precision).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class M2m(Mixer):
             float(eta), int(T)
         self.start_epoch = int(round(0.8 * env.epochs)) if start_epoch is None else int(start_epoch)
         self.mean, self.std = mean, std
-        counts = env.class_counts.clamp(min=1).to(torch.float32)  # §6.3: max(n_k, 1)
+        counts = env.class_counts.clamp(min=1).to(torch.float32)  # max(n_k, 1): empty classes
         self.register_buffer("counts", counts, persistent=False)
 
     def mixes_in(self, epoch: int, epochs: int) -> bool:

@@ -1,5 +1,5 @@
 """OTmix: OT-guided minority mixing (Gao et al., "Enhancing Minority Classes by Mixing", NeurIPS'23;
-ALGORITHMS.md §4, §6.8–6.9, §7; repo JintongGao/Enhancing-Minority-Classes-by-Mixing).
+METHODS.md: OTmix; Streams P and Q; repo JintongGao/Enhancing-Minority-Classes-by-Mixing).
 
 Background ~ P ("uniform"), foreground ~ Q ("minority", r = ``fg_r``). Per epoch t (0-indexed)
 ``use_ot ~ Bernoulli((t/T)^μ)`` is drawn once (repo), from a generator seeded by (seed, epoch)
@@ -17,7 +17,7 @@ the paper's Eq.6–7 reading F̂[y_bg, y_fg]. ``fraction`` < 1 mixes only round(
 rows (the others stay plain x_bg[j]) [004 Table 7].
 
 Features z (pooled penultimate, ``model.features``), ``mode``:
-  "exact": two no-grad forwards of the current model on x_bg and x_fg (the paper; §6.9: no grad,
+  "exact": two no-grad forwards of the current model on x_bg and x_fg (the paper: no grad,
            the model keeps its train mode, so BatchNorm running stats see them as in the repo).
   "bank":  no extra forward. A buffer [N, D] (``bank_dtype``) keeps, per sample id, the features of
            that sample's last *unmixed* appearance in a training forward (``observe``, called by the
@@ -226,7 +226,7 @@ class OTMix(Mixer):
         if not active_in_epoch(ctx.epoch, ctx.epochs, self.mix_schedule) or \
                 (self.prob < 1.0 and not bool(mix_gate(self.prob, gen))):
             return MixedBatch.unmixed(bg, mixed=torch.zeros(b, dtype=torch.bool, device=dev))
-        fg_images, y_fg, fg_index = fg.images[:b], fg.labels[:b], fg.index[:b]  # trim Q (§6.8)
+        fg_images, y_fg, fg_index = fg.images[:b], fg.labels[:b], fg.index[:b]  # trim Q to P's size
         m = max(1, round(self.fraction * b))
         rows = torch.arange(b, device=dev) if m == b else \
             torch.randperm(b, generator=gen, device=gen.device)[:m].to(dev)  # mixed rows [m]

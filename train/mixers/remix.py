@@ -6,7 +6,7 @@ in the paper's experiments]:
     λ_y = 0  if n_{y_i}/n_{y_j} ≥ κ and λ < τ      (i from a much larger class: label goes to y_j)
     λ_y = 1  if n_{y_i}/n_{y_j} ≤ 1/κ and 1−λ < τ  (j from a much larger class: label stays y_i)
     λ_y = λ  otherwise.
-ALGORITHMS.md §0: y_a = y_i, y_b = y_j, lam = λ_y (which differs from the pixel ratio λ).
+METHODS.md: Conventions: y_a = y_i, y_b = y_j, lam = λ_y (which differs from the pixel ratio λ).
 """
 
 from __future__ import annotations

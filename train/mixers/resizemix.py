@@ -2,8 +2,8 @@
 True Labels", arXiv 2012.11101): the *whole* source image, shrunk by a side ratio τ ~ U(0.1, 0.8)
 [paper §3, α = 0.1, β = 0.8], is pasted at a random position of the target image; the label
 weight of the pasted image is its area ratio. Both images come from P: the source of row i is
-row perm(i) of the same batch. ALGORITHMS.md §0 convention: y_a = target (background) label,
-lam = 1 − h·w/(H·W). One box per batch by default (``box="batch"``, ALGORITHMS.md §7.2).
+row perm(i) of the same batch. METHODS.md, Conventions: y_a = target (background) label,
+lam = 1 − h·w/(H·W). One box per batch by default (``box="batch"``, METHODS.md: Boxes and λ).
 """
 
 from __future__ import annotations
