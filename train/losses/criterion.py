@@ -37,9 +37,13 @@ class Criterion(nn.Module):
         if w is not None:
             w = w.to(out.logits.device)
         lam = mixed.lam.float()
-        loss = mixed_term(self.base(out.logits, mixed.y_a), mixed.y_a, lam, w)
+        # a loss corrected by the mixed labels' prior reads it from the mixer's batch
+        batch_prior = {"label_prior": mixed.extras.get("label_prior")} \
+            if getattr(self.base, "reads_label_prior", False) else {}
+        loss = mixed_term(self.base(out.logits, mixed.y_a, **batch_prior), mixed.y_a, lam, w)
         if mixed.y_b is not mixed.y_a:  # identity batches (y_b is y_a, lam = 1) skip the 0 term
-            loss = loss + mixed_term(self.base(out.logits, mixed.y_b), mixed.y_b, 1 - lam, w)
+            loss = loss + mixed_term(self.base(out.logits, mixed.y_b, **batch_prior), mixed.y_b,
+                                     1 - lam, w)
         parts = {"base": loss.detach()}
         for name, term in self.aux.items():
             value = term(out, mixed, ctx)

@@ -5,6 +5,8 @@
   [cmo:losses.py LDAMLoss]; meant for the cosine classifier.
 - ``bs``: Balanced Softmax, CE(z + log π, y) [002 Eq.5].
 - ``la``: logit adjustment, CE(z + τ·log π, y), τ = 1 by default.
+  bs and la take ``prior``: "data" corrects by the data's π (above), "mixed" by the expected
+  distribution of the mixed labels that the mixer declares on its batches (``losses.prior``).
 - ``focal``: (1 − p_y)^γ·CE with γ = 1 [m2m:config.py] (no ×10 factor of the CMO repo).
 The prior shift of bs/la applies in training only; evaluation reads raw logits.
 All math runs in fp32 on whatever device the logits are on.
@@ -16,12 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ltpipe.train.losses.prior import PRIORS, data_prior, log_prior
 from ltpipe.train.params import check_params
-
-
-def _log_prior(class_counts: torch.Tensor) -> torch.Tensor:
-    counts = class_counts.double().clamp_min(1)  # n_k = 0 -> max(n_k, 1) (§6.3)
-    return (counts / counts.sum()).log().float()
 
 
 class CrossEntropy(nn.Module):
@@ -49,16 +47,33 @@ class LDAM(nn.Module):
 
 
 class LogitAdjusted(nn.Module):
-    """CE on z + τ·log π; τ = 1 is Balanced Softmax."""
+    """CE on z + τ·log P; τ = 1 is Balanced Softmax.
 
-    def __init__(self, class_counts: torch.Tensor, tau: float = 1.0):
+    ``prior="data"``: P = π, the training data's class distribution (the CMO repo's Balanced
+    Softmax). ``prior="mixed"``: P = the expected class distribution of the mixed labels, which
+    the mixer declares on each batch (``extras["label_prior"]``); the criterion passes it in.
+    Mixing flattens the labels, so correcting them by π over-corrects (train/METHODS.md, SMC).
+    """
+
+    def __init__(self, class_counts: torch.Tensor, tau: float = 1.0, prior: str = "data"):
         super().__init__()
         if tau < 0:  # a negative τ favours the head, the opposite of the correction
             raise ValueError(f"loss 'la': tau must be >= 0, got {tau}")
-        self.register_buffer("shift", tau * _log_prior(class_counts))
+        if prior not in PRIORS:
+            raise ValueError(f"loss: prior must be one of {PRIORS}, got {prior!r}")
+        self.tau, self.prior = float(tau), prior
+        self.reads_label_prior = prior == "mixed"
+        self.register_buffer("shift", self.tau * log_prior(data_prior(class_counts)))
 
-    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float() + self.shift, y, reduction="none")
+    def forward(self, logits: torch.Tensor, y: torch.Tensor,
+                label_prior: torch.Tensor | None = None) -> torch.Tensor:
+        shift = self.shift
+        if self.reads_label_prior:
+            if label_prior is None:
+                raise ValueError("loss: prior='mixed' needs a mixer that declares the label "
+                                 "distribution of its batches (smc does); use prior='data'")
+            shift = self.tau * label_prior.float().log()
+        return F.cross_entropy(logits.float() + shift, y, reduction="none")
 
 
 class Focal(nn.Module):

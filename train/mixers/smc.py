@@ -8,8 +8,11 @@ before mixing and two views are made with the same box: x̃_v = A_v(x_bg) ⊕ re
 lf is recomputed from the box, lam = 1 − lf weights y_a = y_bg (SMC's own λ weights the fg).
 
 Output: MixedBatch of 2B rows (view 1 then view 2), extras {"y_fg", "y_bg", "lf" [2B], "views": 2,
-"index"}; the SMC loss (``ltpipe.train.losses.smc``, aux term "smc") reads them, and the paper
-pairs it with logit-adjusted CE (``--loss la``, τ = 1).
+"index", "label_prior"}; the SMC loss (``ltpipe.train.losses.smc``, aux term "smc") reads them, and
+the paper pairs it with logit-adjusted CE (``--loss la``, τ = 1). "label_prior" [C] is the
+expected class distribution of the labels SMC emits, E[1−lf]·π + E[lf]·q: the prior P_Y of the
+paper's m = log P_Y, "to balance the classifier with the mixed data", which ``--loss la`` uses
+with ``prior="mixed"`` (train/METHODS.md, SMC).
 
 Deviation (documented in ``view_aug``): the loader delivers one augmented view per sample, so A_v
 is an on-device augmentation applied on top of the loader's output, not a second decode.
@@ -24,6 +27,8 @@ import torch
 from ltpipe.kernels.boxes import resizemix_boxes
 from ltpipe.kernels.paste import resize_paste_
 from ltpipe.pipeline.batch import Batch, MixedBatch
+from ltpipe.pipeline.samplers import class_probabilities
+from ltpipe.train.losses.prior import data_prior, mixed_label_prior, resizemix_fg_share
 from ltpipe.train.mixers.base import Mixer, MixerEnv, StepContext
 from ltpipe.train.mixers.view_aug import augment_view, loader_normalization
 
@@ -49,6 +54,22 @@ class SMCMix(Mixer):
         self.scale = (float(scale[0]), float(scale[1]))
         self.box, self.views, self.view_aug = box, int(views), view_aug
         self.mean, self.std = mean, std
+        self._label_priors: dict = {}  # (H, W, device) -> fp32 [C]
+
+    def label_prior(self, height: int, width: int) -> torch.Tensor:
+        """The expected class distribution of this mixer's labels, float64 [C]: every sample is
+        mixed, its background is drawn from π (P) and its foreground, weighted by lf, from
+        q(fg_r) (Q, built by the loader with this fg_r), so P_mix = E[1−lf]·π + E[lf]·q."""
+        counts = self.env.class_counts.cpu().numpy()
+        q = class_probabilities(counts, self.fg_r, allow_empty=True)
+        fg_share = resizemix_fg_share(height, width, self.scale)
+        return torch.from_numpy(mixed_label_prior(data_prior(counts), q, fg_share, prob=1.0))
+
+    def _declared_prior(self, height: int, width: int, device) -> torch.Tensor:
+        key = (height, width, str(device))
+        if key not in self._label_priors:  # once per run: a host-to-device copy per step is waste
+            self._label_priors[key] = self.label_prior(height, width).float().to(device)
+        return self._label_priors[key]
 
     def _view(self, x: torch.Tensor, meta: Mapping, gen: torch.Generator) -> torch.Tensor:
         if self.view_aug == "none":
@@ -76,5 +97,5 @@ class SMCMix(Mixer):
         y_fg = y_fg.repeat(v)
         lam = lam.repeat(v)
         extras = {"y_fg": y_fg, "y_bg": y_bg, "lf": 1 - lam, "views": v,
-                  "index": bg.index.repeat(v)}
+                  "index": bg.index.repeat(v), "label_prior": self._declared_prior(h, w, dev)}
         return MixedBatch(torch.cat(views), y_bg, y_fg, lam, extras)
