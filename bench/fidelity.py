@@ -4,12 +4,15 @@ Trains every named config for every seed with ``ltpipe train`` (in process), the
 mean ± std (over seeds) of top-1 and Many/Medium/Few, as a table, a JSON result
 (bench/results/fidelity-<device>.json, schema of ltpipe.train.benchmark) and a PNG.
 
-A config is ``LOSS[-REWEIGHT]:MIXER[@key=value;key=value]``, e.g. ``ce:none``, ``ce:cmo``,
-``bs:cmo``, ``ldam-drw:cmo``, ``ce:cmo@fg_r=1`` (mixer params, TOML values), so new mixers
-(smc, otmix, m2m) need no edit here. Finished runs (RUN/final.json) are reused.
+A config is ``LOSS[-REWEIGHT][(key=value;...)]:MIXER[@key=value;key=value]``, e.g. ``ce:none``,
+``ce:cmo``, ``bs:cmo``, ``ldam-drw:cmo``, ``ce:cmo@fg_r=1`` (mixer params, TOML values),
+``la(prior="mixed"):smc@fg_r=0`` (loss params in parentheses), so new mixers (smc, otmix, m2m)
+need no edit here. Finished runs (RUN/final.json) are reused.
 
     python bench/fidelity.py --runs ce:none,ce:cmo,bs:cmo,ldam-drw:cmo --seeds 0,1,2
     python bench/fidelity.py --device cuda --recipe synthetic --runs ce:none,ce:cmo,ce:smc
+    python bench/fidelity.py --name fidelity-smc \
+        --runs 'ce:none,la:none,la:smc@fg_r=0,la(prior="mixed"):smc@fg_r=0'
 
 The check (issue 5): a mixer's Few-class mean must exceed its baseline's (the same loss with
 ``none``, else ``ce:none``) by more than the seeds' spread (sum of the two stds).
@@ -30,20 +33,25 @@ ROOT = Path(__file__).resolve().parent.parent
 METRICS = ("top1", "many", "medium", "few")
 
 
-def parse_config(spec: str) -> tuple[str, str, str, list[str]]:
-    """'ldam-drw:cmo@fg_r=1;prob=1' -> ('ldam', 'drw', 'cmo', ['fg_r=1', 'prob=1'])."""
+def parse_config(spec: str) -> tuple[str, str, str, list[str], list[str]]:
+    """'ldam-drw:cmo@fg_r=1;prob=1' -> ('ldam', 'drw', 'cmo', ['fg_r=1', 'prob=1'], []);
+    'la(tau=0.5):smc' -> ('la', 'none', 'smc', [], ['tau=0.5'])."""
     head, _, opts = spec.partition("@")
     loss_part, sep, mixer = head.partition(":")
-    if not sep or not loss_part or not mixer:
-        raise SystemExit(f"--runs: expected LOSS[-REWEIGHT]:MIXER[@k=v;...], got {spec!r}")
+    loss_part, paren, loss_opts = loss_part.partition("(")
+    if not sep or not loss_part or not mixer or (paren and not loss_opts.endswith(")")):
+        raise SystemExit(f"--runs: expected LOSS[-REWEIGHT][(k=v;...)]:MIXER[@k=v;...], "
+                         f"got {spec!r}")
     loss, _, reweight = loss_part.partition("-")
-    return loss, reweight or "none", mixer, [o for o in opts.split(";") if o]
+    return (loss, reweight or "none", mixer, [o for o in opts.split(";") if o],
+            [o for o in loss_opts[:-1].split(";") if o])
 
 
 def run_tag(spec: str) -> str:
     """A flat folder name for a config: 'ce:m2m@classifier="runs/g"' -> 'ce_m2m_classifier_runs_g'
     (a path-valued param must not become nested folders)."""
     tag = spec.replace(":", "_").replace("@", "_").replace(";", "_").replace("=", "")
+    tag = tag.replace("(", "_").replace(")", "")
     return tag.replace('"', "").replace("'", "").replace("/", "_").replace("\\", "_")
 
 
@@ -56,11 +64,12 @@ def train_one(spec: str, seed: int, args, run_dir: Path) -> dict:
     if run_dir.exists():  # an unfinished earlier attempt: continue it
         cli = ["--resume", str(run_dir)]
     else:
-        loss, reweight, mixer, opts = parse_config(spec)
+        loss, reweight, mixer, opts, loss_opts = parse_config(spec)
         cli = [str(args.shards), "--out", str(run_dir), "--recipe", args.recipe, "--loss", loss,
                "--reweight", reweight, "--mixer", mixer, "--seed", str(seed),
                "--device", args.device]
         cli += [x for o in opts for x in ("--mixer-opt", o)]
+        cli += [x for o in loss_opts for x in ("--loss-opt", o)]
         if args.epochs:
             cli += ["--epochs", str(args.epochs)]
         cli += list(args.extra)
@@ -96,13 +105,15 @@ def few_check(summary: dict, base: str, method: str) -> dict | None:
 
 
 def baseline_of(spec: str, specs: list[str]) -> str | None:
-    """The same loss without mixing ("bs:none" for "bs:cmo"), else "ce:none"; None for a
-    baseline itself."""
+    """The same loss without mixing ("bs:none" for "bs:cmo"; "la:none" for "la(prior=...):smc"
+    when "la(prior=...):none" is not run), else "ce:none"; None for a baseline itself."""
     loss_part, _, rest = spec.partition(":")
     if rest.split("@")[0] == "none":
         return None
-    same = f"{loss_part}:none"
-    return same if same in specs else ("ce:none" if "ce:none" in specs else None)
+    for base in (f"{loss_part}:none", f"{loss_part.partition('(')[0]}:none", "ce:none"):
+        if base in specs:
+            return base
+    return None
 
 
 def table(summary: dict) -> str:
