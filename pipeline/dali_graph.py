@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ltpipe.pipeline.worker_lifetime import sigint_ignored_while_forking
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PRESETS = ("cifar", "imagenet")
@@ -147,5 +149,6 @@ def build_pipeline(spec: GraphSpec, reader: dict | None, sources: dict, checkpoi
         return tuple(outs)
 
     pipe = graph()
-    pipe.build()
+    with sigint_ignored_while_forking():  # Q's workers are forked here; Ctrl-C is the trainer's
+        pipe.build()
     return pipe

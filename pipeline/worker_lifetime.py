@@ -5,15 +5,19 @@ waits on, so it never sees them close: after a SIGKILL of the trainer (an OOM ki
 preemption) the workers would live on, holding memory and mmapped shards. Linux's
 PR_SET_PDEATHSIG has the kernel kill them instead. Elsewhere this is a no-op. Ctrl-C reaches the
 whole process group; the trainer handles it (and its exit ends the workers), so the workers ignore
-it rather than each print a KeyboardInterrupt traceback.
+it rather than each print a KeyboardInterrupt traceback. They must ignore it from birth
+(``sigint_ignored_while_forking``): a worker that has not yet run its first task would otherwise
+still hold Python's handler when Ctrl-C comes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
 import sys
+import threading
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -32,3 +36,20 @@ def tie_to_parent(parent_pid: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0 and os.getppid() != parent_pid:
         os._exit(1)  # the parent died before the request: nothing would signal
+
+
+@contextlib.contextmanager
+def sigint_ignored_while_forking():
+    """Ignore SIGINT in this process while the block forks or spawns workers, so they start with
+    it ignored (both inherit the disposition; a spawned Python keeps an inherited SIG_IGN), then
+    restore the caller's handler. A Ctrl-C during the block is lost. Off the main thread, where
+    handlers cannot be changed, a no-op: the workers then ignore SIGINT from their first task.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before if before is not None else signal.SIG_DFL)

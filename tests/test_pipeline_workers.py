@@ -12,15 +12,20 @@ import pytest
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG")
 
+# The child plays the trainer. It restores Python's Ctrl-C handler (a shell that runs the tests
+# in the background ignores SIGINT, and the child would inherit that), and says "ready" only
+# inside its ``try``, so a SIGINT sent on "ready" always meets the handler. Its wait is bounded.
 SCRIPT = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from ltpipe.pipeline.loader import make_loader
     loader = make_loader(sys.argv[1], batch_size=4, streams=("uniform", "minority"),
                          num_threads=1, py_workers=2)
     next(iter(loader))
-    print("ready", flush=True)
     try:
-        time.sleep(600)
+        print("ready", flush=True)
+        time.sleep(30)
+        print("timeout", flush=True)
     except KeyboardInterrupt:
         print("interrupted", flush=True)
 """)
@@ -86,3 +91,36 @@ def test_ctrl_c_is_left_to_the_trainer(tiny_shards, tmp_path):
                 pass
     assert "Traceback" not in err.read_text(), err.read_text()[-2000:]
     assert not [w for w in workers if alive(w)]
+
+
+def sigint_ignored(pid: int) -> bool:
+    """The kernel's view: is SIGINT (signal 2, bit 1 of SigIgn) ignored by process ``pid``?"""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+    raise AssertionError(f"/proc/{pid}/status has no SigIgn")
+
+
+def test_workers_ignore_ctrl_c_from_birth(tiny_shards):
+    """Before any task reaches them (a worker may get its first only later in the run), Q's
+    workers already ignore SIGINT; the building process keeps its own handler."""
+    from ltpipe.pipeline.dali_graph import GraphSpec, build_pipeline
+    from ltpipe.pipeline.minority import MinorityDraws, MinoritySource, ShardBytes
+    from ltpipe.pipeline.shardset import open_split
+
+    data = open_split(tiny_shards, "train")
+    draws = MinorityDraws.for_r(data.labels, data.class_counts, 1.0, seed=0, rank=0)
+    source = MinoritySource(draws, ShardBytes(data.rows, data.tar_paths), 4, 10, 0)
+    spec = GraphSpec(batch_size=4, preset="cifar", size=32, train=True, device="cpu", half=False,
+                     channels_last=False, num_threads=1, prefetch=2, seed=0, device_id=None,
+                     py_workers=2)
+    before = set(children(os.getpid()))
+    handler = signal.getsignal(signal.SIGINT)
+    pipe = build_pipeline(spec, None, {"minority": source})
+    try:
+        workers = [w for w in children(os.getpid()) if w not in before]
+        assert len(workers) >= 2
+        assert all(sigint_ignored(w) for w in workers)
+        assert signal.getsignal(signal.SIGINT) is handler
+    finally:
+        del pipe
