@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
+import stat
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,13 +49,28 @@ class Encoded:
 
 
 def read_file(path: str) -> bytes:
+    """The bytes of a regular file. A FIFO, device or folder named like an image is rejected
+    without a blocking open (a FIFO's open waits for a writer): stat first, then open
+    non-blocking and check the opened file again, in case it was swapped in between."""
     try:
-        with open(path, "rb") as f:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise Rejected("not a regular file")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise Rejected("not a regular file")
             return f.read()
     except FileNotFoundError:
         raise Rejected("missing file") from None
     except OSError as exc:
         raise Rejected(f"unreadable file ({exc.strerror or exc})") from None
+
+
+def deterministic(message: str) -> str:
+    """An error message without what differs between runs: ``<_io.BytesIO object at 0x7f..>``
+    becomes ``<_io.BytesIO object>``, any other address ``0x..``."""
+    message = re.sub(r"<([^<>]*?) at 0x[0-9a-fA-F]+>", r"<\1>", message)
+    return re.sub(r"\b0x[0-9a-fA-F]{8,}\b", "0x..", message)
 
 
 def identity(x: Any) -> Any:
@@ -79,9 +97,10 @@ def encode_image(raw: bytes | np.ndarray, *, max_size: int | None, quality: int,
             # target: a fraction of the pixels to decode, low-pass filtered in the DCT domain
             img.draft(None, size)
         img.load()  # full decode: truncated/corrupt data raises here
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError,
-            ValueError) as exc:
-        raise Rejected(f"corrupt or truncated image ({exc})".replace("\t", " ")) from None
+    except UnidentifiedImageError:
+        raise Rejected("corrupt or truncated image (PIL cannot identify it)") from None
+    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
+        raise Rejected(f"corrupt or truncated image ({deterministic(str(exc))})") from None
     if img.format == "JPEG" and img.mode in KEEP_MODES and size == (w, h):
         return Encoded(bytes(raw), w, h)
     return _to_jpeg(img, size, quality)

@@ -49,11 +49,21 @@ def is_unicode(text: str) -> bool:
     return True
 
 
+def shown(text: str) -> str:
+    """``text`` printable as UTF-8: the undecodable bytes of a file name as \\xNN, a lone
+    surrogate (from a json) as \\udNNN."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")  # file names: the bytes on disk
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def _checked_path(root: Path, name: str, allow_outside: bool) -> tuple[str, str | None]:
     """(path as written, reason to reject it or None)."""
     path = root / name
-    if not is_unicode(name):
-        return str(path), "file name is not valid Unicode"
+    if not is_unicode(str(path)):
+        return str(path), "file name is not valid Unicode (UTF-8)"
     if not allow_outside:
         base = os.path.normpath(os.path.abspath(root))
         if not os.path.normpath(os.path.abspath(path)).startswith(base.rstrip(os.sep) + os.sep):

@@ -113,7 +113,11 @@ def _imagefolder(root: Path):
         raise ShardInputError(f"imagefolder {root}: not a directory")
     split_roots = {"train": root / "train", "val": root / "val"} if (root / "train").is_dir() \
         else {"train": root}
-    classes = sorted(d.name for d in split_roots["train"].iterdir() if d.is_dir())
+    if not labelled.is_unicode(str(root)):
+        raise ShardInputError(f"imagefolder {labelled.shown(str(root))}: the path is not UTF-8")
+    # a folder name that is not UTF-8 cannot be a class name (manifest.json is UTF-8)
+    classes = sorted(d.name for d in split_roots["train"].iterdir()
+                     if d.is_dir() and labelled.is_unicode(d.name))
     if not classes:
         raise ShardInputError(f"imagefolder {split_roots['train']}: no class folders")
     index = {c: k for k, c in enumerate(classes)}
@@ -124,10 +128,17 @@ def _imagefolder(root: Path):
         items = []
         for class_dir in sorted(d for d in base.iterdir() if d.is_dir()):
             files = sorted(f for f in class_dir.rglob("*") if f.suffix.lower() in IMAGE_EXTS)
+            if not labelled.is_unicode(class_dir.name):
+                rejected += [(str(f), "class folder name is not UTF-8") for f in files]
+                continue
             if class_dir.name not in index:
                 rejected += [(str(f), f"unknown label {class_dir.name!r}") for f in files]
                 continue
-            items += [Item(str(f), index[class_dir.name], read_file, str(f)) for f in files]
+            for f in files:
+                if labelled.is_unicode(str(f)):
+                    items.append(Item(str(f), index[class_dir.name], read_file, str(f)))
+                else:
+                    rejected.append((str(f), "file name is not UTF-8"))
         splits[split] = items
     return classes, splits, rejected
 

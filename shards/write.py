@@ -21,6 +21,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from ltpipe.shards import labelled
 from ltpipe.shards import manifest as manifest_mod
 from ltpipe.shards.encode import MAX_PIXELS, Encoded, Item, Rejected, encode_item, sample_members
 from ltpipe.shards.errors import ShardInputError
@@ -322,6 +323,15 @@ def _write_rejected(out: Path, rejected: list[tuple[str, str]]) -> None:
     if not rejected:
         path.unlink(missing_ok=True)
         return
-    clean = lambda text: " ".join(str(text).split())  # noqa: E731 - one TSV field: no tabs/newlines
-    write_text_atomic(path, "".join(f"{p}\t{clean(reason)}\n" for p, reason in rejected))
+    write_text_atomic(path, "".join(f"{tsv_field(p)}\t{tsv_field(reason)}\n"
+                                    for p, reason in rejected))
+
+
+TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def tsv_field(text: str) -> str:
+    """One rejected.tsv field: backslash, tab, newline and CR escaped as \\\\, \\t, \\n, \\r,
+    so a file name cannot end its record or forge another; bytes that are not UTF-8 as \\xNN."""
+    return labelled.shown(str(text).translate(TSV_ESCAPES))
 

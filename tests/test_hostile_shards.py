@@ -224,3 +224,77 @@ def test_images_above_max_pixels_are_rejected_from_the_header(tmp_path):
         f"{root}/wide.jpg": "image too large: 300x200 = 60000 pixels (--max-pixels 50000)"}
     r = run("shard", f"list:{listing}", tmp_path / "out2")  # the default: 89,478,485 like PIL
     assert r.exit_code == 0 and "2 rejected" in r.stdout, r.output
+
+
+# --- inputs that hung or tracebacked ------------------------------------------------------------
+
+def _rejected(out) -> dict[str, str]:
+    return dict(line.split("\t") for line in (out / "rejected.tsv").read_text().splitlines())
+
+
+@pytest.mark.timeout(20)
+def test_fifo_named_jpg_is_rejected_not_read(tmp_path):
+    import os
+
+    root = tmp_path / "imgs"
+    (root / "cat").mkdir(parents=True)
+    (root / "cat" / "a.jpg").write_bytes(jpeg())
+    os.mkfifo(root / "cat" / "pipe.jpg")  # opening it for reading would wait for a writer
+    (root / "cat" / "dir.jpg").mkdir()
+    r = run("shard", f"imagefolder:{root}", tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    assert _rejected(tmp_path / "out") == {f"{root}/cat/dir.jpg": "not a regular file",
+                                           f"{root}/cat/pipe.jpg": "not a regular file"}
+
+
+def test_non_utf8_names_in_imagefolder_are_rejected_rows(tmp_path):
+    import os
+
+    root = tmp_path / "imgs"
+    (root / "cat").mkdir(parents=True)
+    (root / "cat" / "a.jpg").write_bytes(jpeg())
+    base = os.fsencode(root)
+    with open(os.path.join(base, b"cat", b"caf\xe9.jpg"), "wb") as f:  # Latin-1, not UTF-8
+        f.write(jpeg())
+    os.mkdir(os.path.join(base, b"\xffdog"))
+    with open(os.path.join(base, b"\xffdog", b"b.jpg"), "wb") as f:
+        f.write(jpeg())
+    r = run("shard", f"imagefolder:{root}", tmp_path / "out")
+    assert r.exit_code == 0 and "1 train" in r.stdout, r.output
+    assert _rejected(tmp_path / "out") == {f"{root}/cat/caf\\xe9.jpg": "file name is not UTF-8",
+                                           f"{root}/\\xffdog/b.jpg": "class folder name is not "
+                                                                     "UTF-8"}
+
+
+def test_non_utf8_list_file_is_one_line(tmp_path):
+    listing = _list_source(tmp_path, ["a.jpg 0"])
+    listing.write_bytes(b"a.jpg 0\nb\xe9.jpg 1\n")
+    one_line_error(run("shard", f"list:{listing}", tmp_path / "out"), f"{listing}:2: not UTF-8")
+
+
+def _inat_json(path, images, annotations, categories=({"id": 0, "name": "c0"},)):
+    import json
+
+    path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": list(categories)}))
+    return path
+
+
+def test_inat_json_nested_too_deeply_is_one_line(tmp_path):
+    path = tmp_path / "train.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    one_line_error(run("shard", f"inat:{path}", tmp_path / "out"), "nested too deeply")
+
+
+def test_inat_lone_surrogates_are_a_row_or_one_line(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(jpeg())
+    path = _inat_json(tmp_path / "train.json",
+                      [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "b\ud800.jpg"}],
+                      [{"image_id": 1, "category_id": 0}, {"image_id": 2, "category_id": 0}])
+    r = run("shard", f"inat:{path}", tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    assert _rejected(tmp_path / "out") == {
+        f"{tmp_path}/b\\ud800.jpg": "file name is not valid Unicode (UTF-8)"}
+    _inat_json(path, [{"id": 1, "file_name": "a.jpg"}], [{"image_id": 1, "category_id": 0}],
+               [{"id": 0, "name": "bad\udc00name"}])
+    one_line_error(run("shard", f"inat:{path}", tmp_path / "out2"), "is not valid Unicode")
