@@ -83,9 +83,10 @@ def check_arguments(data: ShardSplit, split: str, batch_size: int, streams, devi
 
 
 def make_loader(shards, split: str = "train", batch_size: int = 128,
-                streams=("uniform", "minority"), device: str = "cpu", preset: str = "cifar",
+                streams=None, device: str = "cpu", preset: str = "cifar",
                 image_size: int | None = None, dtype=torch.float32, channels_last: bool = False,
-                r: float = 1.0, seed: int = 0, rank: int = 0, world: int = 1, epoch: int = 0,
+                r: float | None = None, seed: int = 0, rank: int = 0, world: int = 1,
+                epoch: int = 0, mixer=None,
                 num_threads: int = 4, prefetch: int = 2, py_workers: int = 2,
                 hw_decoder_load: float = 0.65, max_image_side: int = 0, concurrency: str = "full",
                 cpu_decode=(), validate: bool = True, allow_empty_classes: bool = False,
@@ -95,12 +96,17 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
     Args:
         shards: a shard directory (shards/format.py). split: "train" or "val" (val: ("uniform",)
             only, read in order, every sample exactly once across ranks).
-        batch_size: per rank, <= the split's size. streams: names from STREAMS.
+        batch_size: per rank, <= the split's size. streams: names from STREAMS (default P and
+            Q; a ``mixer`` declares its own).
         device: "cuda" (nvJPEG "mixed" decode, current torch device) or "cpu" (CPU operators).
         preset / image_size: "cifar" (32) or "imagenet" (224), see dali_graph.py.
         dtype: torch.float32 | float16 | bfloat16 (bf16 is cast from fp32 on the device).
-        channels_last: images [B,3,H,W] with NHWC memory. r: Q's exponent (paper meaning, §7.1).
+        channels_last: images [B,3,H,W] with NHWC memory. r: Q's exponent (paper meaning,
+            METHODS.md: The meaning of r; default 1, or the mixer's ``fg_r``).
         seed, rank, world, epoch: the draw keys and the DALI shard of this rank.
+        mixer: the mixer these batches are for: the streams and Q's exponent are what it
+            declares (``mixer.streams``, ``mixer.fg_r``), so the two cannot disagree; a
+            ``streams`` or ``r`` given besides it must match.
         num_threads, prefetch, py_workers: DALI CPU threads, prefetch depth, Q's worker processes.
         hw_decoder_load, max_image_side: nvJPEG hardware-decoder share and preallocation hint.
         concurrency: "full" (P and Q chains run concurrently, own CUDA streams) or "backend".
@@ -113,6 +119,7 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
     state_dict/load_state_dict, class_counts (int64 [C]), num_classes, and ``skipped``: the
     number of corrupt samples of the split left out (0 unless skip_corrupt).
     """
+    streams, r = declared_streams(mixer, streams, r)
     data = open_split(shards, split, validate=validate, skip_corrupt=skip_corrupt)
     streams = check_arguments(data, split, batch_size, streams, device, preset, dtype, r, rank,
                               world, allow_empty_classes)
@@ -143,6 +150,22 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
         max_side=int(max_image_side), concurrency=concurrency, cpu_decode=cpu_decode)
     return DaliLoader(data, spec, streams, r=r, seed=seed, rank=rank, world=world, epoch=epoch,
                       dtype=dtype)
+
+
+def declared_streams(mixer, streams, r) -> tuple[tuple[str, ...], float]:
+    """(streams, r) of a loader: the mixer's declaration when one is given, else the arguments,
+    else P and Q with r = 1. A ValueError names an argument that contradicts the mixer."""
+    if mixer is not None:
+        mine = tuple(mixer.streams)
+        if streams is not None and tuple(streams) != mine:
+            raise ValueError(f"streams: {tuple(streams)} given, but the mixer "
+                             f"{type(mixer).__name__} reads {mine}")
+        fg_r = getattr(mixer, "fg_r", None)
+        if r is not None and fg_r is not None and float(r) != float(fg_r):
+            raise ValueError(f"r: {r} given, but the mixer {type(mixer).__name__} has fg_r={fg_r}")
+        streams, r = mine, (fg_r if fg_r is not None else r)
+    return (tuple(streams) if streams is not None else ("uniform", "minority"),
+            1.0 if r is None else float(r))
 
 
 def pipeline_seed(seed: int, rank: int, epoch: int) -> int:

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from ltpipe.pipeline.batch import Batch
 from ltpipe.pipeline.dali_graph import (CIFAR_PAD, DEFAULT_SIZE, IMAGENET_MEAN, IMAGENET_STD,
                                         RRC_RATIO, RRC_SCALE, eval_resize)
-from ltpipe.pipeline.loader import check_arguments, shard_sizes
+from ltpipe.pipeline.loader import check_arguments, declared_streams, shard_sizes
 from ltpipe.pipeline.minority import ShardBytes
 from ltpipe.pipeline.samplers import class_probabilities, sample_weights
 from ltpipe.pipeline.shardset import open_split
@@ -68,18 +68,19 @@ class TarJpegDataset(Dataset):
 
 
 def make_torch_loader(shards, split: str = "train", batch_size: int = 128,
-                      streams=("uniform", "minority"), device: str = "cpu", preset: str = "cifar",
+                      streams=None, device: str = "cpu", preset: str = "cifar",
                       image_size: int | None = None, dtype=torch.float32,
-                      channels_last: bool = False, r: float = 1.0, seed: int = 0, rank: int = 0,
-                      world: int = 1, epoch: int = 0, num_workers: int = 4, prefetch: int = 2,
-                      num_threads: int | None = None, validate: bool = True,
-                      allow_empty_classes: bool = False,
-                      skip_corrupt: bool = False) -> "TorchLoader":
+                      channels_last: bool = False, r: float | None = None, seed: int = 0,
+                      rank: int = 0, world: int = 1, epoch: int = 0, num_workers: int = 4,
+                      prefetch: int = 2, num_threads: int | None = None, validate: bool = True,
+                      allow_empty_classes: bool = False, skip_corrupt: bool = False,
+                      mixer=None) -> "TorchLoader":
     """Reference loader with ``make_loader``'s keywords (``num_threads`` is an alias of workers).
 
     As there, a split with corrupt samples is refused unless ``skip_corrupt``; ``skipped`` on the
     loader counts the samples left out.
     """
+    streams, r = declared_streams(mixer, streams, r)
     data = open_split(shards, split, validate=validate, skip_corrupt=skip_corrupt)
     streams = check_arguments(data, split, batch_size, streams, device, preset, dtype, r, rank,
                               world, allow_empty_classes)

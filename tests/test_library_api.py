@@ -93,3 +93,22 @@ def test_env_from_shards_reads_the_train_counts(tiny_shards):
     e = MixerEnv.from_shards(tiny_shards, epochs=5, batch_size=4)
     want = load_manifest(tiny_shards).split("train").class_counts
     assert e.class_counts.tolist() == list(want) and (e.rank, e.world, e.epochs) == (0, 1, 5)
+
+
+@pytest.mark.parametrize("factory", ["dali", "torch"])
+def test_a_loader_built_from_the_mixer_reads_its_streams_and_exponent(tiny_shards, factory):
+    from ltpipe.pipeline.loader import make_loader
+    from ltpipe.pipeline.torch_loader import make_torch_loader
+
+    make = make_loader if factory == "dali" else make_torch_loader
+    e = MixerEnv.from_shards(tiny_shards, epochs=5, batch_size=4)
+    mixer = CMO(e, prob=1.0, mix_schedule="always", fg_r=0.0)
+    loader = make(tiny_shards, batch_size=4, mixer=mixer, num_threads=1)
+    assert loader.streams == ("uniform", "minority") and loader.r == 0.0
+    with pytest.raises(ValueError, match="r: 1.0 given, but the mixer CMO has fg_r=0.0"):
+        make(tiny_shards, batch_size=4, mixer=mixer, r=1.0)
+    with pytest.raises(ValueError, match=r"streams: \('uniform',\) given, but the mixer CMO"):
+        make(tiny_shards, batch_size=4, mixer=mixer, streams=("uniform",))
+    # without a mixer: P and Q with the paper's r = 1, as before
+    plain = make(tiny_shards, batch_size=4, num_threads=1)
+    assert plain.streams == ("uniform", "minority") and plain.r == 1.0
