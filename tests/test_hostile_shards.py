@@ -298,3 +298,24 @@ def test_inat_lone_surrogates_are_a_row_or_one_line(tmp_path):
     _inat_json(path, [{"id": 1, "file_name": "a.jpg"}], [{"image_id": 1, "category_id": 0}],
                [{"id": 0, "name": "bad\udc00name"}])
     one_line_error(run("shard", f"inat:{path}", tmp_path / "out2"), "is not valid Unicode")
+
+
+# --- rejected.tsv: one record per input, the same bytes every run ------------------------------
+
+def test_rejected_tsv_escapes_fields_and_is_deterministic(tmp_path):
+    root = tmp_path / "imgs"
+    (root / "cat").mkdir(parents=True)
+    (root / "cat" / "a.jpg").write_bytes(jpeg())
+    forged = "x.jpg\nforged.jpg\tlooks like a record\\n.jpg"
+    (root / "cat" / forged).write_bytes(b"not an image")
+    (root / "cat" / "cut.jpg").write_bytes(jpeg(size=(64, 64))[:300])
+    outs = [tmp_path / "out1", tmp_path / "out2"]
+    for out in outs:
+        assert run("shard", f"imagefolder:{root}", out).exit_code == 0
+    text = (outs[0] / "rejected.tsv").read_bytes()
+    assert text == (outs[1] / "rejected.tsv").read_bytes()
+    assert b" at 0x" not in text  # PIL names the BytesIO object by its address
+    rows = text.decode().splitlines()
+    assert len(rows) == 2 and all(row.count("\t") == 1 for row in rows)
+    assert any(row.startswith(f"{root}/cat/x.jpg\\nforged.jpg\\tlooks like a record\\\\n.jpg\t")
+               for row in rows)
