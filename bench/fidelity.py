@@ -14,7 +14,7 @@ need no edit here. Finished runs (RUN/final.json) are reused.
     python bench/fidelity.py --name fidelity-smc \
         --runs 'ce:none,la:none,la:smc@fg_r=0,la(prior="mixed"):smc@fg_r=0'
 
-The check (issue 5): a mixer's Few-class mean must exceed its baseline's (the same loss with
+The check: a mixer's Few-class mean must exceed its baseline's (the same loss with
 ``none``, else ``ce:none``) by more than the seeds' spread (sum of the two stds).
 """
 

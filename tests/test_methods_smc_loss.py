@@ -1,4 +1,4 @@
-"""SMC loss (ALGORITHMS.md §2): vectorised formula vs a slow loop over anchors and positives."""
+"""SMC loss (train/METHODS.md, SMC): vectorised formula vs a slow loop over anchors and positives."""
 
 import math
 
@@ -11,7 +11,7 @@ from ltpipe.train.losses.smc import ProjectionHead, SMCLoss, positive_masks, smc
 
 
 def reference_smc(z, y_fg, y_bg, lf, tau):
-    """Direct transcription of [002 Eq.4] with Python loops (fp64)."""
+    """Direct transcription of [SMC paper Eq.4] with Python loops (fp64)."""
     n = len(z)
     z = [[float(v) for v in row] for row in z]
     dot = lambda a, b: sum(x * y for x, y in zip(a, b))  # noqa: E731

@@ -1,5 +1,5 @@
 """Base losses against direct formulas, class weights (inverse, DRW switch), the mixed-label
-criterion with per-term normalisers (ALGORITHMS.md §5)."""
+criterion with per-term normalisers (train/METHODS.md, Losses)."""
 
 import math
 

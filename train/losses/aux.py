@@ -1,4 +1,4 @@
-"""Auxiliary loss terms added to the base loss (SMC's contrastive term, ALGORITHMS.md §2).
+"""Auxiliary loss terms added to the base loss (SMC's contrastive term, train/METHODS.md, SMC).
 
 An aux term is an ``nn.Module`` built as ``Cls(env: MixerEnv, feature_dim: int, **params)`` with
 ``weight: float``, ``head_name: str | None``, ``make_head() -> nn.Module | None`` (the trainer puts

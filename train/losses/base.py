@@ -1,7 +1,8 @@
 """The loss interface: model output + MixedBatch -> LossOutput(loss, parts).
 
 Base losses return a per-sample loss for hard labels; one wrapper forms
-lam·ℓ(y_a) + (1−lam)·ℓ(y_b) so every loss pairs with every mixer (ALGORITHMS.md §0, §5).
+lam·ℓ(y_a) + (1−lam)·ℓ(y_b) so every loss pairs with every mixer (train/METHODS.md, Conventions
+› Labels and the mixed loss; Losses).
 Auxiliary terms (SMC's contrastive loss) read ``ModelOutput.features`` and add a named part.
 """
 

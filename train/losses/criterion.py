@@ -1,8 +1,8 @@
 """The criterion: lam·ℓ(y_a) + (1−lam)·ℓ(y_b) with class weights, plus weighted aux terms.
 
-Weighted terms follow PyTorch's weighted-mean CE, each with its own normaliser [cmo repo,
-ALGORITHMS.md §5]:  term(y, c) = Σ_i c_i·w_{y_i}·ℓ_i(y_i) / Σ_i w_{y_i};  without weights the
-normaliser is B. ``LossOutput.parts`` holds detached 0-dim tensors (no host sync per step).
+Weighted terms follow PyTorch's weighted-mean CE, each with its own normaliser [the CMO repo;
+train/METHODS.md, Losses]:  term(y, c) = Σ_i c_i·w_{y_i}·ℓ_i(y_i) / Σ_i w_{y_i};  without weights
+the normaliser is B. ``LossOutput.parts`` holds detached 0-dim tensors (no host sync per step).
 """
 
 from __future__ import annotations

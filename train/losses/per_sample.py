@@ -1,9 +1,9 @@
-"""Per-sample base losses ℓ(logits [B,C], y [B]) -> [B] (ALGORITHMS.md §5).
+"""Per-sample base losses ℓ(logits [B,C], y [B]) -> [B] (train/METHODS.md, Losses).
 
 - ``ce``: cross-entropy.
 - ``ldam``: CE(s·(z − Δ_y·onehot(y)), y), Δ_k ∝ n_k^{−1/4} scaled to max Δ = 0.5, s = 30
-  [cmo:losses.py LDAMLoss]; meant for the cosine classifier.
-- ``bs``: Balanced Softmax, CE(z + log π, y) [002 Eq.5].
+  [CMO repo, losses.py LDAMLoss]; meant for the cosine classifier.
+- ``bs``: Balanced Softmax, CE(z + log π, y) [SMC paper Eq.5].
 - ``la``: logit adjustment, CE(z + τ·log π, y), τ = 1 by default.
   bs and la take ``prior``: "data" corrects by the data's π (above), "mixed" by the expected
   distribution of the mixed labels that the mixer declares on its batches (``losses.prior``).

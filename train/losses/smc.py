@@ -1,13 +1,14 @@
 """SMC's supervised contrastive loss on mixed classes (Jeong & Kim, arXiv 2211.11938;
-ALGORITHMS.md §2).
+train/METHODS.md, SMC).
 
 All 2B embeddings (two views of B mixed images) are anchors. For anchor i, over j ≠ i:
   F_i = {j : y_fg_j = y_fg_i}, B_i = {j : y_bg_j = y_bg_i},
   X_i = {j ∉ F_i ∪ B_i : y_fg_j = y_bg_i or y_bg_j = y_fg_i};
   ℓ_i(S) = −(1/|S|) Σ_{p∈S} [z_i·z_p/τ − logsumexp_{j≠i} z_i·z_j/τ]  (0 if S is empty),
-  L_T = (1/2B) Σ_i ℓ_i(T_i),  L_SMC = (lf·L_F + (1−lf)·L_B + 0.5·L_X) / 1.5   [002 Eq.4].
+  L_T = (1/2B) Σ_i ℓ_i(T_i),  L_SMC = (lf·L_F + (1−lf)·L_B + 0.5·L_X) / 1.5   [SMC paper Eq.4].
 lf is the foreground ratio (one per batch by default, or per anchor). Similarities run in fp32
-(§6.7) whatever the autocast dtype. The term is weighted by η = 0.1 (``weight``) [002 §4.2].
+(train/METHODS.md, Conventions › Empty classes, ranks and precision) whatever the autocast
+dtype. The term is weighted by η = 0.1 (``weight``) [SMC paper §4.2].
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-TEMPERATURE = 0.1  # τ [002 §3.2]
-ETA = 0.1  # η [002 Eq.6, §4.2]
-PROJ_DIM = 128  # projection output width [002 §4.2]
+TEMPERATURE = 0.1  # τ [SMC paper §3.2]
+ETA = 0.1  # η [SMC paper Eq.6, §4.2]
+PROJ_DIM = 128  # projection output width [SMC paper §4.2]
 
 
 class ProjectionHead(nn.Module):
     """Linear(D,D)–ReLU–Linear(D,128), then L2 normalisation (hidden width = input width
-    [002 §4.2])."""
+    [SMC paper §4.2])."""
 
     def __init__(self, feature_dim: int, out_dim: int = PROJ_DIM):
         super().__init__()
@@ -67,7 +68,7 @@ def smc_terms(z: torch.Tensor, y_fg: torch.Tensor, y_bg: torch.Tensor,
 
 def smc_loss(z: torch.Tensor, y_fg: torch.Tensor, y_bg: torch.Tensor, lf: torch.Tensor | float,
              temperature: float = TEMPERATURE) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """L_SMC of [002 Eq.4] and its (L_F, L_B, L_X) parts. lf: scalar or per-anchor [N]."""
+    """L_SMC of [SMC paper Eq.4] and its (L_F, L_B, L_X) parts. lf: scalar or per-anchor [N]."""
     terms = smc_terms(z, y_fg, y_bg, temperature)
     lf = torch.as_tensor(lf, dtype=terms["F"].dtype, device=z.device)
     per_anchor = (lf * terms["F"] + (1 - lf) * terms["B"] + 0.5 * terms["X"]) / 1.5  # [N]

@@ -1,8 +1,8 @@
-"""Class re-weighting policies w [C] per epoch (ALGORITHMS.md §5, DRW).
+"""Class re-weighting policies w [C] per epoch (train/METHODS.md, Losses).
 
 - ``none``: all ones.
 - ``inverse``: w_k ∝ 1/n_k, Σ w = C.
-- ``drw``: deferred re-weighting [cmo:cifar_train.py]: ones before ``drw_epoch``, then the
+- ``drw``: deferred re-weighting [CMO repo, cifar_train.py]: ones before ``drw_epoch``, then the
   effective-number weights w_k = (1−β)/(1−β^{n_k}), β = 0.9999, normalised so Σ w = C.
 Computed in fp64, stored fp32.
 """

@@ -1,4 +1,5 @@
-"""SMC mixing (Jeong & Kim, arXiv 2211.11938; ALGORITHMS.md §2): ResizeMix, minority foreground.
+"""SMC mixing (Jeong & Kim, arXiv 2211.11938; train/METHODS.md, SMC): ResizeMix with a minority
+foreground.
 
 Background ~ P ("uniform"), foreground ~ Q ("minority", class probability ∝ n_k^{−γ}, γ = fg_r).
 Every sample is mixed. The foreground ratio lf = 0.2 + 0.6·u (u ~ U(0,1)) gives the box
@@ -81,7 +82,7 @@ class SMCMix(Mixer):
     def forward(self, streams: Mapping[str, Batch], ctx: StepContext) -> MixedBatch:
         bg, fg = streams["uniform"], streams["minority"]
         b = len(bg)
-        fg_images, y_fg = fg.images[:b], fg.labels[:b]  # trim Q to the P batch (§0, §6.8)
+        fg_images, y_fg = fg.images[:b], fg.labels[:b]  # trim Q to the P batch (Streams P and Q)
         _, _, h, w = bg.images.shape
         gen, dev = ctx.generator, bg.labels.device
         boxes, lam = resizemix_boxes(b, h, w, gen, per_sample=self.box == "sample",

@@ -1,14 +1,15 @@
-"""On-device batch augmentation for SMC's two views (ALGORITHMS.md §2, "component augmentation").
+"""On-device batch augmentation for SMC's two views (train/METHODS.md, SMC › Deviations).
 
-SMC augments each component *before* mixing [002 Eq.3, Table 5] and trains on two views. The
-loader delivers one augmented view per sample, so ltpipe draws the per-view augmentation A_v on
-the device, on top of the loader's (pad-crop/flip) output. This is a documented deviation: the
-paper decodes and augments each view from the raw image. A_v follows [cmo:cifar_train.py
-``augmentation_sim_cifar``]: RandomResizedCrop(scale 0.2–1, ratio 3/4–4/3), horizontal flip,
-ColorJitter(0.4, 0.4, 0.4, 0.1) with p = 0.8, grayscale with p = 0.2. Differences from torchvision:
-jitter in the fixed order brightness, contrast, saturation, hue; hue is a YIQ chroma rotation
-(an approximation of the HSV shift); the crop is sampled once (no 10-try rejection loop).
-Everything runs batched (one affine ``grid_sample`` per call), per-sample random parameters.
+SMC augments each component *before* mixing [SMC paper Eq.3, Table 5] and trains on two views.
+The loader delivers one augmented view per sample, so ltpipe draws the per-view augmentation A_v
+on the device, on top of the loader's (pad-crop/flip) output. This is a documented deviation:
+the paper decodes and augments each view from the raw image. A_v follows [CMO repo,
+cifar_train.py ``augmentation_sim_cifar``]: RandomResizedCrop(scale 0.2–1, ratio 3/4–4/3),
+horizontal flip, ColorJitter(0.4, 0.4, 0.4, 0.1) with p = 0.8, grayscale with p = 0.2.
+Differences from torchvision: jitter in the fixed order brightness, contrast, saturation, hue;
+hue is a YIQ chroma rotation (an approximation of the HSV shift); the crop is sampled once (no
+10-try rejection loop). Everything runs batched (one affine ``grid_sample`` per call),
+per-sample random parameters.
 """
 
 from __future__ import annotations
