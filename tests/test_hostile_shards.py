@@ -319,3 +319,75 @@ def test_rejected_tsv_escapes_fields_and_is_deterministic(tmp_path):
     assert len(rows) == 2 and all(row.count("\t") == 1 for row in rows)
     assert any(row.startswith(f"{root}/cat/x.jpg\\nforged.jpg\\tlooks like a record\\\\n.jpg\t")
                for row in rows)
+
+
+# --- paths that leave ROOT ----------------------------------------------------------------------
+
+def test_list_paths_must_stay_inside_root(tmp_path):
+    outside = tmp_path / "secret.jpg"
+    outside.write_bytes(jpeg())
+    listing = _list_source(tmp_path, ["a.jpg 0", "./b.jpg 0", "../secret.jpg 0",
+                                      f"{outside} 0", "c.jpg/../../secret.jpg 0"])
+    root = listing.parent
+    r = run("shard", f"list:{listing}", tmp_path / "out")
+    assert r.exit_code == 0 and "2 train" in r.stdout, r.output
+    reason = f"outside ROOT {root} (--allow-outside-root allows it)"
+    assert _rejected(tmp_path / "out") == {f"{root}/../secret.jpg": reason, f"{outside}": reason,
+                                           f"{root}/c.jpg/../../secret.jpg": reason}
+    r = run("shard", f"list:{listing}", tmp_path / "out2", "--allow-outside-root")
+    assert r.exit_code == 0 and "3 train" in r.stdout, r.output  # the secret once: 3 names, 1 file
+    assert sorted(_rejected(tmp_path / "out2").values()) == [
+        f"{listing}:4: duplicate of {listing}:3", f"{listing}:5: duplicate of {listing}:3"]
+
+
+def test_inat_paths_must_stay_inside_root(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.jpg").write_bytes(jpeg())
+    (tmp_path / "secret.jpg").write_bytes(jpeg())
+    path = _inat_json(tmp_path / "train.json",
+                      [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "../secret.jpg"},
+                       {"id": 3, "file_name": "/etc/passwd"}],
+                      [{"image_id": i, "category_id": 0} for i in (1, 2, 3)])
+    r = run("shard", f"inat:{path}:{data}", tmp_path / "out")
+    assert r.exit_code == 0 and "1 train" in r.stdout, r.output
+    assert sorted(_rejected(tmp_path / "out")) == ["/etc/passwd", f"{data}/../secret.jpg"]
+    assert set(_rejected(tmp_path / "out").values()) == {
+        f"outside ROOT {data} (--allow-outside-root allows it)"}
+
+
+# --- duplicates ---------------------------------------------------------------------------------
+
+def test_list_duplicates_are_rejected_with_the_reason(tmp_path):
+    listing = _list_source(tmp_path, ["a.jpg 0", "b.jpg 1", "c.jpg 1", "a.jpg 0", "b.jpg 0"])
+    val = listing.parent / "val.txt"
+    val.write_text("c.jpg 1\n")  # also a train image: it would leak into the evaluation
+    r = run("shard", f"list:{listing}", tmp_path / "out", "--val-list", val)
+    assert r.exit_code == 0 and r.stdout.startswith("wrote 2 train images"), r.output
+    assert _rejected(tmp_path / "out") == {
+        f"{listing.parent}/a.jpg": f"{listing}:4: duplicate of {listing}:1",
+        f"{listing.parent}/b.jpg": f"{listing}:5: one file with 2 labels (0, 1)",
+        f"{listing.parent}/c.jpg": f"{val}:1: also in the train split"}
+    rows = (tmp_path / "out" / "rejected.tsv").read_text().splitlines()
+    assert sum(row.startswith(f"{listing.parent}/b.jpg\t") for row in rows) == 2  # both lines
+
+
+def test_inat_duplicate_ids_and_annotations_are_rejected(tmp_path):
+    for name in "abcd":
+        (tmp_path / f"{name}.jpg").write_bytes(jpeg())
+    images = [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "b.jpg"},
+              {"id": 2, "file_name": "c.jpg"}, {"id": 3, "file_name": "d.jpg"},
+              {"id": 4, "file_name": "a.jpg"}]
+    notes = [{"image_id": 1, "category_id": 0}, {"image_id": 2, "category_id": 0},
+             {"image_id": 3, "category_id": 0}, {"image_id": 3, "category_id": 1},
+             {"image_id": 4, "category_id": 0}]
+    path = _inat_json(tmp_path / "train.json", images, notes,
+                      [{"id": 0, "name": "c0"}, {"id": 1, "name": "c1"}])
+    r = run("shard", f"inat:{path}", tmp_path / "out")
+    assert r.exit_code == 0 and r.stdout.startswith("wrote 1 train images"), r.output
+    rows = (tmp_path / "out" / "rejected.tsv").read_text().splitlines()
+    assert sorted(rows) == sorted([
+        f"{tmp_path}/b.jpg\t{path}: image id 2 appears 2 times",
+        f"{tmp_path}/c.jpg\t{path}: image id 2 appears 2 times",
+        f"{tmp_path}/d.jpg\t{path}: image id 3 has 2 annotations",
+        f"{tmp_path}/a.jpg\t{path}: image id 4: duplicate of {path}: image id 1"])
