@@ -8,6 +8,7 @@ package does not import numba.
 from ltpipe.kernels.boxes import cutmix_boxes, resizemix_boxes, sample_lam
 from ltpipe.kernels.paste import paste_, paste_reference, resize_paste_, resize_paste_reference
 from ltpipe.kernels.sinkhorn import sinkhorn, sinkhorn_argmax, sinkhorn_reference
+from ltpipe.shards import __version__
 
 __all__ = [
     "sample_lam",
@@ -20,4 +21,5 @@ __all__ = [
     "sinkhorn",
     "sinkhorn_argmax",
     "sinkhorn_reference",
+    "__version__",
 ]

@@ -45,3 +45,21 @@ def test_help_is_instant_and_lazy():
             "r = CliRunner().invoke(main, ['--help']); assert r.exit_code == 0, r.output;"
             "heavy = {'torch', 'nvidia.dali', 'numba'} & set(sys.modules); assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("name", ["shards", "pipeline", "kernels", "train", "train.mixers",
+                                  "train.losses"])
+def test_public_names_resolve(name):
+    """What a user's own loop imports (README, "Use ltpipe in your own training loop")."""
+    module = importlib.import_module(f"ltpipe.{name}")
+    assert module.__all__
+    missing = [n for n in module.__all__ if not hasattr(module, n)]
+    assert not missing, missing
+
+
+def test_version_is_the_installed_distribution():
+    from importlib.metadata import version
+
+    from ltpipe.pipeline import __version__
+
+    assert __version__ == version("ltpipe") == _pyproject()["project"]["version"]
