@@ -3,11 +3,14 @@
 An unknown name, or a value of another kind than the parameter's default (a string where a
 number goes, a float where an int goes, a scalar where a pair goes), is a one-line ValueError
 naming the parameter, raised before any work instead of a TypeError in the middle of a step.
+So is a number that is not finite (nan, inf), anywhere in a value: no parameter takes one, and
+it would only fail at the first step, or train on nan.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 import typing
 
 KEYWORD = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
@@ -31,6 +34,8 @@ def check_params(owner: str, cls, params: dict, skip: tuple[str, ...] = ()) -> N
             raise ValueError(f"{owner}: unknown parameter {unknown[0]!r} "
                              f"(accepts: {', '.join(names) or 'none'})")
     for key, value in params.items():
+        if not finite(value):
+            raise ValueError(f"{owner}: {key} must be a finite number, got {value!r}")
         param = sig.parameters.get(key)
         default = param.default if param is not None else None
         if default is None and param is not None:
@@ -71,3 +76,14 @@ def same_kind(default, value) -> bool:
         return isinstance(value, (tuple, list)) and len(value) == len(default) and \
             all(same_kind(d, v) for d, v in zip(default, value))
     return isinstance(value, type(default))
+
+
+def finite(value) -> bool:
+    """False when ``value`` is, or holds (in lists, tuples, dicts), a float nan or inf."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(finite(v) for v in value)
+    if isinstance(value, dict):
+        return all(finite(v) for v in value.values())
+    return True
