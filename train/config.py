@@ -4,7 +4,7 @@ A recipe (``train/recipes/<name>.toml`` or any ``FILE.toml``) has the tables::
 
     extends = "cifar100-lt"      # optional: start from another recipe, then override
     [train]   model, epochs, batch_size, lr, momentum, wd, warmup, schedule, milestones, gamma,
-              mixer, loss, reweight, drw_epoch, preset, image_size, precision, ...
+              mixer, loss, reweight, drw_epoch, preset, image_size, precision, skip_corrupt, ...
     [mixer.<name>]  params of that mixer (only the chosen mixer's table is used)
     [loss.<name>]   params of that base loss (e.g. [loss.la] tau = 1.0)
     [aux.<name>]    params of an auxiliary term a mixer declares (e.g. [aux.smc] weight = 0.1)
@@ -34,6 +34,8 @@ DEFAULTS: dict[str, Any] = {
         "preset": "cifar", "image_size": 32, "precision": "bf16", "channels_last": True,
         "compile": False, "eval_every": 1, "ckpt_every": 0, "seed": 0, "device": "cpu",
         "compute_stream": "high",  # CUDA: the step's stream priority vs DALI's (cuda_stream.py)
+        # corrupt samples: refused (false), or left out and counted in metrics.jsonl/final.json
+        "skip_corrupt": False,
     },
     # threads / py_workers 0: this rank's share of the CPUs (build.py); hw_decoder_load: the
     # share of JPEGs nvJPEG sends to the hardware decoder (bench/e2e.py sweeps it)
@@ -94,23 +96,54 @@ def load_recipe(name_or_path: str, _seen: tuple[str, ...] = ()) -> dict:
 def check_recipe(doc: dict, path: Path) -> None:
     """A recipe file's own values, each error naming the file: [train] and [loader] keys and
     kinds, and every [mixer.NAME] / [loss.NAME] table, chosen or not, against its constructor."""
+    from ltpipe.train.losses.aux import AUX_TERMS
     from ltpipe.train.losses.per_sample import BASE_LOSSES
-    from ltpipe.train.mixers.registry import MIXERS, mixer_class
+    from ltpipe.train.mixers.registry import MIXERS
     from ltpipe.train.params import check_params
 
     try:
+        check_finite(doc)
         check_train(merge(DEFAULTS["train"], doc.get("train", {})), source="[train] ")
         check_loader(merge(DEFAULTS["loader"], doc.get("loader", {})))
         for table, known, skip in (("mixer", MIXERS, ("env",)),
-                                   ("loss", BASE_LOSSES, ("class_counts",))):
+                                   ("loss", BASE_LOSSES, ("class_counts",)),
+                                   ("aux", AUX_TERMS, ("env", "feature_dim"))):
             for name, params in doc.get(table, {}).items():
                 if name not in known:
                     raise ConfigError(f"[{table}.{name}]: unknown {table} (choose from "
                                       f"{', '.join(known)})")
-                cls = mixer_class(name) if table == "mixer" else BASE_LOSSES[name]
-                check_params(f"[{table}.{name}]", cls, params, skip=skip)
+                check_params(f"[{table}.{name}]", _param_owner(table, name), params, skip=skip)
     except ValueError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def _param_owner(table: str, name: str):
+    """The class whose constructor takes the params of ``[table.name]``."""
+    import importlib
+
+    from ltpipe.train.losses.aux import AUX_TERMS
+    from ltpipe.train.losses.per_sample import BASE_LOSSES
+    from ltpipe.train.mixers.registry import mixer_class
+
+    if table == "mixer":
+        return mixer_class(name)
+    if table == "loss":
+        return BASE_LOSSES[name]
+    module, cls = AUX_TERMS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def check_finite(doc: dict, _prefix: str = "") -> None:
+    """Every number in every table is finite: nan or inf fails at the first step, or trains on
+    nan, so it is an error naming the key (``[mixer.cutmix] alpha``) before anything runs."""
+    from ltpipe.train.params import finite
+
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            check_finite(value, f"{_prefix}.{key}" if _prefix else key)
+        elif not finite(value):
+            table = f"[{_prefix}] " if _prefix else ""
+            raise ConfigError(f"{table}{key}: must be a finite number, got {value!r}")
 
 
 def merge(base: dict, over: dict) -> dict:
@@ -153,6 +186,7 @@ def resolve(recipe: dict, train_overrides: dict, mixer_overrides: dict,
     cfg["mixer"] = {mixer: {**cfg["mixer"].get(mixer, {}), **mixer_overrides}}
     loss = cfg["train"]["loss"]
     cfg["loss"] = {loss: {**cfg["loss"].get(loss, {}), **(loss_overrides or {})}}
+    check_finite({k: cfg[k] for k in ("mixer", "loss", "aux")})
     check_train(cfg["train"])
     check_loader(cfg["loader"])
     return cfg
@@ -184,7 +218,7 @@ def check_train(t: dict, source: str = "") -> None:
     milestones = t["milestones"]
     if not isinstance(milestones, list) or not all(isinstance(m, int) for m in milestones):
         raise ConfigError(f"{name('milestones')}: must be a list of epochs, got {milestones!r}")
-    for key in ("nesterov", "channels_last", "compile"):
+    for key in ("nesterov", "channels_last", "compile", "skip_corrupt"):
         if not isinstance(t[key], bool):
             raise ConfigError(f"{name(key)}: must be true or false, got {t[key]!r}")
     for key in ("model", "mixer", "loss", "reweight", "preset"):
