@@ -4,12 +4,20 @@
 scaler, mixer and criterion state, loader state, all RNG states, the step counters and the
 running epoch sums. It is written to a temporary name and renamed, so a kill leaves either the
 old or the new file, never half of one. ``RUN/final.pt`` holds the final model only.
+
+Loading never unpickles code: ``torch.load(weights_only=True)`` accepts tensors and plain values
+(dicts, lists, tuples, numbers, strings, bytes) only, which is all ltpipe saves. The RNG states are
+kept in that form (numpy's as a tensor and plain values), and a DALI pipeline's checkpoint is bytes.
+A file holding anything else, e.g. a crafted ``last.pt`` or one of format 1 (numpy arrays), is
+refused with one line naming it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import pickle
 import random
 import tomllib
 from pathlib import Path
@@ -20,7 +28,11 @@ import torch
 LAST = Path("ckpt") / "last.pt"
 FINAL = "final.pt"
 CONFIG = "config.toml"
-FORMAT = 1
+FORMAT = 2  # 2: RNG states as tensors and plain values (format 1 pickled numpy arrays)
+# what a checkpoint must hold to be used (an incomplete one is an error naming the keys)
+FINAL_KEYS = ("format", "num_classes", "model")
+LAST_KEYS = FINAL_KEYS + ("config", "world", "epoch", "step", "step_in_epoch", "optimizer", "scheduler",
+                          "scaler", "mixer", "criterion", "loader", "sums", "rng")
 
 log = logging.getLogger(__name__)
 
@@ -30,33 +42,67 @@ class CheckpointError(ValueError):
 
 
 def save_atomic(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``obj`` to a temporary name, then rename: a kill or a full disk leaves the previous
+    file in place (an OSError becomes a one-line CheckpointError)."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        kept = "; the previous checkpoint is kept" if path.is_file() else ""
+        raise CheckpointError(f"{path}: cannot write ({exc.strerror or exc}){kept}") from None
 
 
-def load_file(path: Path, device: torch.device | str = "cpu") -> dict:
+def check_ckpt_dir(run_dir: Path) -> None:
+    """RUN/ckpt must be a folder and RUN/ckpt/last.pt a file, where they exist."""
+    folder, last = Path(run_dir) / LAST.parent, Path(run_dir) / LAST
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(f"{folder}: not a directory (ltpipe keeps checkpoints there); "
+                              "move it away")
+    if last.exists() and not last.is_file():
+        raise CheckpointError(f"{last}: not a file; move it away")
+
+
+def load_file(path: Path, device: torch.device | str = "cpu", required=LAST_KEYS,
+              formats: tuple[int, ...] = (FORMAT,)) -> dict:
+    """A checkpoint with the keys ``required``, loaded without unpickling code."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint (was the run started with this --out?)")
     try:
-        # Our own files hold numpy/loader state besides tensors, hence weights_only=False.
-        obj = torch.load(path, map_location=device, weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
+        obj = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "global" not in str(exc).lower():  # not an object load refused: a damaged file
+            raise CheckpointError(f"{path}: corrupt checkpoint (UnpicklingError)") from None
+        raise CheckpointError(
+            f"{path}: refused: it holds Python objects, not only tensors and plain values "
+            f"(ltpipe never unpickles them; a checkpoint of format 1, from an older ltpipe, "
+            f"cannot be used)") from None
+    except Exception as exc:  # noqa: BLE001 - any other load failure means a corrupt file
         raise CheckpointError(f"{path}: corrupt checkpoint ({exc.__class__.__name__})") from None
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not an ltpipe checkpoint (format {FORMAT})")
+    if not isinstance(obj, dict) or obj.get("format") not in formats:
+        found = obj.get("format") if isinstance(obj, dict) else None
+        raise CheckpointError(f"{path}: not an ltpipe checkpoint of format "
+                              f"{' or '.join(map(str, formats))} (format {found!r})")
+    missing = [k for k in required if k not in obj]
+    if missing:
+        raise CheckpointError(f"{path}: incomplete checkpoint (missing {', '.join(missing)})")
     return obj
 
 
 def rng_state() -> dict:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
+        # numpy's MT19937 state as a tensor and plain values: loadable with weights_only
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": random.getstate(),  # (version, tuple of ints, None): plain values
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         # this process's device only (each DDP rank saves its own): restoring every visible
@@ -67,12 +113,12 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"].cpu())
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].cpu().numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached_gaussian"]))
     random.setstate(state["python"])
     if "cuda_device" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda_device"].cpu())
-    elif "cuda" in state and torch.cuda.is_available():  # older checkpoints: every device
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def read_config(run_dir: Path) -> dict:
@@ -97,7 +143,8 @@ def load_model(run_dir: str | Path, device: torch.device | str = "cpu",
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
     path = run_dir / FINAL if (run_dir / FINAL).is_file() else run_dir / LAST
-    ckpt = load_file(path, "cpu")
+    # a final.pt of format 1 holds tensors and plain values only: still usable
+    ckpt = load_file(path, "cpu", required=FINAL_KEYS, formats=(1, FORMAT))
     if path.name != FINAL:  # usable (e.g. to try M2m early), but rarely what was meant
         epochs = cfg.get("train", {}).get("epochs", "?")
         log.warning("warning: %s has no %s (an unfinished run): using its last checkpoint, "
