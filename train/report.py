@@ -4,20 +4,30 @@ metrics.jsonl has one line per epoch: epoch (from 0, as the checkpoint, the LR s
 recipes' epoch numbers count; the progress bar shows epoch + 1 of the total), lr, train_loss,
 mixed_share (the share of the epoch's samples whose image the mixer changed: M2m's accepted
 translations), top1, many, medium, few (null in epochs not evaluated), images_per_s, seconds,
-data_wait_ms_per_step, device_idle_ms_per_step (train/step_timer.py), plus the loss parts.
+data_wait_ms_per_step, device_idle_ms_per_step (train/step_timer.py), skipped_train and
+skipped_val (corrupt samples left out under --skip-corrupt, 0 otherwise; final.json has them too),
+plus the loss parts.
 Resuming truncates lines from epochs that will run again, so a resumed run's file equals an
-uninterrupted one's (but for the timings).
+uninterrupted one's (but for the timings). A line is appended with one write and fsynced; a last
+line torn all the same (a kill or a power cut mid-write) is dropped with a warning on resume.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
 METRICS = "metrics.jsonl"
 FINAL = "final.json"
 PER_CLASS_PNG = "per_class.png"
+
+log = logging.getLogger(__name__)
+
+
+class MetricsError(ValueError):
+    """metrics.jsonl is damaged before its last line (the message names the file and line)."""
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -41,26 +51,50 @@ class RunReport:
         return self._tb
 
     def lines(self) -> list[str]:
+        """The epoch records' lines; a torn last line is left out with a warning."""
         path = self.run_dir / METRICS
         if not self.enabled or not path.is_file():
             return []
-        return [ln for ln in path.read_text().splitlines() if ln.strip()]
+        return [line for line, _ in self._parsed(path)]
+
+    @staticmethod
+    def _parsed(path: Path) -> list[tuple[str, dict]]:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+        out = []
+        for i, line in enumerate(lines):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+                if i + 1 < len(lines):  # only the last line can be cut by a kill
+                    raise MetricsError(f"{path}: line {i + 1} is not an epoch record; move the "
+                                       "file away to resume without it") from None
+                log.warning("warning: %s: dropped a torn last line (a write was cut short)", path)
+                continue
+            out.append((line, record))
+        return out
 
     def truncate_from(self, epoch: int) -> None:
-        """Drop metrics lines of epochs >= ``epoch`` (they will be produced again)."""
+        """Drop metrics lines of epochs >= ``epoch`` (they will be produced again) and a torn
+        last line."""
         path = self.run_dir / METRICS
         if not self.enabled or not path.is_file():
             return
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-        keep = [ln for ln in lines if json.loads(ln)["epoch"] < epoch]
-        if len(keep) < len(lines):
-            _write_atomic(path, "".join(ln + "\n" for ln in keep))
+        text = "".join(line + "\n" for line, r in self._parsed(path) if r["epoch"] < epoch)
+        if text != path.read_text(errors="replace"):
+            _write_atomic(path, text)
 
     def epoch(self, record: dict) -> None:
         if not self.enabled:
             return
-        with open(self.run_dir / METRICS, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        # one write of the whole line, then fsync: a kill leaves the line whole or absent
+        fd = os.open(self.run_dir / METRICS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (json.dumps(record) + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         tb = self._writer()
         if tb is not None:
             for key, value in record.items():
