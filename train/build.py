@@ -53,7 +53,7 @@ def make_loaders(shards: Path, t: dict, streams: tuple[str, ...], fg_r: float | 
     common = dict(device=info.device.type, preset=t["preset"], image_size=t["image_size"],
                   dtype=loader_dtype(info.device, t["precision"]),
                   channels_last=t["channels_last"], seed=t["seed"], rank=info.rank,
-                  world=info.world, **resources)
+                  world=info.world, skip_corrupt=t["skip_corrupt"], **resources)
     extra = {} if fg_r is None else {"r": fg_r}
     train = make_loader(str(shards), split="train", batch_size=t["batch_size"], streams=streams,
                         epoch=epoch, **common, **extra, **on_cpu(streams))
