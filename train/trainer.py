@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from ltpipe.shards.format import load_manifest
 from ltpipe.train import build
-from ltpipe.train.checkpoint import (FINAL, FORMAT, LAST, CheckpointError, load_file, rng_state,
-                                     save_atomic, set_rng_state)
+from ltpipe.train.checkpoint import (FINAL, FORMAT, LAST, CheckpointError, check_ckpt_dir,
+                                     load_file, rng_state, save_atomic, set_rng_state)
 from ltpipe.train.config import differences
 from ltpipe.train.cuda_stream import compute_stream
 from ltpipe.train.dist import (DistInfo, all_reduce_sum, barrier, broadcast_buffers,
@@ -54,6 +54,7 @@ class Trainer:
         self.dump_ranks = dump_ranks
         self.epoch, self.step, self.step_in_epoch = 0, 0, 0
         ckpt = None
+        check_ckpt_dir(self.run_dir)
         if resume and (self.run_dir / LAST).is_file():
             ckpt = load_file(self.run_dir / LAST, info.device)
         elif resume and info.is_main:  # config.toml only: stopped before its first checkpoint
@@ -61,8 +62,7 @@ class Trainer:
                         "the start", self.run_dir)
         if ckpt is not None:
             self._check_matches(ckpt)
-            self.epoch, self.step = ckpt["epoch"], ckpt["step"]
-            self.step_in_epoch = ckpt["step_in_epoch"]
+            self.epoch, self.step, self.step_in_epoch = self._counters(ckpt)
         # The mixer decides the streams (and the minority r) before the loader exists.
         manifest = load_manifest(shards)  # global train counts n_k (§0)
         counts = torch.tensor(manifest.split("train").class_counts, dtype=torch.int64)
@@ -71,6 +71,11 @@ class Trainer:
         self.loader, self.val_loader = build.make_loaders(
             shards, t, tuple(self.mixer.streams), getattr(self.mixer, "fg_r", None), info,
             self.epoch, build.loader_resources(cfg["loader"]))
+        # corrupt samples left out of each split (--skip-corrupt; else the loaders refuse them)
+        self.skipped = {"skipped_train": int(self.loader.skipped),
+                        "skipped_val": int(getattr(self.val_loader, "skipped", 0))}
+        if info.is_main and any(self.skipped.values()):
+            log.warning("warning: --skip-corrupt: %s", skipped_line(self.skipped))
         self.model, self.criterion = build.make_model_and_criterion(cfg, self.env, self.mixer)
         self.optimizer, self.scheduler = build.make_optimizer(t, self.model, self.criterion,
                                                               len(self.loader))
@@ -106,8 +111,17 @@ class Trainer:
             net = torch.compile(net)
         return net
 
+    def _counters(self, ckpt: dict) -> tuple[int, int, int]:
+        """(epoch, step, step_in_epoch) of a checkpoint, each a non-negative integer."""
+        values = tuple(ckpt[k] for k in ("epoch", "step", "step_in_epoch"))
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+            raise CheckpointError(f"{self.run_dir / LAST}: damaged counters {values!r}")
+        return values
+
     def _check_matches(self, ckpt: dict) -> None:
         path = self.run_dir / LAST
+        if not isinstance(ckpt["config"], dict):
+            raise CheckpointError(f"{path}: damaged (its config is not a table)")
         diff = differences(ckpt["config"], self.cfg)
         if diff:
             raise CheckpointError(f"{path}: mismatched configuration: {', '.join(diff[:3])}")
@@ -126,11 +140,11 @@ class Trainer:
             self.mixer.load_state_dict(ckpt["mixer"])
             self.criterion.load_state_dict(ckpt["criterion"])
             self.loader.load_state_dict(ckpt["loader"][self.info.rank])
-        except (RuntimeError, KeyError, ValueError) as exc:
-            msg = str(exc).splitlines()[0][:200]
+            self.sums = EpochSums.from_state(self._own(ckpt["sums"]), self.info.device)
+            set_rng_state(self._own(ckpt["rng"]))
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+            msg = (str(exc).splitlines() or [exc.__class__.__name__])[0][:200]
             raise CheckpointError(f"{self.run_dir / LAST}: does not match this run ({msg})") from None
-        self.sums = EpochSums.from_state(self._own(ckpt["sums"]), self.info.device)
-        set_rng_state(self._own(ckpt["rng"]))
 
     def _own(self, saved):
         """This rank's entry of a per-rank list (older checkpoints hold rank 0's only)."""
@@ -248,6 +262,7 @@ class Trainer:
         # is the device waiting for data? (mean over ranks and steps; train/step_timer.py)
         record["data_wait_ms_per_step"] = wait_ms / max(steps, 1.0)
         record["device_idle_ms_per_step"] = idle_ms / max(steps, 1.0)
+        record.update(self.skipped)
         if self.info.is_main:
             tqdm.write(epoch_line(record, self.t["epochs"]))
         return record
@@ -265,7 +280,7 @@ class Trainer:
         rates = [json.loads(ln)["images_per_s"] for ln in self.report.lines()]
         result.update({"epochs": self.t["epochs"],
                        "images_per_s": float(np.mean(rates)) if rates else None,
-                       "class_counts": counts})
+                       "class_counts": counts, **self.skipped})
         if self.dump_ranks:  # every rank's final weights, to compare across DDP ranks
             torch.save(self.model.state_dict(), self.run_dir / f"params-r{self.info.rank}.pt")
         if self.info.is_main:
@@ -273,8 +288,15 @@ class Trainer:
                          "model": self.model.state_dict()}, self.run_dir / FINAL)
             self.report.final(result, counts)
             print(format_table(result, counts), flush=True)
+            if any(self.skipped.values()):
+                print(skipped_line(self.skipped), flush=True)
         barrier(self.info)
         return result
+
+
+def skipped_line(skipped: dict) -> str:
+    return (f"skipped {skipped['skipped_train']} corrupt train and {skipped['skipped_val']} "
+            "corrupt val samples (--skip-corrupt)")
 
 
 def epoch_line(record: dict, epochs: int) -> str:
