@@ -1,13 +1,18 @@
 """``ltpipe train SHARDS --out RUN``: resolve recipe + options, then run the Trainer.
 
-Bad input (unknown mixer/loss/model, epochs <= 0, missing shards, a corrupt or mismatched
-checkpoint) ends with one line on stderr and exit status 2, never a traceback.
+Bad input (unknown mixer/loss/model, epochs <= 0, a non-finite number, missing shards or a
+missing val split, a corrupt, crafted or mismatched checkpoint, other shards on --resume, an
+output directory another run holds, a full disk) ends with one line on stderr and exit status 2,
+never a traceback. A run that stopped before its first checkpoint is started over by the same
+command or by --resume.
 DDP: launch with ``torchrun --nproc_per_node=N -m ltpipe.train SHARDS --out RUN ...``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shlex
 import sys
@@ -19,8 +24,9 @@ import click
 TRAIN_OPTIONS = ("mixer", "loss", "reweight", "model", "epochs", "batch_size", "lr", "wd",
                  "momentum", "warmup", "schedule", "milestones", "gamma", "drw_epoch", "device",
                  "seed", "precision", "channels_last", "compile", "eval_every", "ckpt_every",
-                 "preset", "image_size", "compute_stream")
+                 "preset", "image_size", "compute_stream", "skip_corrupt")
 # named shortcuts for mixer params (ALGORITHMS.md §7)
+log = logging.getLogger(__name__)
 NAMED_MIXER_OPTIONS = {"fg_r": "fg_r", "otmix_mode": "mode",
                        "otmix_confusion_split": "confusion_split", "m2m_classifier": "classifier"}
 
@@ -109,6 +115,9 @@ def defaults_epilog() -> str:
               help="M2m's g: an earlier RUN (its final.pt; an unfinished run's last checkpoint, "
               "with a warning).")
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue RUN from its checkpoint.")
+@click.option("--skip-corrupt/--no-skip-corrupt", "skip_corrupt", default=None,
+              help="Train and evaluate without corrupt samples (counted in metrics.jsonl and "
+              "final.json) instead of refusing the shards.")
 @click.option("--progress/--no-progress", default=True,
               help="Progress bars on a terminal (epoch lines are printed either way).")
 @click.option("--dump-ranks", is_flag=True, hidden=True,
@@ -128,6 +137,8 @@ def train(shards, out, recipe, resume, progress, dump_ranks, mixer_opt, loss_opt
                      dump_ranks=dump_ranks)
     except CheckpointError as exc:
         fail(str(exc))
+    except OSError as exc:  # e.g. a full disk while writing metrics or final.json
+        fail(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc))
     return result
 
 
@@ -137,6 +148,7 @@ def resolve_run(shards, out, recipe, resume, mixer_opt, loss_opt, options, loade
     from ltpipe.train.checkpoint import CONFIG, read_config
     from ltpipe.train.config import (ConfigError, differences, load_recipe, parse_assignments,
                                      resolve)
+    from ltpipe.train.shard_identity import check_identity
 
     mixer_params = parse_assignments(mixer_opt, "--mixer-opt")
     named = {}  # mixer param -> the option that set it
@@ -160,13 +172,14 @@ def resolve_run(shards, out, recipe, resume, mixer_opt, loss_opt, options, loade
         if diff:
             raise ConfigError(f"{Path(resume) / CONFIG}: options change the run: {', '.join(diff)}")
         cfg["run"] = saved["run"]
+        check_identity(resume, shards)
     else:
         if shards is None or out is None:
             raise ConfigError("need SHARDS and --out RUN (or --resume RUN)")
         if Path(out).exists() and not Path(out).is_dir():
             raise ConfigError(f"--out {out}: exists and is not a directory")
-        if os.environ.get("RANK", "0") == "0" and (Path(out) / CONFIG).is_file():
-            raise ConfigError(f"{out}: already holds a run (use --resume {out} or another --out)")
+        if os.environ.get("RANK", "0") == "0":
+            check_fresh_out(Path(out))
         base = load_recipe(recipe) if recipe else {}
         cfg = resolve(base, train, mixer_params, loss_params, loader)
         cfg["run"] = run_table(shards, recipe)
@@ -178,8 +191,26 @@ def resolve_run(shards, out, recipe, resume, mixer_opt, loss_opt, options, loade
     except ImportError as exc:
         raise ConfigError(f"mixer {name!r}: unavailable ({exc})") from None
     check_named_mixer_options(name, cls, cfg["mixer"].get(name, {}), named, resume)
-    load_manifest(shards).split("train")
+    manifest = load_manifest(shards)
+    manifest.split("train")
+    if "val" not in manifest.splits:  # checked now, not after training every epoch
+        raise ConfigError(f"{manifest.root / 'manifest.json'}: no val split (a run is evaluated "
+                          "on it); shard the data with one")
     return cfg, Path(shards), Path(out)
+
+
+def check_fresh_out(out: Path) -> None:
+    """A new run may not write into a run directory that holds a checkpoint or results; one
+    that stopped before its first checkpoint (config.toml only) is started over."""
+    from ltpipe.train.checkpoint import CONFIG, LAST
+    from ltpipe.train.config import ConfigError
+    from ltpipe.train.report import FINAL as FINAL_JSON
+
+    if not (out / CONFIG).is_file():
+        return
+    if (out / LAST).exists() or (out / FINAL_JSON).exists():
+        raise ConfigError(f"{out}: already holds a run (use --resume {out} or another --out)")
+    log.warning("warning: %s: a run that stopped before its first checkpoint: starting over", out)
 
 
 def check_named_mixer_options(name: str, cls, params: dict, named: dict, resume) -> None:
@@ -220,11 +251,13 @@ def typed_command(argv: list[str], env) -> str:
 
 def run(cfg: dict, shards: Path, run_dir: Path, *, resume: bool, progress: bool,
         dump_ranks: bool = False) -> dict:
-    """Start the process group, write config.toml (rank 0), train, tear down."""
+    """Start the process group, lock RUN (rank 0), write config.toml (rank 0), train, tear
+    down."""
     from ltpipe.train.checkpoint import CONFIG
     from ltpipe.train.config import to_toml
     from ltpipe.train.dist import init_distributed, shutdown
     from ltpipe.train.report import FINAL as FINAL_JSON
+    from ltpipe.train.shard_identity import write_identity
     from ltpipe.train.trainer import Trainer
 
     try:
@@ -233,21 +266,53 @@ def run(cfg: dict, shards: Path, run_dir: Path, *, resume: bool, progress: bool,
         fail(str(exc))
     try:
         cfg["run"]["world"] = info.world
-        try:
-            trainer = Trainer(cfg, shards, run_dir, info, resume=resume, progress=progress,
-                              dump_ranks=dump_ranks)
-        except ValueError as exc:  # bad parameters: nothing written yet, the same --out reruns
-            fail(str(exc))
-        if trainer.finished:  # a resumed run with nothing left to train: change nothing
-            results = run_dir / FINAL_JSON
-            if info.is_main:
-                click.echo(f"{run_dir}: already finished ({results})")
-            return json.loads(results.read_text())
-        if info.is_main and not resume:  # before any step, so that --resume finds it
-            run_dir.mkdir(parents=True, exist_ok=True)
-            tmp = run_dir / f".{CONFIG}.tmp{os.getpid()}"
-            tmp.write_text(to_toml(cfg))
-            tmp.replace(run_dir / CONFIG)
-        return trainer.fit()
+        with locked_run_dir(run_dir, info, fresh=not resume):
+            try:
+                trainer = Trainer(cfg, shards, run_dir, info, resume=resume, progress=progress,
+                                  dump_ranks=dump_ranks)
+            except ValueError as exc:  # bad parameters: nothing written yet, the same --out reruns
+                fail(str(exc))
+            if trainer.finished:  # a resumed run with nothing left to train: change nothing
+                results = run_dir / FINAL_JSON
+                if info.is_main:
+                    click.echo(f"{run_dir}: already finished ({results})")
+                return json.loads(results.read_text())
+            if info.is_main and not resume:  # before any step, so that --resume finds it
+                write_identity(run_dir, shards)
+                tmp = run_dir / f".{CONFIG}.tmp{os.getpid()}"
+                tmp.write_text(to_toml(cfg))
+                tmp.replace(run_dir / CONFIG)
+            return trainer.fit()
     finally:
         shutdown(info)
+
+
+@contextlib.contextmanager
+def locked_run_dir(run_dir: Path, info, fresh: bool):
+    """Rank 0, the only rank that writes RUN, holds RUN/.ltpipe.lock for the run's lifetime, so
+    two runs never write into one RUN. Every rank learns of a refusal (one collective) and exits
+    2 with it. A RUN this made and left empty (an error before config.toml) is removed again."""
+    from ltpipe.shards.outlock import output_lock
+    from ltpipe.train.dist import gather_objects
+
+    created, error = False, None
+    with contextlib.ExitStack() as stack:
+        if info.is_main:
+            try:
+                created = not run_dir.exists()
+                run_dir.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(output_lock(run_dir, typed_command(sys.argv, os.environ)))
+                if fresh:  # again under the lock: another run may have started it meanwhile
+                    check_fresh_out(run_dir)
+            except (ValueError, OSError) as exc:  # OutputLockedError, ConfigError
+                error = str(exc)
+        refusal = next((e for e in gather_objects(error, info) if e is not None), None)
+        try:
+            if refusal is not None:
+                fail(refusal, every_rank=False)
+            yield
+        finally:
+            stack.close()  # the lock goes first: then RUN may be empty
+            if created:
+                with contextlib.suppress(OSError):
+                    run_dir.rmdir()  # only when empty
