@@ -1,0 +1,266 @@
+"""`ltpipe train` meets hostile and careless input: crafted checkpoints never run code, damaged
+run directories and data are one line and exit 2, a failed run can be rerun, outputs are locked,
+and corrupt samples are refused unless --skip-corrupt, which records what it left out."""
+
+import errno
+import json
+import os
+import shutil
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from ltpipe.shards.write import write_shards
+from ltpipe.train.checkpoint import FORMAT
+from ltpipe.train.train_cli import train
+
+# 4 classes (48/24/12/6 train images, 12 val each), 16 px, 30 samples a shard: 6 steps an epoch
+TINY = dict(classes=4, max_per_class=48, imbalance=8, image_size=16, seed=0, samples_per_shard=30)
+FAST = ["--model", "resnet8", "--batch-size", "16", "--warmup", "0", "--lr", "0.05",
+        "--no-channels-last", "--no-progress", "--preset", "cifar", "--image-size", "16",
+        "--mixer", "none", "--loss", "ce"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards") / "tiny"
+    write_shards("synthetic", out, progress=False, **TINY)
+    return out
+
+
+def invoke(*args):
+    result = CliRunner().invoke(train, [str(a) for a in args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def one_line_error(res, *needles):
+    assert res.exit_code == 2, (res.exit_code, res.output)
+    assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr, res.stderr
+    for needle in needles:
+        assert str(needle) in res.stderr, res.stderr
+
+
+def failing_save(fail_at: int):
+    """torch.save that fills the disk on its ``fail_at``-th call (half a file, then ENOSPC)."""
+    real, calls = torch.save, []
+
+    def save(obj, f, *args, **kw):
+        calls.append(1)
+        if len(calls) == fail_at:
+            f.write(b"half a checkpoint")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(obj, f, *args, **kw)
+    return save
+
+
+@pytest.fixture(scope="module")
+def half_run(shards, tmp_path_factory):
+    """2 epochs whose second checkpoint hit a full disk: RUN/ckpt/last.pt is epoch 1's."""
+    run = tmp_path_factory.mktemp("half") / "run"
+    with mock.patch.object(torch, "save", failing_save(2)):
+        res = CliRunner().invoke(train, [str(a) for a in (shards, "--out", run, "--epochs", "2",
+                                                          *FAST)])
+    assert load(run / "ckpt" / "last.pt")["epoch"] == 1
+    return run, res
+
+
+def load(path):
+    """A checkpoint these tests wrote themselves (trusted)."""
+    return torch.load(path, weights_only=False)
+
+
+def copy_run(src, tmp_path, name="run"):
+    dst = tmp_path / name
+    shutil.copytree(src, dst)
+    return dst
+
+
+# ---------------------------------------------------------------- checkpoints never run code
+class MakesAFile:
+    """Unpickling calls open(marker, "w"): what a crafted checkpoint could do instead."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("which", ["last", "final"])
+def test_a_crafted_checkpoint_is_refused_and_runs_no_code(shards, half_run, tmp_path, which):
+    run = copy_run(half_run[0], tmp_path)
+    marker = tmp_path / "pwned"
+    ckpt = load(run / "ckpt" / "last.pt")
+    ckpt["payload"] = MakesAFile(marker)
+    if which == "last":  # --resume loads RUN/ckpt/last.pt
+        torch.save(ckpt, run / "ckpt" / "last.pt")
+        res = invoke("--resume", run)
+        path = run / "ckpt" / "last.pt"
+    else:  # --m2m-classifier loads RUN/final.pt
+        torch.save(ckpt, run / "final.pt")
+        res = invoke(shards, "--out", tmp_path / "m2m", "--epochs", "1", *FAST, "--mixer", "m2m",
+                     "--m2m-classifier", run)
+        path = run / "final.pt"
+    one_line_error(res, path, "refused")
+    assert not marker.exists()
+
+
+def test_a_checkpoint_of_the_old_format_is_refused_with_one_line(half_run, tmp_path):
+    """Format 1 kept numpy's RNG state as a pickled array: not loadable without unpickling."""
+    run = copy_run(half_run[0], tmp_path)
+    ckpt = load(run / "ckpt" / "last.pt")
+    ckpt["format"] = 1
+    for rng in ckpt["rng"]:
+        rng["numpy"] = np.random.get_state()
+    torch.save(ckpt, run / "ckpt" / "last.pt")
+    one_line_error(invoke("--resume", run), run / "ckpt" / "last.pt")
+
+
+# ---------------------------------------------------------------- damaged run directories
+def test_a_checkpoint_missing_keys_is_one_line(half_run, tmp_path):
+    run = copy_run(half_run[0], tmp_path)
+    ckpt = load(run / "ckpt" / "last.pt")
+    for key in ("config", "optimizer"):
+        torch.save({k: v for k, v in ckpt.items() if k != key}, run / "ckpt" / "last.pt")
+        one_line_error(invoke("--resume", run), run / "ckpt" / "last.pt", key)
+    torch.save({"format": FORMAT}, run / "ckpt" / "last.pt")
+    one_line_error(invoke("--resume", run), run / "ckpt" / "last.pt")
+
+
+def test_ckpt_that_is_a_plain_file_is_one_line(half_run, tmp_path):
+    run = copy_run(half_run[0], tmp_path)
+    shutil.rmtree(run / "ckpt")
+    (run / "ckpt").write_text("not a folder")
+    one_line_error(invoke("--resume", run), run / "ckpt", "not a directory")
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_old_checkpoint(half_run):
+    run, res = half_run  # the second save raised ENOSPC
+    one_line_error(res, run / "ckpt" / "last.pt", "No space left")
+    assert not list((run / "ckpt").glob(".last.pt.tmp*"))  # the half-written file is gone
+    assert load(run / "ckpt" / "last.pt")["epoch"] == 1
+    assert not (run / ".ltpipe.lock").exists()
+
+
+def test_a_torn_metrics_line_is_dropped_with_a_warning_on_resume(half_run, tmp_path, caplog):
+    run = copy_run(half_run[0], tmp_path)
+    metrics = run / "metrics.jsonl"
+    whole = metrics.read_text().splitlines()
+    assert len(whole) == 2  # epoch 1's line was written before its checkpoint failed
+    metrics.write_text(whole[0] + "\n" + whole[1][:25])  # killed while writing epoch 1's line
+    res = invoke("--resume", run)
+    assert res.exit_code == 0, res.output
+    assert "metrics.jsonl" in caplog.text and "torn" in caplog.text
+    assert [json.loads(ln)["epoch"] for ln in metrics.read_text().splitlines()] == [0, 1]
+    assert json.loads((run / "final.json").read_text())["epochs"] == 2
+
+
+# ---------------------------------------------------------------- options and data, checked first
+@pytest.mark.parametrize("args,needle", [
+    (["--mixer", "cutmix", "--mixer-opt", "alpha=inf"], "alpha"),
+    (["--mixer", "cmo", "--mixer-opt", "prob=nan"], "prob"),
+    (["--loss", "la", "--loss-opt", "tau=inf"], "tau"),
+    (["--loss", "focal", "--loss-opt", "gamma=-inf"], "gamma"),
+    (["--mixer", "cmo", "--fg-r", "inf"], "fg_r"),
+    (["--lr", "nan"], "--lr"),
+    (["--momentum", "inf"], "--momentum"),
+])
+def test_non_finite_options_are_refused_before_anything_is_written(shards, tmp_path, args,
+                                                                   needle):
+    res = invoke(shards, "--out", tmp_path / "r", "--epochs", "1", *FAST, *args)
+    one_line_error(res, needle)
+    assert not (tmp_path / "r").exists()  # the corrected command can reuse --out
+
+
+def test_a_recipes_non_finite_aux_weight_is_refused(shards, tmp_path):
+    recipe = tmp_path / "bad.toml"
+    recipe.write_text('[train]\nmixer = "smc"\n[aux.smc]\nweight = inf\n')
+    res = invoke(shards, "--out", tmp_path / "r", "--recipe", recipe, "--epochs", "1",
+                 "--batch-size", "16")
+    one_line_error(res, recipe, "weight")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_reruns(shards, tmp_path):
+    """The first checkpoint hits a full disk: config.toml exists, no checkpoint. Both the same
+    command and --resume then start the run over."""
+    cmd = (shards, "--out", tmp_path / "r", "--epochs", "1", *FAST)
+    for again in (cmd, ("--resume", tmp_path / "r")):
+        shutil.rmtree(tmp_path / "r", ignore_errors=True)
+        with mock.patch.object(torch, "save", failing_save(1)):
+            one_line_error(invoke(*cmd), "No space left")
+        assert (tmp_path / "r" / "config.toml").is_file()
+        assert not (tmp_path / "r" / "ckpt" / "last.pt").exists()
+        res = invoke(*again)
+        assert res.exit_code == 0, res.output
+        assert (tmp_path / "r" / "final.json").is_file()
+        assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_shards_without_a_val_split_fail_at_start(shards, tmp_path):
+    noval = tmp_path / "noval"
+    shutil.copytree(shards, noval)
+    shutil.rmtree(noval / "val")
+    doc = json.loads((noval / "manifest.json").read_text())
+    del doc["splits"]["val"]
+    (noval / "manifest.json").write_text(json.dumps(doc))
+    res = invoke(noval, "--out", tmp_path / "r", "--epochs", "1", *FAST)
+    one_line_error(res, noval, "val")
+    assert not (tmp_path / "r").exists()  # nothing trained, nothing written
+
+
+def test_resume_refuses_other_or_changed_shards(shards, half_run, tmp_path):
+    run = copy_run(half_run[0], tmp_path)
+    other = tmp_path / "other"
+    write_shards("synthetic", other, progress=False, **{**TINY, "seed": 1})
+    one_line_error(invoke(other, "--resume", run), "manifest")
+    mine = tmp_path / "mine"  # the run's own shards, one of them since changed
+    shutil.copytree(shards, mine, copy_function=shutil.copy2)  # keeps the mtimes
+    cfg = run / "config.toml"
+    cfg.write_text(cfg.read_text().replace(str(shards.resolve()), str(mine.resolve())))
+    tar = mine / "train" / "shard-000001.tar"
+    os.utime(tar, ns=(tar.stat().st_atime_ns, tar.stat().st_mtime_ns + 10**9))
+    one_line_error(invoke("--resume", run), tar)
+    with open(tar, "r+b") as fh:  # damaged: cut short
+        fh.truncate(tar.stat().st_size // 2)
+    one_line_error(invoke("--resume", run), tar)
+
+
+# ---------------------------------------------------------------- locked outputs
+def test_a_second_run_into_a_locked_out_exits_2(shards, half_run, tmp_path):
+    from ltpipe.shards.outlock import output_lock
+
+    out = tmp_path / "r"
+    out.mkdir()
+    with output_lock(out, "ltpipe train (another run)"):  # a live process on this host holds it
+        one_line_error(invoke(shards, "--out", out, "--epochs", "1", *FAST), "locked")
+        assert not (out / "config.toml").exists()
+    run = copy_run(half_run[0], tmp_path, "resumed")
+    before = (run / "metrics.jsonl").read_text()
+    with output_lock(run, "ltpipe train (another run)"):
+        one_line_error(invoke("--resume", run), "locked")
+    assert (run / "metrics.jsonl").read_text() == before  # nothing touched
+
+
+# ---------------------------------------------------------------- corrupt samples
+def test_a_truncated_train_shard_is_refused_unless_skip_corrupt(shards, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(shards, bad)
+    tar = bad / "train" / "shard-000001.tar"
+    with open(tar, "r+b") as fh:
+        fh.truncate(tar.stat().st_size // 2)
+    res = invoke(bad, "--out", tmp_path / "r", "--epochs", "1", *FAST)
+    one_line_error(res, "shard-000001.tar", "--skip-corrupt")
+    assert not (tmp_path / "r").exists()
+    res = invoke(bad, "--out", tmp_path / "r", "--epochs", "1", "--skip-corrupt", *FAST)
+    assert res.exit_code == 0, res.output
+    final = json.loads((tmp_path / "r" / "final.json").read_text())
+    assert final["skipped_train"] > 0 and final["skipped_val"] == 0
+    (line,) = [json.loads(ln) for ln in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert (line["skipped_train"], line["skipped_val"]) == (final["skipped_train"], 0)
+    assert f"skipped {final['skipped_train']} corrupt train" in res.output
