@@ -63,6 +63,9 @@ def _positive(name: str):
               help="Reject larger images (width x height, read from the header) to rejected.tsv.")
 @click.option("--allow-outside-root", is_flag=True,
               help="list:/inat: paths may leave ROOT ('..', absolute paths); rejected otherwise.")
+@click.option("--val-per-class", type=int, callback=_positive("--val-per-class"),
+              help="imagefolder: hold out N train images per class as a balanced val split "
+                   "(chosen by --seed).")
 @click.option("--size", type=click.Choice(list(PROFILES)), default="default", show_default=True,
               help="Synthetic profile.")
 @click.option("--classes", type=int, help="Synthetic: number of classes.")
@@ -101,6 +104,9 @@ def shard(ctx, source, out, **options):
     size = sum(sh.bytes for s in m.splits.values() for sh in s.shards)
     rejected = m.raw["totals"]["rejected"]
     done = before is not None and before == _manifest_stamp(out)  # a re-run of a finished job
+    if "val" not in m.splits:  # `ltpipe train` evaluates on val: say so now, not after training
+        click.echo(f"warning: {m.root} has no val split, which `ltpipe train` needs (make one "
+                   f"with --val-per-class N, --val-list or --val-json)", err=True)
     click.echo(f"{'already complete:' if done else 'wrote'} {' / '.join(parts)} images in "
                f"{shards} shards ({size / 1e6:.1f} MB) {'in' if done else 'to'} {m.root}; "
                f"{rejected} rejected"

@@ -15,6 +15,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ltpipe.shards import cifar, labelled, synthetic
 from ltpipe.shards.encode import Item, Rejected, identity, read_file
 from ltpipe.shards.errors import ShardInputError
@@ -39,7 +41,8 @@ def plan_source(source: str, *, imbalance: float | None = None,
                 val_list: str | None = None, val_json: str | None = None,
                 size: str = "default", classes: int | None = None,
                 max_per_class: int | None = None, image_size: int | None = None,
-                seed: int = 0, allow_outside_root: bool = False) -> SourcePlan:
+                seed: int = 0, allow_outside_root: bool = False,
+                val_per_class: int | None = None) -> SourcePlan:
     scheme, _, rest = source.partition(":")
     if scheme not in SCHEMES:
         forms = ", ".join(s + ":" for s in SCHEMES[1:])
@@ -51,6 +54,8 @@ def plan_source(source: str, *, imbalance: float | None = None,
         raise ShardInputError("--val-list only applies to a list: SOURCE")
     if val_json is not None and scheme != "inat":
         raise ShardInputError("--val-json only applies to an inat: SOURCE")
+    if val_per_class is not None and scheme != "imagefolder":
+        raise ShardInputError("--val-per-class only applies to an imagefolder: SOURCE")
     if scheme == "synthetic":
         if rest:
             raise ShardInputError(f"SOURCE {source!r}: synthetic takes no path")
@@ -68,6 +73,8 @@ def plan_source(source: str, *, imbalance: float | None = None,
     class_ids = None
     if scheme == "imagefolder":
         plan = _imagefolder(Path(rest))
+        if val_per_class is not None:
+            plan = (plan[0], hold_out(plan[1], plan[0], val_per_class, seed, rest), plan[2])
     elif scheme in ("list", "inat"):
         read = labelled.image_list if scheme == "list" else labelled.inat
         names, class_ids, splits, rejected = read(rest, val_list if scheme == "list" else val_json,
@@ -98,6 +105,28 @@ def _finish(classes, splits, rejected, imbalance) -> SourcePlan:
             counts[it.label] += 1
         candidates[name] = counts
     return SourcePlan(list(classes), splits, rejected, candidates)
+
+
+def hold_out(splits: dict[str, list[Item]], classes: list[str], per_class: int, seed: int,
+             where: str) -> dict[str, list[Item]]:
+    """Move ``per_class`` train items of every class to a new, balanced val split: a seeded
+    choice per class (the same for a given seed), order kept. Every class keeps a train image."""
+    if "val" in splits:
+        raise ShardInputError(f"imagefolder {where}: has a val folder already; "
+                              f"--val-per-class makes one from train")
+    by_class: dict[int, list[int]] = {}
+    for i, it in enumerate(splits["train"]):
+        by_class.setdefault(it.label, []).append(i)
+    chosen = set()
+    for k, positions in sorted(by_class.items()):
+        if len(positions) <= per_class:
+            raise ShardInputError(f"--val-per-class {per_class}: class {classes[k]!r} has "
+                                  f"{len(positions)} images (it needs {per_class + 1})")
+        rng = np.random.default_rng([seed, 0x7A1, k])
+        chosen.update(positions[j] for j in rng.choice(len(positions), per_class, replace=False))
+    train = splits["train"]
+    return {"train": [it for i, it in enumerate(train) if i not in chosen],
+            "val": [it for i, it in enumerate(train) if i in chosen]}
 
 
 def _existing(path: Path, what: str) -> Path:

@@ -53,6 +53,7 @@ def write_shards(source: str, out: str | Path, *, imbalance: float | None = None
                  size: str = "default", classes: int | None = None,
                  max_per_class: int | None = None, image_size: int | None = None,
                  max_pixels: int = MAX_PIXELS, allow_outside_root: bool = False,
+                 val_per_class: int | None = None,
                  command: str | None = None, progress: bool = True,
                  on_shard: Callable[[ShardRecord], None] | None = None) -> Manifest | None:
     """Write SOURCE to OUT (see module docstring); returns the manifest (None for a dry run).
@@ -63,13 +64,15 @@ def write_shards(source: str, out: str | Path, *, imbalance: float | None = None
     """
     options = _options(source, imbalance, max_size, quality, shard_size, samples_per_shard, seed,
                        val_list, val_json, size, classes, max_per_class, image_size)
-    options |= _later_options(max_pixels=max_pixels, allow_outside_root=allow_outside_root)
+    options |= _later_options(max_pixels=max_pixels, allow_outside_root=allow_outside_root,
+                              val_per_class=val_per_class)
     if workers < 1:
         raise ShardInputError(f"--workers must be >= 1, got {workers}")
     plan = plan_source(source, imbalance=imbalance, val_list=options["val_list"],
                        val_json=options["val_json"], size=size,
                        classes=classes, max_per_class=max_per_class, image_size=image_size,
-                       seed=seed, allow_outside_root=allow_outside_root)
+                       seed=seed, allow_outside_root=allow_outside_root,
+                       val_per_class=val_per_class)
     orders = {split: _shuffled(items, seed, split) for split, items in plan.splits.items() if items}
     if dry_run:
         manifest_mod.print_plan(source, plan, orders, options, _estimate_bytes(orders, options, plan.classes))
@@ -139,12 +142,14 @@ def _options(source, imbalance, max_size, quality, shard_size, samples_per_shard
 
 # Options added after format 1 was first written, with the value that reproduces older output:
 # an output written before they existed still compares equal to a re-run that leaves them unset.
-LATER_OPTIONS = {"max_pixels": MAX_PIXELS, "allow_outside_root": False}
+LATER_OPTIONS = {"max_pixels": MAX_PIXELS, "allow_outside_root": False, "val_per_class": None}
 
 
 def _later_options(**given) -> dict:
     if given["max_pixels"] < 1:
         raise ShardInputError(f"--max-pixels must be >= 1, got {given['max_pixels']}")
+    if given["val_per_class"] is not None and given["val_per_class"] < 1:
+        raise ShardInputError(f"--val-per-class must be >= 1, got {given['val_per_class']}")
     return given
 
 

@@ -391,3 +391,53 @@ def test_inat_duplicate_ids_and_annotations_are_rejected(tmp_path):
         f"{tmp_path}/c.jpg\t{path}: image id 2 appears 2 times",
         f"{tmp_path}/d.jpg\t{path}: image id 3 has 2 annotations",
         f"{tmp_path}/a.jpg\t{path}: image id 4: duplicate of {path}: image id 1"])
+
+
+# --- a val split, made at shard time -----------------------------------------------------------
+
+def _folder(tmp_path, per_class=(5, 4, 3)):
+    root = tmp_path / "imgs"
+    for k, n in enumerate(per_class):
+        (root / f"c{k}").mkdir(parents=True)
+        for i in range(n):
+            (root / f"c{k}" / f"{i}.jpg").write_bytes(jpeg((k * 60, i * 30, 0)))
+    return root
+
+
+def _val_paths(out):
+    import json
+    import tarfile
+
+    from ltpipe.shards.format import load_manifest
+
+    m = load_manifest(out)
+    paths = []
+    for shard in m.shard_paths("val"):
+        with tarfile.open(shard) as tf:
+            paths += [json.load(tf.extractfile(member))["path"] for member in tf
+                      if member.name.endswith(".json")]
+    return m.split("val").class_counts, sorted(paths)
+
+
+def test_imagefolder_val_per_class_is_balanced_and_seeded(tmp_path):
+    root = _folder(tmp_path)
+    r = run("shard", f"imagefolder:{root}", tmp_path / "a", "--val-per-class", "2")
+    assert r.exit_code == 0 and r.stdout.startswith("wrote 6 train / 6 val"), r.output
+    assert "warning" not in r.stderr
+    counts, paths = _val_paths(tmp_path / "a")
+    assert counts == (2, 2, 2)
+    assert run("shard", f"imagefolder:{root}", tmp_path / "b", "--val-per-class", "2").exit_code == 0
+    assert _val_paths(tmp_path / "b")[1] == paths  # the same seed holds out the same images
+    others = [_val_paths(tmp_path / f"s{seed}")[1] for seed in (1, 2, 3) if run(
+        "shard", f"imagefolder:{root}", tmp_path / f"s{seed}", "--val-per-class", "2",
+        "--seed", seed).exit_code == 0]
+    assert len(others) == 3 and any(o != paths for o in others)
+    one_line_error(run("shard", f"imagefolder:{root}", tmp_path / "c", "--val-per-class", "3"),
+                   "class 'c2' has 3 images (it needs 4)")
+
+
+def test_shard_without_val_warns(tmp_path):
+    r = run("shard", f"imagefolder:{_folder(tmp_path)}", tmp_path / "out")
+    assert r.exit_code == 0 and "6 val" not in r.stdout, r.output
+    assert r.stderr.startswith("warning: ") and "no val split" in r.stderr
+    assert "--val-per-class" in r.stderr
