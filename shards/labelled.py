@@ -85,8 +85,8 @@ def _unique(pairs: list[Pair], taken: frozenset | set = frozenset()) -> tuple[li
         if key in taken:
             rejected.append((path, f"{where}: also in the train split"))
         elif len(labels[key]) > 1:
-            rejected.append((path, f"{where}: one file with {len(labels[key])} labels "
-                                   f"({', '.join(sorted(labels[key]))})"))
+            listed = ", ".join(sorted(labels[key]))
+            rejected.append((path, f"{where}: one file with {len(labels[key])} labels ({listed})"))
         elif first[key] != where:
             rejected.append((path, f"{where}: duplicate of {first[key]}"))
         else:

@@ -27,9 +27,9 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 LOCK_NAME = ".ltpipe.lock"
 UNREADABLE_RETRIES = 20  # x 50 ms: a lock just created may not hold its line yet

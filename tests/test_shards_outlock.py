@@ -34,17 +34,15 @@ def test_lock_is_held_inside_and_removed_after(tmp_path):
 
 
 def test_lock_is_removed_on_exception(tmp_path):
-    with pytest.raises(RuntimeError):
-        with output_lock(tmp_path, "x"):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), output_lock(tmp_path, "x"):
+        raise RuntimeError("boom")
     assert not (tmp_path / LOCK_NAME).exists()
 
 
 def test_live_holder_refuses_with_one_line(tmp_path):
     with output_lock(tmp_path, "ltpipe shard first\nrun"):
-        with pytest.raises(OutputLockedError) as exc:
-            with output_lock(tmp_path, "second"):
-                pass
+        with pytest.raises(OutputLockedError) as exc, output_lock(tmp_path, "second"):
+            pass
     msg = str(exc.value)
     assert "\n" not in msg and f"pid {os.getpid()}" in msg and "delete" in msg
     assert "ltpipe shard first run" in msg
@@ -58,9 +56,9 @@ def test_live_holder_in_another_process_refuses(tmp_path):
                              text=True)
     try:
         assert child.stdout.readline().strip() == "held"
-        with pytest.raises(OutputLockedError, match=f"pid {child.pid} "):
-            with output_lock(tmp_path, "second"):
-                pass
+        with pytest.raises(OutputLockedError, match=f"pid {child.pid} "), \
+                output_lock(tmp_path, "second"):
+            pass
     finally:
         child.kill()
         child.wait()
@@ -82,14 +80,14 @@ def test_reused_pid_is_stale(tmp_path):
 
 def test_foreign_host_is_never_stale(tmp_path):
     _plant(tmp_path, host="some-other-node", pid=_dead_pid(), command="ltpipe shard x y")
-    with pytest.raises(OutputLockedError, match="on host some-other-node"):
-        with output_lock(tmp_path, "new"):
-            pass
+    with pytest.raises(OutputLockedError, match="on host some-other-node"), \
+            output_lock(tmp_path, "new"):
+        pass
     assert (tmp_path / LOCK_NAME).exists()  # left for its owner
 
 
 def test_unreadable_lock_refuses(tmp_path):
     (tmp_path / LOCK_NAME).write_text("")
-    with pytest.raises(OutputLockedError, match="unreadable lock file"):
-        with output_lock(tmp_path, "new"):
-            pass
+    with pytest.raises(OutputLockedError, match="unreadable lock file"), \
+            output_lock(tmp_path, "new"):
+        pass

@@ -127,3 +127,19 @@ def test_changed_inputs_are_never_mixed_with_old_shards(tmp_path):
     folder(src, ["a/later.png"])
     m = write_shards(f"imagefolder:{src}", out, **opts)
     assert m.split("train").class_counts == (6, 7)
+
+
+def test_output_from_before_the_later_options_is_still_complete(tmp_path):
+    """A manifest written before --max-pixels/--allow-outside-root/--val-per-class existed
+    matches a re-run that leaves them at their defaults: nothing is rewritten."""
+    import json
+
+    out = tmp_path / "out"
+    write_shards("synthetic", out, **OPTS)
+    doc = json.loads((out / "manifest.json").read_text())
+    for key in ("max_pixels", "allow_outside_root", "val_per_class"):
+        del doc["options"][key]
+    (out / "manifest.json").write_text(json.dumps(doc))
+    before = tree(out)
+    write_shards("synthetic", out, **OPTS)
+    assert tree(out) == before
