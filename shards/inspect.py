@@ -1,6 +1,7 @@
 """``ltpipe inspect``: summarise, verify and plot a shard directory (contract: shards/format.py).
 
-Many/Medium/Few are the class groups of ALGORITHMS.md §5 (n > 100, 20..100, n < 20).
+Many/Medium/Few are the class groups of train/METHODS.md (n > 100, 20..100, n < 20), set by each
+class's train count in every split.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 
 from ltpipe.shards.format import (INDEX, MANIFEST, MEMBERS, REJECTED, Manifest, ShardFormatError,
                                   decode_sample_id, key_of)
-from ltpipe.shards.longtail import group_sizes
+from ltpipe.shards.longtail import GROUPS, group_of, group_sizes
 from ltpipe.shards.tario import MemberSpan, dali_index_text, file_sha256
 
 LIST_ALL_UP_TO = 40  # classes; above that the per-class table shows head and tail only
@@ -25,17 +26,27 @@ def summary_lines(m: Manifest) -> list[str]:
     lines = [f"{m.root}: source {m.source}, {m.num_classes} classes, format {m.format_version}"]
     if raw.get("command"):
         lines.append(f"command: {raw['command']}")
+    # a class's group is set by its TRAIN count in every split, as in the trainer's report
+    train = np.array(m.splits["train"].class_counts) if "train" in m.splits else None
     for name, split in m.splits.items():
         counts = np.array(split.class_counts)
         sizes = np.array([s.bytes for s in split.shards] or [0])
-        g = group_sizes(counts.tolist())
         present = counts[counts > 0]
         lo = int(present.min()) if len(present) else 0
-        lines.append(
-            f"{name}: {split.num_samples} images in {len(split.shards)} shard(s), "
-            f"{sizes.sum() / 1e6:.1f} MB; per class {counts.max()}..{lo} "
-            f"(imbalance {counts.max() / max(lo, 1):.1f}); many/medium/few classes "
-            f"{g['many']}/{g['medium']}/{g['few']}")
+        line = (f"{name}: {split.num_samples} images in {len(split.shards)} shard(s), "
+                f"{sizes.sum() / 1e6:.1f} MB; per class {counts.max()}..{lo} "
+                f"(imbalance {counts.max() / max(lo, 1):.1f}); ")
+        if train is None:
+            g = group_sizes(counts.tolist())
+            line += f"many/medium/few classes {g['many']}/{g['medium']}/{g['few']}"
+        elif name == "train":
+            g = group_sizes(train.tolist())
+            line += f"many/medium/few classes {g['many']}/{g['medium']}/{g['few']}"
+        else:
+            per = images_per_group(train, counts)
+            line += (f"images of many/medium/few (train) classes "
+                     f"{per['many']}/{per['medium']}/{per['few']}")
+        lines.append(line)
         lines.append(f"  shard MB min/mean/max {sizes.min() / 1e6:.2f}/{sizes.mean() / 1e6:.2f}/"
                      f"{sizes.max() / 1e6:.2f}")
         stats = raw.get("splits", {}).get(name, {}).get("image_stats")
@@ -48,6 +59,14 @@ def summary_lines(m: Manifest) -> list[str]:
     rejected = raw.get("totals", {}).get("rejected", 0)
     lines.append(f"rejected: {rejected}" + (f" (see {m.root / REJECTED})" if rejected else ""))
     return lines
+
+
+def images_per_group(train_counts: np.ndarray, counts: np.ndarray) -> dict[str, int]:
+    """Images of ``counts`` (one split, [C]) in each group, the groups set by ``train_counts``."""
+    out = dict.fromkeys(GROUPS, 0)
+    for n_train, n in zip(train_counts.tolist(), counts.tolist()):
+        out[group_of(int(n_train))] += int(n)
+    return out
 
 
 def _class_table(m: Manifest) -> list[str]:
@@ -186,6 +205,7 @@ def plot_counts(m: Manifest, out: str | Path, split: str = "train") -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     counts = np.sort(np.array(m.split(split).class_counts))[::-1]
     fig, ax = plt.subplots(figsize=(8, 3.5))
@@ -194,6 +214,7 @@ def plot_counts(m: Manifest, out: str | Path, split: str = "train") -> Path:
     for y, label in ((100, "many > 100"), (20, "few < 20")):
         ax.axhline(y, color="tab:red", lw=0.8, ls="--")
         ax.text(len(counts) - 1, y * 1.08, label, ha="right", fontsize=8, color="tab:red")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # classes are whole numbers
     ax.set_xlabel("class (sorted by count)")
     ax.set_ylabel(f"{split} images")
     ax.set_title(f"{m.source}: {len(counts)} classes, {int(counts.sum())} {split} images")

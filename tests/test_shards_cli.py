@@ -102,6 +102,8 @@ def test_inspect_summary_verify_plot(shards, tmp_path):
     assert r.exit_code == 0, r.output
     assert "train: 65 images in 3 shard(s)" in r.stdout
     assert "many/medium/few classes 0/1/5" in r.stdout  # counts 40,15,6,2,1,1
+    # val's 10 images per class are grouped by the classes' TRAIN counts, not by val's own 10s
+    assert "images of many/medium/few (train) classes 0/10/50" in r.stdout
     assert "verify: OK (125 samples" in r.stdout
     assert (tmp_path / "counts.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -156,3 +158,20 @@ def test_verify_reports_a_cut_off_tar(shards, tmp_path):
     r = run("inspect", copy, "--verify")
     assert r.exit_code == 1 and "Traceback" not in r.output
     assert f"{tar}: unreadable tar" in r.stderr and "Error: verify: " in r.stderr
+
+
+def test_count_plot_has_whole_class_ticks(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from ltpipe.shards.format import load_manifest
+    from ltpipe.shards.inspect import plot_counts
+    from ltpipe.shards.write import write_shards
+
+    two = tmp_path / "two"  # two classes: matplotlib's default ticks would be -0.5, 0, 0.5, ...
+    write_shards("synthetic", two, classes=2, max_per_class=6, image_size=16, progress=False)
+    seen = []
+    monkeypatch.setattr(plt, "close", lambda fig: seen.append(fig))  # keep the figure to read
+    plot_counts(load_manifest(two), tmp_path / "c.png")
+    ticks = seen[0].axes[0].get_xticks()
+    assert len(ticks) and all(float(t).is_integer() for t in ticks)
+    plt.close("all")
