@@ -2,7 +2,8 @@
 
 ``DIR`` is the extracted ``cifar-10-batches-py`` (data_batch_1..5, test_batch, batches.meta) or
 ``cifar-100-python`` (train, test, meta) folder, or a folder containing it. The test batch becomes
-the balanced ``val`` split; CIFAR-LT is made by the writer's ``imbalance`` (ALGORITHMS.md §5).
+the balanced ``val`` split; CIFAR-LT is made by the writer's ``imbalance``
+(METHODS.md: Class groups).
 
 The batches are Python pickles, and a pickle can name any function to call. They are read with
 ``SafeUnpickler``, which resolves only the globals a CIFAR batch holds (numpy arrays and dtypes;

@@ -148,7 +148,8 @@ def load_manifest(root: str | Path) -> Manifest:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ShardFormatError(f"{path}: unreadable manifest ({exc.__class__.__name__}: {exc})")
     if version != FORMAT_VERSION:
-        raise ShardFormatError(f"{path}: format_version {version}, this ltpipe reads {FORMAT_VERSION}")
+        raise ShardFormatError(f"{path}: format_version {version}, this ltpipe reads "
+                               f"{FORMAT_VERSION}")
     return manifest
 
 

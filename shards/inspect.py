@@ -129,7 +129,8 @@ def _verify_counts(m: Manifest, split: str, labels: list[int], index) -> list[st
     problems = []
     sources = [(f"{split} .cls members", np.asarray(labels, dtype=np.int64))]
     if index is not None:
-        sources.append((f"{m.root / split / INDEX} labels", np.asarray(index["label"], dtype=np.int64)))
+        sources.append((f"{m.root / split / INDEX} labels",
+                        np.asarray(index["label"], dtype=np.int64)))
     for what, values in sources:
         bad = (values < 0) | (values >= m.num_classes)
         if bad.any():

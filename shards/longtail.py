@@ -1,4 +1,4 @@
-"""Long-tailed construction and class groups (ALGORITHMS.md §5, "LT-CIFAR" and "Many/Medium/Few").
+"""Long-tailed construction and the Many/Medium/Few class groups (METHODS.md, Class groups).
 
 ``n_k = floor(n_max * rho^(-k/(C-1)))`` for k = 0..C-1, class 0 the head; a source is made
 long-tailed by keeping a per-class subset of that size (the first n_k, M2m style, or a seeded
@@ -18,7 +18,7 @@ GROUPS = ("many", "medium", "few")
 
 
 def longtail_counts(n_max: int, num_classes: int, imbalance: float) -> list[int]:
-    """Exponential profile of ALGORITHMS.md §5: floor(n_max * imbalance^(-k/(C-1)))."""
+    """The exponential profile (METHODS.md, Class groups): floor(n_max * imbalance^(-k/(C-1)))."""
     if imbalance < 1:
         raise ValueError(f"imbalance must be >= 1, got {imbalance}")
     if num_classes < 1 or n_max < 1:

@@ -1,8 +1,8 @@
 """Build, write and summarise ``manifest.json`` and ``index.npy`` (contract: shards/format.py).
 
 Beyond the fields ``load_manifest`` reads, the manifest records per split the totals, the
-Many/Medium/Few class numbers (ALGORITHMS.md §5), image size statistics, and at top level the
-totals, the normalised options (the fingerprint a re-run is compared with) and the exact command.
+Many/Medium/Few class numbers (METHODS.md, Class groups), image size statistics, and at top
+level the totals, the normalised options (the fingerprint a re-run is compared with) and the exact command.
 """
 
 from __future__ import annotations

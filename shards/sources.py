@@ -5,8 +5,8 @@ Forms: ``synthetic``, ``imagefolder:PATH``, ``list:FILE[:ROOT]`` (+ val_list),
 ltpipe shard directory: its classes, splits and source paths, e.g. rewritten with a smaller
 ``--max-size``, which makes decoding cheaper, or subsampled with ``--imbalance``). Planning is
 cheap (no image is decoded); unknown labels found here go to rejected.tsv (missing files when
-read). ``imbalance`` subsamples the train split to the exponential profile of ALGORITHMS.md §5
-(first n_k per class).
+read). ``imbalance`` subsamples the train split to the exponential profile of METHODS.md, Class
+groups (first n_k per class).
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 Built for the situation CMO (Park et al., CVPR 2022, §3) targets: the tail lacks *context*
 diversity. Class k is a foreground object (a shape in a saturated colour, with a surface pattern
 for large class numbers) pasted on a background *context* (a muted textured scene). Class sizes
-follow the exponential profile of ALGORITHMS.md §5; head classes are seen on many contexts, tail
-classes on very few; the balanced val split draws contexts uniformly, so a model must recognise
-the object, not the scene. Every image is rendered from (seed, split, class, index) alone, in any process.
+follow the exponential profile of METHODS.md, Class groups; head classes are seen on many
+contexts, tail classes on very few; the balanced val split draws contexts uniformly, so a model
+must recognise the object, not the scene. Every image is rendered from (seed, split, class,
+index) alone, in any process.
 """
 
 from __future__ import annotations

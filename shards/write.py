@@ -75,7 +75,8 @@ def write_shards(source: str, out: str | Path, *, imbalance: float | None = None
                        val_per_class=val_per_class)
     orders = {split: _shuffled(items, seed, split) for split, items in plan.splits.items() if items}
     if dry_run:
-        manifest_mod.print_plan(source, plan, orders, options, _estimate_bytes(orders, options, plan.classes))
+        manifest_mod.print_plan(source, plan, orders, options,
+                                _estimate_bytes(orders, options, plan.classes))
         return None
     out = Path(out)
     if out.exists() and not out.is_dir():

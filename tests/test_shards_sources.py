@@ -1,5 +1,6 @@
 """Every SOURCE form round-trips through webdataset and DALI (CPU) with exact samples and labels;
-corrupt/truncated/missing/unknown inputs land in rejected.tsv; CIFAR-LT counts follow §5."""
+corrupt/truncated/missing/unknown inputs land in rejected.tsv; CIFAR-LT counts follow the
+long-tail profile (METHODS.md, Class groups)."""
 
 from __future__ import annotations
 
@@ -230,7 +231,7 @@ def test_cifar_lt_counts_and_round_trip(tmp_path, scheme, folder_name):
 
 
 def test_cifar_lt_totals_formula():
-    """ALGORITHMS.md §5 totals, from the count function alone."""
+    """Long-tail totals (METHODS.md, Class groups), from the count function alone."""
     assert [sum(longtail_counts(500, 100, r)) for r in (100, 50, 10)] == [10847, 12608, 19573]
     assert [sum(longtail_counts(5000, 10, r)) for r in (100, 50, 10)] == [12406, 13996, 20431]
 

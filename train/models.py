@@ -3,7 +3,7 @@
 ResNet-32 is the CIFAR ResNet of He et al. 2016 (3 stages × 5 basic blocks, widths 16/32/64,
 parameter-free "option A" shortcuts) as used by LDAM/CMO [cmo:models/resnet_cifar.py].
 The cosine classifier ("NormedLinear") is LDAM's: logits = normalize(f)·normalize(W) ∈ [-1, 1]
-(METHODS.md: Class groups and long-tailed data).
+(METHODS.md: Class groups).
 resnet8/10/18 are small CIFAR-stem models for CPU runs; resnet50 and
 resnext50_32x4d come from torchvision; ``timm:<name>`` uses timm when it is installed.
 """
