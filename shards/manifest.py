@@ -2,7 +2,8 @@
 
 Beyond the fields ``load_manifest`` reads, the manifest records per split the totals, the
 Many/Medium/Few class numbers (METHODS.md, Class groups), image size statistics, and at top
-level the totals, the normalised options (the fingerprint a re-run is compared with) and the exact command.
+level the totals, the normalised options (the fingerprint a re-run is compared with) and the
+exact command.
 """
 
 from __future__ import annotations
