@@ -13,11 +13,34 @@ import torch
 
 
 @dataclass(frozen=True)
+class Tiles:
+    """Q's pixels under a mix plan (pipeline/mix_plan.py): per row only the box that is pasted.
+
+    Padded, not packed: tile i is ``pixels[i, :, :h_i, :w_i]`` with (h_i, w_i) its box's sides,
+    zero beyond. One dense tensor keeps the loader's hand-off, the device copy and the paste
+    kernel's indexing as simple as for whole images; the padding costs memory only up to the
+    step's largest box, which is every box under the papers' one box per batch. A row that
+    pastes nothing has an empty box and a 1 x 1 placeholder tile.
+    """
+
+    pixels: torch.Tensor  # [B,3,h_max,w_max] (memory may be channels_last)
+    boxes: torch.Tensor  # int32 [B,4] (x0, y0, x1, y1): where each tile goes in the S x S image
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    def __getitem__(self, rows: slice) -> "Tiles":
+        return Tiles(self.pixels[rows], self.boxes[rows])
+
+
+@dataclass(frozen=True)
 class Batch:
     images: torch.Tensor  # [B,3,H,W] on the training device (memory may be channels_last)
     labels: torch.Tensor  # int64 [B]
     index: torch.Tensor  # int64 [B]: sample ids (rows of the split's index.npy)
-    meta: Mapping[str, Any] = field(default_factory=dict)
+    meta: Mapping[str, Any] = field(default_factory=dict)  # "epoch", "step"; "plan": MixPlan
+    # Q decoded as tiles (then ``images`` is an empty [B,3,0,0]: no whole image exists)
+    tiles: Tiles | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

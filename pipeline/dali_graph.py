@@ -16,6 +16,14 @@ Presets (torchvision equivalents):
     imagenet eval:  Resize(round(S*256/224)) shorter side + CenterCrop(S)
     cifar train:    RandomCrop(S, padding=4) (zero pad) + flip
     cifar eval:     identity (a center crop to S, a no-op on SxS images)
+Planned Q (a mixer declares a mix plan, mix_plan.py): Q's crop window and flip are drawn on the
+host, and the source feeds per-sample decode windows (q_decode.py): ``decoders.image_slice`` (an ROI
+decode, libjpeg-turbo or nvJPEG) -> ``resize`` of the exact ROI to the output size ("imagenet") or
+a zero-padded ``slice`` ("cifar") -> crop_mirror_normalize with the plan's flip -> ``pad`` to the
+batch's largest tile. With ``tiles`` only the mixed rows' boxes are decoded. Why B entries with
+1 x 1 placeholders rather than a second pipeline fed only on mixed steps, or conditionals: one
+pipeline keeps one run() per step and one checkpoint for P and Q, the graph stays static (no
+batch split and merge per step), and a placeholder costs microseconds to decode.
 Normalization: ImageNet mean/std for both presets (CMO/OTmix CIFAR code uses CIFAR statistics; the
 difference is a fixed affine map of the input that the first conv absorbs).
 """
@@ -65,46 +73,30 @@ class GraphSpec:
     # normalisation): moves their decode off the GPU the training step needs (bench/e2e.py
     # ``cpudec=``); worth it when the CPUs can keep up, e.g. with images stored small
     cpu_decode: tuple[str, ...] = ()
+    # a third output per stream: the decoded window's shape [H, W, C] per sample (bench/loader.py
+    # sums the decoded source pixels)
+    count_pixels: bool = False
 
 
-def _augment(jpg, spec: GraphSpec, cpu_decode: bool = False):
-    """Encoded bytes -> normalized [3,S,S] (CHW) or [S,S,3] (HWC) per sample; ``cpu_decode``:
-    decode and resize on the CPU, then upload (only matters when spec.device is "cuda")."""
-    from nvidia.dali import fn, types
+def outputs_per_stream(spec: GraphSpec) -> int:
+    return 3 if spec.count_pixels else 2
 
+
+def _decoder_args(spec: GraphSpec, cpu_decode: bool) -> tuple[str, dict]:
+    """(decoder device, nvJPEG memory settings) of a stream."""
     mixed = spec.device == "cuda" and not cpu_decode
-    dec = "mixed" if mixed else "cpu"
     hw = {}
     if mixed:  # nvJPEG memory settings as in DALI's ResNet-50 example: no reallocation mid-run
         hw = {"hw_decoder_load": spec.hw_decoder_load, "device_memory_padding": 211025920,
               "host_memory_padding": 140544512}
         if spec.max_side:
             hw.update(preallocate_width_hint=spec.max_side, preallocate_height_hint=spec.max_side)
-    s = spec.size
-    mirror = fn.random.coin_flip(probability=0.5) if spec.train else 0
-    crop = None
-    if spec.preset == "imagenet" and spec.train:
-        # ROI decode: only the random crop window is decoded, then resized to S x S.
-        img = fn.decoders.image_random_crop(
-            jpg, device=dec, output_type=types.RGB, random_area=list(RRC_SCALE),
-            random_aspect_ratio=list(RRC_RATIO), num_attempts=10, **hw)
-        img = fn.resize(img, size=[s, s], interp_type=types.INTERP_LINEAR)  # antialiased
-    elif spec.preset == "imagenet":
-        img = fn.decoders.image(jpg, device=dec, output_type=types.RGB, **hw)
-        img = fn.resize(img, resize_shorter=eval_resize(s), interp_type=types.INTERP_LINEAR)
-        crop = (s, s)
-    elif spec.train:  # cifar: zero-pad 4 then random S x S crop == slice at an anchor in [-4, 4]
-        img = fn.decoders.image(jpg, device=dec, output_type=types.RGB, **hw)
-        offsets = [float(v) for v in range(-CIFAR_PAD, CIFAR_PAD + 1)]
-        anchor = fn.random.uniform(values=offsets, shape=[2])  # (x, y), absolute pixels
-        img = fn.slice(img, anchor, types.Constant([s, s], dtype=types.FLOAT), axis_names="WH",
-                       normalized_anchor=False, normalized_shape=False,
-                       out_of_bounds_policy="pad", fill_values=0)
-    else:
-        img = fn.decoders.image(jpg, device=dec, output_type=types.RGB, **hw)
-        crop = (s, s)
-    if spec.device == "cuda" and cpu_decode:
-        img = img.gpu()  # uint8: a quarter of the normalised fp32 bytes over PCIe
+    return ("mixed" if mixed else "cpu"), hw
+
+
+def _normalize(img, spec: GraphSpec, mirror, crop=None):
+    from nvidia.dali import fn, types
+
     kwargs = {"crop": crop, "out_of_bounds_policy": "pad"} if crop else {}
     return fn.crop_mirror_normalize(
         img, dtype=types.FLOAT16 if spec.half else types.FLOAT,
@@ -113,8 +105,68 @@ def _augment(jpg, spec: GraphSpec, cpu_decode: bool = False):
         mirror=mirror, **kwargs)
 
 
+def _planned(inputs, spec: GraphSpec, cpu_decode: bool = False):
+    """Q under a mix plan: (jpg, decode anchor, decode shape, roi start, roi end, out size,
+    mirror) per sample (q_decode.py) -> (normalized tiles padded to the batch's largest, the
+    decoded window)."""
+    from nvidia.dali import fn, types
+
+    jpg, anchor, shape, roi_start, roi_end, out, mirror = inputs
+    dec, hw = _decoder_args(spec, cpu_decode)
+    # the header's size is the stored one: no EXIF rotation (q_decode.py)
+    window = fn.decoders.image_slice(jpg, anchor, shape, device=dec, output_type=types.RGB,
+                                     normalized_anchor=False, normalized_shape=False,
+                                     adjust_orientation=False, **hw)
+    if spec.preset == "imagenet":
+        img = fn.resize(window, size=out, roi_start=roi_start, roi_end=roi_end,
+                        interp_type=types.INTERP_LINEAR)  # antialiased, as the full crop's
+    else:  # cifar: unit scale, zero padding where the shifted window leaves the image
+        img = fn.slice(window, roi_start, out, axis_names="HW", normalized_anchor=False,
+                       normalized_shape=False, out_of_bounds_policy="pad", fill_values=0)
+    if spec.device == "cuda" and cpu_decode:
+        img = img.gpu()
+    img = _normalize(img, spec, mirror)
+    return fn.pad(img, axis_names="HW", fill_value=0), window
+
+
+def _augment(jpg, spec: GraphSpec, cpu_decode: bool = False):
+    """Encoded bytes -> (normalized [3,S,S] (CHW) or [S,S,3] (HWC), the decoded window [h,w,3])
+    per sample; ``cpu_decode``: decode and resize on the CPU, then upload (only matters when
+    spec.device is "cuda")."""
+    from nvidia.dali import fn, types
+
+    dec, hw = _decoder_args(spec, cpu_decode)
+    s = spec.size
+    mirror = fn.random.coin_flip(probability=0.5) if spec.train else 0
+    crop = None
+    if spec.preset == "imagenet" and spec.train:
+        # ROI decode: only the random crop window is decoded, then resized to S x S.
+        decoded = fn.decoders.image_random_crop(
+            jpg, device=dec, output_type=types.RGB, random_area=list(RRC_SCALE),
+            random_aspect_ratio=list(RRC_RATIO), num_attempts=10, **hw)
+        img = fn.resize(decoded, size=[s, s], interp_type=types.INTERP_LINEAR)  # antialiased
+    elif spec.preset == "imagenet":
+        decoded = fn.decoders.image(jpg, device=dec, output_type=types.RGB, **hw)
+        img = fn.resize(decoded, resize_shorter=eval_resize(s), interp_type=types.INTERP_LINEAR)
+        crop = (s, s)
+    elif spec.train:  # cifar: zero-pad 4 then random S x S crop == slice at an anchor in [-4, 4]
+        decoded = fn.decoders.image(jpg, device=dec, output_type=types.RGB, **hw)
+        offsets = [float(v) for v in range(-CIFAR_PAD, CIFAR_PAD + 1)]
+        anchor = fn.random.uniform(values=offsets, shape=[2])  # (x, y), absolute pixels
+        img = fn.slice(decoded, anchor, types.Constant([s, s], dtype=types.FLOAT),
+                       axis_names="WH", normalized_anchor=False, normalized_shape=False,
+                       out_of_bounds_policy="pad", fill_values=0)
+    else:
+        img = decoded = fn.decoders.image(jpg, device=dec, output_type=types.RGB, **hw)
+        crop = (s, s)
+    if spec.device == "cuda" and cpu_decode:
+        img = img.gpu()  # uint8: a quarter of the normalised fp32 bytes over PCIe
+    return _normalize(img, spec, mirror, crop), decoded
+
+
 def build_pipeline(spec: GraphSpec, reader: dict | None, sources: dict, checkpoint=None):
-    """Build the pipeline; outputs are (images, ids) per stream: P first, then ``sources``' order.
+    """Build the pipeline; outputs are (images, ids[, decoded shapes]) per stream (outputs_per_stream):
+    P first, then ``sources``' order.
 
     ``reader``: kwargs of fn.readers.webdataset for P (None when P is not requested).
     ``sources``: stream name -> MinoritySource for the Q-type streams.
@@ -136,16 +188,28 @@ def build_pipeline(spec: GraphSpec, reader: dict | None, sources: dict, checkpoi
                   stream_policy=StreamPolicy.PER_OPERATOR if full else StreamPolicy.PER_BACKEND)
     def graph():
         outs = []
+
+        def add(stream_out, ids):
+            images, decoded = stream_out
+            outs.extend([images, ids] + ([decoded.shape()] if spec.count_pixels else []))
+
         if reader is not None:
             jpg, ids = fn.readers.webdataset(
                 **reader, ext=["jpg", "id"], dtypes=[types.UINT8, types.INT64], name="P")
-            outs += [_augment(jpg, spec, "uniform" in spec.cpu_decode), ids]
+            add(_augment(jpg, spec, "uniform" in spec.cpu_decode), ids)
         for name, src in sources.items():
-            jpg, ids = fn.external_source(source=src, num_outputs=2, batch=True, batch_info=True,
-                                          parallel=True, dtype=[types.UINT8, types.INT64],
-                                          prefetch_queue_depth=max(2, spec.prefetch,
-                                                                   spec.py_workers))
-            outs += [_augment(jpg, spec, name in spec.cpu_decode), ids]
+            planned = src.planned is not None
+            dtypes = [types.UINT8, types.INT64] + ([types.INT32, types.INT32, types.FLOAT,
+                                                    types.FLOAT, types.FLOAT, types.INT32]
+                                                   if planned else [])
+            got = fn.external_source(source=src, num_outputs=len(dtypes), batch=True,
+                                     batch_info=True, parallel=True, dtype=dtypes,
+                                     prefetch_queue_depth=max(2, spec.prefetch, spec.py_workers))
+            on_cpu = name in spec.cpu_decode
+            if planned:
+                add(_planned([got[0], *got[2:]], spec, on_cpu), got[1])
+            else:
+                add(_augment(got[0], spec, on_cpu), got[1])
         return tuple(outs)
 
     pipe = graph()

@@ -31,9 +31,12 @@ import math
 import numpy as np
 import torch
 
-from ltpipe.pipeline.batch import Batch
-from ltpipe.pipeline.dali_graph import DEFAULT_SIZE, PRESETS, GraphSpec, build_pipeline
+from ltpipe.pipeline.batch import Batch, Tiles
+from ltpipe.pipeline.dali_graph import (DEFAULT_SIZE, PRESETS, GraphSpec, build_pipeline,
+                                        outputs_per_stream)
 from ltpipe.pipeline.minority import MinorityDraws, MinoritySource, ShardBytes
+from ltpipe.pipeline.mix_plan import MixPlanner
+from ltpipe.pipeline.q_decode import PlannedDecode
 from ltpipe.pipeline.samplers import class_probabilities
 from ltpipe.pipeline.shardset import ShardSplit, open_split
 
@@ -43,6 +46,7 @@ STREAMS = ("uniform", "minority", "balanced")
 WEIGHTED_STREAMS = frozenset({"minority", "balanced"})  # drawn by the class counts (q ∝ n_k^-r)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 STATE_VERSION = 1
+Q_DECODES = ("tiles", "full")
 
 
 def check_arguments(data: ShardSplit, split: str, batch_size: int, streams, device: str,
@@ -90,7 +94,8 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
                 num_threads: int = 4, prefetch: int = 2, py_workers: int = 2,
                 hw_decoder_load: float = 0.65, max_image_side: int = 0, concurrency: str = "full",
                 cpu_decode=(), validate: bool = True, allow_empty_classes: bool = False,
-                skip_corrupt: bool = False):
+                skip_corrupt: bool = False, mix_plan=None, q_decode: str = "tiles",
+                count_pixels: bool = False):
     """Build the DALI loader of one rank (falls back to the torch reference without DALI).
 
     Args:
@@ -115,10 +120,21 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
         allow_empty_classes: give classes with n_k = 0 the probability q_k = 0 instead of raising.
         skip_corrupt: leave corrupt samples out of both streams; by default a split that has any
             is refused with a ShardFormatError (a ValueError) naming the shards and the count.
+        mix_plan: a mix_plan.PlanSpec, by default the mixer's ``mix_plan`` declaration. With
+            one, every step's MixPlan is drawn on the host and travels in each Batch's
+            ``meta["plan"]``, and Q ("minority") takes its crop and flip from it.
+        q_decode: under a plan whose mixer reads only the boxes (``PlanSpec.tiles``): "tiles"
+            decodes only the pixels of Q's boxes (``Batch.tiles``; nothing on unmixed steps),
+            "full" the whole S x S images (the baseline). Ignored without a plan.
+        count_pixels: sum each stream's decoded source pixels in ``decoded_pixels``.
     Returns a DaliLoader: ``for step in loader`` -> {stream: Batch}; len, set_epoch,
     state_dict/load_state_dict, class_counts (int64 [C]), num_classes, and ``skipped``: the
     number of corrupt samples of the split left out (0 unless skip_corrupt).
     """
+    if q_decode not in Q_DECODES:
+        raise ValueError(f"q_decode: must be one of {Q_DECODES}, got {q_decode!r}")
+    if mix_plan is None and mixer is not None:
+        mix_plan = getattr(mixer, "mix_plan", None)
     streams, r = declared_streams(mixer, streams, r)
     data = open_split(shards, split, validate=validate, skip_corrupt=skip_corrupt)
     streams = check_arguments(data, split, batch_size, streams, device, preset, dtype, r, rank,
@@ -134,7 +150,7 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
                                  channels_last=channels_last, r=r, seed=seed, rank=rank,
                                  world=world, epoch=epoch, num_workers=num_threads,
                                  validate=validate, allow_empty_classes=allow_empty_classes,
-                                 skip_corrupt=skip_corrupt)
+                                 skip_corrupt=skip_corrupt)  # its mixers draw their own plans
     cpu_decode = (cpu_decode,) if isinstance(cpu_decode, str) else tuple(cpu_decode)
     if not set(cpu_decode) <= set(streams):
         raise ValueError(f"cpu_decode: {sorted(set(cpu_decode) - set(streams))} are not among "
@@ -147,9 +163,14 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
         device_id=dev_id, hw_decoder_load=hw_decoder_load, py_workers=py_workers,
         # fork is fast but unsafe once CUDA is initialized in this process
         py_start_method="spawn" if torch.cuda.is_initialized() else "fork",
-        max_side=int(max_image_side), concurrency=concurrency, cpu_decode=cpu_decode)
+        max_side=int(max_image_side), concurrency=concurrency, cpu_decode=cpu_decode,
+        count_pixels=bool(count_pixels))
+    planner = None
+    if mix_plan is not None and spec.train and "minority" in streams:
+        planner = MixPlanner(mix_plan, seed, rank, spec.batch_size, spec.size)
     return DaliLoader(data, spec, streams, r=r, seed=seed, rank=rank, world=world, epoch=epoch,
-                      dtype=dtype)
+                      dtype=dtype, planner=planner,
+                      tiles=planner is not None and mix_plan.tiles and q_decode == "tiles")
 
 
 def declared_streams(mixer, streams, r) -> tuple[tuple[str, ...], float]:
@@ -168,6 +189,11 @@ def declared_streams(mixer, streams, r) -> tuple[tuple[str, ...], float]:
             1.0 if r is None else float(r))
 
 
+def _host(tl):
+    """A DALI TensorList on the host (fn.shapes of a GPU decode may live on the device)."""
+    return tl.as_cpu() if hasattr(tl, "as_cpu") else tl
+
+
 def pipeline_seed(seed: int, rank: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0] & 0x7FFFFFFF)
 
@@ -181,8 +207,11 @@ class DaliLoader:
     """Iterating runs (the rest of) the current epoch; see the module docstring for semantics."""
 
     def __init__(self, data: ShardSplit, spec: GraphSpec, streams: tuple[str, ...], *, r: float,
-                 seed: int, rank: int, world: int, epoch: int, dtype):
+                 seed: int, rank: int, world: int, epoch: int, dtype,
+                 planner: MixPlanner | None = None, tiles: bool = False):
         self.data, self.spec, self.streams = data, spec, streams
+        self.planner, self.tiles = planner, tiles  # the step's mix plan; Q decoded as tiles
+        self.decoded_pixels = {name: 0 for name in streams}  # spec.count_pixels: Σ h·w decoded
         self.r, self.seed, self.rank, self.world = float(r), int(seed), rank, world
         self.dtype, self.train = dtype, spec.train
         on_gpu = spec.device == "cuda"
@@ -276,8 +305,11 @@ class DaliLoader:
             r = self.r if name == "minority" else 0.0
             q = class_probabilities(self.class_counts, r, allow_empty=True)
             draws = MinorityDraws(self.data.labels, q, self.seed, self.rank, allowed)
+            planned = None
+            if name == "minority" and self.planner is not None:
+                planned = PlannedDecode(self.planner, tiles=self.tiles, preset=self.spec.preset)
             sources[name] = MinoritySource(draws, payloads, self.spec.batch_size, self._steps,
-                                           start_epoch)
+                                           start_epoch, planned)
         return build_pipeline(spec, reader, sources, checkpoint=checkpoint)
 
     def _order(self) -> list[str]:
@@ -301,12 +333,23 @@ class DaliLoader:
 
     def _to_step(self, outs, real: int, epoch: int, step: int) -> dict[str, Batch]:
         meta = {"epoch": epoch, "step": step}
+        plan = None
+        if self.planner is not None:  # the same pure function of (seed, rank, epoch, step) as
+            plan = meta["plan"] = self.planner.draw(epoch, step)  # Q's workers drew
         result = {}
+        per = outputs_per_stream(self.spec)
         for i, name in enumerate(self._order()):
-            images = self._images(outs[2 * i])[:real]
-            ids = np.array(outs[2 * i + 1].as_tensor(), dtype=np.int64).reshape(-1)[:real]
+            images = self._images(outs[per * i])[:real]
+            ids = np.array(outs[per * i + 1].as_tensor(), dtype=np.int64).reshape(-1)[:real]
             index = torch.from_numpy(ids).to(self.device, non_blocking=True)
-            result[name] = Batch(images, self._labels[index], index, meta)
+            if self.spec.count_pixels:
+                shapes = np.array(_host(outs[per * i + 2]).as_tensor()).reshape(-1, 3)
+                self.decoded_pixels[name] += int((shapes[:, 0] * shapes[:, 1]).sum())
+            tiles = None
+            if name == "minority" and self.tiles:
+                tiles = Tiles(images, plan.tensors(self.device, real)[0])
+                images = images.new_zeros((real, 3, 0, 0))
+            result[name] = Batch(images, self._labels[index], index, meta, tiles)
         return {name: result[name] for name in self.streams}
 
     def _images(self, tl) -> torch.Tensor:

@@ -102,12 +102,14 @@ class MinoritySource:
 
     Pipeline iteration i (DALI's BatchInfo.iteration, restored by pipeline checkpoints) is step
     ``i % steps_per_epoch`` of epoch ``start_epoch + i // steps_per_epoch``. Returns
-    (list of B uint8 arrays: encoded jpg, int64 [B] sample ids).
+    (list of B uint8 arrays: encoded jpg, int64 [B] sample ids), and with ``planned`` (a
+    q_decode.PlannedDecode) the per-sample decode requests of the step's mix plan after them
+    (only the rows the plan uses are read).
     """
 
     def __init__(self, draws: MinorityDraws, data: ShardBytes, batch_size: int,
-                 steps_per_epoch: int, start_epoch: int):
-        self.draws, self.data = draws, data
+                 steps_per_epoch: int, start_epoch: int, planned=None):
+        self.draws, self.data, self.planned = draws, data, planned
         self.batch_size, self.steps_per_epoch = int(batch_size), int(steps_per_epoch)
         self.start_epoch = int(start_epoch)
         self._parent = os.getpid()  # the process that builds the pipeline and forks the workers
@@ -122,5 +124,8 @@ class MinoritySource:
             tie_to_parent(self._parent)
             self._bound_to_parent = True
         epoch, step = self.position(batch_info.iteration)
-        ids = self.draws.draw(epoch, step, self.batch_size)
+        ids = self.draws.draw(epoch, step, self.batch_size)  # drawn whether or not they decode
+        if self.planned is not None:
+            jpg, *requests = self.planned(epoch, step, ids, self.data)
+            return (jpg, ids, *requests)
         return self.data.read_many(ids), ids

@@ -1,0 +1,159 @@
+"""Q's decode requests under a mix plan: which source pixels each minority sample needs.
+
+Q's augmentation is drawn on the host (mix_plan.py), so the window of each sample is known before
+decoding: the random-resized-crop window (torchvision's rule, from the plan's numbers and the
+image's width and height) or, for the "cifar" preset, the S x S window at a pad-and-shift
+anchor in [−4, 4]. A request names, per sample:
+    decode:  the integer source window the decoder reads (``decoders.image_slice``, an ROI decode),
+    roi:     the exact (float) part of it that maps to the output, in (y, x), relative to decode,
+    out:     the output (h, w) (``resize`` with that ROI, or for "cifar" a zero-padded ``slice``),
+    mirror:  the plan's flip (applied by crop_mirror_normalize).
+``full`` requests the whole S x S crop of every sample, the decode Q had before plans. ``tiles``
+requests only the box of each mixed row: the box, unflipped when the row is flipped, is mapped
+into the crop window, widened by the resize filter's reach (clipped to the crop window, where
+the full image's resize clamps too) and decoded alone. A row that does not mix decodes a 1 x 1
+placeholder instead of its bytes, so Q still feeds B samples, as DALI's one batch size requires.
+
+Image sizes come from the JPEG header (the SOF marker, a few hundred bytes into the file), read in
+Q's worker processes: no shard format change and no decode. The planned decode ignores EXIF
+orientation (the header's size is the stored one); the shard writer keeps camera JPEGs as they are.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+
+from ltpipe.pipeline.dali_graph import CIFAR_PAD, RRC_RATIO, RRC_SCALE
+from ltpipe.pipeline.mix_plan import MixPlan
+
+# SOF0..SOF15 carry the frame size; C4 (DHT), C8 (JPG) and CC (DAC) share the range but do not
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_STANDALONE = frozenset([0x01, 0xD8, *range(0xD0, 0xD8)])
+_placeholder: np.ndarray | None = None
+
+
+def jpeg_size(data) -> tuple[int, int]:
+    """(width, height) from a JPEG's SOF marker; ValueError when there is none."""
+    buf = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+    n = len(buf)
+    if n < 4 or buf[0] != 0xFF or buf[1] != 0xD8:
+        raise ValueError("not a JPEG (no SOI marker)")
+    i = 2
+    while i + 3 < n:
+        if buf[i] != 0xFF:
+            raise ValueError(f"JPEG: marker expected at byte {i}")
+        marker = buf[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in _STANDALONE:
+            i += 2
+            continue
+        if marker in _SOF and i + 8 < n:
+            return (buf[i + 7] << 8) | buf[i + 8], (buf[i + 5] << 8) | buf[i + 6]
+        i += 2 + ((buf[i + 2] << 8) | buf[i + 3])
+    raise ValueError("JPEG: no SOF marker before the end of the data")
+
+
+def placeholder_jpeg() -> np.ndarray:
+    """An 8 x 8 grey JPEG: what a row that needs no pixels decodes (1 x 1 of it)."""
+    global _placeholder
+    if _placeholder is None:
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), (128, 128, 128)).save(buf, format="JPEG", quality=90)
+        _placeholder = np.frombuffer(buf.getvalue(), dtype=np.uint8)
+    return _placeholder
+
+
+def crop_window(u: np.ndarray, width: int, height: int, preset: str, size: int):
+    """Q's crop (x, y, w, h) in source pixels from the plan's numbers u [attempts, 4].
+
+    "imagenet": torchvision's RandomResizedCrop (scale RRC_SCALE, log-uniform ratio RRC_RATIO,
+    10 attempts, then the centre crop of the clamped ratio). "cifar": the S x S window at an
+    anchor uniform in {−4..4}² (zero padding beyond the image)."""
+    if preset == "cifar":
+        span = 2 * CIFAR_PAD + 1
+        ax, ay = (np.minimum((u[0, :2] * span).astype(np.int64), span - 1) - CIFAR_PAD).tolist()
+        return ax, ay, size, size
+    area = width * height
+    lo, hi = math.log(RRC_RATIO[0]), math.log(RRC_RATIO[1])
+    for a_u, r_u, y_u, x_u in u:
+        target = area * (RRC_SCALE[0] + (RRC_SCALE[1] - RRC_SCALE[0]) * a_u)
+        ratio = math.exp(lo + (hi - lo) * r_u)
+        w = int(round(math.sqrt(target * ratio)))
+        h = int(round(math.sqrt(target / ratio)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(x_u * (width - w + 1)), int(y_u * (height - h + 1)), w, h
+    ratio = width / height  # fallback: torchvision's centre crop
+    if ratio < RRC_RATIO[0]:
+        w, h = width, int(round(width / RRC_RATIO[0]))
+    elif ratio > RRC_RATIO[1]:
+        h, w = height, int(round(height * RRC_RATIO[1]))
+    else:
+        w, h = width, height
+    return (width - w) // 2, (height - h) // 2, w, h
+
+
+def _request(window, box, width: int, height: int, preset: str, size: int):
+    """(decode anchor (x, y), decode shape (w, h), roi start (y, x), roi end (y, x), out (h, w))
+    of the output box (x0, y0, x1, y1) of an S x S crop ``window`` (x, y, w, h)."""
+    wx, wy, ww, wh = window
+    x0, y0, x1, y1 = box
+    if preset == "cifar":  # unit scale: the box's source pixels, zero outside the image
+        sx0, sy0, sx1, sy1 = wx + x0, wy + y0, wx + x1, wy + y1
+        dx0, dy0 = min(max(sx0, 0), width - 1), min(max(sy0, 0), height - 1)
+        dx1, dy1 = max(min(sx1, width), dx0 + 1), max(min(sy1, height), dy0 + 1)
+        return (dx0, dy0), (dx1 - dx0, dy1 - dy0), (sy0 - dy0, sx0 - dx0), (0, 0), (y1 - y0,
+                                                                                    x1 - x0)
+    fx, fy = ww / size, wh / size  # source pixels per output pixel
+    sx0, sx1, sy0, sy1 = wx + x0 * fx, wx + x1 * fx, wy + y0 * fy, wy + y1 * fy
+    mx, my = math.ceil(fx) + 1, math.ceil(fy) + 1  # the antialiasing filter's reach, + 1
+    dx0, dx1 = max(wx, math.floor(sx0) - mx), min(wx + ww, math.ceil(sx1) + mx)
+    dy0, dy1 = max(wy, math.floor(sy0) - my), min(wy + wh, math.ceil(sy1) + my)
+    return ((dx0, dy0), (dx1 - dx0, dy1 - dy0), (sy0 - dy0, sx0 - dx0), (sy1 - dy0, sx1 - dx0),
+            (y1 - y0, x1 - x0))
+
+
+def requests(plan: MixPlan, jpegs: list, *, tiles: bool, preset: str, size: int):
+    """Per-sample inputs of Q's planned decode (dali_graph.py ``planned_decode``) for ``jpegs``
+    (None where a row decodes nothing): lists of jpg uint8, decode anchor int32 [2], decode shape
+    int32 [2], roi start float32 [2], roi end float32 [2], out size float32 [2], mirror int32."""
+    cols = [[] for _ in range(7)]
+    for i, jpg in enumerate(jpegs):
+        if jpg is None:
+            row = (placeholder_jpeg(), (0, 0), (1, 1), (0, 0), (1, 1), (1, 1), False)
+        else:
+            width, height = jpeg_size(jpg)
+            window = crop_window(plan.crop_u[i], width, height, preset, size)
+            box = plan.boxes[i].tolist() if tiles else [0, 0, size, size]
+            if plan.flip[i]:  # the flip comes last: the box's unflipped source is S − x1 .. S − x0
+                box = [size - box[2], box[1], size - box[0], box[3]]
+            row = (jpg, *_request(window, box, width, height, preset, size), plan.flip[i])
+        for col, value, dtype in zip(cols, row, (None, np.int32, np.int32, np.float32,
+                                                 np.float32, np.float32, np.int32)):
+            col.append(value if dtype is None else np.asarray(value, dtype=dtype))
+    return cols
+
+
+class PlannedDecode:
+    """Q's planned decode for ``MinoritySource`` (picklable): (epoch, step, ids, ShardBytes) ->
+    the columns of ``requests``; only the rows that need pixels are read from the shards."""
+
+    def __init__(self, planner, *, tiles: bool, preset: str):
+        self.planner, self.tiles, self.preset = planner, bool(tiles), preset
+
+    def __call__(self, epoch: int, step: int, ids: np.ndarray, data) -> list:
+        plan = self.planner.draw(epoch, step)
+        if self.tiles:
+            area = (plan.boxes[:, 2] - plan.boxes[:, 0]) * (plan.boxes[:, 3] - plan.boxes[:, 1])
+            needed = plan.mixed & (area > 0)  # an empty box (λ₀ = 1) needs no pixels either
+        else:
+            needed = np.ones(len(plan), dtype=bool)
+        jpegs = [data.read(int(i)) if need else None for i, need in zip(ids, needed)]
+        return requests(plan, jpegs, tiles=self.tiles, preset=self.preset,
+                        size=self.planner.image_size)
