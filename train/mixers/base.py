@@ -86,6 +86,9 @@ class Mixer(nn.Module):
 
     streams: tuple[str, ...] = ("uniform",)
     aux_terms: tuple[str, ...] = ()  # loss terms the trainer adds (losses/aux.py AUX_TERMS)
+    # a pipeline.mix_plan.PlanSpec when the mixer's draws are a host-side mix plan: the loader
+    # (make_loader(mixer=...)) then draws each step's plan ahead and decodes Q by it
+    mix_plan = None
 
     def __init__(self, env: MixerEnv):
         super().__init__()
@@ -142,13 +145,9 @@ def active_in_epoch(epoch: int, epochs: int, schedule: str) -> bool:
     default prob follows the schedule (``resolve_prob``: 1.0 under "paper", so that "paper" is
     the papers' text, every batch; 0.5 otherwise).
     """
-    if schedule == "repo":
-        return 3 < epoch < epochs - 3
-    if schedule == "paper":
-        return epoch < epochs - 3
-    if schedule == "always":
-        return True
-    raise ValueError(f"mix_schedule: unknown value {schedule!r} (repo, paper, always)")
+    from ltpipe.pipeline.mix_plan import in_window  # one definition for plans and mixers
+
+    return in_window(epoch, epochs, schedule)
 
 
 def _warn_if_off(mixer: Mixer, args: tuple) -> None:

@@ -12,6 +12,11 @@ box for the whole batch as in the papers' code, "sample": one per sample), ``alp
 1), ``fg_r`` (1.0 = paper's q(1); the paper recipes set 0, which is what the published code drew,
 METHODS.md: The meaning of r).
 
+Every draw of a step (gate, λ₀, boxes, Q's crop and flip) is a mix plan drawn on the host
+(pipeline/mix_plan.py, ``mix_plan`` below): the loader draws it before decoding and decodes only
+Q's boxes (``Batch.tiles``), or the mixer draws the same plan itself when none comes with the
+batch. A step whose gate is off pastes nothing.
+
 The paste writes into the background batch ``streams["uniform"].images`` in place (no copy of
 the batch per step); the returned ``MixedBatch.images`` is that same tensor. A caller that keeps
 a reference to the background images and needs them unchanged uses ``mix(..., inplace=False)``.
@@ -22,8 +27,9 @@ from __future__ import annotations
 from typing import Mapping
 
 from ltpipe.pipeline.batch import Batch, MixedBatch
+from ltpipe.pipeline.mix_plan import PlanSpec
 from ltpipe.train.mixers.base import Mixer, MixerEnv, StepContext, active_in_epoch, resolve_prob
-from ltpipe.train.mixers.cutmix import check_common, paste_mix_
+from ltpipe.train.mixers.cutmix import check_common, paste_planned_, step_plan
 
 
 class CMO(Mixer):
@@ -37,14 +43,19 @@ class CMO(Mixer):
         self.prob, self.alpha, self.mix_schedule, self.box = prob, alpha, mix_schedule, box
         self.fg_r = float(fg_r)
 
+    @property
+    def mix_plan(self) -> PlanSpec:
+        """The declaration the loader draws this mixer's plans by: CMO reads only Q's boxes."""
+        return PlanSpec(prob=self.prob, mix_schedule=self.mix_schedule, epochs=self.env.epochs,
+                        alpha=self.alpha, per_sample=self.box == "sample")
+
     def forward(self, streams: Mapping[str, Batch], ctx: StepContext) -> MixedBatch:
         bg, fg = streams["uniform"], streams["minority"]
         if not active_in_epoch(ctx.epoch, ctx.epochs, self.mix_schedule):
             return MixedBatch.unmixed(bg)
         B = len(bg)
         images = bg.images  # the background batch is consumed: the paste is in place
-        boxes, lam = paste_mix_(images, fg.images[:B], alpha=self.alpha,
-                                per_sample=self.box == "sample", prob=self.prob,
-                                generator=ctx.generator)
+        plan = step_plan(self, self.mix_plan, streams, ctx)
+        boxes, lam, _ = paste_planned_(images, fg, plan, B)
         return MixedBatch(images, bg.labels, fg.labels[:B], lam,
                           {"index": bg.index, "fg_index": fg.index[:B], "boxes": boxes})

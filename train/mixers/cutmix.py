@@ -1,4 +1,6 @@
-"""CutMix and Mixup within one stream (P), and the box-paste step CMO shares (METHODS.md: CMO).
+"""CutMix and Mixup within one stream (P), and the box-paste steps CMO and OTmix share
+(METHODS.md: CMO): ``paste_mix_`` (boxes drawn on the device) and, under a mix plan drawn on the
+host before the step (pipeline/mix_plan.py), ``step_plan`` and ``paste_planned_``.
 
 CutMix [Yun et al. 2019, as in cmo:cifar_train.py]: lam0 ~ Beta(α,α), a box of area ≈ (1−lam0)·HW,
 ``x[:, box] = x[perm][:, box]``, lam = 1 − area/HW recomputed from the clipped box
@@ -16,6 +18,7 @@ import torch
 
 from ltpipe.kernels.boxes import cutmix_boxes, sample_lam
 from ltpipe.pipeline.batch import Batch, MixedBatch
+from ltpipe.pipeline.mix_plan import MixPlan, MixPlanner, PlanSpec
 from ltpipe.train.mixers.base import Mixer, MixerEnv, StepContext, active_in_epoch, mix_gate
 
 BOX_MODES = ("batch", "sample")
@@ -50,6 +53,42 @@ def paste_mix_(images: torch.Tensor, src: torch.Tensor, *, alpha: float, per_sam
     lam = torch.where(gate, lam, torch.ones_like(lam))
     paste_(images, src, boxes, src_index, validate=False)  # boxes are valid by construction
     return boxes, lam
+
+
+def step_plan(mixer: Mixer, spec: PlanSpec, streams: Mapping[str, Batch],
+              ctx: StepContext) -> MixPlan:
+    """The step's mix plan: the one the loader drew and sent with the batch (``meta["plan"]``),
+    else drawn here by the same planner, keyed by the batch's (epoch, step within the epoch)
+    when the loader names them and by the context's (epoch, step) otherwise (the torch reference
+    loader, ``preview``, ``Mixer.mix`` in a loop of one's own)."""
+    bg = streams["uniform"]
+    plan = bg.meta.get("plan")
+    if plan is not None:
+        return plan
+    _, _, h, w = bg.images.shape
+    if h != w:
+        raise ValueError(f"mixer {type(mixer).__name__}: mix plans need square images, got {h}x{w}")
+    env = mixer.env
+    planner = MixPlanner(spec, env.seed, env.rank, max(env.batch_size, len(bg)), h)
+    return planner.draw(bg.meta.get("epoch", ctx.epoch), bg.meta.get("step", ctx.step))
+
+
+def paste_planned_(images: torch.Tensor, fg: Batch, plan: MixPlan, rows: int):
+    """Paste the plan's boxes of Q (``fg``: tiles when the loader decoded only those, else whole
+    images) into ``images`` [rows,3,S,S] in place; a step that does not mix pastes nothing.
+
+    Returns the plan's (boxes int32 [rows,4], lam float32 [rows], mixed bool [rows]) on the
+    images' device (copies of host arrays: no device sync)."""
+    from ltpipe.kernels.paste import paste_
+    from ltpipe.kernels.paste_tiles import paste_tiles_
+
+    boxes, lam, mixed = plan.tensors(images.device, rows)
+    if plan.active:  # boxes come from the plan: valid by construction, no check (a host sync)
+        if fg.tiles is not None:
+            paste_tiles_(images, fg.tiles.pixels[:rows], boxes, validate=False)
+        else:
+            paste_(images, fg.images[:rows], boxes, validate=False)
+    return boxes, lam, mixed
 
 
 class CutMix(Mixer):

@@ -15,6 +15,9 @@ every batch, and 0.5 otherwise, the repo's; a prob given explicitly wins):
 ``confusion_index="fg_bg"`` indexes F̂[y_fg, y_bg] (repo: F̂[true fg, predicted bg]); "bg_fg" is
 the paper's Eq.6–7 reading F̂[y_bg, y_fg]. ``fraction`` < 1 mixes only round(fraction·B) random
 rows (the others stay plain x_bg[j]) [004 Table 7].
+The gate, λ₀, the boxes and the mixed rows are a mix plan drawn on the host (pipeline/mix_plan.py):
+in bank mode the loader decodes only Q's boxes (``Batch.tiles``); exact mode reads whole
+foregrounds for their features, so its Q stays fully decoded.
 
 Features z (pooled penultimate, ``model.features``), ``mode``:
   "exact": two no-grad forwards of the current model on x_bg and x_fg (the paper: no grad,
@@ -41,12 +44,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ltpipe.kernels.boxes import cutmix_boxes, sample_lam
-from ltpipe.kernels.paste import paste_
 from ltpipe.pipeline.batch import Batch, MixedBatch
+from ltpipe.pipeline.mix_plan import PlanSpec
 from ltpipe.train.mixers import confusion as conf
-from ltpipe.train.mixers.base import (Mixer, MixerEnv, StepContext, active_in_epoch, mix_gate,
-                                      resolve_prob)
+from ltpipe.train.mixers.base import Mixer, MixerEnv, StepContext, active_in_epoch, resolve_prob
+from ltpipe.train.mixers.cutmix import paste_planned_, step_plan
 
 log = logging.getLogger(__name__)
 MODES = ("exact", "bank")
@@ -219,17 +221,24 @@ class OTMix(Mixer):
         return self._loader, self._keep_ids
 
     # -- per step ----------------------------------------------------------------------------
+    @property
+    def mix_plan(self) -> PlanSpec:
+        """The declaration the loader draws this mixer's plans by. Bank mode reads only Q's
+        boxes (tiles); exact mode needs Q's whole images for their features."""
+        return PlanSpec(prob=self.prob, mix_schedule=self.mix_schedule, epochs=self.env.epochs,
+                        alpha=self.alpha, per_sample=self.box == "sample",
+                        fraction=self.fraction, tiles=self.mode == "bank")
+
     def forward(self, streams: Mapping[str, Batch], ctx: StepContext) -> MixedBatch:
         bg, fg = streams["uniform"], streams["minority"]
-        b, dev, gen = len(bg), bg.labels.device, ctx.generator
-        # p = 1 needs no draw (mix_gate consumes none then): no host sync on that path
-        if not active_in_epoch(ctx.epoch, ctx.epochs, self.mix_schedule) or \
-                (self.prob < 1.0 and not bool(mix_gate(self.prob, gen))):
+        b, dev = len(bg), bg.labels.device
+        plan = step_plan(self, self.mix_plan, streams, ctx) if \
+            active_in_epoch(ctx.epoch, ctx.epochs, self.mix_schedule) else None
+        rows = np.flatnonzero(plan.mixed[:b]) if plan is not None else np.zeros(0, np.int64)
+        if rows.size == 0:  # outside the window, gate off (the plan is on the host: no sync)
             return MixedBatch.unmixed(bg, mixed=torch.zeros(b, dtype=torch.bool, device=dev))
-        fg_images, y_fg, fg_index = fg.images[:b], fg.labels[:b], fg.index[:b]  # trim Q to P's size
-        m = max(1, round(self.fraction * b))
-        rows = torch.arange(b, device=dev) if m == b else \
-            torch.randperm(b, generator=gen, device=gen.device)[:m].to(dev)  # mixed rows [m]
+        y_fg, fg_index = fg.labels[:b], fg.index[:b]  # trim Q to P's size
+        rows = torch.from_numpy(rows).to(dev)  # mixed rows [m]
         base = torch.arange(b, device=dev)  # π: background row of every output row
         ot = self.use_ot_in(ctx.epoch, ctx.epochs) and self._fhat_ready(ctx.epoch)
         if ot:
@@ -237,15 +246,8 @@ class OTMix(Mixer):
             cost = ot_cost(zf, zb, y_fg[rows], bg.labels, self.fhat, self.omega,
                            self.confusion_index)  # [m,B]
             base[rows] = ot_pairs(cost, self.eps).to(dev)
-        mixed = torch.zeros(b, dtype=torch.bool, device=dev)
-        mixed[rows] = True
-        _, _, h, w = bg.images.shape
-        lam0 = sample_lam(b, self.alpha, gen)
-        boxes, lam = cutmix_boxes(lam0, h, w, gen, per_sample=self.box == "sample")
-        boxes = torch.where(mixed[:, None], boxes.to(dev), torch.zeros_like(boxes, device=dev))
-        lam = torch.where(mixed, lam.to(dev), torch.ones_like(lam, device=dev))
         images = bg.images[base] if ot else bg.images  # CMO step: paste in place, like CMO
-        paste_(images, fg_images, boxes, validate=False)
+        boxes, lam, mixed = paste_planned_(images, fg, plan, b)  # unmixed rows: empty boxes
         y_a = bg.labels[base]
         y_b = torch.where(mixed, y_fg, y_a)
         extras = {"index": bg.index[base], "fg_index": fg_index, "pairs": base, "mixed": mixed,
