@@ -48,7 +48,7 @@ def lines(run):
 
 
 def weights(path):
-    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
 def assert_bitwise_equal(a, b):
@@ -175,7 +175,7 @@ def test_exact_resume_after_sigkill(shards, tmp_path, run_args):
     cmd = [sys.executable, "-m", "ltpipe.train", shards, "--out", killed, *run_args]
     log = tmp_path / "killed.log"
     assert killed_run(cmd, 10, log) == -9, log.read_text()[-2000:]
-    ckpt = torch.load(killed / "ckpt" / "last.pt", weights_only=False)
+    ckpt = torch.load(killed / "ckpt" / "last.pt", weights_only=True)
     assert (ckpt["epoch"], ckpt["step"], ckpt["step_in_epoch"]) == (1, 8, 2)
     stale = killed / "ckpt" / ".last.pt.tmp4242"  # as a kill during a save leaves it
     stale.write_bytes(b"half a checkpoint")
@@ -250,7 +250,7 @@ def test_ddp_gloo_two_processes_and_exact_resume(shards, tmp_path):
     proc = subprocess.run(torchrun(shards, "--out", run, "--dump-ranks", *opts), env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    a, b = (torch.load(run / f"params-r{r}.pt", weights_only=False) for r in (0, 1))
+    a, b = (torch.load(run / f"params-r{r}.pt", weights_only=True) for r in (0, 1))
     assert_bitwise_equal(a, b)  # DDP keeps the ranks identical
     n = json.loads((run / "final.json").read_text())["class_counts"]
     for epoch in (0, 1):
@@ -261,7 +261,7 @@ def test_ddp_gloo_two_processes_and_exact_resume(shards, tmp_path):
     # 3 steps per epoch per rank: the checkpoint at step 4 is mid-epoch 1, the kill after step 5
     log = tmp_path / "killed.log"
     assert killed_run(torchrun(shards, "--out", killed, *opts), 5, log, env) != 0
-    assert torch.load(killed / "ckpt" / "last.pt", weights_only=False)["step_in_epoch"] == 1
+    assert torch.load(killed / "ckpt" / "last.pt", weights_only=True)["step_in_epoch"] == 1
     proc = subprocess.run(torchrun("--resume", killed), env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
