@@ -1,10 +1,13 @@
 """One split of a shard directory as the loaders see it (contract: shards/format.py).
 
 Reads the manifest and ``index.npy`` once, checks the caller's arguments against them (one-line
-ValueErrors naming the file or field), and finds corrupt samples up front: a sample whose ``.jpg``
-payload lies outside its tar, or does not start with the JPEG SOI marker (FF D8) and end with EOI
-(FF D9) within its last 32 bytes. This catches truncated or overwritten payloads; a JPEG whose
-entropy-coded body is damaged but whose markers are intact is not detected here.
+ValueErrors naming the file or field), and finds corrupt samples up front, in two passes:
+1. a sample whose ``.jpg`` payload lies outside its tar, or does not start with the JPEG SOI
+   marker (FF D8) and end with EOI (FF D9) within its last 32 bytes (truncated or overwritten
+   payloads; vectorised, every open);
+2. every other payload goes through shards/jpegscan.py's detector (a strict header walk and a
+   full decode), which flags the samples that would crash DALI's decoder (SIGSEGV) or stop its
+   pipeline. It decodes every image, so its result is cached per shard and runs once.
 
 A split with corrupt samples is refused (one ShardFormatError naming the shards, the count and
 ``ltpipe inspect --verify``) unless the caller opts in with ``skip_corrupt=True``: then each is
@@ -16,13 +19,17 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ltpipe.shards.format import ShardFormatError, key_of, load_manifest
+from ltpipe.shards.jpegscan import cached_scan
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +47,7 @@ class ShardSplit:
     class_counts: np.ndarray  # int64 [C]: global TRAIN split counts (the n_k of every formula)
     num_classes: int
     bad_ids: np.ndarray  # int64 [K]: corrupt samples, skipped by both streams
-    _tmpdir: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+    _tmpdir: Path | None = field(default=None, repr=False)  # filtered indexes, removed with us
 
     @property
     def skipped(self) -> int:
@@ -78,33 +85,64 @@ def open_split(root, split: str, validate: bool = True, skip_corrupt: bool = Fal
     labels = np.asarray(rows["label"], dtype=np.int64)
     has_train = "train" in manifest.splits
     train_counts = manifest.split("train").class_counts if has_train else info.class_counts
-    bad = find_corrupt(rows, tar_paths) if validate else np.zeros(0, dtype=np.int64)
+    reasons = find_corrupt(rows, tar_paths) if validate else {}
+    bad = np.array(sorted(reasons), dtype=np.int64)
     if bad.size and not skip_corrupt:
-        raise ShardFormatError(corrupt_message(manifest.root, split, rows, tar_paths, bad))
+        raise ShardFormatError(corrupt_message(manifest.root, split, rows, tar_paths, reasons))
     out = ShardSplit(manifest.root, split, tar_paths, idx_paths, rows, labels,
                      np.asarray(train_counts, dtype=np.int64), manifest.num_classes, bad)
     if bad.size:
         for i in bad[:20]:
-            log.warning("%s/%s: corrupt sample %s skipped", manifest.root, split, key_of(int(i)))
+            log.warning("%s/%s: corrupt sample %s skipped (%s)", manifest.root, split,
+                        key_of(int(i)), reasons[int(i)])
         log.warning("%s/%s: %d corrupt samples skipped", manifest.root, split, bad.size)
-        out._tmpdir = tempfile.TemporaryDirectory(prefix="ltpipe-idx-")
-        out.idx_paths = write_filtered_indexes(rows, idx_paths, bad, Path(out._tmpdir.name))
+        out._tmpdir = Path(tempfile.mkdtemp(prefix="ltpipe-idx-"))
+        # removed when the split is collected or at exit (TemporaryDirectory would warn then)
+        weakref.finalize(out, shutil.rmtree, out._tmpdir, ignore_errors=True)
+        out.idx_paths = write_filtered_indexes(rows, idx_paths, bad, out._tmpdir)
     return out
 
 
 def corrupt_message(root: Path, split: str, rows: np.ndarray, tar_paths: list[Path],
-                    bad: np.ndarray) -> str:
+                    reasons: dict[int, str]) -> str:
     """One line: how many corrupt samples, in which shards, the first keys, and what to do."""
+    bad = np.array(sorted(reasons), dtype=np.int64)
     per_shard = np.bincount(rows["shard"][bad], minlength=len(tar_paths))
     shards = [f"{tar_paths[s].name} ({int(n)})" for s, n in enumerate(per_shard) if n]
     listed = ", ".join(shards[:5]) + (f", ... ({len(shards)} shards)" if len(shards) > 5 else "")
-    keys = ", ".join(key_of(int(i)) for i in bad[:3]) + (", ..." if bad.size > 3 else "")
-    return (f"{root / split}: {bad.size} corrupt sample(s) in {listed}, keys {keys}; "
-            f"run `ltpipe inspect --verify {root}` for details, or skip them explicitly "
-            "(skip_corrupt / --skip-corrupt)")
+    first = int(bad[0])
+    keys = ", ".join(key_of(int(i)) for i in bad[1:3]) + (", ..." if bad.size > 3 else "")
+    return (f"{root / split}: {bad.size} corrupt sample(s) in {listed}: key {key_of(first)} "
+            f"({reasons[first]}){', ' + keys if keys else ''}; run `ltpipe inspect --verify "
+            f"{root}` for details, or skip them explicitly (skip_corrupt / --skip-corrupt)")
 
 
-def find_corrupt(rows: np.ndarray, tar_paths: list[Path]) -> np.ndarray:
+def find_corrupt(rows: np.ndarray, tar_paths: list[Path], decode: bool = True) -> dict[int, str]:
+    """{sample id: reason} of the corrupt samples: payload markers (every call), then the JPEG
+    detector on the rest (``decode``; cached per shard, shards scanned in parallel)."""
+    reasons = {int(i): "payload outside the tar, or no JPEG SOI/EOI marker"
+               for i in find_bad_payloads(rows, tar_paths)}
+    if not decode:
+        return reasons
+    todo = []
+    for shard, path in enumerate(tar_paths):
+        ids = np.flatnonzero(rows["shard"] == shard)
+        ids = ids[~np.isin(ids, list(reasons))]
+        if ids.size:
+            todo.append((path, ids))
+
+    def scan(job):  # PIL decodes outside the GIL, so threads use the cores
+        path, ids = job
+        found = cached_scan(path, rows["offset"][ids], rows["size"][ids])
+        return {int(ids[k]): why for k, why in found.items()}
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(todo), os.cpu_count() or 1))) as pool:
+        for found in pool.map(scan, todo):
+            reasons.update(found)
+    return reasons
+
+
+def find_bad_payloads(rows: np.ndarray, tar_paths: list[Path]) -> np.ndarray:
     """Ids whose payload is out of bounds or lacks the JPEG SOI/EOI markers; int64 [K] sorted."""
     bad = []
     for shard, path in enumerate(tar_paths):

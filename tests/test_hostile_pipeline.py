@@ -1,7 +1,11 @@
 """Damaged shard directories meet the loaders: refused with one line naming the file, or skipped
 and counted when the caller opts in; never a crash or a silently smaller epoch."""
 
+import os
 import shutil
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -9,7 +13,8 @@ import pytest
 from ltpipe.pipeline.loader import make_loader
 from ltpipe.pipeline.shardset import open_split
 from ltpipe.pipeline.torch_loader import make_torch_loader
-from ltpipe.shards.format import ShardFormatError
+from ltpipe.shards import jpegscan
+from ltpipe.shards.format import ShardFormatError, key_of
 from ltpipe.shards.write import write_shards
 
 N_TRAIN = 100
@@ -21,6 +26,11 @@ def shards(tmp_path_factory):
     write_shards("synthetic", out, classes=6, max_per_class=40, imbalance=10, image_size=32,
                  samples_per_shard=25, seed=0, progress=False)
     return out
+
+
+@pytest.fixture(autouse=True)
+def own_scan_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LTPIPE_CACHE", str(tmp_path / "cache"))
 
 
 def damaged_copy(shards, tmp_path, name="bad"):
@@ -77,3 +87,112 @@ def test_skip_corrupt_reads_the_rest_and_counts_what_it_left_out(shards, tmp_pat
 
 def test_a_sound_split_opens_with_nothing_skipped(shards):
     assert make_loader(shards, batch_size=8, streams=("uniform",)).skipped == 0
+
+
+# ---- damaged JPEG bodies: SOI/EOI intact, bits flipped inside ------------------------------
+
+def segments(jpg: bytes) -> dict[int, list[int]]:
+    """Marker -> byte offsets of its segments, up to the scan."""
+    found, i = {}, 2
+    while jpg[i + 1] != 0xDA:
+        found.setdefault(jpg[i + 1], []).append(i)
+        i += 2 + int.from_bytes(jpg[i + 2:i + 4], "big")
+    return found
+
+
+def dht_length_flipped(jpg: bytes) -> bytes:
+    """One bit of the first Huffman segment's length: DALI's parser loses the marker chain (the
+    class that segfaults a batch)."""
+    b = bytearray(jpg)
+    b[segments(jpg)[0xC4][0] + 2] ^= 0x01
+    return bytes(b)
+
+
+def huffman_code_oversubscribed(jpg: bytes) -> bytes:
+    """The first Huffman table keeps its length and symbol count, but claims 3 codes of length
+    1: a libjpeg-turbo error ("Bogus Huffman table definition") that stops DALI's pipeline;
+    only the full decode sees it."""
+    b = bytearray(jpg)
+    counts = segments(jpg)[0xC4][0] + 5  # 16 code counts follow the table's class/id byte
+    moved = 3 - b[counts]
+    donor = next(k for k in range(15, 0, -1) if b[counts + k] >= moved)
+    b[counts], b[counts + donor] = 3, b[counts + donor] - moved
+    return bytes(b)
+
+
+def rewrite(root, split, damage: dict[int, callable]):
+    rows = np.load(root / split / "index.npy")
+    for i, fn in damage.items():
+        tar = root / split / f"shard-{int(rows['shard'][i]):06d}.tar"
+        with open(tar, "r+b") as f:
+            f.seek(int(rows["offset"][i]))
+            jpg = f.read(int(rows["size"][i]))
+            f.seek(int(rows["offset"][i]))
+            f.write(fn(jpg))
+
+
+def test_the_detector_flags_both_classes_and_passes_sound_images(shards):
+    rows = np.load(shards / "train" / "index.npy")
+    with open(shards / "train" / "shard-000000.tar", "rb") as f:
+        f.seek(int(rows["offset"][0]))
+        jpg = f.read(int(rows["size"][0]))
+    assert jpegscan.sample_problem(jpg) is None
+    assert "header" in jpegscan.sample_problem(dht_length_flipped(jpg))
+    over = huffman_code_oversubscribed(jpg)
+    assert jpegscan.header_problem(over) is None and "decode" in jpegscan.sample_problem(over)
+
+
+def test_a_damaged_jpeg_body_is_refused_naming_its_key(shards, tmp_path):
+    bad = damaged_copy(shards, tmp_path)
+    rewrite(bad, "train", {13: dht_length_flipped})
+    with pytest.raises(ShardFormatError) as err:
+        make_loader(bad, batch_size=8, streams=("uniform",))
+    msg = str(err.value)
+    assert "\n" not in msg and "shard-000000.tar (1)" in msg and key_of(13) in msg
+
+
+ITERATE = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from ltpipe.pipeline.loader import make_loader
+    loader = make_loader(sys.argv[1], batch_size=16, streams=("uniform", "minority"), r=0.0,
+                         num_threads=2, py_workers=1, skip_corrupt=True)
+    ids = np.concatenate([s["uniform"].index.numpy() for s in loader])
+    q = np.concatenate([s["minority"].index.numpy() for s in loader])
+    print(loader.skipped, " ".join(map(str, sorted(ids))), "|", " ".join(map(str, q)))
+""")
+
+
+def test_skip_corrupt_iterates_damaged_bodies_without_crashing(shards, tmp_path):
+    """Every 8th sample damaged, in DALI's batches: before the pre-scan the DALI CPU decoder
+    died with SIGSEGV here (a child process, so a crash is a failure, not the end of pytest)."""
+    bad = damaged_copy(shards, tmp_path)
+    damage = {i: dht_length_flipped if i % 16 else huffman_code_oversubscribed
+              for i in range(0, N_TRAIN, 8)}
+    rewrite(bad, "train", damage)
+    env = dict(os.environ, OMP_NUM_THREADS="1", LTPIPE_CACHE=str(tmp_path / "cache"))
+    res = subprocess.run([sys.executable, "-c", ITERATE, str(bad)], capture_output=True,
+                         text=True, timeout=120, env=env)
+    assert res.returncode == 0, (res.returncode, res.stderr[-2000:])
+    head, q = res.stdout.strip().split("|")
+    skipped, *ids = head.split()
+    assert int(skipped) == len(damage)
+    assert sorted(map(int, ids)) == sorted(set(range(N_TRAIN)) - set(damage))
+    assert not set(map(int, q.split())) & set(damage)
+
+
+def test_the_scan_runs_once_per_shard_and_again_when_the_tar_changes(shards, tmp_path,
+                                                                     monkeypatch):
+    bad = damaged_copy(shards, tmp_path)
+    rewrite(bad, "train", {3: huffman_code_oversubscribed})
+    assert open_split(bad, "train", skip_corrupt=True).bad_ids.tolist() == [3]
+    calls = []
+    real = jpegscan.scan_shard
+    monkeypatch.setattr(jpegscan, "scan_shard", lambda *a: calls.append(a) or real(*a))
+    assert open_split(bad, "train", skip_corrupt=True).bad_ids.tolist() == [3]
+    assert calls == []  # every shard came from the cache
+    rewrite(bad, "train", {50: dht_length_flipped})
+    tar = bad / "train" / f"shard-{int(np.load(bad / 'train' / 'index.npy')['shard'][50]):06d}.tar"
+    os.utime(tar, ns=(tar.stat().st_atime_ns, tar.stat().st_mtime_ns + 10**9))
+    assert open_split(bad, "train", skip_corrupt=True).bad_ids.tolist() == [3, 50]
+    assert len(calls) == 1  # only the changed shard was scanned again
