@@ -1,4 +1,4 @@
-"""End-to-end training throughput: is the GPU ever waiting for data? (issue 7)
+"""End-to-end training throughput: is the GPU ever waiting for data?
 
 One run measures, per mixer (``--mixers cmo,smc,otmix``; OTmix in bank mode), the SAME training
 step (``ltpipe.train.loop.train_step`` on the model, mixer, criterion and optimizer that
@@ -28,7 +28,7 @@ Mixing runs on every step (prob 1, mix_schedule "always"): the pipeline's worst 
 F̂ is set to the uniform off-diagonal matrix, use_ot is forced and the bank holds random unit
 features of the model's width, so every step computes the [B,B] cost and Sinkhorn.
 
-Targets (issue 7, one H100): cmo b/a >= 0.97 and b/c >= 6; smc, otmix b/a >= 0.95.
+Targets (the project's, one H100): cmo b/a >= 0.97 and b/c >= 6; smc, otmix b/a >= 0.95.
 
 GPU (generates the synthetic iNat-like set, ~36k JPEGs of 500-800 px, on that machine):
     python bench/e2e.py --device cuda --generate /tmp/ltpipe-inat --gen-workers 16 \

@@ -1,4 +1,4 @@
-"""Shard-writer throughput (issue 2): images/s and MB/s of ``write_shards`` on a synthetic profile.
+"""Shard-writer throughput: images/s and MB/s of ``write_shards`` on a synthetic profile.
 
 Measures the whole ``ltpipe shard synthetic OUT --size PROFILE`` job (render + JPEG encode in
 ``--workers`` processes, tar + DALI index + checksums in the main process, manifest) at each

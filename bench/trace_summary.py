@@ -1,4 +1,4 @@
-"""Where does the step wait? GPU time per step from a torch.profiler Chrome trace (issue 7).
+"""Where does the step wait? GPU time per step from a torch.profiler Chrome trace.
 
 Kernels are split into the training step's and the loader's: a stream that ran any DALI or nvJPEG
 kernel belongs to the loader, every other stream to the step. Per profiled step it reports

@@ -4,7 +4,7 @@ The step is ltpipe.train.loop.train_step with the real model, mixer, criterion a
 the input batches are device-resident (fp16 under mixed precision, as the loader hands them
 over), so the figure isolates the step from the loader (bench the loader separately). Mixers
 are timed in interleaved rounds with CUDA events after warm-up; the overhead of each mixer is
-reported against ``none`` (issue 5 target for CMO: ≤ 1 % of the step; the paper: +3.9 %).
+reported against ``none`` (the project's target for CMO: ≤ 1 % of the step; the paper: +3.9 %).
 
 GPU (the issue's setting):
     python bench/train_step.py --device cuda --model resnet50 --batch-size 256 \

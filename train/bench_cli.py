@@ -1,4 +1,4 @@
-"""``ltpipe bench loader|e2e|kernels``: a thin CLI over the scripts in bench/ (issue 7).
+"""``ltpipe bench loader|e2e|kernels``: a thin CLI over the scripts in bench/.
 
 Each subcommand runs ``bench/<name>.py``'s ``main(argv)`` in this process (imported by path: bench/
 is not a package and ships only with a source checkout), then reads the result JSON it wrote

@@ -1,4 +1,4 @@
-"""The CUDA stream the training step runs on (issue 7: "is my GPU ever waiting for data?").
+"""The CUDA stream the training step runs on ("is my GPU ever waiting for data?").
 
 DALI runs its decode and resize kernels on its own streams, at the default priority, which CUDA
 counts as the lowest. When the step's kernels and the loader's are queued at the same time, the

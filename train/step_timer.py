@@ -1,4 +1,4 @@
-"""Is the device waiting for data? Per-step loader wait and device idle time (issue 7).
+"""Is the device waiting for data? Per-step loader wait and device idle time.
 
 ``wait``: host milliseconds inside ``next(loader)``. ``idle``: device milliseconds between one
 step's end and the next step's start. On CUDA that gap is read from two events per step recorded

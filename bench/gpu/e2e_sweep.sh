@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 7 on one GPU (after the offline wheels are staged into /tmp/site): where does the
+# End to end on one GPU (after the offline wheels are staged into /tmp/site): where does the
 # end-to-end step wait, and which loader settings close the gap? In priority order, each under its
 # own time limit, so whatever finishes comes back in $OUT:
 #   1. generate the iNat-like set here (16 cores), and copies rewritten with `--max-size` PX for

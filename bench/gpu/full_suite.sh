@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# H100 run with DALI/POT/webdataset staged in /tmp/site (../shared/offline-wheels): kernels,
+# H100 run with DALI/POT/webdataset staged in /tmp/site (offline wheels): kernels,
 # loader throughput, end-to-end CMO and OTmix step cost, in priority order, each under its own
 # time limit so whatever finishes comes back in $OUT. Data is generated here (16 cores).
 set -uo pipefail
