@@ -85,6 +85,9 @@ def open_split(root, split: str, validate: bool = True, skip_corrupt: bool = Fal
     labels = np.asarray(rows["label"], dtype=np.int64)
     has_train = "train" in manifest.splits
     train_counts = manifest.split("train").class_counts if has_train else info.class_counts
+    check_class_counts(manifest, split, labels)
+    if has_train and split != "train":  # the n_k every loss and sampler reads
+        check_class_counts(manifest, "train", np.asarray(manifest.index("train")["label"]))
     reasons = find_corrupt(rows, tar_paths) if validate else {}
     bad = np.array(sorted(reasons), dtype=np.int64)
     if bad.size and not skip_corrupt:
@@ -101,6 +104,22 @@ def open_split(root, split: str, validate: bool = True, skip_corrupt: bool = Fal
         weakref.finalize(out, shutil.rmtree, out._tmpdir, ignore_errors=True)
         out.idx_paths = write_filtered_indexes(rows, idx_paths, bad, out._tmpdir)
     return out
+
+
+def check_class_counts(manifest, split: str, labels: np.ndarray) -> None:
+    """manifest.json's ``splits.<split>.class_counts`` must be the counts of index.npy's labels."""
+    counts = np.asarray(manifest.split(split).class_counts, dtype=np.int64)
+    where = f"{manifest.root / 'manifest.json'}: splits.{split}.class_counts"
+    if labels.size and (labels.min() < 0 or labels.max() >= counts.size):
+        raise ShardFormatError(f"{manifest.root / split / 'index.npy'}: label "
+                               f"{int(labels.max())} outside the manifest's {counts.size} classes")
+    actual = np.bincount(labels, minlength=counts.size)
+    differ = np.flatnonzero(actual != counts)
+    if differ.size:
+        k = int(differ[0])
+        raise ShardFormatError(f"{where} disagree with the labels of {split}/index.npy in "
+                               f"{differ.size} class(es), e.g. class {k}: {int(counts[k])} listed, "
+                               f"{int(actual[k])} in the index (re-run `ltpipe shard`)")
 
 
 def corrupt_message(root: Path, split: str, rows: np.ndarray, tar_paths: list[Path],

@@ -1,6 +1,7 @@
 """Damaged shard directories meet the loaders: refused with one line naming the file, or skipped
 and counted when the caller opts in; never a crash or a silently smaller epoch."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -196,3 +197,19 @@ def test_the_scan_runs_once_per_shard_and_again_when_the_tar_changes(shards, tmp
     os.utime(tar, ns=(tar.stat().st_atime_ns, tar.stat().st_mtime_ns + 10**9))
     assert open_split(bad, "train", skip_corrupt=True).bad_ids.tolist() == [3, 50]
     assert len(calls) == 1  # only the changed shard was scanned again
+
+
+# ---- manifest counts and DALI indexes that disagree with index.npy --------------------------
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_edited_class_counts_are_refused_naming_the_field(shards, tmp_path, split):
+    """Counts moved between two classes, total kept: the n_k of every loss would be wrong."""
+    bad = damaged_copy(shards, tmp_path)
+    doc = json.loads((bad / "manifest.json").read_text())
+    counts = doc["splits"]["train"]["class_counts"]
+    counts[0], counts[-1] = counts[0] - 3, counts[-1] + 3
+    (bad / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(ShardFormatError) as err:  # val reads the train counts too
+        make_loader(bad, split=split, batch_size=8, streams=("uniform",))
+    msg = str(err.value)
+    assert "\n" not in msg and "manifest.json" in msg and "splits.train.class_counts" in msg
