@@ -30,6 +30,7 @@ import numpy as np
 
 from ltpipe.shards.format import ShardFormatError, key_of, load_manifest
 from ltpipe.shards.jpegscan import cached_scan
+from ltpipe.shards.tario import read_dali_index
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ def open_split(root, split: str, validate: bool = True, skip_corrupt: bool = Fal
     check_class_counts(manifest, split, labels)
     if has_train and split != "train":  # the n_k every loss and sampler reads
         check_class_counts(manifest, "train", np.asarray(manifest.index("train")["label"]))
+    check_dali_indexes(rows, idx_paths)
     reasons = find_corrupt(rows, tar_paths) if validate else {}
     bad = np.array(sorted(reasons), dtype=np.int64)
     if bad.size and not skip_corrupt:
@@ -120,6 +122,29 @@ def check_class_counts(manifest, split: str, labels: np.ndarray) -> None:
         raise ShardFormatError(f"{where} disagree with the labels of {split}/index.npy in "
                                f"{differ.size} class(es), e.g. class {k}: {int(counts[k])} listed, "
                                f"{int(actual[k])} in the index (re-run `ltpipe shard`)")
+
+
+def check_dali_indexes(rows: np.ndarray, idx_paths: list[Path]) -> None:
+    """Each DALI index must parse and list the ``.jpg`` payloads of index.npy's rows of its shard
+    (DALI would otherwise fail mid-run with a traceback naming no file)."""
+    for shard, path in enumerate(idx_paths):
+        ids = np.flatnonzero(rows["shard"] == shard)
+        ids = ids[np.argsort(rows["offset"][ids], kind="stable")]  # tar order
+        try:
+            samples = read_dali_index(path)
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+            msg = str(exc) if str(path) in str(exc) else f"{path}: unreadable ({exc})"
+            raise ShardFormatError(f"{msg} (re-run `ltpipe shard` to rewrite it)") from None
+        if len(samples) != ids.size:
+            raise ShardFormatError(f"{path}: {len(samples)} samples, index.npy lists {ids.size} "
+                                   "(re-run `ltpipe shard` to rewrite it)")
+        jpg = [next(((m.offset, m.size) for m in spans if m.ext == "jpg"), (-1, -1))
+               for spans in samples]
+        want = np.stack([rows["offset"][ids], rows["size"][ids]], axis=1)
+        wrong = np.flatnonzero((np.asarray(jpg, dtype=np.int64).reshape(-1, 2) != want).any(1))
+        if wrong.size:
+            raise ShardFormatError(f"{path}: line {int(wrong[0]) + 2} does not point at the .jpg "
+                                   "index.npy lists (re-run `ltpipe shard` to rewrite it)")
 
 
 def corrupt_message(root: Path, split: str, rows: np.ndarray, tar_paths: list[Path],

@@ -213,3 +213,21 @@ def test_edited_class_counts_are_refused_naming_the_field(shards, tmp_path, spli
         make_loader(bad, split=split, batch_size=8, streams=("uniform",))
     msg = str(err.value)
     assert "\n" not in msg and "manifest.json" in msg and "splits.train.class_counts" in msg
+
+
+@pytest.mark.parametrize("cut", ["line", "mid-line", "garbage"])
+def test_a_damaged_dali_index_is_refused_naming_the_file(shards, tmp_path, cut):
+    bad = damaged_copy(shards, tmp_path)
+    idx = bad / "train" / "shard-000001.idx"
+    text = idx.read_bytes()
+    lines = text.splitlines(keepends=True)
+    if cut == "line":  # whole lines missing, header kept
+        idx.write_bytes(b"".join(lines[:len(lines) // 2]))
+    elif cut == "mid-line":
+        idx.write_bytes(text[:len(text) // 2])
+    else:
+        idx.write_bytes(b"\xff\xfe" + text[2:])
+    for build in (make_loader, lambda s, **k: make_torch_loader(s, num_workers=0, **k)):
+        with pytest.raises(ShardFormatError) as err:
+            build(bad, batch_size=8, streams=("uniform",))
+        assert "\n" not in str(err.value) and str(idx) in str(err.value)
