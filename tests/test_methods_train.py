@@ -134,7 +134,7 @@ def test_otmix_refreshes_confusion_and_takes_ot_steps(shards, tmp_path, mode):
     opts = ('mix_schedule="always"', "prob=1.0", "mu=0.0", f'mode="{mode}"')
     train(shards, tmp_path / "run", "otmix", "ce", opts, epochs=2)
     ckpt = torch.load(tmp_path / "run" / "ckpt" / "last.pt", map_location="cpu",
-                      weights_only=False)
+                      weights_only=True)
     mixer = ckpt["mixer"]  # the mixer's buffers are checkpointed (F̂ survives a resume)
     assert bool(mixer["has_fhat"])
     fhat = mixer["fhat"]
