@@ -220,7 +220,7 @@ def write_filtered_indexes(rows: np.ndarray, idx_paths: list[Path], bad: np.ndar
 
     Line j of a shard's index is its j-th sample in tar order, i.e. by ascending payload offset.
     """
-    bad_set = set(int(i) for i in bad)
+    bad_set = {int(i) for i in bad}
     out = []
     for shard, path in enumerate(idx_paths):
         lines = path.read_text().splitlines()
