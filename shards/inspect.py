@@ -6,7 +6,6 @@ class's train count in every split.
 
 from __future__ import annotations
 
-import io
 import os
 import tarfile
 from pathlib import Path
@@ -149,7 +148,7 @@ def _verify_counts(m: Manifest, split: str, labels: list[int], index) -> list[st
 def _verify_shard(path: Path, number: int, first_id: int, samples: int,
                   index: np.ndarray | None, labels: list[int]) -> list[str]:
     """Problems of one shard; appends each sample's .cls label to ``labels``."""
-    from PIL import Image
+    from ltpipe.shards.jpegscan import sample_problem  # imports PIL
 
     problems, spans = [], []
     with open(path, "rb") as f, tarfile.open(fileobj=f) as tf:
@@ -173,10 +172,10 @@ def _verify_shard(path: Path, number: int, first_id: int, samples: int,
                 labels.append(label)
             if index is not None:
                 problems += _check_row(path, number, sid, group, data, label, index)
-            try:
-                Image.open(io.BytesIO(data["jpg"])).load()
-            except Exception as exc:  # any decoder failure is a corrupt sample
-                problems.append(f"{path}: sample {sid} does not decode ({exc})")
+            # the trainer's pre-scan, uncached: header walk + strict decode (jpegscan.py)
+            problem = sample_problem(data["jpg"])
+            if problem:
+                problems.append(f"{path}: sample {sid} ({key_of(sid)}): {problem}")
     idx = path.with_suffix(".idx")
     if not idx.is_file() or idx.read_text(errors="replace") != dali_index_text(spans):
         problems.append(f"{idx}: missing or does not match the tar")

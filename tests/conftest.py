@@ -7,6 +7,18 @@ os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 import pytest  # noqa: E402  (after the simulator switch above)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def scan_cache(tmp_path_factory):
+    """The JPEG pre-scan's cache (shards/jpegscan.py) in a temp folder, not the user's ~/.cache."""
+    before = os.environ.get("LTPIPE_CACHE")
+    os.environ["LTPIPE_CACHE"] = str(tmp_path_factory.mktemp("scan-cache"))
+    yield
+    if before is None:
+        os.environ.pop("LTPIPE_CACHE", None)
+    else:
+        os.environ["LTPIPE_CACHE"] = before
+
+
 @pytest.fixture(scope="session")
 def tiny_shards(tmp_path_factory):
     """A tiny synthetic shard directory (6 classes: 40,15,6,2,1,1 train images, 32 px)."""

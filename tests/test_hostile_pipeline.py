@@ -231,3 +231,18 @@ def test_a_damaged_dali_index_is_refused_naming_the_file(shards, tmp_path, cut):
         with pytest.raises(ShardFormatError) as err:
             build(bad, batch_size=8, streams=("uniform",))
         assert "\n" not in str(err.value) and str(idx) in str(err.value)
+
+
+def test_inspect_verify_finds_what_the_trainer_refuses(shards, tmp_path):
+    """`ltpipe inspect --verify` runs the same detector (uncached) and names each sample's key."""
+    from click.testing import CliRunner
+
+    from ltpipe.train.cli import main
+
+    bad = damaged_copy(shards, tmp_path)
+    rewrite(bad, "train", {13: dht_length_flipped, 20: huffman_code_oversubscribed})
+    res = CliRunner().invoke(main, ["inspect", str(bad), "--verify"])
+    assert res.exit_code != 0
+    flagged = [ln for ln in res.output.splitlines() if "shard-000000.tar: sample" in ln]
+    assert any(key_of(13) in ln and "header" in ln for ln in flagged), res.output
+    assert any(key_of(20) in ln and "decode" in ln for ln in flagged), res.output
