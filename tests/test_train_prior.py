@@ -10,6 +10,7 @@ import torch
 from ltpipe.kernels.boxes import resizemix_boxes
 from ltpipe.pipeline.batch import Batch, MixedBatch
 from ltpipe.pipeline.samplers import class_probabilities
+from ltpipe.train.config import load_recipe
 from ltpipe.train.losses.base import ModelOutput
 from ltpipe.train.losses.criterion import Criterion
 from ltpipe.train.losses.per_sample import build_base_loss
@@ -127,3 +128,9 @@ def test_smc_declares_the_expected_label_distribution(fg_r):
     assert torch.allclose(seen / seen.sum(), declared, atol=0.02)
     assert declared[0] < PI[0] - 0.2  # much flatter than π
 
+
+
+def test_smc_recipes_correct_by_the_mixed_prior():
+    for name in ("synthetic-smc", "cifar100-lt-smc", "imagenet-lt-smc"):
+        recipe = load_recipe(name)
+        assert recipe["train"]["loss"] == "la" and recipe["loss"]["la"]["prior"] == "mixed"
