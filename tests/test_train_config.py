@@ -8,8 +8,8 @@ import torch
 
 from ltpipe.train import build
 from ltpipe.train.checkpoint import CheckpointError, load_model, save_atomic
-from ltpipe.train.config import (ConfigError, differences, load_recipe, parse_scalar, recipe_names,
-                                 resolve, to_toml)
+from ltpipe.train.config import (ConfigError, as_used, changes, differences, load_recipe,
+                                 parse_scalar, recipe_names, resolve, to_toml)
 from ltpipe.train.dist import DistInfo
 from ltpipe.train.models import build_model
 from ltpipe.train.schedule import LRSchedule
@@ -39,6 +39,25 @@ def test_cli_overrides_recipe_and_round_trips_through_toml():
     again = resolve({k: v for k, v in cfg.items() if k != "run"}, {"device": "cuda"}, {})
     assert differences(cfg, again) == []  # device may change on resume
     assert differences(cfg, resolve(cfg, {"wd": 0.1}, {})) == ["train.wd (0.0002 -> 0.1)"]
+
+
+def test_a_cpu_run_records_what_it_used_and_still_resumes():
+    """The CPU trains in fp32 on no CUDA stream: config.toml says so. A resume compares the
+    configs as used on its device: a CPU run recorded with the defaults' bf16 (an older ltpipe)
+    resumes on the CPU, a CUDA run may resume on the CPU, a precision typed on CUDA is a change."""
+    cpu = as_used(resolve({}, {}, {}))
+    assert cpu["train"]["precision"] == "fp32" and "compute_stream" not in cpu["train"]
+    assert tomllib.loads(to_toml(cpu)) == cpu
+    resumed = as_used(resolve(tomllib.loads(to_toml(cpu)), {}, {}))
+    assert changes(cpu, resumed) == [] and resumed == cpu
+    older = resolve({}, {}, {})  # precision "bf16", compute_stream "high", device "cpu"
+    assert changes(older, as_used(resolve(older, {}, {}))) == []
+    cuda = as_used(resolve({}, {"device": "cuda"}, {}))
+    assert cuda["train"]["precision"] == "bf16" and cuda["train"]["compute_stream"] == "high"
+    assert changes(cuda, as_used(resolve(cuda, {"device": "cpu"}, {}))) == []
+    assert changes(cpu, as_used(resolve(cpu, {"device": "cuda"}, {}))) == []  # fp32 on CUDA
+    assert changes(cuda, as_used(resolve(cuda, {"precision": "fp16"}, {}))) == \
+        ["train.precision ('bf16' -> 'fp16')"]
 
 
 @pytest.mark.parametrize("override,needle", [({"epochs": 0}, "--epochs"), ({"lr": -1.0}, "--lr"),

@@ -257,6 +257,28 @@ def check_loader(table: dict) -> None:
         raise ConfigError(f"[loader] hw_decoder_load: must be in [0, 1], got {load!r}")
 
 
+def as_used(cfg: dict) -> dict:
+    """The config as the run uses it, which is what config.toml and the checkpoint record: the
+    CPU trains in fp32 on no CUDA stream, so a CPU run records precision "fp32" and no
+    compute_stream (a resume on CUDA takes the default stream priority)."""
+    out = copy.deepcopy(cfg)
+    if out["train"].get("device") == "cpu":
+        out["train"]["precision"] = "fp32"
+        out["train"].pop("compute_stream", None)
+    return out
+
+
+def changes(saved: dict, new: dict) -> list[str]:
+    """``differences`` of a resumed run, with both configs as used on the new run's device: a
+    CPU run recorded before ``as_used`` (precision "bf16") still resumes on the CPU, and a CUDA
+    run may still resume on the CPU (which trains in fp32 whatever the precision)."""
+    device = new.get("train", {}).get("device")
+    if not isinstance(saved.get("train"), dict) or device is None:
+        return differences(saved, new)
+    moved = {**saved, "train": {**saved["train"], "device": device}}
+    return differences(as_used(moved), as_used(new))
+
+
 def differences(saved: dict, new: dict) -> list[str]:
     """Dotted keys whose values differ (volatile keys ignored): resume must not change a run."""
     out = []
