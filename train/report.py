@@ -1,7 +1,8 @@
 """Run outputs (rank 0 only): metrics.jsonl, final.json, per_class.png, TensorBoard events.
 
 metrics.jsonl has one line per epoch: epoch (from 0, as the checkpoint, the LR schedule and the
-recipes' epoch numbers count; the progress bar shows epoch + 1 of the total), lr, train_loss,
+recipes' epoch numbers count; the console shows both, "epoch 0 (1/30)", see ``epoch_label``), lr,
+train_loss,
 mixed_share (the share of the epoch's samples whose image the mixer changed: M2m's accepted
 translations), top1, many, medium, few (null in epochs not evaluated), images_per_s, seconds,
 data_wait_ms_per_step, device_idle_ms_per_step (train/step_timer.py), skipped_train and
@@ -22,6 +23,7 @@ from pathlib import Path
 METRICS = "metrics.jsonl"
 FINAL = "final.json"
 PER_CLASS_PNG = "per_class.png"
+ZERO_STUB, ZERO_COLOR = 2.0, "#ff7f0e"  # per_class.png: the bar of a class at 0 % (% high)
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +104,43 @@ class RunReport:
                     tb.add_scalar(key, value, record["epoch"])
             tb.flush()
 
-    def final(self, result: dict, train_counts, class_names=None) -> None:
+    def final(self, result: dict, train_counts, method: str = "") -> None:
+        """final.json and per_class.png; ``method``: e.g. "mixer cmo, loss bs", for the title."""
         if not self.enabled:
             return
         _write_atomic(self.run_dir / FINAL, json.dumps(rounded(result), indent=2) + "\n")
-        title = f"{self.run_dir.name}: top-1 {result['top1']:.1f} %"
+        title = ": ".join(x for x in (self.run_dir.name, method) if x)
+        title += f", top-1 {result['top1']:.1f} %"
         plot_per_class(result["per_class"], train_counts, self.run_dir / PER_CLASS_PNG, title)
         if self._tb is not None:
             self._tb.close()
+
+    def written_line(self, weights: Path) -> str:
+        """Where a finished run's results are, printed at its end."""
+        d = self.run_dir
+        return (f"wrote {d / FINAL}, {d / PER_CLASS_PNG} and {weights} "
+                f"(per epoch: {d / METRICS})")
+
+
+def epoch_label(epoch: int, epochs: int) -> str:
+    """"epoch 0 (1/30)": metrics.jsonl's epoch (from 0), then the count a reader expects."""
+    return f"epoch {epoch} ({epoch + 1}/{epochs})"
+
+
+def position(epoch: int, step: int, step_in_epoch: int, epochs: int) -> str:
+    """Where a checkpoint's counters stand, in the console's words: "epoch 1 (2/30), step 8"
+    (mid-epoch), "the start of epoch 2 (3/30), step 12", "the end of epoch 29 (30/30), ..."."""
+    if epoch >= epochs:
+        return f"the end of {epoch_label(epochs - 1, epochs)}, step {step}"
+    where = epoch_label(epoch, epochs)
+    return f"the start of {where}, step {step}" if step_in_epoch == 0 else f"{where}, step {step}"
+
+
+def named_per_class(per_class, train_counts, class_names) -> list[dict]:
+    """final.json's per-class accuracy with each class's id, name and training size
+    ("per_class" keeps the bare list, indexed by class id)."""
+    return [{"class": k, "name": str(name), "n_train": int(n), "top1": acc}
+            for k, (name, n, acc) in enumerate(zip(class_names, train_counts, per_class))]
 
 
 def rounded(value, digits: int = 6):
@@ -138,6 +169,11 @@ def plot_per_class(per_class, train_counts, path: Path, title: str = "") -> None
     acc = [per_class[k] if per_class[k] is not None else 0.0 for k in order]
     fig, ax = plt.subplots(figsize=(max(6, len(order) * 0.05 + 4), 3.5))
     ax.bar(range(len(order)), acc, width=1.0, color="tab:blue", alpha=0.7)
+    # a class at 0 % has no bar: a stub of its own colour shows it was evaluated and missed
+    zero = [i for i, k in enumerate(order) if per_class[k] == 0]
+    if zero:
+        ax.bar(zero, [ZERO_STUB] * len(zero), width=1.0, color=ZERO_COLOR, label="0 %")
+        ax.legend(loc="upper right", fontsize=8, frameon=False)
     groups = [group_of(int(train_counts[k])) for k in order]
     for g in GROUPS:  # classes are sorted by size, so each group is one run of bars
         idx = [i for i, x in enumerate(groups) if x == g]
