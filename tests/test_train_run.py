@@ -82,15 +82,23 @@ def test_none_ce_learns_and_writes_every_output(plain_run):
     final = json.loads((run / "final.json").read_text())
     assert 0 <= final["top1"] <= 100
     assert len(final["per_class"]) == 4 and final["epochs"] == 2 and final["images_per_s"] > 0
+    assert final["per_class_named"] == [  # the shards' class names beside each accuracy
+        {"class": k, "name": f"class{k}", "n_train": n, "top1": final["per_class"][k]}
+        for k, n in enumerate([48, 24, 12, 6])]
     assert final["medium"] is not None and final["few"] is not None and final["many"] is None
     assert (run / "per_class.png").stat().st_size > 0 and list((run / "tb").glob("events.*"))
     cfg = (run / "config.toml").read_text()
     assert 'mixer = "none"' in cfg and "git = " in cfg
+    # what the CPU used: fp32, no CUDA stream (not the defaults' bf16 on a high-priority stream)
+    assert 'precision = "fp32"' in cfg and "compute_stream" not in cfg
     assert "Few" in res.stdout and "top-1 %" in res.stdout  # the Many/Medium/Few table
-    # --no-progress (a batch job's log): an epoch line each, no progress-bar fragments
+    # --no-progress (a batch job's log): an epoch line each, no progress-bar fragments; the
+    # epoch as metrics.jsonl numbers it, then of how many
     assert [ln.split(":")[0] for ln in res.stdout.splitlines() if ln.startswith("epoch")] == \
-        ["epoch 1/2", "epoch 2/2"]
+        ["epoch 0 (1/2)", "epoch 1 (2/2)"]
     assert "\r" not in res.stdout + res.stderr
+    assert res.stdout.splitlines()[-1] == (f"wrote {run}/final.json, {run}/per_class.png and "
+                                           f"{run}/final.pt (per epoch: {run}/metrics.jsonl)")
 
 
 @pytest.mark.parametrize("args,needle", [

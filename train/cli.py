@@ -45,6 +45,7 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="ltpipe")
+# the installed distribution's version (as ltpipe.shards.__version__), read only when asked
+@click.version_option(package_name="ltpipe", prog_name="ltpipe")
 def main() -> None:
     """ltpipe: long-tailed image classification with minority mixing, fed by DALI."""

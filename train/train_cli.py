@@ -4,7 +4,8 @@ Bad input (unknown mixer/loss/model, epochs <= 0, a non-finite number, missing s
 missing val split, a corrupt, crafted or mismatched checkpoint, other shards on --resume, an
 output directory another run holds, a full disk) ends with one line on stderr and exit status 2,
 never a traceback. A run that stopped before its first checkpoint is started over by the same
-command or by --resume.
+command or by --resume. Ctrl-C ends with what RUN/ckpt/last.pt holds and the command that
+continues the run, and exit status 130 (rank 0 prints).
 DDP: launch with ``torchrun --nproc_per_node=N -m ltpipe.train SHARDS --out RUN ...``.
 """
 
@@ -29,6 +30,7 @@ TRAIN_OPTIONS = ("mixer", "loss", "reweight", "model", "epochs", "batch_size", "
 log = logging.getLogger(__name__)
 NAMED_MIXER_OPTIONS = {"fg_r": "fg_r", "otmix_mode": "mode",
                        "otmix_confusion_split": "confusion_split", "m2m_classifier": "classifier"}
+INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command ended by Ctrl-C
 
 
 def fail(message: str, every_rank: bool = True) -> None:
@@ -132,6 +134,8 @@ def train(shards, out, recipe, resume, progress, dump_ranks, mixer_opt, loss_opt
                                            options, loader_opt)
     except ValueError as exc:  # ConfigError, CheckpointError, ShardFormatError
         fail(str(exc), every_rank=False)
+    except KeyboardInterrupt:  # e.g. while torch is imported: nothing written yet
+        interrupted(resume or out, None, 0, resumable=resume is not None)
     try:
         result = run(cfg, shards, run_dir, resume=resume is not None, progress=progress,
                      dump_ranks=dump_ranks)
@@ -146,8 +150,8 @@ def resolve_run(shards, out, recipe, resume, mixer_opt, loss_opt, options, loade
     """(resolved config, shard dir, run dir); raises ValueError with a one-line message."""
     from ltpipe.shards.format import load_manifest
     from ltpipe.train.checkpoint import CONFIG, read_config
-    from ltpipe.train.config import (ConfigError, differences, load_recipe, parse_assignments,
-                                     resolve)
+    from ltpipe.train.config import (ConfigError, as_used, changes, load_recipe,
+                                     parse_assignments, resolve)
     from ltpipe.train.shard_identity import check_identity
 
     mixer_params = parse_assignments(mixer_opt, "--mixer-opt")
@@ -166,9 +170,9 @@ def resolve_run(shards, out, recipe, resume, mixer_opt, loss_opt, options, loade
         out = out or resume
         if Path(out).resolve() != Path(resume).resolve():
             raise ConfigError(f"--out {out} differs from --resume {resume}")
-        cfg = resolve({k: v for k, v in saved.items() if k != "run"}, train, mixer_params,
-                      loss_params, loader)
-        diff = differences(saved, cfg)
+        cfg = as_used(resolve({k: v for k, v in saved.items() if k != "run"}, train,
+                              mixer_params, loss_params, loader))
+        diff = changes(saved, cfg)
         if diff:
             raise ConfigError(f"{Path(resume) / CONFIG}: options change the run: {', '.join(diff)}")
         cfg["run"] = saved["run"]
@@ -181,7 +185,7 @@ def resolve_run(shards, out, recipe, resume, mixer_opt, loss_opt, options, loade
         if os.environ.get("RANK", "0") == "0":
             check_fresh_out(Path(out))
         base = load_recipe(recipe) if recipe else {}
-        cfg = resolve(base, train, mixer_params, loss_params, loader)
+        cfg = as_used(resolve(base, train, mixer_params, loss_params, loader))
         cfg["run"] = run_table(shards, recipe)
     from ltpipe.train.mixers.registry import mixer_class
 
@@ -237,16 +241,54 @@ def run_table(shards: Path, recipe: str | None) -> dict:
             "command": typed_command(sys.argv, os.environ)}
 
 
-def typed_command(argv: list[str], env) -> str:
-    """The command as typed: a torchrun worker's argv is the module's file, not ``torchrun``."""
+def launcher(argv: list[str], env) -> tuple[list[str], list[str]]:
+    """(the program as typed, its arguments): ``ltpipe train``, ``python -m ltpipe.train`` or
+    torchrun, whose worker's argv is the module's file."""
     if argv[0].endswith("__main__.py"):
         prog = ["python", "-m", "ltpipe.train"]
         if "LOCAL_WORLD_SIZE" in env:  # started by torchrun
             prog = ["torchrun", f"--nproc_per_node={env['LOCAL_WORLD_SIZE']}", "-m",
                     "ltpipe.train"]
-    else:
-        prog = [Path(argv[0]).name]
-    return shlex.join(prog + argv[1:])
+        return prog, argv[1:]
+    if argv[1:2] == ["train"]:
+        return [Path(argv[0]).name, "train"], argv[2:]
+    return [Path(argv[0]).name], argv[1:]
+
+
+def typed_command(argv: list[str], env) -> str:
+    """The command as typed (recorded in config.toml)."""
+    prog, args = launcher(argv, env)
+    return shlex.join(prog + args)
+
+
+def resume_command(run_dir: Path, argv: list[str], env) -> str:
+    """The command that continues RUN, started the way this run was."""
+    return shlex.join(launcher(argv, env)[0] + ["--resume", str(run_dir)])
+
+
+def interrupted(run_dir, saved, epochs: int, resumable: bool) -> None:
+    """Ctrl-C: what RUN/ckpt/last.pt holds (``saved``: its (epoch, step, step_in_epoch), None
+    when this run saved none) and the command that goes on; rank 0 prints; exit status 130.
+    ``resumable``: RUN/config.toml is this run's, so --resume continues (or starts) it."""
+    from ltpipe.train.checkpoint import LAST
+    from ltpipe.train.report import position
+
+    if os.environ.get("RANK", "0") == "0":
+        run_dir = Path(run_dir) if run_dir is not None else None
+        if saved is not None:
+            what = f"saved {run_dir / LAST} at {position(*saved, epochs)}"
+        elif run_dir is not None and resumable and (run_dir / LAST).is_file():
+            what = f"{run_dir / LAST} is unchanged"  # stopped while a resume set up
+        else:
+            what = "nothing saved yet"
+        if run_dir is not None and resumable:
+            verb = "start again" if what == "nothing saved yet" else "continue"
+            again = resume_command(run_dir, sys.argv, os.environ)
+        else:
+            verb, again = "start again", typed_command(sys.argv, os.environ)
+        click.echo(f"ltpipe train: interrupted; {what}", err=True)
+        click.echo(f"{verb} with: {again}", err=True)
+    sys.exit(INTERRUPTED)
 
 
 def run(cfg: dict, shards: Path, run_dir: Path, *, resume: bool, progress: bool,
@@ -260,10 +302,13 @@ def run(cfg: dict, shards: Path, run_dir: Path, *, resume: bool, progress: bool,
     from ltpipe.train.shard_identity import write_identity
     from ltpipe.train.trainer import Trainer
 
+    trainer, resumable, info = None, resume, None
     try:
         info = init_distributed(cfg["train"]["device"])
     except ValueError as exc:
         fail(str(exc))
+    except KeyboardInterrupt:
+        interrupted(run_dir, None, 0, resumable)
     try:
         cfg["run"]["world"] = info.world
         with locked_run_dir(run_dir, info, fresh=not resume):
@@ -282,7 +327,11 @@ def run(cfg: dict, shards: Path, run_dir: Path, *, resume: bool, progress: bool,
                 tmp = run_dir / f".{CONFIG}.tmp{os.getpid()}"
                 tmp.write_text(to_toml(cfg))
                 tmp.replace(run_dir / CONFIG)
+            resumable = True
             return trainer.fit()
+    except KeyboardInterrupt:  # after the lock is released (RUN may be removed if still empty)
+        interrupted(run_dir, trainer.saved if trainer is not None else None,
+                    cfg["train"]["epochs"], resumable)
     finally:
         shutdown(info)
 

@@ -23,7 +23,7 @@ from ltpipe.shards.format import load_manifest
 from ltpipe.train import build
 from ltpipe.train.checkpoint import (FINAL, FORMAT, LAST, CheckpointError, check_ckpt_dir,
                                      load_file, rng_state, save_atomic, set_rng_state)
-from ltpipe.train.config import differences
+from ltpipe.train.config import changes
 from ltpipe.train.cuda_stream import compute_stream
 from ltpipe.train.dist import (DistInfo, all_reduce_sum, barrier, broadcast_buffers,
                                gather_objects)
@@ -31,7 +31,7 @@ from ltpipe.train.evaluate import class_hits, format_table, summarize
 from ltpipe.train.loop import (EPOCH_TAG, EpochSums, make_autocast, step_generator, train_step)
 from ltpipe.train.mixers.base import StepContext
 from ltpipe.train.report import FINAL as FINAL_JSON
-from ltpipe.train.report import RunReport
+from ltpipe.train.report import RunReport, epoch_label, named_per_class, position
 from ltpipe.train.step_timer import StepTimer
 
 
@@ -39,8 +39,10 @@ log = logging.getLogger(__name__)
 SHOWN = ("train_loss", "mixed_share", "top1", "many", "medium", "few", "images_per_s",
          "data_wait_ms_per_step")
 
-# Test hook: SIGKILL this process right after optimizer step N (tests/test_train_run.py).
+# Test hooks (tests/test_train_run.py, tests/test_train_console.py): right after optimizer step
+# N, SIGKILL this process, or send SIGINT to its process group, as Ctrl-C in a terminal does.
 KILL_AT_STEP = int(os.environ.get("LTPIPE_TEST_KILL_AT_STEP", "0"))
+INTERRUPT_AT_STEP = int(os.environ.get("LTPIPE_TEST_INTERRUPT_AT_STEP", "0"))
 
 
 class Trainer:
@@ -53,6 +55,7 @@ class Trainer:
         self.bars = None if progress and info.is_main else True  # tqdm's disable=
         self.dump_ranks = dump_ranks
         self.epoch, self.step, self.step_in_epoch = 0, 0, 0
+        self.saved = None  # (epoch, step, step_in_epoch) of RUN/ckpt/last.pt, once there is one
         ckpt = None
         check_ckpt_dir(self.run_dir)
         if resume and (self.run_dir / LAST).is_file():
@@ -63,8 +66,10 @@ class Trainer:
         if ckpt is not None:
             self._check_matches(ckpt)
             self.epoch, self.step, self.step_in_epoch = self._counters(ckpt)
+            self.saved = (self.epoch, self.step, self.step_in_epoch)
         # The mixer decides the streams (and the minority r) before the loader exists.
         manifest = load_manifest(shards)  # global train counts n_k (§0)
+        self.class_names = list(manifest.classes)
         counts = torch.tensor(manifest.split("train").class_counts, dtype=torch.int64)
         self.env = build.make_env(t, counts.to(info.device), shards, info)
         self.mixer = build.make_mixer(cfg, self.env)
@@ -98,6 +103,8 @@ class Trainer:
         self.finished = ckpt is not None and self.epoch >= t["epochs"] and \
             (self.run_dir / FINAL_JSON).is_file()
         self.report.truncate_from(self.epoch)
+        if ckpt is not None and not self.finished and info.is_main:
+            print(f"resuming {self.run_dir} at {position(*self.saved, t['epochs'])}", flush=True)
 
     # ------------------------------------------------------------------ setup helpers
     def _wrap(self, model):
@@ -122,7 +129,7 @@ class Trainer:
         path = self.run_dir / LAST
         if not isinstance(ckpt["config"], dict):
             raise CheckpointError(f"{path}: damaged (its config is not a table)")
-        diff = differences(ckpt["config"], self.cfg)
+        diff = changes(ckpt["config"], self.cfg)
         if diff:
             raise CheckpointError(f"{path}: mismatched configuration: {', '.join(diff[:3])}")
         if ckpt["world"] != self.info.world:
@@ -166,6 +173,7 @@ class Trainer:
                 "criterion": self.criterion.state_dict(), "loader": loader_states,
                 "sums": sums, "rng": rngs,
             }, self.run_dir / LAST)
+        self.saved = (self.epoch, self.step, self.step_in_epoch)
         barrier(self.info)
 
     def _ctx(self, epoch: int, step: int, tag: int = 0) -> StepContext:
@@ -175,7 +183,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ the run
     def fit(self) -> dict:
-        with compute_stream(self.info.device, self.t["compute_stream"]):
+        # a CPU run's config has no compute_stream (config.as_used): the default one on CUDA
+        with compute_stream(self.info.device, self.t.get("compute_stream", "high")):
             return self._fit()
 
     def _fit(self) -> dict:
@@ -197,7 +206,20 @@ class Trainer:
         self.model.train()
         seen = []
         bar = tqdm(total=len(self.loader), initial=self.step_in_epoch, disable=self.bars,
-                   desc=f"epoch {epoch + 1}/{self.t['epochs']}", unit="step", leave=False)
+                   desc=epoch_label(epoch, self.t["epochs"]), unit="step", leave=False)
+        with bar:  # closed (its line cleared) on Ctrl-C too, before the message
+            timer, t0 = self._steps(epoch, bar, seen)
+        broadcast_buffers(self.model, self.info)  # identical BN statistics for eval and checkpoint
+        self._synchronize()
+        self.sums.add_timing(timer.collect())
+        self.sums.seconds += time.perf_counter() - t0
+        if self.dump_ranks:
+            np.save(self.run_dir / f"seen-e{epoch}-r{self.info.rank}.npy",
+                    np.concatenate(seen) if seen else np.zeros(0, np.int64))
+
+    def _steps(self, epoch: int, bar, seen: list) -> tuple[StepTimer, float]:
+        """The epoch's remaining steps, with checkpoints every ckpt_every steps; returns the
+        timer and the start of the time not yet added to the sums."""
         t0, n0 = time.perf_counter(), self.sums.samples
         timer = StepTimer(self.info.device)
         for streams in timer.iterate(self.loader):
@@ -222,14 +244,9 @@ class Trainer:
                 t0, n0 = time.perf_counter(), self.sums.samples
             if self.step == KILL_AT_STEP:
                 os.kill(os.getpid(), signal.SIGKILL)
-        broadcast_buffers(self.model, self.info)  # identical BN statistics for eval and checkpoint
-        self._synchronize()
-        self.sums.add_timing(timer.collect())
-        self.sums.seconds += time.perf_counter() - t0
-        bar.close()
-        if self.dump_ranks:
-            np.save(self.run_dir / f"seen-e{epoch}-r{self.info.rank}.npy",
-                    np.concatenate(seen) if seen else np.zeros(0, np.int64))
+            if self.step == INTERRUPT_AT_STEP:
+                os.killpg(os.getpgrp(), signal.SIGINT)
+        return timer, t0
 
     def _synchronize(self) -> None:
         if self.info.device.type == "cuda":
@@ -280,18 +297,27 @@ class Trainer:
         rates = [json.loads(ln)["images_per_s"] for ln in self.report.lines()]
         result.update({"epochs": self.t["epochs"],
                        "images_per_s": float(np.mean(rates)) if rates else None,
-                       "class_counts": counts, **self.skipped})
+                       "class_counts": counts, **self.skipped,
+                       "per_class_named": named_per_class(result["per_class"], counts,
+                                                          self.class_names)})
         if self.dump_ranks:  # every rank's final weights, to compare across DDP ranks
             torch.save(self.model.state_dict(), self.run_dir / f"params-r{self.info.rank}.pt")
         if self.info.is_main:
             save_atomic({"format": FORMAT, "config": self.cfg, "num_classes": self.env.num_classes,
                          "model": self.model.state_dict()}, self.run_dir / FINAL)
-            self.report.final(result, counts)
+            self.report.final(result, counts, method=self._method())
             print(format_table(result, counts), flush=True)
             if any(self.skipped.values()):
                 print(skipped_line(self.skipped), flush=True)
+            print(self.report.written_line(self.run_dir / FINAL), flush=True)
         barrier(self.info)
         return result
+
+    def _method(self) -> str:
+        """"mixer cmo, loss bs" (and the re-weighting when there is one), for the plot's title."""
+        t = self.t
+        reweight = f", reweight {t['reweight']}" if t["reweight"] != "none" else ""
+        return f"mixer {t['mixer']}, loss {t['loss']}{reweight}"
 
 
 def skipped_line(skipped: dict) -> str:
@@ -302,4 +328,4 @@ def skipped_line(skipped: dict) -> str:
 def epoch_line(record: dict, epochs: int) -> str:
     """One readable line per epoch (the full record is metrics.jsonl's)."""
     shown = [f"{k} {record[k]:.4g}" for k in SHOWN if isinstance(record.get(k), float)]
-    return f"epoch {record['epoch'] + 1}/{epochs}: " + ", ".join(shown)
+    return f"{epoch_label(record['epoch'], epochs)}: " + ", ".join(shown)
