@@ -106,12 +106,15 @@ def _normalize(img, spec: GraphSpec, mirror, crop=None):
 
 
 def _planned(inputs, spec: GraphSpec, cpu_decode: bool = False):
-    """Q under a mix plan: (jpg, decode anchor, decode shape, roi start, roi end, out size,
-    mirror) per sample (q_decode.py) -> (normalized tiles padded to the batch's largest, the
+    """Q under a mix plan: (jpg, decode anchor, decode shape, roi start, roi end (not for
+    "cifar"), out size, mirror) per sample (q_decode.py) -> (normalized tiles padded to the batch's largest, the
     decoded window)."""
     from nvidia.dali import fn, types
 
-    jpg, anchor, shape, roi_start, roi_end, out, mirror = inputs
+    if spec.preset == "imagenet":
+        jpg, anchor, shape, roi_start, roi_end, out, mirror = inputs
+    else:  # cifar: unit scale, the ROI's start and the output size say it all
+        jpg, anchor, shape, roi_start, out, mirror = inputs
     dec, hw = _decoder_args(spec, cpu_decode)
     # the header's size is the stored one: no EXIF rotation (q_decode.py)
     window = fn.decoders.image_slice(jpg, anchor, shape, device=dec, output_type=types.RGB,
@@ -199,9 +202,10 @@ def build_pipeline(spec: GraphSpec, reader: dict | None, sources: dict, checkpoi
             add(_augment(jpg, spec, "uniform" in spec.cpu_decode), ids)
         for name, src in sources.items():
             planned = src.planned is not None
-            dtypes = [types.UINT8, types.INT64] + ([types.INT32, types.INT32, types.FLOAT,
-                                                    types.FLOAT, types.FLOAT, types.INT32]
-                                                   if planned else [])
+            dtypes = [types.UINT8, types.INT64]
+            if planned:  # decode anchor, shape, roi start[, roi end], out size, mirror
+                roi = [types.FLOAT] * (3 if spec.preset == "imagenet" else 2)
+                dtypes += [types.INT32, types.INT32, *roi, types.INT32]
             got = fn.external_source(source=src, num_outputs=len(dtypes), batch=True,
                                      batch_info=True, parallel=True, dtype=dtypes,
                                      prefetch_queue_depth=max(2, spec.prefetch, spec.py_workers))

@@ -1,0 +1,118 @@
+"""Mix plans on the host: a pure function of (seed, rank, epoch, step); the gate, window, boxes,
+λ and mixed rows follow train/METHODS.md (When to mix; Boxes and λ); Q's crop window follows
+torchvision's RandomResizedCrop; JPEG sizes come from the header."""
+
+import io
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ltpipe.pipeline.mix_plan import MixPlanner, PlanSpec
+from ltpipe.pipeline.q_decode import crop_window, jpeg_size, requests
+
+S = 32
+
+
+def planner(seed=0, rank=0, b=16, **spec):
+    base = dict(prob=0.5, mix_schedule="always", epochs=10, alpha=1.0, per_sample=False)
+    return MixPlanner(PlanSpec(**{**base, **spec}), seed, rank, b, S)
+
+
+def fields(plan):
+    return (plan.window, plan.gate, plan.mixed, plan.boxes, plan.lam, plan.flip, plan.crop_u)
+
+
+def test_a_plan_is_a_pure_function_of_seed_rank_epoch_step():
+    a, b = planner(seed=3, rank=1), planner(seed=3, rank=1)
+    for epoch, step in [(0, 0), (2, 5), (7, 123)]:
+        for x, y in zip(fields(a.draw(epoch, step)), fields(b.draw(epoch, step))):
+            assert np.array_equal(x, y)  # a fresh planner (a resumed run, a worker) agrees
+    first = a.draw(2, 5)
+    for other in (a.draw(2, 6), a.draw(3, 5), planner(seed=4, rank=1).draw(2, 5),
+                  planner(seed=3, rank=0).draw(2, 5)):
+        assert not np.array_equal(first.crop_u, other.crop_u)
+
+
+def test_gate_window_and_fraction():
+    p = planner(prob=0.5)
+    opened = sum(p.draw(1, s).gate for s in range(400))
+    assert 150 <= opened <= 250  # binomial(400, 0.5): 5 sigma = 50
+    for s in range(20):
+        plan = p.draw(1, s)
+        assert plan.mixed.all() == plan.active and plan.mixed.any() == plan.active
+        assert (plan.lam[~plan.mixed] == 1).all() and (plan.boxes[~plan.mixed] == 0).all()
+    repo = planner(prob=1.0, mix_schedule="repo")
+    assert [repo.draw(e, 0).active for e in range(10)] == [3 < e < 7 for e in range(10)]
+    some = planner(prob=1.0, fraction=0.3)
+    rows = [some.draw(0, s).mixed for s in range(30)]
+    assert all(r.sum() == round(0.3 * 16) for r in rows)
+    assert len({tuple(np.flatnonzero(r)) for r in rows}) > 1  # random rows, per step
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_boxes_follow_the_cutmix_rule_and_lam_is_the_pixel_fraction(per_sample):
+    p = planner(prob=1.0, per_sample=per_sample, alpha=1.0, b=64)
+    areas = []
+    for s in range(50):
+        plan = p.draw(0, s)
+        x0, y0, x1, y1 = plan.boxes.T.astype(np.int64)
+        assert ((0 <= x0) & (x0 <= x1) & (x1 <= S) & (0 <= y0) & (y0 <= y1) & (y1 <= S)).all()
+        np.testing.assert_allclose(plan.lam, 1 - (x1 - x0) * (y1 - y0) / S**2, rtol=0, atol=1e-6)
+        # unclipped sides are even (2·⌊ch/2⌋) and equal (square image)
+        inner = (x0 > 0) & (x1 < S) & (y0 > 0) & (y1 < S)
+        assert ((x1 - x0)[inner] == (y1 - y0)[inner]).all() and ((x1 - x0)[inner] % 2 == 0).all()
+        assert (len(np.unique(plan.boxes, axis=0)) == 1) != per_sample or s > 100
+        areas.append(1 - plan.lam.mean())
+    assert 0.25 < np.mean(areas) < 0.40  # the clipped box's mean area (METHODS.md: ~0.30-0.32)
+
+
+def _jpeg(w, h, mode="RGB", **save):
+    buf = io.BytesIO()
+    Image.new(mode, (w, h), 100).save(buf, format="JPEG", **save)
+    return np.frombuffer(buf.getvalue(), dtype=np.uint8)
+
+
+def test_jpeg_size_reads_the_header():
+    for w, h, mode, save in [(37, 21, "RGB", {}), (640, 480, "L", {}),
+                             (301, 517, "RGB", {"progressive": True}),
+                             (64, 48, "RGB", {"exif": b"Exif\x00\x00" + b"\x00" * 40})]:
+        assert jpeg_size(_jpeg(w, h, mode, **save)) == (w, h)
+    with pytest.raises(ValueError, match="not a JPEG"):
+        jpeg_size(b"\x89PNG....")
+    with pytest.raises(ValueError, match="no SOF"):
+        jpeg_size(_jpeg(8, 8)[:20])
+
+
+def test_crop_window_is_torchvision_rrc_and_cifar_shift():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        width, height = rng.integers(40, 600, size=2)
+        x, y, w, h = crop_window(rng.random((10, 4)), int(width), int(height), "imagenet", 224)
+        assert 0 <= x and x + w <= width and 0 <= y and y + h <= height and w > 0 and h > 0
+        area, ratio = w * h / (width * height), w / h
+        # within RandomResizedCrop's scale and ratio, up to rounding of the sides
+        assert 0.08 * 0.9 < area <= 1 and 3 / 4 * 0.9 < ratio < 4 / 3 * 1.1 or \
+            (w, h) in ((width, height), (width, round(width * 4 / 3)), (round(height * 4 / 3), height))
+    shifts = {crop_window(rng.random((10, 4)), 32, 32, "cifar", 32)[:2] for _ in range(3000)}
+    assert shifts == {(a, b) for a in range(-4, 5) for b in range(-4, 5)}
+
+
+def test_requests_decode_only_the_mixed_rows_box_windows():
+    plan = planner(prob=1.0, per_sample=True, b=4).draw(0, 0)
+    jpg = _jpeg(400, 300)
+    cols = requests(plan, [jpg, None, jpg, jpg], tiles=True, preset="imagenet", size=S)
+    jpgs, anchor, shape, roi_start, roi_end, out, mirror = cols
+    assert jpgs[1] is not jpg and tuple(shape[1]) == (1, 1) and tuple(out[1]) == (1, 1)
+    for i in (0, 2, 3):
+        x0, y0, x1, y1 = plan.boxes[i]
+        assert tuple(out[i]) == (y1 - y0, x1 - x0)
+        assert shape[i].prod() < 400 * 300  # a window, not the image
+        assert (roi_start[i] >= 0).all() and (roi_end[i] <= shape[i][::-1]).all()
+        assert mirror[i] == plan.flip[i]
+    full = requests(plan, [jpg] * 4, tiles=False, preset="imagenet", size=S)
+    assert all(tuple(o) == (S, S) for o in full[5])
+    win = crop_window(plan.crop_u[0], 400, 300, "imagenet", S)
+    assert tuple(full[1][0]) == win[:2] and tuple(full[2][0]) == win[2:]
+    assert math.isclose(full[4][0][0], win[3]) and math.isclose(full[4][0][1], win[2])
