@@ -1,5 +1,5 @@
 """Mixers none/ros/cutmix/mixup/cmo: shapes, lam = pixel fractions, fg from the minority stream,
-p-gate and epoch schedule (ALGORITHMS.md §1, §6, §7)."""
+p-gate and epoch schedule (METHODS.md: CMO; Boxes and λ; Deviations)."""
 
 import pytest
 import torch
@@ -94,7 +94,7 @@ def test_cmo_gate_and_schedule():
 
 @pytest.mark.parametrize("epoch", range(10))
 def test_cmo_paper_schedule_is_off_only_in_the_last_three_epochs(epoch):
-    """§7.3 "paper" with E = 10: mixing in epochs 0..6, none in 7, 8, 9 (prob 1 by default)."""
+    """"paper" with E = 10: mixing in epochs 0..6, none in 7, 8, 9 (prob 1 by default)."""
     paper = build_mixer("cmo", env=env(), mix_schedule="paper")
     active = epoch <= 6
     assert paper.mixes_in(epoch, 10) == active
@@ -108,7 +108,7 @@ def test_cmo_paper_schedule_is_off_only_in_the_last_three_epochs(epoch):
     ("paper", 0.5, 0.5), ("paper", 0.0, 0.0), ("repo", 1.0, 1.0),  # an explicit prob wins
 ])
 def test_default_prob_follows_the_schedule(name, schedule, given, want):
-    """§1/§7.3: "paper" means every batch unless prob says otherwise; the repo's p is 0.5."""
+    """"paper" means every batch unless prob says otherwise; the repo's p is 0.5."""
     params = {} if given is None else {"prob": given}
     mixer = build_mixer(name, env=env(), mix_schedule=schedule, **params)
     assert mixer.prob == want and type(mixer.prob) is float

@@ -1,5 +1,6 @@
-"""What the trainer builds from the config: the Q loader's r is the mixer's fg_r (ALGORITHMS.md
-§7.1), and an empty class is a build-time error when anything uses the counts (§6.3)."""
+"""What the trainer builds from the config: the Q loader's r is the mixer's fg_r (METHODS.md, The
+meaning of r), and an empty class is a build-time error when anything uses the counts
+(METHODS.md, Empty classes)."""
 
 import pytest
 import torch
@@ -32,7 +33,7 @@ def train_loader_args(monkeypatch, shards, tmp_path, recipe, mixer, mixer_params
 
 
 @pytest.mark.parametrize("recipe,mixer,params,r", [
-    ("synthetic", "cmo", {}, 0.0),  # the recipe's fg_r = 0 (§7.1)
+    ("synthetic", "cmo", {}, 0.0),  # the recipe's fg_r = 0 (METHODS.md: The meaning of r)
     ("synthetic", "cmo", {"fg_r": 1.0}, 1.0),  # --fg-r 1 overrides it
     ("synthetic-smc", "smc", {}, 0.0),
     ("synthetic-otmix", "otmix", {"fg_r": 0.5}, 0.5),
@@ -40,7 +41,7 @@ def train_loader_args(monkeypatch, shards, tmp_path, recipe, mixer, mixer_params
 ])
 def test_trainer_builds_the_q_stream_with_the_mixers_fg_r(monkeypatch, tiny_shards, tmp_path,
                                                           recipe, mixer, params, r):
-    """§7.1: the train loader's Q stream draws with r = the mixer's fg_r, not the loader's 1."""
+    """The train loader's Q stream draws with r = the mixer's fg_r, not the loader's 1."""
     args = train_loader_args(monkeypatch, tiny_shards, tmp_path, recipe, mixer, params)
     assert "minority" in args["streams"] and args["r"] == r
 
@@ -62,11 +63,11 @@ def train_table(mixer="none", loss="ce", reweight="none"):
     ("m2m", "ce", "none"),
 ])
 def test_an_empty_class_is_a_build_error_when_the_counts_are_used(mixer, loss, reweight):
-    """§6.3: n_k = 0 raises at build time (make_env, the trainer's first build step), naming the
+    """n_k = 0 raises at build time (make_env, the trainer's first build step), naming the
     class and the shards, when the loss, the re-weighting or a Q stream reads the counts."""
     with pytest.raises(ValueError, match=r"^/data/lt: class 1 has no training samples") as err:
         build.make_env(train_table(mixer, loss, reweight), torch.tensor([5, 0, 3]), "/data/lt", CPU)
-    assert "\n" not in str(err.value) and "§6.3" in str(err.value)
+    assert "\n" not in str(err.value) and "METHODS.md, empty classes" in str(err.value)
 
 
 @pytest.mark.parametrize("mixer,loss", [("none", "ce"), ("cutmix", "focal"), ("mixup", "ce"),

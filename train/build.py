@@ -1,6 +1,6 @@
 """Builders: the resolved config's sections -> loaders, model, mixer, criterion, optimizer.
 
-This is the one layer that reads the config dict (STYLE.md rule 2); everything it builds takes
+This is the one layer that reads the config dict; everything it builds takes
 plain keyword arguments. Method names stay in the registries.
 """
 
@@ -73,9 +73,9 @@ def loader_dtype(device: torch.device, precision: str) -> torch.dtype:
 
 
 def check_class_counts(t: dict, class_counts: torch.Tensor, shards) -> None:
-    """ALGORITHMS.md §6.3: a class with no training samples (n_k = 0) is a one-line ValueError at
-    build time when the loss (NEEDS_COUNTS), the re-weighting or the mixer's Q streams
-    (WEIGHTED_STREAMS) use the counts: they would train on max(n_k, 1), which gives that class a
+    """A class with no training samples (n_k = 0) is a one-line ValueError at build time
+    (METHODS.md, Empty classes) when the loss (NEEDS_COUNTS), the re-weighting or the mixer's Q
+    streams (WEIGHTED_STREAMS) use the counts: they would train on max(n_k, 1), which gives that class a
     prior of about 1/N (LA/BS), the largest margin (LDAM) and the largest weight (DRW). CE/focal,
     no re-weighting and a P-only mixer still run."""
     empty = torch.nonzero(class_counts.cpu() == 0).flatten().tolist()
@@ -95,7 +95,8 @@ def check_class_counts(t: dict, class_counts: torch.Tensor, shards) -> None:
         more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
         verb = "uses" if len(users) == 1 else "use"
         raise ValueError(f"{shards}: class {empty[0]}{more} has no training samples, and "
-                         f"{' and '.join(users)} {verb} the class counts (ALGORITHMS.md §6.3)")
+                         f"{' and '.join(users)} {verb} the class counts "
+                         "(train/METHODS.md, empty classes)")
 
 
 def make_env(t: dict, class_counts: torch.Tensor, shards: Path, info: DistInfo) -> MixerEnv:

@@ -11,8 +11,8 @@ A recipe (``train/recipes/<name>.toml`` or any ``FILE.toml``) has the tables::
     [loader]  threads, py_workers, prefetch, hw_decoder_load, cpu_decode: DALI's resources (they
               change the speed, never the samples, so a resumed run may change them)
 
-Values follow ALGORITHMS.md §1/§5 (recipe files cite them). CLI options override the recipe;
-no config object travels below the trainer's builder (STYLE.md rule 2).
+Values follow METHODS.md (CMO; Losses; recipe files cite them). CLI options override the recipe;
+no config object travels below the trainer's builder.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Evaluation: per-class accuracy on the val split, and Many/Medium/Few means (ALGORITHMS.md §5).
+"""Evaluation: per-class accuracy on the val split, and Many/Medium/Few means (METHODS.md,
+Class groups).
 
 Groups come from the *training* counts: many n > 100, medium 20 ≤ n ≤ 100, few n < 20; each
 group's figure is the mean per-class accuracy of its classes. Counts are summed over ranks.

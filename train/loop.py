@@ -1,4 +1,4 @@
-"""The training step and the per-step random generator (STYLE.md: the step fits one screen).
+"""The training step and the per-step random generator (the step fits one screen).
 
 streams {name: Batch} -> mixer -> MixedBatch -> model (autocast) -> criterion (fp32) -> SGD step.
 The step knows no method names; every random draw of a mixer comes from a generator seeded by

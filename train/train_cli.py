@@ -26,7 +26,7 @@ TRAIN_OPTIONS = ("mixer", "loss", "reweight", "model", "epochs", "batch_size", "
                  "momentum", "warmup", "schedule", "milestones", "gamma", "drw_epoch", "device",
                  "seed", "precision", "channels_last", "compile", "eval_every", "ckpt_every",
                  "preset", "image_size", "compute_stream", "skip_corrupt")
-# named shortcuts for mixer params (ALGORITHMS.md §7)
+# named shortcuts for mixer params (METHODS.md: Deviations)
 log = logging.getLogger(__name__)
 NAMED_MIXER_OPTIONS = {"fg_r": "fg_r", "otmix_mode": "mode",
                        "otmix_confusion_split": "confusion_split", "m2m_classifier": "classifier"}

@@ -68,7 +68,7 @@ class Trainer:
             self.epoch, self.step, self.step_in_epoch = self._counters(ckpt)
             self.saved = (self.epoch, self.step, self.step_in_epoch)
         # The mixer decides the streams (and the minority r) before the loader exists.
-        manifest = load_manifest(shards)  # global train counts n_k (§0)
+        manifest = load_manifest(shards)  # global train counts n_k (METHODS.md: Conventions)
         self.class_names = list(manifest.classes)
         counts = torch.tensor(manifest.split("train").class_counts, dtype=torch.int64)
         self.env = build.make_env(t, counts.to(info.device), shards, info)
