@@ -246,3 +246,24 @@ def test_inspect_verify_finds_what_the_trainer_refuses(shards, tmp_path):
     flagged = [ln for ln in res.output.splitlines() if "shard-000000.tar: sample" in ln]
     assert any(key_of(13) in ln and "header" in ln for ln in flagged), res.output
     assert any(key_of(20) in ln and "decode" in ln for ln in flagged), res.output
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_otmix_confusion_loader_follows_skip_corrupt(shards, tmp_path, skip):
+    """The loader OTmix opens itself (its confusion split, val) obeys the run's --skip-corrupt."""
+    import torch
+
+    from ltpipe.train.mixers.base import MixerEnv
+    from ltpipe.train.mixers.otmix import OTMix
+
+    bad = damaged_copy(shards, tmp_path)
+    truncate_half(sorted((bad / "val").glob("*.tar"))[0])
+    env = MixerEnv(torch.tensor(open_split(shards, "train").class_counts), torch.device("cpu"),
+                   32, 8, epochs=4, shards=str(bad), skip_corrupt=skip)
+    mixer = OTMix(env)
+    if skip:
+        loader, _ = mixer._confusion_steps(1)
+        assert loader.skipped > 0
+    else:
+        with pytest.raises(ShardFormatError, match="corrupt"):
+            mixer._confusion_steps(1)

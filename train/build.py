@@ -103,7 +103,8 @@ def make_env(t: dict, class_counts: torch.Tensor, shards: Path, info: DistInfo) 
     check_class_counts(t, class_counts, shards)
     return MixerEnv(class_counts=class_counts, device=info.device, image_size=t["image_size"],
                     batch_size=t["batch_size"], epochs=t["epochs"], seed=t["seed"],
-                    shards=str(shards), rank=info.rank, world=info.world)
+                    shards=str(shards), rank=info.rank, world=info.world,
+                    skip_corrupt=bool(t["skip_corrupt"]))
 
 
 def make_mixer(cfg: dict, env: MixerEnv):

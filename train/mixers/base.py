@@ -37,6 +37,7 @@ class MixerEnv:
     shards: str | None = None  # shard directory (OTmix's confusion split, M2m's loaders)
     rank: int = 0
     world: int = 1
+    skip_corrupt: bool = False  # loaders a mixer opens itself (OTmix's confusion split) skip them
 
     @property
     def num_classes(self) -> int:

@@ -215,7 +215,8 @@ class OTMix(Mixer):
             self._loader = make_loader(
                 self.env.shards, split=split, batch_size=batch, streams=("uniform",),
                 device=self.env.device.type, preset=self.preset, image_size=self.env.image_size,
-                seed=self.env.seed, rank=self.env.rank, world=self.env.world, epoch=epoch)
+                seed=self.env.seed, rank=self.env.rank, world=self.env.world, epoch=epoch,
+                skip_corrupt=self.env.skip_corrupt)
         if self._keep_ids is not None:
             self._loader.set_epoch(epoch)
         return self._loader, self._keep_ids
