@@ -19,6 +19,16 @@ GPU (generates the synthetic iNat-like set, ~36k JPEGs of 500-800 px, on that ma
 CPU (small, labelled cpu):
     python bench/loader.py --device cpu --generate /tmp/ltpipe-small --size large \
         --batch-size 32 --steps 8 --ref-steps 8 --warmup 2 --workers 2 --image-size 112
+Plan-aware Q (``--plan-probs 0.5,1``): CMO's mix plan (one box per batch, α = 1, every epoch)
+at each prob, Q decoded in full (crop, resize to S x S) against Q decoded as tiles (only each
+mixed row's box window), on the same shards in one run; the two loaders are built side by side
+and timed in alternation, repeat by repeat, so a load change on a shared machine hits both.
+Besides pairs/s it records the decoded source pixels per step of P and of Q, summed by the
+pipeline (the shape of every decoded window), and ``results["q_over_p_pixels"]`` keyed by
+configuration. CPU (the "inat" profile stored at long side <= 512, i.e. 300-512 px):
+    ltpipe shard synthetic DIR --size inat --classes 60 --max-per-class 40 --max-size 512
+    python bench/loader.py --device cpu --shards DIR --plan-probs 0.5,1 --plan-only --workers 2 \
+        --batch-size 32 --steps 10 --warmup 3 --repeats 5 --out DIR-results
 CPU decode cost per core by stored size (iNat-like images; DIR and DIR-384 written by
 ``ltpipe shard synthetic DIR --size inat --classes 200 --max-per-class 60 [--max-size 384]``):
     python bench/loader.py --device cpu --shards DIR --max-sizes 384 --workers 1,2 \
@@ -72,6 +82,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cpu-decode", action="store_true",
                    help="decode and resize on the CPU even on cuda (DALI runs)")
     p.add_argument("--skip-reference", action="store_true")
+    p.add_argument("--plan-probs", default="",
+                   help="comma-separated CMO probs: full-decode Q vs plan-aware (tiles) Q")
+    p.add_argument("--plan-only", action="store_true",
+                   help="only the --plan-probs comparison (no stream sets, no reference)")
     p.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
     return p.parse_args(argv)
 
@@ -182,14 +196,74 @@ def measure_reference(shards: Path, args, common: dict) -> dict:
     return baselines
 
 
+def plan_probs(args) -> list[float]:
+    try:
+        probs = [float(p) for p in args.plan_probs.split(",") if p]
+    except ValueError:
+        probs = [-1.0]
+    if not all(0 < p <= 1 for p in probs):
+        raise SystemExit(f"bench/loader.py: --plan-probs: expected probs in (0, 1], got "
+                         f"{args.plan_probs!r}")
+    return probs
+
+
+def measure_plans(shards: Path, args, common: dict) -> dict:
+    """Full-decode vs plan-aware Q under CMO's plan, per prob and worker count (module doc)."""
+    from ltpipe.pipeline.mix_plan import PlanSpec
+
+    results, ratios = {}, {}
+    steps_seen = args.warmup + args.repeats * args.steps
+    for workers in [int(w) for w in args.workers.split(",")]:
+        for prob in plan_probs(args):
+            spec = PlanSpec(prob=prob, mix_schedule="always", epochs=1, alpha=1.0,
+                            per_sample=False)
+            loaders = {mode: make_loader(shards, streams=("uniform", "minority"),
+                                         num_threads=workers, py_workers=max(1, workers // 4),
+                                         prefetch=args.prefetch, mix_plan=spec, q_decode=mode,
+                                         count_pixels=True, **common)
+                       for mode in ("full", "tiles")}
+            rates = {mode: [] for mode in loaders}
+            steps = {mode: endless(x) for mode, x in loaders.items()}
+            for mode in loaders:
+                for _ in range(args.warmup):
+                    next(steps[mode])
+            for r in range(args.repeats):  # alternate, and alternate who goes first
+                for mode in (("full", "tiles") if r % 2 == 0 else ("tiles", "full")):
+                    t0, n = time.perf_counter(), 0
+                    for _ in range(args.steps):
+                        n += len(next(steps[mode])["uniform"])
+                    rates[mode].append(n / (time.perf_counter() - t0))
+            for mode, loader in loaders.items():
+                tag = f"plan_cmo_p{prob:g}_{mode}_w{workers}"
+                px = loader.decoded_pixels  # over the warm-up and timed steps (and prefetch)
+                ratios[tag] = px["minority"] / px["uniform"]
+                results[tag] = {"pairs_per_s": summary(rates[mode]),
+                                "decoded_pixels_per_step": {k: v / steps_seen
+                                                            for k, v in px.items()},
+                                "q_over_p_pixels": ratios[tag]}
+                print(f"plan  {tag}: {results[tag]['pairs_per_s']['mean']:.0f} pairs/s, "
+                      f"Q/P pixels {ratios[tag]:.3f}", file=sys.stderr)
+            full, tiles = (results[f"plan_cmo_p{prob:g}_{m}_w{workers}"] for m in ("full", "tiles"))
+            paired = [t / f for t, f in zip(tiles["pairs_per_s"]["runs"],
+                                            full["pairs_per_s"]["runs"])]
+            results[f"plan_cmo_p{prob:g}_speedup_w{workers}"] = summary(paired)
+            del loaders, steps
+    results["q_over_p_pixels"] = ratios
+    return results
+
+
 def measure(dirs: dict[str, Path], args) -> tuple[dict, dict]:
     common = dict(batch_size=args.batch_size, device=args.device, preset="imagenet",
                   image_size=args.image_size, dtype=DTYPES[args.dtype],
                   channels_last=not args.no_channels_last, r=1.0, seed=0)
     results = {}
-    for label, shards in dirs.items():
-        results.update(measure_dali(shards, args, common, label))
-    baselines = {} if args.skip_reference else measure_reference(dirs[""], args, common)
+    if not args.plan_only:
+        for label, shards in dirs.items():
+            results.update(measure_dali(shards, args, common, label))
+    if args.plan_probs:
+        results.update(measure_plans(dirs[""], args, common))
+    skip = args.skip_reference or args.plan_only
+    baselines = {} if skip else measure_reference(dirs[""], args, common)
     return results, baselines
 
 
@@ -198,7 +272,8 @@ def main(argv=None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("bench/loader.py: --device cuda but no CUDA device is visible", file=sys.stderr)
         return 2
-    stream_sets(args)  # a bad --streams fails before any data is written
+    stream_sets(args)  # a bad --streams or --plan-probs fails before any data is written
+    plan_probs(args)
     dirs = shard_dirs(args)
     if args.device == "cuda":
         torch.cuda.init()  # CUDA first: DALI's Python workers are then spawned, never forked
