@@ -38,6 +38,7 @@ CPU decode cost per core by stored size (iNat-like images; DIR and DIR-384 writt
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -277,6 +278,7 @@ def main(argv=None) -> int:
     dirs = shard_dirs(args)
     if args.device == "cuda":
         torch.cuda.init()  # CUDA first: DALI's Python workers are then spawned, never forked
+    load_before = os.getloadavg()  # the machine may be shared: the JSON says how busy it was
     results, baselines = measure(dirs, args)
     from ltpipe.shards.format import load_manifest
 
@@ -284,7 +286,8 @@ def main(argv=None) -> int:
     params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     params.update(train_samples=manifest.split("train").num_samples,
                   num_classes=manifest.num_classes, target_pairs_per_s_h100=11000,
-                  stored={label or "as_given": stored_stats(d) for label, d in dirs.items()})
+                  stored={label or "as_given": stored_stats(d) for label, d in dirs.items()},
+                  load_average_1_5_15min={"before": load_before, "after": os.getloadavg()})
     path = write_result("loader", params, results, baselines, out_dir=args.out,
                         device="cpu" if args.device == "cpu" else None)
     print(path)
