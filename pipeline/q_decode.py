@@ -14,6 +14,10 @@ into the crop window, widened by the resize filter's reach (clipped to the crop 
 the full image's resize clamps too) and decoded alone. A row that does not mix decodes a 1 x 1
 placeholder instead of its bytes, so Q still feeds B samples, as DALI's one batch size requires.
 
+Who gets tiles: mixers that paste only Q's boxes, CMO and OTmix's bank mode (``PlanSpec.tiles``).
+OTmix's exact mode computes features of whole foregrounds and SMC's views re-crop the whole
+foreground, so both keep Q's full decode; ResizeMix draws its source from P, not Q.
+
 Image sizes come from the JPEG header (the SOF marker, a few hundred bytes into the file), read in
 Q's worker processes: no shard format change and no decode. The planned decode ignores EXIF
 orientation (the header's size is the stored one); the shard writer keeps camera JPEGs as they are.
