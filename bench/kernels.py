@@ -1,4 +1,5 @@
-"""Kernel benchmark (issue 4): paste_/resize_paste_ and batched Sinkhorn vs torch/POT baselines.
+"""Kernel benchmark (issue 4): paste_/resize_paste_/paste_tiles_ and batched Sinkhorn vs torch/POT
+baselines.
 
     python bench/kernels.py --device cuda          # B=256, 3x224x224 fp16; CUDA events
     python bench/kernels.py --device cpu           # smaller batch, wall clock, labelled "cpu"
@@ -19,6 +20,7 @@ from tqdm import tqdm
 from ltpipe.kernels import (cutmix_boxes, paste_, resize_paste_, resizemix_boxes, sample_lam,
                             sinkhorn, sinkhorn_reference)
 from ltpipe.kernels.paste import _resize_paste_cpu
+from ltpipe.kernels.paste_tiles import _paste_tiles_loop, paste_tiles_
 from ltpipe.train.benchmark import ScriptParser, positive_int, time_cuda, write_result
 
 
@@ -89,6 +91,13 @@ def bench_paste(device, B, size, runs, warmup) -> tuple[dict, dict]:
                 lambda: paste_(dst, src, boxes, validate=False), runs, warmup)
         results[f"resize_paste_{layout}"] = _timed(
             lambda: resize_paste_(dst, src, rboxes, validate=False), runs, warmup)
+        # Q's box-sized tiles under a mix plan (padded to the largest box), same boxes as paste
+        sides = (boxes[:, 2:] - boxes[:, :2]).amax(0).clamp_min(1).tolist()  # (w, h) max
+        tiles = src[:, :, :sides[1], :sides[0]].contiguous(memory_format=fmt)
+        results[f"paste_tiles_{layout}"] = _timed(
+            lambda: paste_tiles_(dst, tiles, boxes, validate=False), runs, warmup)
+        baselines[f"paste_tiles_{layout}_slice_loop"] = _timed(
+            lambda: _paste_tiles_loop(dst, tiles, boxes), runs, warmup)
         baselines[f"paste_{layout}_torch_where"] = _timed(
             lambda: torch.where(mask, src, dst), runs, warmup)
         baselines[f"paste_{layout}_slice_loop"] = _timed(
