@@ -141,3 +141,15 @@ def test_a_mixer_without_a_loader_plan_draws_the_same_plan(shards):
                                             meta)}, ctx(99))
         assert np.array_equal(alone.boxes, bg.meta["plan"].boxes)
         assert alone.gate == bg.meta["plan"].gate
+
+
+def test_otmix_exact_mode_keeps_whole_q_images_under_its_plan(shards):
+    """Exact mode reads whole foregrounds (features): the plan still decides boxes, crop and
+    flip, but Q is decoded in full; without a plan (a mixer that declares none) Q is as before."""
+    exact = mixer_of("otmix", dict(mode="exact", prob=1.0))
+    assert exact.mix_plan.tiles is False
+    step = next(iter(loader(shards[96], exact, "imagenet")))
+    q = step["minority"]
+    assert q.tiles is None and q.images.shape == (B, 3, 32, 32) and "plan" in q.meta
+    plain = next(iter(loader(shards[96], None, "imagenet")))
+    assert "plan" not in plain["uniform"].meta and plain["minority"].tiles is None
