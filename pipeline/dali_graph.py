@@ -107,8 +107,8 @@ def _normalize(img, spec: GraphSpec, mirror, crop=None):
 
 def _planned(inputs, spec: GraphSpec, cpu_decode: bool = False):
     """Q under a mix plan: (jpg, decode anchor, decode shape, roi start, roi end (not for
-    "cifar"), out size, mirror) per sample (q_decode.py) -> (normalized tiles padded to the batch's largest, the
-    decoded window)."""
+    "cifar"), out size, mirror) per sample (q_decode.py) -> (normalized tiles padded to the
+    batch's largest, the decoded window)."""
     from nvidia.dali import fn, types
 
     if spec.preset == "imagenet":
@@ -168,8 +168,8 @@ def _augment(jpg, spec: GraphSpec, cpu_decode: bool = False):
 
 
 def build_pipeline(spec: GraphSpec, reader: dict | None, sources: dict, checkpoint=None):
-    """Build the pipeline; outputs are (images, ids[, decoded shapes]) per stream (outputs_per_stream):
-    P first, then ``sources``' order.
+    """Build the pipeline; outputs are (images, ids[, decoded shapes]) per stream
+    (``outputs_per_stream``): P first, then ``sources``' order.
 
     ``reader``: kwargs of fn.readers.webdataset for P (None when P is not requested).
     ``sources``: stream name -> MinoritySource for the Q-type streams.

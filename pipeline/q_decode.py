@@ -89,15 +89,15 @@ def crop_window(u: np.ndarray, width: int, height: int, preset: str, size: int):
     for a_u, r_u, y_u, x_u in u:
         target = area * (RRC_SCALE[0] + (RRC_SCALE[1] - RRC_SCALE[0]) * a_u)
         ratio = math.exp(lo + (hi - lo) * r_u)
-        w = int(round(math.sqrt(target * ratio)))
-        h = int(round(math.sqrt(target / ratio)))
+        w = round(math.sqrt(target * ratio))
+        h = round(math.sqrt(target / ratio))
         if 0 < w <= width and 0 < h <= height:
             return int(x_u * (width - w + 1)), int(y_u * (height - h + 1)), w, h
     ratio = width / height  # fallback: torchvision's centre crop
     if ratio < RRC_RATIO[0]:
-        w, h = width, int(round(width / RRC_RATIO[0]))
+        w, h = width, round(width / RRC_RATIO[0])
     elif ratio > RRC_RATIO[1]:
-        h, w = height, int(round(height * RRC_RATIO[1]))
+        h, w = height, round(height * RRC_RATIO[1])
     else:
         w, h = width, height
     return (width - w) // 2, (height - h) // 2, w, h
