@@ -154,6 +154,8 @@ def main(argv=None) -> None:
     ap.add_argument("--runs", type=int, default=50, help="timed runs (>= 2: percentiles)")
     ap.add_argument("--warmup", type=int, default=None, help="(cuda 10, cpu 3)")
     ap.add_argument("--out", default=None, help="results folder (default bench/results)")
+    ap.add_argument("--parts", default="paste,sinkhorn",
+                    help="comma-separated: paste, sinkhorn (its baseline needs POT)")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device; use --device cpu")
@@ -166,7 +168,10 @@ def main(argv=None) -> None:
     warmup = args.warmup if args.warmup is not None else (10 if cuda else 3)
     shapes = [(1, 256), (8, 128)]
     results, baselines = {}, {}
-    for part in tqdm(("paste", "sinkhorn"), desc="kernels bench"):
+    parts = [p for p in args.parts.split(",") if p]
+    if not parts or set(parts) - {"paste", "sinkhorn"}:
+        ap.error(f"--parts: expected names from paste, sinkhorn, got {args.parts!r}")
+    for part in tqdm(parts, desc="kernels bench"):
         if part == "paste":
             r, b = bench_paste(args.device, B, args.size, args.runs, warmup)
         else:
@@ -178,7 +183,7 @@ def main(argv=None) -> None:
               "warmup": warmup, "sinkhorn": {"shapes": shapes, "eps": 0.01, "tol": 1e-6,
                                             "dtype": "float32"},
               "timer": "cuda events" if cuda else "wall clock",
-              "torch_threads": torch.get_num_threads()}
+              "torch_threads": torch.get_num_threads(), "parts": parts}
     path = write_result("kernels", params, results, baselines,
                         out_dir=args.out, device=None if cuda else "cpu")
     for k, v in {**results, **baselines}.items():
