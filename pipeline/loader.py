@@ -189,11 +189,6 @@ def declared_streams(mixer, streams, r) -> tuple[tuple[str, ...], float]:
             1.0 if r is None else float(r))
 
 
-def _host(tl):
-    """A DALI TensorList on the host (fn.shapes of a GPU decode may live on the device)."""
-    return tl.as_cpu() if hasattr(tl, "as_cpu") else tl
-
-
 def pipeline_seed(seed: int, rank: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0] & 0x7FFFFFFF)
 
@@ -343,7 +338,9 @@ class DaliLoader:
             ids = np.array(outs[per * i + 1].as_tensor(), dtype=np.int64).reshape(-1)[:real]
             index = torch.from_numpy(ids).to(self.device, non_blocking=True)
             if self.spec.count_pixels:
-                shapes = np.array(_host(outs[per * i + 2]).as_tensor()).reshape(-1, 3)
+                tl = outs[per * i + 2]  # shapes: on the device after a GPU decode
+                shapes = np.array((tl.as_cpu() if hasattr(tl, "as_cpu") else tl).as_tensor())
+                shapes = shapes.reshape(-1, 3)
                 self.decoded_pixels[name] += int((shapes[:, 0] * shapes[:, 1]).sum())
             tiles = None
             if name == "minority" and self.tiles:
