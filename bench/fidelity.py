@@ -117,9 +117,10 @@ def baseline_of(spec: str, specs: list[str]) -> str | None:
 
 
 def table(summary: dict) -> str:
-    lines = [f"{'config':28s}" + "".join(f"{m:>16s}" for m in METRICS)]
+    width = max([28, *map(len, summary)])  # loss and mixer params make long names
+    lines = [f"{'config':{width}s}" + "".join(f"{m:>16s}" for m in METRICS)]
     for spec, row in summary.items():
-        lines.append(f"{spec:28s}" + "".join(
+        lines.append(f"{spec:{width}s}" + "".join(
             f"{row[m]['mean']:>9.1f} ± {row[m]['std']:<4.1f}" if row[m]["mean"] is not None
             else f"{'-':>16s}" for m in METRICS))
     return "\n".join(lines)
