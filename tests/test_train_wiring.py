@@ -18,7 +18,8 @@ class LoaderCalled(Exception):
 
 
 def train_loader_args(monkeypatch, shards, tmp_path, recipe, mixer, mixer_params):
-    """The keyword arguments the Trainer passes to make_loader for the train split."""
+    """The keyword arguments the Trainer passes to make_loader for the train split, with the
+    streams and r the loader resolves from the mixer it is given (one declaration)."""
     from ltpipe.pipeline import loader
 
     def spy(shards, split="train", **kwargs):
@@ -29,7 +30,10 @@ def train_loader_args(monkeypatch, shards, tmp_path, recipe, mixer, mixer_params
                   mixer_params)
     with pytest.raises(LoaderCalled) as stop:
         Trainer(cfg, shards, tmp_path / "run", CPU, progress=False)
-    return stop.value.args[0]
+    args = dict(stop.value.args[0])
+    assert "streams" not in args and "r" not in args  # only the mixer declares them
+    args["streams"], args["r"] = loader.declared_streams(args["mixer"], None, None)
+    return args
 
 
 @pytest.mark.parametrize("recipe,mixer,params,r", [
@@ -49,7 +53,13 @@ def test_trainer_builds_the_q_stream_with_the_mixers_fg_r(monkeypatch, tiny_shar
 def test_trainer_leaves_r_to_the_loader_for_a_mixer_without_fg_r(monkeypatch, tiny_shards,
                                                                  tmp_path):
     args = train_loader_args(monkeypatch, tiny_shards, tmp_path, "synthetic", "none", {})
-    assert args["streams"] == ("uniform",) and "r" not in args
+    assert args["streams"] == ("uniform",) and args["r"] == 1.0  # the loader's default
+
+
+def test_the_train_loader_gets_the_mixers_plan(monkeypatch, tiny_shards, tmp_path):
+    """CMO declares a mix plan, so its Q stream decodes only the boxes it pastes."""
+    args = train_loader_args(monkeypatch, tiny_shards, tmp_path, "synthetic", "cmo", {})
+    assert args["mixer"].mix_plan is not None
 
 
 def train_table(mixer="none", loss="ce", reweight="none"):

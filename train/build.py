@@ -38,10 +38,12 @@ def loader_resources(table: dict) -> dict:
                 cpu_decode=tuple(table["cpu_decode"]))
 
 
-def make_loaders(shards: Path, t: dict, streams: tuple[str, ...], fg_r: float | None,
-                 info: DistInfo, epoch: int, resources: dict | None = None):
-    """(train loader over the mixer's streams, val loader or None); ``resources``: the
-    ``loader_resources`` kwargs (None: make_loader's defaults)."""
+def make_loaders(shards: Path, t: dict, mixer, info: DistInfo, epoch: int,
+                 resources: dict | None = None):
+    """(train loader built from the mixer's declaration, val loader or None). The mixer says
+    which streams it reads, Q's exponent and its mix plan (plan-aware Q decodes only the boxes
+    it pastes; pipeline/q_decode.py). ``resources``: the ``loader_resources`` kwargs (None:
+    make_loader's defaults)."""
     from ltpipe.pipeline.loader import make_loader
 
     resources = dict(resources or {})
@@ -54,9 +56,9 @@ def make_loaders(shards: Path, t: dict, streams: tuple[str, ...], fg_r: float | 
                   dtype=loader_dtype(info.device, t["precision"]),
                   channels_last=t["channels_last"], seed=t["seed"], rank=info.rank,
                   world=info.world, skip_corrupt=t["skip_corrupt"], **resources)
-    extra = {} if fg_r is None else {"r": fg_r}
-    train = make_loader(str(shards), split="train", batch_size=t["batch_size"], streams=streams,
-                        epoch=epoch, **common, **extra, **on_cpu(streams))
+    streams = tuple(mixer.streams)
+    train = make_loader(str(shards), split="train", batch_size=t["batch_size"], mixer=mixer,
+                        epoch=epoch, **common, **on_cpu(streams))
     try:
         val = make_loader(str(shards), split="val", batch_size=t["batch_size"],
                           streams=("uniform",), epoch=0, **common, **on_cpu(("uniform",)))

@@ -67,15 +67,14 @@ class Trainer:
             self._check_matches(ckpt)
             self.epoch, self.step, self.step_in_epoch = self._counters(ckpt)
             self.saved = (self.epoch, self.step, self.step_in_epoch)
-        # The mixer decides the streams (and the minority r) before the loader exists.
+        # The mixer decides the streams, the minority r and the mix plan before the loader exists.
         manifest = load_manifest(shards)  # global train counts n_k (METHODS.md: Conventions)
         self.class_names = list(manifest.classes)
         counts = torch.tensor(manifest.split("train").class_counts, dtype=torch.int64)
         self.env = build.make_env(t, counts.to(info.device), shards, info)
         self.mixer = build.make_mixer(cfg, self.env)
         self.loader, self.val_loader = build.make_loaders(
-            shards, t, tuple(self.mixer.streams), getattr(self.mixer, "fg_r", None), info,
-            self.epoch, build.loader_resources(cfg["loader"]))
+            shards, t, self.mixer, info, self.epoch, build.loader_resources(cfg["loader"]))
         # corrupt samples left out of each split (--skip-corrupt; else the loaders refuse them)
         self.skipped = {"skipped_train": int(self.loader.skipped),
                         "skipped_val": int(getattr(self.val_loader, "skipped", 0))}
