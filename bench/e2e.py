@@ -111,7 +111,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="loader settings to sweep on the FIRST mixer, ';'-separated, each "
                    "'key=value,...' over hw, threads, workers, prefetch, prio, shards (another "
                    "copy of the data), cpudec (streams decoded on the CPU, e.g. minority or "
-                   "uniform+minority); unset keys keep the options above); the fastest is used "
+                   "uniform+minority), qdec (tiles: Q decodes only the boxes of the mixer's "
+                   "plan, the default; full: whole Q images); unset keys keep the options above); the fastest is used "
                    "for the other mixers and the reference, e.g. "
                    "'prio=default;prio=high;prio=high,hw=0.8;prio=high,shards=/tmp/inat-400'")
     p.add_argument("--max-image-side", type=int, default=800, help="nvJPEG preallocation hint")
@@ -143,14 +144,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 VARIANT_KEYS = {"hw": float, "threads": int, "workers": int, "prefetch": int, "prio": str,
-                "shards": str, "cpudec": str}
+                "shards": str, "cpudec": str, "qdec": str}
+# qdec: "tiles" builds the loader from the mixer (make_loader(mixer=...)): a mixer that declares a
+# mix plan (CMO, OTmix bank) gets Q as box tiles, the product default; "full" decodes whole Q
+# images, as every loader did before plans (the mixer then draws the same plan itself)
+QDECS = ("tiles", "full")
 
 
 def parse_variants(text: str, args) -> list[dict]:
     """'prio=default;prio=high,hw=0.8' -> full settings dicts (the options fill unset keys)."""
     base = {"hw": args.hw_decoder_load, "threads": args.threads, "workers": None,
             "prefetch": args.prefetch, "prio": args.compute_stream, "shards": "",
-            "cpudec": ""}
+            "cpudec": "", "qdec": "tiles"}
     out = []
     for spec in [v for v in text.split(";") if v.strip()] or [""]:
         v = dict(base)
@@ -159,8 +164,9 @@ def parse_variants(text: str, args) -> list[dict]:
             if not sep or key not in VARIANT_KEYS:
                 raise ValueError(f"{item!r}: expected key=value with key in {list(VARIANT_KEYS)}")
             v[key] = VARIANT_KEYS[key](value)
-        if v["prio"] not in PRIORITIES or not 0 <= v["hw"] <= 1:
-            raise ValueError(f"{spec!r}: prio must be one of {PRIORITIES}, hw in [0, 1]")
+        if v["prio"] not in PRIORITIES or not 0 <= v["hw"] <= 1 or v["qdec"] not in QDECS:
+            raise ValueError(f"{spec!r}: prio must be one of {PRIORITIES}, hw in [0, 1], "
+                             f"qdec one of {QDECS}")
         if v["shards"] and not (Path(v["shards"]) / "manifest.json").is_file():
             raise ValueError(f"{v['shards']}: not a shard directory (no manifest.json)")
         if v["workers"] is None:  # Q's reader processes: a quarter of DALI's threads
@@ -364,10 +370,12 @@ def measure_mixer(name: str, shards: Path, args, counts: torch.Tensor,
     r = {"r": step.mixer.fg_r} if hasattr(step.mixer, "fg_r") else {}
 
     def dali(v: dict) -> dict:
-        return dict(streams=streams, num_threads=v["threads"], py_workers=v["workers"],
+        # tiles: the loader from the mixer's declaration (streams, r and its mix plan)
+        source = {"mixer": step.mixer} if v["qdec"] == "tiles" else {"streams": streams, **r}
+        return dict(num_threads=v["threads"], py_workers=v["workers"],
                     prefetch=v["prefetch"], hw_decoder_load=v["hw"],
                     cpu_decode=tuple(x for x in v["cpudec"].split("+") if x in streams),
-                    max_image_side=args.max_image_side, **r, **common)
+                    max_image_side=args.max_image_side, **source, **common)
 
     def loader(v: dict):
         return make_loader(Path(v["shards"]) if v["shards"] else shards, **dali(v))
