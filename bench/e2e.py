@@ -371,7 +371,8 @@ def measure_mixer(name: str, shards: Path, args, counts: torch.Tensor,
 
     def dali(v: dict) -> dict:
         # tiles: the loader from the mixer's declaration (streams, r and its mix plan)
-        source = {"mixer": step.mixer} if v["qdec"] == "tiles" else {"streams": streams, **r}
+        source = {"mixer": step.mixer, "q_decode": "tiles"} if v["qdec"] == "tiles" \
+            else {"streams": streams, **r}
         return dict(num_threads=v["threads"], py_workers=v["workers"],
                     prefetch=v["prefetch"], hw_decoder_load=v["hw"],
                     cpu_decode=tuple(x for x in v["cpudec"].split("+") if x in streams),

@@ -46,7 +46,18 @@ STREAMS = ("uniform", "minority", "balanced")
 WEIGHTED_STREAMS = frozenset({"minority", "balanced"})  # drawn by the class counts (q ∝ n_k^-r)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 STATE_VERSION = 1
-Q_DECODES = ("tiles", "full")
+Q_DECODES = ("auto", "tiles", "full")
+
+
+def resolve_q_decode(q_decode: str, device: str, cpu_decode: tuple[str, ...]) -> str:
+    """"auto": tiles where CPU operators decode Q, full where nvJPEG does. Measured: on the CPU
+    tiles give x1.46 the pairs/s at prob 0.5 (bench/results/loader-plan-cpu.json); on an H200
+    (nvJPEG, CMO prob 0.5, ResNet-50) the end-to-end run was slower with tiles than with full
+    decoding, 3,825 vs 5,167 img/s (bench/results/e2e-nvidia-h200-plan-p0.5.json), so the GPU
+    keeps full decoding until that path is profiled."""
+    if q_decode != "auto":
+        return q_decode
+    return "tiles" if device == "cpu" or "minority" in cpu_decode else "full"
 
 
 def check_arguments(data: ShardSplit, split: str, batch_size: int, streams, device: str,
@@ -94,7 +105,7 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
                 num_threads: int = 4, prefetch: int = 2, py_workers: int = 2,
                 hw_decoder_load: float = 0.65, max_image_side: int = 0, concurrency: str = "full",
                 cpu_decode=(), validate: bool = True, allow_empty_classes: bool = False,
-                skip_corrupt: bool = False, mix_plan=None, q_decode: str = "tiles",
+                skip_corrupt: bool = False, mix_plan=None, q_decode: str = "auto",
                 count_pixels: bool = False):
     """Build the DALI loader of one rank (falls back to the torch reference without DALI).
 
@@ -125,7 +136,9 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
             ``meta["plan"]``, and Q ("minority") takes its crop and flip from it.
         q_decode: under a plan whose mixer reads only the boxes (``PlanSpec.tiles``): "tiles"
             decodes only the pixels of Q's boxes (``Batch.tiles``; nothing on unmixed steps),
-            "full" the whole S x S images (the baseline). Ignored without a plan.
+            "full" the whole S x S images (the baseline), "auto" tiles where CPU operators
+            decode Q and full on nvJPEG (``resolve_q_decode``: what was measured faster).
+            Ignored without a plan.
         count_pixels: sum each stream's decoded source pixels in ``decoded_pixels``.
     Returns a DaliLoader: ``for step in loader`` -> {stream: Batch}; len, set_epoch,
     state_dict/load_state_dict, class_counts (int64 [C]), num_classes, and ``skipped``: the
@@ -170,7 +183,8 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
         planner = MixPlanner(mix_plan, seed, rank, spec.batch_size, spec.size)
     return DaliLoader(data, spec, streams, r=r, seed=seed, rank=rank, world=world, epoch=epoch,
                       dtype=dtype, planner=planner,
-                      tiles=planner is not None and mix_plan.tiles and q_decode == "tiles")
+                      tiles=planner is not None and mix_plan.tiles
+                      and resolve_q_decode(q_decode, device, cpu_decode) == "tiles")
 
 
 def declared_streams(mixer, streams, r) -> tuple[tuple[str, ...], float]:

@@ -143,7 +143,8 @@ def test_models_and_cosine_classifier():
 
 def test_aux_terms_of_a_mixer_get_a_trained_head():
     t = {"image_size": 16, "batch_size": 4, "epochs": 2, "seed": 0, "model": "resnet8",
-         "loss": "bs", "reweight": "none", "drw_epoch": -1, "channels_last": False}
+         "loss": "bs", "reweight": "none", "drw_epoch": -1, "channels_last": False,
+         "skip_corrupt": False}
     cfg = {"train": {**t, "mixer": "smc"}, "mixer": {"smc": {}}, "loss": {}, "aux": {}}
     info = DistInfo(0, 1, 0, torch.device("cpu"))
     env = build.make_env(t, torch.tensor([20, 10, 5]), "unused", info)

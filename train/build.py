@@ -35,7 +35,7 @@ def loader_resources(table: dict) -> dict:
     workers = table["py_workers"] or max(1, threads // 4)
     return dict(num_threads=threads, py_workers=workers, prefetch=table["prefetch"],
                 hw_decoder_load=float(table["hw_decoder_load"]),
-                cpu_decode=tuple(table["cpu_decode"]))
+                cpu_decode=tuple(table["cpu_decode"]), q_decode=table["q_decode"])
 
 
 def make_loaders(shards: Path, t: dict, mixer, info: DistInfo, epoch: int,
@@ -106,7 +106,7 @@ def make_env(t: dict, class_counts: torch.Tensor, shards: Path, info: DistInfo) 
     return MixerEnv(class_counts=class_counts, device=info.device, image_size=t["image_size"],
                     batch_size=t["batch_size"], epochs=t["epochs"], seed=t["seed"],
                     shards=str(shards), rank=info.rank, world=info.world,
-                    skip_corrupt=bool(t["skip_corrupt"]))
+                    skip_corrupt=bool(t.get("skip_corrupt", False)))
 
 
 def make_mixer(cfg: dict, env: MixerEnv):

@@ -8,8 +8,9 @@ A recipe (``train/recipes/<name>.toml`` or any ``FILE.toml``) has the tables::
     [mixer.<name>]  params of that mixer (only the chosen mixer's table is used)
     [loss.<name>]   params of that base loss (e.g. [loss.la] tau = 1.0)
     [aux.<name>]    params of an auxiliary term a mixer declares (e.g. [aux.smc] weight = 0.1)
-    [loader]  threads, py_workers, prefetch, hw_decoder_load, cpu_decode: DALI's resources (they
-              change the speed, never the samples, so a resumed run may change them)
+    [loader]  threads, py_workers, prefetch, hw_decoder_load, cpu_decode, q_decode: DALI's
+              resources (they change the speed, never the samples, so a resumed run may change
+              them; q_decode moves pasted pixels by at most one uint8 level)
 
 Values follow METHODS.md (CMO; Losses; recipe files cite them). CLI options override the recipe;
 no config object travels below the trainer's builder.
@@ -40,8 +41,10 @@ DEFAULTS: dict[str, Any] = {
     # threads / py_workers 0: this rank's share of the CPUs (build.py); hw_decoder_load: the
     # share of JPEGs nvJPEG sends to the hardware decoder (bench/e2e.py sweeps it)
     # cpu_decode: streams ("uniform", "minority") decoded on the CPU even on CUDA
+    # q_decode: a planned Q stream as box tiles or whole images (auto: tiles where the CPU
+    # decodes Q, as measured faster; pipeline/loader.py resolve_q_decode)
     "loader": {"threads": 0, "py_workers": 0, "prefetch": 3, "hw_decoder_load": 0.65,
-               "cpu_decode": []},
+               "cpu_decode": [], "q_decode": "auto"},
     "mixer": {}, "loss": {}, "aux": {},
 }
 SCHEDULES = ("step", "cosine", "constant")
@@ -255,6 +258,9 @@ def check_loader(table: dict) -> None:
     load = table["hw_decoder_load"]
     if not isinstance(load, (int, float)) or not 0 <= load <= 1:
         raise ConfigError(f"[loader] hw_decoder_load: must be in [0, 1], got {load!r}")
+    if table["q_decode"] not in ("auto", "tiles", "full"):
+        raise ConfigError(f"[loader] q_decode: must be auto, tiles or full, got "
+                          f"{table['q_decode']!r}")
 
 
 def as_used(cfg: dict) -> dict:
