@@ -2,6 +2,9 @@
 
 Every loader (DALI or the torch reference) yields, per step, a mapping from stream name
 ("uniform" = P, "minority" = Q) to a ``Batch``. Mixers turn those into one ``MixedBatch``.
+Under a mix plan with ``q_decode="tiles"`` Q's batch carries ``tiles`` (only the pasted boxes)
+and an empty ``images``; code of one's own that reads Q's images should ask for
+``q_decode="full"``.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ class Batch:
 
 @dataclass(frozen=True)
 class MixedBatch:
-    """What the model trains on. Loss = lam·ℓ(y_a) + (1−lam)·ℓ(y_b) (ALGORITHMS.md §0).
+    """What the model trains on. Loss = lam·ℓ(y_a) + (1−lam)·ℓ(y_b) (METHODS.md: Conventions).
 
     y_a is the background/base label, y_b the pasted foreground's; identity is y_b = y_a, lam = 1.
     ``changed_rows`` tells which rows' images the mixer changed (the share is logged per epoch).
