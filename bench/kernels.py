@@ -1,4 +1,4 @@
-"""Kernel benchmark (issue 4): paste_/resize_paste_/paste_tiles_ and batched Sinkhorn vs torch/POT
+"""Kernel benchmark: paste_/resize_paste_/paste_tiles_ and batched Sinkhorn vs torch/POT
 baselines.
 
     python bench/kernels.py --device cuda          # B=256, 3x224x224 fp16; CUDA events

@@ -1,4 +1,4 @@
-"""Loader-only throughput: the DALI P+Q pipeline vs the torch reference loader (issue 3).
+"""Loader-only throughput: the DALI P+Q pipeline vs the torch reference loader.
 
 Pairs/s for two streams (uniform P + minority Q: one pair = one P image + one Q image), images/s
 for one stream (P), ImageNet preset (RandomResizedCrop + flip, fp16, channels_last by default),
@@ -12,7 +12,7 @@ Stored size (``--max-sizes 384,256``): the same images also stored with their lo
 ``--shards``), DALI only; results ``..._px384``, and ``params.stored`` the mean stored width, height
 and JPEG KB of each copy. Fewer stored pixels mean less decode and resize work per image, on the GPU
 or, with ``--cpu-decode`` (decode and resize on the CPU even on "cuda", as ``cpu_decode``), on the
-CPU cores: the cores' images/s there says whether a stream can leave the GPU (issue 7).
+CPU cores: the cores' images/s there says whether a stream can leave the GPU.
 
 GPU (generates the synthetic iNat-like set, ~36k JPEGs of 500-800 px, on that machine):
     python bench/loader.py --device cuda --generate /tmp/ltpipe-inat --gen-workers 16

@@ -1,4 +1,4 @@
-"""The DALI graph: readers P and Q, decode and augmentation, in ONE pipeline (issue 3).
+"""The DALI graph: readers P and Q, decode and augmentation, in ONE pipeline.
 
 One pipeline per rank holds every stream so that a single ``run()`` yields a whole step, a single
 ``checkpoint()`` captures P's reader and Q's iteration counter together, and the executor overlaps

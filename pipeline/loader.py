@@ -1,4 +1,4 @@
-"""``make_loader``: one rank's P/Q streams as an iterable of steps (issue 3; ALGORITHMS §0, §6.8).
+"""``make_loader``: one rank's P/Q streams as an iterable of steps (METHODS.md: Conventions).
 
 Each step is ``{stream name: Batch}``: "uniform" = P (every sample once per epoch across ranks),
 "minority" = Q with class probability q(r, k), "balanced" = Q with r = 0 (M2m's loader).
@@ -13,7 +13,7 @@ training: when a rank's shard ends exactly on a batch boundary one step early (o
 floor(N/W) is a multiple of B and W does not divide N), that rank's last step returns ONE padded
 duplicate so that all ranks run the same number of DDP steps. Evaluation never returns padding:
 such an all-padding step is skipped on that rank (``len`` is then one less there). Q draws B ids
-every step and its last batch is cut to the P batch's size (§6.8); Q's epoch is P's L steps.
+every step and its last batch is cut to the P batch's size; Q's epoch is P's L steps.
 P's order is DALI's buffer shuffle (up to 2,048 samples) over the writer's globally shuffled
 sample order: each epoch holds every sample once, but is not a uniform random permutation.
 

@@ -1,4 +1,4 @@
-"""Stream Q: counter-based minority-weighted draws and random-access reads (ALGORITHMS §0, §6.3).
+"""Stream Q: counter-based minority-weighted draws and random-access reads (METHODS.md: Conventions).
 
 A draw picks class k with probability q(r, k) (``samplers.class_probabilities`` on the global
 train counts), then a sample uniformly within the class, i.e. sample i has probability
@@ -38,7 +38,7 @@ class MinorityDraws:
         q[counts == 0] = 0.0  # a class absent here (all corrupt, or not in this split) drops out
         if q.sum() <= 0:
             raise ValueError("minority stream: no class with samples has positive probability")
-        self.class_probs = q / q.sum()  # float64 [C], renormalized (§6.3)
+        self.class_probs = q / q.sum()  # float64 [C], renormalized
         self._cdf = np.cumsum(self.class_probs)
         self._cdf[-1] = 1.0
         self._members = members

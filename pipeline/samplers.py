@@ -1,4 +1,4 @@
-"""Sampling distributions for the P and Q streams (ALGORITHMS.md §0, §6.3, §7.1).
+"""Sampling distributions for the P and Q streams (METHODS.md: Streams P and Q; The meaning of r).
 
 P (instance-uniform): every sample has probability 1/N, so class k has probability pi_k = n_k/N.
 Q (minority-weighted, the papers' meaning of r): class k is drawn with probability
@@ -9,7 +9,7 @@ and then a sample uniformly within the class, so sample i has weight w_i = q(y_i
 Effective-number variant [CMO Eq.3]: q_k ∝ 1/E_k, E_k = (1 - beta^n_k) / (1 - beta), beta=(N-1)/N.
 
 All functions are pure numpy and exact (float64). Empty classes (n_k = 0) raise unless
-``allow_empty=True``, in which case q_k = 0 and 0^-r is never evaluated (§6.3).
+``allow_empty=True``, in which case q_k = 0 and 0^-r is never evaluated (METHODS.md, Empty classes).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def sample_weights(labels, class_probs) -> np.ndarray:
     """Per-sample probability w_i = q(y_i)/n_{y_i} (n counted in ``labels``); float64 [N], sum 1.
 
     For a shard of the data, pass the shard's labels: classes absent from it drop out and the
-    weights are renormalized (§6.3).
+    weights are renormalized.
     """
     y = np.asarray(labels, dtype=np.int64)
     q = np.asarray(class_probs, dtype=np.float64)

@@ -1,4 +1,4 @@
-"""The reference loader, built the way users do today (issue 3, item 8).
+"""The reference loader, built the way users do today.
 
 A map-style dataset reads samples by random access into the tars (what ``wids`` does; here
 through ``index.npy``), decodes with PIL and augments with torchvision transforms; P is a seeded

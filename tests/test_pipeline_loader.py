@@ -1,4 +1,4 @@
-"""The DALI loader on real shards, DALI CPU operators (issue 3): epochs, eval, Q, resume, layout."""
+"""The DALI loader on real shards, DALI CPU operators: epochs, eval, Q, resume, layout."""
 
 import itertools
 

@@ -1,4 +1,4 @@
-"""The torch reference loader against the DALI CPU pipeline, and bad input for both (issue 3)."""
+"""The torch reference loader against the DALI CPU pipeline, and bad input for both."""
 
 import json
 import logging
