@@ -1,4 +1,5 @@
-"""Stream Q: counter-based minority-weighted draws and random-access reads (METHODS.md: Conventions).
+"""Stream Q: counter-based minority-weighted draws and random-access reads (METHODS.md,
+Conventions).
 
 A draw picks class k with probability q(r, k) (``samplers.class_probabilities`` on the global
 train counts), then a sample uniformly within the class, i.e. sample i has probability
