@@ -1,4 +1,5 @@
-"""Samplers and Q's counter-based draws (METHODS.md, Conventions): exact formulas, chi-square fits."""
+"""Samplers and Q's counter-based draws (METHODS.md, Conventions): exact formulas,
+chi-square fits."""
 
 import numpy as np
 import pytest
