@@ -151,7 +151,7 @@ def test_smc_recipe_trains_with_the_mixed_prior(tmp_path):
     cmd = [sys.executable, "-m", "ltpipe.train", str(shards), "--out", str(run), "--recipe",
            "synthetic-smc", "--epochs", "1", "--batch-size", "16", "--warmup", "0",
            "--image-size", "16", "--no-progress"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert 'prior = "mixed"' in (run / "config.toml").read_text()
     line = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
