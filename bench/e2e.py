@@ -51,7 +51,7 @@ from pathlib import Path
 
 import torch
 
-from ltpipe.pipeline.batch import Batch
+from ltpipe.pipeline.batch import Batch, Tiles
 from ltpipe.train import build
 from ltpipe.train.benchmark import (ScriptParser, add_shard_source_args, benchmark_shards,
                                     positive_int, write_result)
@@ -111,8 +111,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="loader settings to sweep on the FIRST mixer, ';'-separated, each "
                    "'key=value,...' over hw, threads, workers, prefetch, prio, shards (another "
                    "copy of the data), cpudec (streams decoded on the CPU, e.g. minority or "
-                   "uniform+minority), qdec (tiles: Q decodes only the boxes of the mixer's "
-                   "plan, the default; full: whole Q images); unset keys keep the options above); the fastest is used "
+                   "uniform+minority), qdec (auto: the loader's default; tiles: Q decodes only the "
+                   "boxes of the mixer's plan; full: whole Q images, no plan in the loader); "
+                   "unset keys keep the options above); the fastest is used "
                    "for the other mixers and the reference, e.g. "
                    "'prio=default;prio=high;prio=high,hw=0.8;prio=high,shards=/tmp/inat-400'")
     p.add_argument("--max-image-side", type=int, default=800, help="nvJPEG preallocation hint")
@@ -145,17 +146,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 VARIANT_KEYS = {"hw": float, "threads": int, "workers": int, "prefetch": int, "prio": str,
                 "shards": str, "cpudec": str, "qdec": str}
-# qdec: "tiles" builds the loader from the mixer (make_loader(mixer=...)): a mixer that declares a
-# mix plan (CMO, OTmix bank) gets Q as box tiles, the product default; "full" decodes whole Q
-# images, as every loader did before plans (the mixer then draws the same plan itself)
-QDECS = ("tiles", "full")
+# qdec: "auto" (the product default) and "tiles" build the loader from the mixer
+# (make_loader(mixer=..., q_decode=...)): a mixer that declares a mix plan (CMO, OTmix bank) gets
+# Q as box tiles where q_decode says so; "full" decodes whole Q images with no plan in the loader,
+# as every loader did before plans (the mixer then draws the same plan itself)
+QDECS = ("auto", "tiles", "full")
 
 
 def parse_variants(text: str, args) -> list[dict]:
     """'prio=default;prio=high,hw=0.8' -> full settings dicts (the options fill unset keys)."""
     base = {"hw": args.hw_decoder_load, "threads": args.threads, "workers": None,
             "prefetch": args.prefetch, "prio": args.compute_stream, "shards": "",
-            "cpudec": "", "qdec": "tiles"}
+            "cpudec": "", "qdec": "auto"}
     out = []
     for spec in [v for v in text.split(";") if v.strip()] or [""]:
         v = dict(base)
@@ -178,9 +180,10 @@ def parse_variants(text: str, args) -> list[dict]:
 def variant_label(v: dict) -> str:
     """All settings, plus ``shards=`` when the variant reads another copy of the data (e.g. one
     written with ``ltpipe shard --max-size``: the same images, fewer pixels to decode) and
-    ``cpudec=`` when streams are decoded on the CPU (a mixer without such a stream ignores it)."""
-    return ",".join(f"{k}={v[k]}" for k in VARIANT_KEYS
-                    if k not in ("shards", "cpudec") or v[k])
+    ``cpudec=`` when streams are decoded on the CPU (a mixer without such a stream ignores it),
+    ``qdec=`` when it is not the loader's default."""
+    quiet = {"shards": "", "cpudec": "", "qdec": "auto"}  # left out at these values
+    return ",".join(f"{k}={v[k]}" for k in VARIANT_KEYS if k not in quiet or v[k] != quiet[k])
 
 
 def check_same_data(manifest, other: str) -> None:
@@ -272,9 +275,13 @@ def full_steps(loader, batch_size: int):
 
 
 def resident_copy(streams: dict[str, Batch]) -> dict[str, Batch]:
-    """A private device copy (same dtype, strides) that no loader will ever overwrite."""
-    return {k: Batch(b.images.clone(), b.labels.clone(), b.index.clone(), dict(b.meta))
-            for k, b in streams.items()}
+    """A private device copy (same dtype, strides) that no loader will ever overwrite; Q's
+    tiles too, where the loader decoded Q as tiles."""
+    def tiles(t):
+        return None if t is None else Tiles(t.pixels.clone(), t.boxes.clone())
+
+    return {k: Batch(b.images.clone(), b.labels.clone(), b.index.clone(), dict(b.meta),
+                     tiles(b.tiles)) for k, b in streams.items()}
 
 
 def resident_batches(loader, batch_size: int) -> list[dict[str, Batch]]:
@@ -371,8 +378,8 @@ def measure_mixer(name: str, shards: Path, args, counts: torch.Tensor,
 
     def dali(v: dict) -> dict:
         # tiles: the loader from the mixer's declaration (streams, r and its mix plan)
-        source = {"mixer": step.mixer, "q_decode": "tiles"} if v["qdec"] == "tiles" \
-            else {"streams": streams, **r}
+        source = {"streams": streams, **r} if v["qdec"] == "full" \
+            else {"mixer": step.mixer, "q_decode": v["qdec"]}
         return dict(num_threads=v["threads"], py_workers=v["workers"],
                     prefetch=v["prefetch"], hw_decoder_load=v["hw"],
                     cpu_decode=tuple(x for x in v["cpudec"].split("+") if x in streams),
