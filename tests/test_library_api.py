@@ -112,3 +112,19 @@ def test_a_loader_built_from_the_mixer_reads_its_streams_and_exponent(tiny_shard
     # without a mixer: P and Q with the paper's r = 1, as before
     plain = make(tiny_shards, batch_size=4, num_threads=1)
     assert plain.streams == ("uniform", "minority") and plain.r == 1.0
+
+
+def test_mixed_loss_hands_the_batchs_label_prior_to_a_loss_that_reads_it():
+    from ltpipe.train.losses import build_base_loss
+
+    torch.manual_seed(1)
+    logits = torch.randn(B, C)
+    y_a, y_b = torch.arange(B) % C, torch.full((B,), 3)
+    prior = torch.tensor([0.4, 0.3, 0.2, 0.1])
+    mixed = MixedBatch(torch.zeros(B, 3, 2, 2), y_a, y_b, torch.full((B,), 0.6),
+                       {"label_prior": prior})
+    la = build_base_loss("la", COUNTS, prior="mixed")
+    shifted = logits + prior.log()  # tau = 1: logits + log P_mix
+    want = (0.6 * F.cross_entropy(shifted, y_a, reduction="none")
+            + 0.4 * F.cross_entropy(shifted, y_b, reduction="none")).mean()
+    assert torch.allclose(mixed_loss(la, logits, mixed), want)

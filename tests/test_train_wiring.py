@@ -91,3 +91,12 @@ def test_several_empty_classes_are_counted_in_the_message():
     with pytest.raises(ValueError, match=r"class 0 \(and 1 more\) has no training samples, and "
                                          r"loss 'ldam' and reweight 'drw' use the class counts"):
         build.make_env(train_table("none", "ldam", "drw"), torch.tensor([0, 4, 0]), "s", CPU)
+
+
+def test_a_mixed_prior_without_a_mixer_that_declares_one_is_a_build_error():
+    """Before any step: the loss would otherwise raise at the first batch, mid-run."""
+    cfg = resolve({}, {"mixer": "cmo", "loss": "la", "epochs": 2}, {})
+    cfg["loss"]["la"] = {"prior": "mixed"}
+    env = build.make_env(cfg["train"], torch.tensor([5, 4, 3]), "s", CPU)
+    with pytest.raises(ValueError, match=r"prior='mixed' needs a mixer that declares .* 'cmo'"):
+        build.make_model_and_criterion(cfg, env, build.make_mixer(cfg, env))

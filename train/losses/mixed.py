@@ -20,13 +20,17 @@ def mixed_loss(criterion: Callable[..., torch.Tensor], logits: torch.Tensor,
 
     ``criterion(logits, targets)`` returns per-sample losses [B] or their mean. One that takes a
     ``reduction`` keyword (``F.cross_entropy``) is asked for ``reduction="none"``. A mean is exact
-    when lam is the same for every row (one box per batch) and refused otherwise.
+    when lam is the same for every row (one box per batch) and refused otherwise. A loss corrected
+    by the mixed labels' prior (``build_base_loss("la", counts, prior="mixed")``) gets the prior
+    the mixer declared on the batch (``mixed.extras["label_prior"]``), as in ltpipe's trainer.
     """
     lam = mixed.lam.to(torch.float32)  # [B]
-    loss_a = _per_sample(criterion, logits, mixed.y_a)
+    extra = {"label_prior": mixed.extras.get("label_prior")} \
+        if getattr(criterion, "reads_label_prior", False) else {}
+    loss_a = _per_sample(criterion, logits, mixed.y_a, extra)
     if mixed.y_b is mixed.y_a:  # an unmixed batch: lam = 1
         return loss_a.mean()
-    loss_b = _per_sample(criterion, logits, mixed.y_b)
+    loss_b = _per_sample(criterion, logits, mixed.y_b, extra)
     if loss_a.dim() == 0:
         if not bool((lam == lam[0]).all()):
             raise ValueError("mixed_loss: the criterion returns one value per batch, but lam "
@@ -35,7 +39,10 @@ def mixed_loss(criterion: Callable[..., torch.Tensor], logits: torch.Tensor,
     return (lam * loss_a + (1 - lam) * loss_b).mean()
 
 
-def _per_sample(criterion, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _per_sample(criterion, logits: torch.Tensor, targets: torch.Tensor,
+                extra: dict) -> torch.Tensor:
+    if extra:  # ltpipe's own per-sample losses: no reduction keyword
+        return criterion(logits, targets, **extra)
     try:
         return criterion(logits, targets, reduction="none")
     except TypeError:  # no ``reduction`` keyword (an nn.Module, or a user's function)
