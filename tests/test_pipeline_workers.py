@@ -34,7 +34,10 @@ SCRIPT = textwrap.dedent("""
 def children(pid: int) -> list[int]:
     found = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
+        try:
+            text = (task / "children").read_text().split()
+        except FileNotFoundError:  # the thread ended while we listed them (DALI's come and go)
+            continue
         found += [int(c) for c in text]
     return found
 
