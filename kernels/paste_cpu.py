@@ -3,7 +3,8 @@
 Same rule and rounding as the torch reference and the CUDA kernel: float32 operations rounded on
 their own (numba does not contract into fmas without fastmath), float16/bfloat16 decoded through
 an exact 65536-entry table and encoded with ``halfbits``. Per sample the source rows/columns and
-weights are computed once, then the box is filled in memory order. Compiled lazily on first use.
+weights are computed once, then the box is filled in memory order. Compiled on first use and
+cached on disk (numba's cache=True), so later processes skip the 5 s compile.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ _RAW = {torch.uint8: torch.uint8, torch.float16: torch.int16, torch.bfloat16: to
         torch.float32: torch.float32}
 _tables: dict[torch.dtype, np.ndarray] = {}
 
-_f2h = njit(halfbits.float_to_half_bits)
-_f2b = njit(halfbits.float_to_bfloat_bits)
+_f2h = njit(cache=True)(halfbits.float_to_half_bits)
+_f2b = njit(cache=True)(halfbits.float_to_bfloat_bits)
 
 
 def _decode_table(dtype: torch.dtype) -> np.ndarray:
@@ -38,7 +39,7 @@ def _decode_table(dtype: torch.dtype) -> np.ndarray:
     return _tables[dtype]
 
 
-@njit
+@njit(cache=True)
 def _axis(in_size, out_size):
     """Source indices and weights along one axis, float32 step by step (paste._axis)."""
     i0 = np.empty(out_size, np.int64)
@@ -56,7 +57,7 @@ def _axis(in_size, out_size):
     return i0, i1, l0, l1
 
 
-@njit
+@njit(cache=True)
 def _value(src, j, c, y, x, cl, kind, table):
     v = src[j, y, x, c] if cl else src[j, c, y, x]
     if kind == KIND_F16 or kind == KIND_BF16:
@@ -64,7 +65,7 @@ def _value(src, j, c, y, x, cl, kind, table):
     return np.float32(v)
 
 
-@njit
+@njit(cache=True)
 def _encode(v, kind, fbuf, ubuf):
     if kind == KIND_U8:
         return np.float32(np.rint(min(max(v, np.float32(0.0)), np.float32(255.0))))
@@ -76,7 +77,7 @@ def _encode(v, kind, fbuf, ubuf):
     return v
 
 
-@njit
+@njit(cache=True)
 def _resize_paste(dst, src, boxes, src_index, use_index, d_cl, s_cl, kind, table):
     C = dst.shape[3] if d_cl else dst.shape[1]
     H = dst.shape[1] if d_cl else dst.shape[2]
