@@ -49,15 +49,19 @@ STATE_VERSION = 1
 Q_DECODES = ("auto", "tiles", "full")
 
 
-def resolve_q_decode(q_decode: str, device: str, cpu_decode: tuple[str, ...]) -> str:
-    """"auto": tiles where CPU operators decode Q, full where nvJPEG does. Measured: on the CPU
-    tiles give x1.46 the pairs/s at prob 0.5 (bench/results/loader-plan-cpu.json); on an H200
-    (nvJPEG, CMO prob 0.5, ResNet-50) the end-to-end run was slower with tiles than with full
-    decoding, 3,825 vs 5,167 img/s (bench/results/e2e-nvidia-h200-plan-p0.5.json), so the GPU
-    keeps full decoding until that path is profiled."""
+def resolve_q_decode(q_decode: str, device: str, cpu_decode: tuple[str, ...]) -> str | None:
+    """How a planned Q stream is decoded: "tiles", "full" (whole images at the plan's crops), or
+    None: no plan in the loader, Q decoded as before plans (DALI draws its own crop) while the
+    mixer draws the same plan from the step's (epoch, step).
+
+    "auto" takes what was measured faster: tiles where CPU operators decode Q (x1.46 the pairs/s
+    at prob 0.5, bench/results/loader-plan-cpu.json), None on nvJPEG. On an H200 (CMO prob 0.5,
+    ResNet-50) the planned path ran 3,825 img/s against 5,167 for the loader without a plan, the
+    step waiting on Q's planned decode (bench/results/e2e-plan-p0.5-nvidia-h200.json); until
+    that path is profiled the GPU keeps the measured one."""
     if q_decode != "auto":
         return q_decode
-    return "tiles" if device == "cpu" or "minority" in cpu_decode else "full"
+    return "tiles" if device == "cpu" or "minority" in cpu_decode else None
 
 
 def check_arguments(data: ShardSplit, split: str, batch_size: int, streams, device: str,
@@ -136,8 +140,9 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
             ``meta["plan"]``, and Q ("minority") takes its crop and flip from it.
         q_decode: under a plan whose mixer reads only the boxes (``PlanSpec.tiles``): "tiles"
             decodes only the pixels of Q's boxes (``Batch.tiles``; nothing on unmixed steps),
-            "full" the whole S x S images (the baseline), "auto" tiles where CPU operators
-            decode Q and full on nvJPEG (``resolve_q_decode``: what was measured faster).
+            "full" the whole S x S images at the plan's crops, "auto" tiles where CPU operators
+            decode Q and no plan in the loader on nvJPEG (``resolve_q_decode``: what was
+            measured faster; the mixer then draws the plan itself).
             Ignored without a plan.
         count_pixels: sum each stream's decoded source pixels in ``decoded_pixels``.
     Returns a DaliLoader: ``for step in loader`` -> {stream: Batch}; len, set_epoch,
@@ -178,13 +183,14 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
         py_start_method="spawn" if torch.cuda.is_initialized() else "fork",
         max_side=int(max_image_side), concurrency=concurrency, cpu_decode=cpu_decode,
         count_pixels=bool(count_pixels))
+    mode = resolve_q_decode(q_decode, device, cpu_decode)
     planner = None
-    if mix_plan is not None and spec.train and "minority" in streams:
+    if mix_plan is not None and spec.train and "minority" in streams and mode is not None:
         planner = MixPlanner(mix_plan, seed, rank, spec.batch_size, spec.size)
     return DaliLoader(data, spec, streams, r=r, seed=seed, rank=rank, world=world, epoch=epoch,
                       dtype=dtype, planner=planner,
                       tiles=planner is not None and mix_plan.tiles
-                      and resolve_q_decode(q_decode, device, cpu_decode) == "tiles")
+                      and mode == "tiles")
 
 
 def declared_streams(mixer, streams, r) -> tuple[tuple[str, ...], float]:
