@@ -124,12 +124,18 @@ def check_class_counts(manifest, split: str, labels: np.ndarray) -> None:
                                f"{int(actual[k])} in the index (re-run `ltpipe shard`)")
 
 
+def tar_order(rows: np.ndarray, shard: int) -> np.ndarray:
+    """Sample ids of ``shard`` in tar order (ascending payload offset): line j of its DALI
+    index is its j-th id."""
+    ids = np.flatnonzero(rows["shard"] == shard)
+    return ids[np.argsort(rows["offset"][ids], kind="stable")]
+
+
 def check_dali_indexes(rows: np.ndarray, idx_paths: list[Path]) -> None:
     """Each DALI index must parse and list the ``.jpg`` payloads of index.npy's rows of its shard
     (DALI would otherwise fail mid-run with a traceback naming no file)."""
     for shard, path in enumerate(idx_paths):
-        ids = np.flatnonzero(rows["shard"] == shard)
-        ids = ids[np.argsort(rows["offset"][ids], kind="stable")]  # tar order
+        ids = tar_order(rows, shard)
         try:
             samples = read_dali_index(path)
         except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
@@ -224,8 +230,7 @@ def write_filtered_indexes(rows: np.ndarray, idx_paths: list[Path], bad: np.ndar
     out = []
     for shard, path in enumerate(idx_paths):
         lines = path.read_text().splitlines()
-        ids = np.flatnonzero(rows["shard"] == shard)
-        ids = ids[np.argsort(rows["offset"][ids], kind="stable")]
+        ids = tar_order(rows, shard)
         body = [ln for ln in lines[1:] if ln.strip()]
         if len(body) != ids.size:
             raise ShardFormatError(f"{path}: {len(body)} samples, index.npy lists {ids.size}")

@@ -14,7 +14,7 @@ In a training loop of one's own (README, "Use ltpipe in your own training loop")
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -113,7 +113,7 @@ class Mixer(nn.Module):
 
         if not inplace and "uniform" in streams:
             bg = streams["uniform"]
-            streams = {**streams, "uniform": Batch(bg.images.clone(), bg.labels, bg.index, bg.meta)}
+            streams = {**streams, "uniform": replace(bg, images=bg.images.clone())}
         env = self.env
         ctx = StepContext(epoch, env.epochs, step, env.class_counts,
                           step_generator(env.seed, epoch, step, env.rank, env.device), model=model)
