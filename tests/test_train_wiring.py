@@ -95,8 +95,17 @@ def test_several_empty_classes_are_counted_in_the_message():
 
 def test_a_mixed_prior_without_a_mixer_that_declares_one_is_a_build_error():
     """Before any step: the loss would otherwise raise at the first batch, mid-run."""
-    cfg = resolve({}, {"mixer": "cmo", "loss": "la", "epochs": 2}, {})
+    cfg = resolve({}, {"mixer": "cutmix", "loss": "la", "epochs": 2}, {})
     cfg["loss"]["la"] = {"prior": "mixed"}
     env = build.make_env(cfg["train"], torch.tensor([5, 4, 3]), "s", CPU)
-    with pytest.raises(ValueError, match=r"prior='mixed' needs a mixer that declares .* 'cmo'"):
+    with pytest.raises(ValueError, match=r"prior='mixed' needs a mixer that declares .* 'cutmix'"):
         build.make_model_and_criterion(cfg, env, build.make_mixer(cfg, env))
+
+
+@pytest.mark.parametrize("mixer", ["cmo", "otmix", "smc"])
+def test_the_minority_mixers_declare_a_prior_for_the_mixed_reading(mixer):
+    cfg = resolve({}, {"mixer": mixer, "loss": "bs", "epochs": 2}, {})
+    cfg["loss"]["bs"] = {"prior": "mixed"}
+    env = build.make_env(cfg["train"], torch.tensor([5, 4, 3]), "s", CPU)
+    _, criterion = build.make_model_and_criterion(cfg, env, build.make_mixer(cfg, env))
+    assert criterion.base.reads_label_prior

@@ -129,7 +129,8 @@ def make_model_and_criterion(cfg: dict, env: MixerEnv, mixer):
     base = build_base_loss(t["loss"], env.class_counts, **cfg["loss"].get(t["loss"], {}))
     if getattr(base, "reads_label_prior", False) and not hasattr(mixer, "label_prior"):
         raise ValueError(f"loss {t['loss']!r}: prior='mixed' needs a mixer that declares the "
-                         f"label distribution of its batches (smc); mixer {t['mixer']!r} does not")
+                         f"label distribution of its batches (smc, cmo, otmix); mixer "
+                         f"{t['mixer']!r} does not")
     drw = t["drw_epoch"] if t["drw_epoch"] >= 0 else None
     weights = ClassWeights(t["reweight"], env.class_counts, epochs=t["epochs"], drw_epoch=drw)
     model.to(env.device)

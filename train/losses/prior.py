@@ -65,6 +65,25 @@ def resizemix_fg_share(height: int, width: int, scale: tuple[float, float]) -> f
     return total / (hi - lo)
 
 
+def cutmix_fg_share(height: int, width: int, alpha: float, draws: int = 1 << 18) -> float:
+    """E[w_fg] = E[area]/(H·W) of a ``kernels.boxes.cutmix_boxes`` box with λ₀ ~ Beta(α, α):
+    exact over the centre (uniform on the pixel grid, sides clipped to the image) and a fixed-seed
+    Monte Carlo over λ₀ (2^18 draws: standard error about 6e-4). About 0.32 for α = 1, under
+    the 0.5 of an unclipped box."""
+    def mean_clipped_side(side: int) -> np.ndarray:  # [side//2 + 1]: E over the centre, by half
+        half = np.arange(side // 2 + 1)[:, None]
+        centre = np.arange(side)[None, :]
+        return (np.minimum(centre + half, side) - np.maximum(centre - half, 0)).mean(axis=1)
+
+    if not alpha > 0:
+        raise ValueError(f"cutmix_fg_share: alpha must be > 0, got {alpha}")
+    s = np.sqrt(1.0 - np.random.default_rng(0).beta(alpha, alpha, draws))
+    half_h = np.floor(height * s).astype(np.int64) // 2
+    half_w = np.floor(width * s).astype(np.int64) // 2
+    area = mean_clipped_side(height)[half_h] * mean_clipped_side(width)[half_w]
+    return float(area.mean() / (height * width))
+
+
 def log_prior(prior) -> torch.Tensor:
     """log P as fp32 [C] (P float64 numpy or tensor)."""
     return torch.as_tensor(np.asarray(prior, dtype=np.float64)).log().float()

@@ -95,7 +95,9 @@ class Mixer(nn.Module):
         super().__init__()
         self.env = env
         self._warned_off = False  # once per run (not checkpointed): see _warn_if_off
+        self._label_priors: dict = {}  # (H, W, device) -> fp32 [C]: see _declare_label_prior
         self.register_forward_pre_hook(_warn_if_off)
+        self.register_forward_hook(_declare_label_prior)
 
     def forward(self, streams: Mapping[str, Batch], ctx: StepContext) -> MixedBatch:
         raise NotImplementedError
@@ -136,6 +138,17 @@ class Mixer(nn.Module):
     def extra_repr(self) -> str:
         return f"streams={self.streams}"
 
+    # A mixer whose labels follow a known class distribution defines
+    # ``label_prior(height, width) -> float64 [C]`` (METHODS.md: Losses, the mixed prior); every
+    # batch it returns then carries it as ``extras["label_prior"]``, for ``prior="mixed"``.
+    def declared_label_prior(self, height: int, width: int, device) -> torch.Tensor:
+        """``label_prior(height, width)`` as fp32 on ``device``, computed once per run: a
+        host-to-device copy per step would be waste."""
+        key = (int(height), int(width), str(device))
+        if key not in self._label_priors:
+            self._label_priors[key] = self.label_prior(height, width).float().to(device)
+        return self._label_priors[key]
+
 
 def active_in_epoch(epoch: int, epochs: int, schedule: str) -> bool:
     """Whether mixing may run in ``epoch`` (METHODS.md: CMO; When to mix).
@@ -164,6 +177,16 @@ def _warn_if_off(mixer: Mixer, args: tuple) -> None:
         warnings.warn(f"{type(mixer).__name__}: {why} keeps mixing off in epoch {ctx.epoch} of "
                       f"{ctx.epochs}: the batches pass unmixed (train/METHODS.md, schedules)",
                       stacklevel=3)
+
+
+def _declare_label_prior(mixer: Mixer, args: tuple, out: Any) -> Any:
+    """Forward hook: put the mixer's label prior on every batch it returns, unmixed ones too
+    (the prior is the run's expectation, not the batch's own label histogram)."""
+    if not hasattr(mixer, "label_prior") or not isinstance(out, MixedBatch):
+        return None
+    height, width = out.images.shape[-2:]
+    prior = mixer.declared_label_prior(height, width, out.y_a.device)
+    return replace(out, extras={**out.extras, "label_prior": prior})
 
 
 MixerFactory = Callable[..., Mixer]

@@ -29,7 +29,7 @@ from typing import Mapping
 from ltpipe.pipeline.batch import Batch, MixedBatch
 from ltpipe.pipeline.mix_plan import PlanSpec
 from ltpipe.train.mixers.base import Mixer, MixerEnv, StepContext, active_in_epoch, resolve_prob
-from ltpipe.train.mixers.cutmix import check_common, paste_planned_, step_plan
+from ltpipe.train.mixers.cutmix import check_common, minority_paste_prior, paste_planned_, step_plan
 
 
 class CMO(Mixer):
@@ -48,6 +48,10 @@ class CMO(Mixer):
         """The declaration the loader draws this mixer's plans by: CMO reads only Q's boxes."""
         return PlanSpec(prob=self.prob, mix_schedule=self.mix_schedule, epochs=self.env.epochs,
                         alpha=self.alpha, per_sample=self.box == "sample")
+
+    def label_prior(self, height: int, width: int):
+        """P_mix of CMO's labels, for ``prior="mixed"`` losses (METHODS.md: Losses)."""
+        return minority_paste_prior(self, height, width)
 
     def forward(self, streams: Mapping[str, Batch], ctx: StepContext) -> MixedBatch:
         bg, fg = streams["uniform"], streams["minority"]

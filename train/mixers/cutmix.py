@@ -19,6 +19,8 @@ import torch
 from ltpipe.kernels.boxes import cutmix_boxes, sample_lam
 from ltpipe.pipeline.batch import Batch, MixedBatch
 from ltpipe.pipeline.mix_plan import MixPlan, MixPlanner, PlanSpec
+from ltpipe.pipeline.samplers import class_probabilities
+from ltpipe.train.losses.prior import cutmix_fg_share, data_prior, mixed_label_prior
 from ltpipe.train.mixers.base import Mixer, MixerEnv, StepContext, active_in_epoch, mix_gate
 
 BOX_MODES = ("batch", "sample")
@@ -53,6 +55,23 @@ def paste_mix_(images: torch.Tensor, src: torch.Tensor, *, alpha: float, per_sam
     lam = torch.where(gate, lam, torch.ones_like(lam))
     paste_(images, src, boxes, src_index, validate=False)  # boxes are valid by construction
     return boxes, lam
+
+
+def minority_paste_prior(mixer: Mixer, height: int, width: int,
+                         mixed_rows: float = 1.0) -> torch.Tensor:
+    """The expected class distribution of the labels of a mixer that pastes a CutMix box of a
+    minority foreground (q(fg_r)) into a uniform background (π), float64 [C]: CMO, and OTmix with
+    ``mixed_rows`` = its fraction. A share ``prob``·(epochs in the window)/E·mixed_rows of the
+    samples is mixed, and a mixed label puts E[box area]/HW on the foreground (METHODS.md:
+    Losses). OTmix's OT steps re-pick backgrounds within the batch; the prior still takes them
+    as P's draw."""
+    env = mixer.env
+    counts = env.class_counts.cpu().numpy()
+    q = class_probabilities(counts, mixer.fg_r, allow_empty=True)
+    window = sum(active_in_epoch(e, env.epochs, mixer.mix_schedule) for e in range(env.epochs))
+    share = mixer.prob * window / max(env.epochs, 1) * mixed_rows
+    fg_share = cutmix_fg_share(height, width, mixer.alpha)
+    return torch.from_numpy(mixed_label_prior(data_prior(counts), q, fg_share, prob=share))
 
 
 def step_plan(mixer: Mixer, spec: PlanSpec, streams: Mapping[str, Batch],

@@ -48,7 +48,7 @@ from ltpipe.pipeline.batch import Batch, MixedBatch
 from ltpipe.pipeline.mix_plan import PlanSpec
 from ltpipe.train.mixers import confusion as conf
 from ltpipe.train.mixers.base import Mixer, MixerEnv, StepContext, active_in_epoch, resolve_prob
-from ltpipe.train.mixers.cutmix import paste_planned_, step_plan
+from ltpipe.train.mixers.cutmix import minority_paste_prior, paste_planned_, step_plan
 
 log = logging.getLogger(__name__)
 MODES = ("exact", "bank")
@@ -229,6 +229,10 @@ class OTMix(Mixer):
         return PlanSpec(prob=self.prob, mix_schedule=self.mix_schedule, epochs=self.env.epochs,
                         alpha=self.alpha, per_sample=self.box == "sample",
                         fraction=self.fraction, tiles=self.mode == "bank")
+
+    def label_prior(self, height: int, width: int):
+        """P_mix of OTmix's labels, for ``prior="mixed"`` losses (METHODS.md: Losses)."""
+        return minority_paste_prior(self, height, width, mixed_rows=self.fraction)
 
     def forward(self, streams: Mapping[str, Batch], ctx: StepContext) -> MixedBatch:
         bg, fg = streams["uniform"], streams["minority"]

@@ -55,7 +55,6 @@ class SMCMix(Mixer):
         self.scale = (float(scale[0]), float(scale[1]))
         self.box, self.views, self.view_aug = box, int(views), view_aug
         self.mean, self.std = mean, std
-        self._label_priors: dict = {}  # (H, W, device) -> fp32 [C]
 
     def label_prior(self, height: int, width: int) -> torch.Tensor:
         """The expected class distribution of this mixer's labels, float64 [C]: every sample is
@@ -65,12 +64,6 @@ class SMCMix(Mixer):
         q = class_probabilities(counts, self.fg_r, allow_empty=True)
         fg_share = resizemix_fg_share(height, width, self.scale)
         return torch.from_numpy(mixed_label_prior(data_prior(counts), q, fg_share, prob=1.0))
-
-    def _declared_prior(self, height: int, width: int, device) -> torch.Tensor:
-        key = (height, width, str(device))
-        if key not in self._label_priors:  # once per run: a host-to-device copy per step is waste
-            self._label_priors[key] = self.label_prior(height, width).float().to(device)
-        return self._label_priors[key]
 
     def _view(self, x: torch.Tensor, meta: Mapping, gen: torch.Generator) -> torch.Tensor:
         if self.view_aug == "none":
@@ -98,5 +91,5 @@ class SMCMix(Mixer):
         y_fg = y_fg.repeat(v)
         lam = lam.repeat(v)
         extras = {"y_fg": y_fg, "y_bg": y_bg, "lf": 1 - lam, "views": v,
-                  "index": bg.index.repeat(v), "label_prior": self._declared_prior(h, w, dev)}
+                  "index": bg.index.repeat(v)}  # + "label_prior", by Mixer's forward hook
         return MixedBatch(torch.cat(views), y_bg, y_fg, lam, extras)
