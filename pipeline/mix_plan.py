@@ -92,13 +92,27 @@ class MixPlan:
 
     def tensors(self, device, rows: int | None = None):
         """(boxes int32 [b,4], lam float32 [b], mixed bool [b]) as torch tensors on ``device``,
-        the first ``rows`` rows (a last step shorter than B). Copies only, no device sync."""
+        the first ``rows`` rows (a last step shorter than B). No device sync: the three are
+        packed into one int32 buffer, pinned for a CUDA device (a copy from pageable memory
+        waits for the device even when asked not to), and copied once; the loader and the mixer
+        share the copy (cached on the plan per device and row count)."""
         import torch
 
         b = len(self) if rows is None else rows
-        out = (self.boxes[:b], self.lam[:b], self.mixed[:b])
-        return tuple(torch.from_numpy(np.ascontiguousarray(a)).to(device, non_blocking=True)
-                     for a in out)
+        key = (str(device), b)
+        cache = self.__dict__.setdefault("_on_device", {})  # frozen dataclass: no setattr
+        if key not in cache:
+            packed = np.empty(6 * b, dtype=np.int32)  # boxes [b,4] | lam's bits [b] | mixed [b]
+            packed[:4 * b] = self.boxes[:b].reshape(-1)
+            packed[4 * b:5 * b] = np.ascontiguousarray(self.lam[:b], dtype=np.float32).view(np.int32)
+            packed[5 * b:] = self.mixed[:b]
+            host = torch.from_numpy(packed)
+            if torch.device(device).type == "cuda":
+                host = host.pin_memory()
+            flat = host.to(device, non_blocking=True)
+            cache[key] = (flat[:4 * b].view(b, 4), flat[4 * b:5 * b].view(torch.float32),
+                          flat[5 * b:].bool())
+        return cache[key]
 
 
 def cutmix_boxes_np(lam0: np.ndarray, centres: np.ndarray, size: int):

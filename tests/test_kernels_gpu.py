@@ -150,3 +150,19 @@ def test_cached_views_follow_new_tensors():
     torch.cuda.synchronize()
     for d, t in outs:
         assert torch.equal(_bits(d.cpu()), _bits(paste_tiles_reference(dst.clone(), t, boxes)))
+
+
+def test_plan_tensors_reach_the_device_exactly():
+    """The pinned, packed host-to-device copy of a mix plan (pipeline/mix_plan.py)."""
+    import numpy as np
+
+    from ltpipe.pipeline.mix_plan import MixPlanner, PlanSpec
+
+    plan = MixPlanner(PlanSpec(prob=1.0, mix_schedule="always", epochs=3, alpha=1.0,
+                               per_sample=True), seed=1, rank=0, batch_size=64,
+                      image_size=224).draw(0, 3)
+    boxes, lam, mixed = plan.tensors("cuda", 60)
+    assert boxes.is_cuda and boxes.shape == (60, 4)
+    assert np.array_equal(boxes.cpu().numpy(), plan.boxes[:60])
+    assert np.array_equal(lam.cpu().numpy(), plan.lam[:60])
+    assert np.array_equal(mixed.cpu().numpy(), plan.mixed[:60])

@@ -118,3 +118,21 @@ def test_requests_decode_only_the_mixed_rows_box_windows():
     win = crop_window(plan.crop_u[0], 400, 300, "imagenet", S)
     assert tuple(full[1][0]) == win[:2] and tuple(full[2][0]) == win[2:]
     assert math.isclose(full[4][0][0], win[3]) and math.isclose(full[4][0][1], win[2])
+
+
+@pytest.mark.parametrize("rows", [None, 5])
+def test_plan_tensors_are_the_plans_arrays_copied_once(rows):
+    """One packed copy per (device, rows), shared by the loader (tiles) and the mixer."""
+    import torch
+
+    plan = MixPlanner(PlanSpec(prob=1.0, mix_schedule="always", epochs=3, alpha=1.0,
+                               per_sample=True, fraction=0.5), seed=4, rank=0, batch_size=8,
+                      image_size=32).draw(1, 2)
+    b = 8 if rows is None else rows
+    boxes, lam, mixed = plan.tensors("cpu", rows)
+    assert (boxes.dtype, lam.dtype, mixed.dtype) == (torch.int32, torch.float32, torch.bool)
+    assert boxes.shape == (b, 4) and boxes.is_contiguous()
+    assert np.array_equal(boxes.numpy(), plan.boxes[:b])
+    assert np.array_equal(lam.numpy(), plan.lam[:b])  # bit-exact through the int32 packing
+    assert np.array_equal(mixed.numpy(), plan.mixed[:b]) and 0 < mixed.sum() < b
+    assert plan.tensors("cpu", rows)[0] is boxes
