@@ -112,7 +112,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "'key=value,...' over hw, threads, workers, prefetch, prio, shards (another "
                    "copy of the data), cpudec (streams decoded on the CPU, e.g. minority or "
                    "uniform+minority), qdec (auto: the loader's default; tiles: Q decodes only the "
-                   "boxes of the mixer's plan; full: whole Q images, no plan in the loader); "
+                   "boxes of the mixer's plan; tiles-whole: the same tiles cut from whole-image "
+                   "decodes of the mixed rows; full: whole Q images, no plan in the loader); "
                    "unset keys keep the options above); the fastest is used "
                    "for the other mixers and the reference, e.g. "
                    "'prio=default;prio=high;prio=high,hw=0.8;prio=high,shards=/tmp/inat-400'")
@@ -146,11 +147,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 VARIANT_KEYS = {"hw": float, "threads": int, "workers": int, "prefetch": int, "prio": str,
                 "shards": str, "cpudec": str, "qdec": str}
-# qdec: "auto" (the product default) and "tiles" build the loader from the mixer
+# qdec: "auto" (the product default), "tiles" and "tiles-whole" build the loader from the mixer
 # (make_loader(mixer=..., q_decode=...)): a mixer that declares a mix plan (CMO, OTmix bank) gets
 # Q as box tiles where q_decode says so; "full" decodes whole Q images with no plan in the loader,
 # as every loader did before plans (the mixer then draws the same plan itself)
-QDECS = ("auto", "tiles", "full")
+QDECS = ("auto", "tiles", "tiles-whole", "full")
 
 
 def parse_variants(text: str, args) -> list[dict]:

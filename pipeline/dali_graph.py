@@ -76,6 +76,10 @@ class GraphSpec:
     # a third output per stream: the decoded window's shape [H, W, C] per sample (bench/loader.py
     # sums the decoded source pixels)
     count_pixels: bool = False
+    # planned Q: decode each window by an ROI decode (True), or decode the whole image and cut
+    # the window where it was decoded (False): DALI documents ROI decoding as leaving out nvJPEG's
+    # hardware decoder, which whole images keep (loader.py, q_decode="tiles-whole")
+    roi_decode: bool = True
 
 
 def outputs_per_stream(spec: GraphSpec) -> int:
@@ -108,7 +112,7 @@ def _normalize(img, spec: GraphSpec, mirror, crop=None):
 def _planned(inputs, spec: GraphSpec, cpu_decode: bool = False):
     """Q under a mix plan: (jpg, decode anchor, decode shape, roi start, roi end (not for
     "cifar"), out size, mirror) per sample (q_decode.py) -> (normalized tiles padded to the
-    batch's largest, the decoded window)."""
+    batch's largest, what was decoded: the window, or the whole image without ``roi_decode``)."""
     from nvidia.dali import fn, types
 
     if spec.preset == "imagenet":
@@ -117,9 +121,15 @@ def _planned(inputs, spec: GraphSpec, cpu_decode: bool = False):
         jpg, anchor, shape, roi_start, out, mirror = inputs
     dec, hw = _decoder_args(spec, cpu_decode)
     # the header's size is the stored one: no EXIF rotation (q_decode.py)
-    window = fn.decoders.image_slice(jpg, anchor, shape, device=dec, output_type=types.RGB,
-                                     normalized_anchor=False, normalized_shape=False,
-                                     adjust_orientation=False, **hw)
+    if spec.roi_decode:
+        window = decoded = fn.decoders.image_slice(
+            jpg, anchor, shape, device=dec, output_type=types.RGB, normalized_anchor=False,
+            normalized_shape=False, adjust_orientation=False, **hw)
+    else:  # the same window, cut from the whole image where it was decoded
+        decoded = fn.decoders.image(jpg, device=dec, output_type=types.RGB,
+                                    adjust_orientation=False, **hw)
+        window = fn.slice(decoded, anchor, shape, axis_names="WH", normalized_anchor=False,
+                          normalized_shape=False)
     if spec.preset == "imagenet":
         img = fn.resize(window, size=out, roi_start=roi_start, roi_end=roi_end,
                         interp_type=types.INTERP_LINEAR)  # antialiased, as the full crop's
@@ -129,7 +139,7 @@ def _planned(inputs, spec: GraphSpec, cpu_decode: bool = False):
     if spec.device == "cuda" and cpu_decode:
         img = img.gpu()
     img = _normalize(img, spec, mirror)
-    return fn.pad(img, axis_names="HW", fill_value=0), window
+    return fn.pad(img, axis_names="HW", fill_value=0), decoded
 
 
 def _augment(jpg, spec: GraphSpec, cpu_decode: bool = False):

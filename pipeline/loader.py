@@ -46,19 +46,20 @@ STREAMS = ("uniform", "minority", "balanced")
 WEIGHTED_STREAMS = frozenset({"minority", "balanced"})  # drawn by the class counts (q ∝ n_k^-r)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 STATE_VERSION = 1
-Q_DECODES = ("auto", "tiles", "full")
+Q_DECODES = ("auto", "tiles", "tiles-whole", "full")
 
 
 def resolve_q_decode(q_decode: str, device: str, cpu_decode: tuple[str, ...]) -> str | None:
-    """How a planned Q stream is decoded: "tiles", "full" (whole images at the plan's crops), or
-    None: no plan in the loader, Q decoded as before plans (DALI draws its own crop) while the
+    """How a planned Q stream is decoded: "tiles", "tiles-whole" (tiles cut from whole-image
+    decodes), "full" (whole images at the plan's crops), or None: no plan in the loader, Q decoded as before plans (DALI draws its own crop) while the
     mixer draws the same plan from the step's (epoch, step).
 
     "auto" takes what was measured faster: tiles where CPU operators decode Q (x1.46 the pairs/s
     at prob 0.5, bench/results/loader-plan-cpu.json), None on nvJPEG. On an H200 (CMO prob 0.5,
     ResNet-50) the planned path ran 3,825 img/s against 5,167 for the loader without a plan, the
     step waiting on Q's planned decode (bench/results/e2e-plan-p0.5-nvidia-h200.json); until
-    that path is profiled the GPU keeps the measured one."""
+    that path is profiled the GPU keeps the measured one. A likely cause: DALI documents ROI
+    decoding as leaving out nvJPEG's hardware decoder, which "tiles-whole" keeps (unmeasured)."""
     if q_decode != "auto":
         return q_decode
     return "tiles" if device == "cpu" or "minority" in cpu_decode else None
@@ -140,7 +141,9 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
             ``meta["plan"]``, and Q ("minority") takes its crop and flip from it.
         q_decode: under a plan whose mixer reads only the boxes (``PlanSpec.tiles``): "tiles"
             decodes only the pixels of Q's boxes (``Batch.tiles``; nothing on unmixed steps),
-            "full" the whole S x S images at the plan's crops, "auto" tiles where CPU operators
+            "tiles-whole" the same tiles from whole-image decodes of the mixed rows only (the
+            hardware JPEG decoder takes no ROI), "full" the whole S x S images at the plan's
+            crops, "auto" tiles where CPU operators
             decode Q and no plan in the loader on nvJPEG (``resolve_q_decode``: what was
             measured faster; the mixer then draws the plan itself).
             Ignored without a plan.
@@ -174,6 +177,7 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
         raise ValueError(f"cpu_decode: {sorted(set(cpu_decode) - set(streams))} are not among "
                          f"the streams {streams}")
     dev_id = torch.cuda.current_device() if device == "cuda" else None
+    mode = resolve_q_decode(q_decode, device, cpu_decode)
     spec = GraphSpec(
         batch_size=int(batch_size), preset=preset, size=int(image_size or DEFAULT_SIZE[preset]),
         train=split == "train", device=device, half=dtype == torch.float16,
@@ -182,15 +186,14 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
         # fork is fast but unsafe once CUDA is initialized in this process
         py_start_method="spawn" if torch.cuda.is_initialized() else "fork",
         max_side=int(max_image_side), concurrency=concurrency, cpu_decode=cpu_decode,
-        count_pixels=bool(count_pixels))
-    mode = resolve_q_decode(q_decode, device, cpu_decode)
+        count_pixels=bool(count_pixels), roi_decode=mode != "tiles-whole")
     planner = None
     if mix_plan is not None and spec.train and "minority" in streams and mode is not None:
         planner = MixPlanner(mix_plan, seed, rank, spec.batch_size, spec.size)
     return DaliLoader(data, spec, streams, r=r, seed=seed, rank=rank, world=world, epoch=epoch,
                       dtype=dtype, planner=planner,
                       tiles=planner is not None and mix_plan.tiles
-                      and mode == "tiles")
+                      and mode in ("tiles", "tiles-whole"))
 
 
 def declared_streams(mixer, streams, r) -> tuple[tuple[str, ...], float]:

@@ -165,3 +165,25 @@ def test_auto_q_decode_takes_what_was_measured_faster(device, cpu_decode, want):
 
     assert resolve_q_decode("auto", device, cpu_decode) == want
     assert resolve_q_decode("full", "cpu", ()) == "full"  # an explicit choice wins
+
+
+@pytest.mark.parametrize("preset,stored", [("imagenet", 96), ("cifar", 32)])
+def test_tiles_cut_from_whole_decodes_equal_roi_decoded_tiles(shards, preset, stored):
+    """q_decode="tiles-whole" (for nvJPEG's hardware decoder, which takes no ROI) decodes the
+    whole image of each mixed row and cuts the same window: the same tiles, pixel for pixel;
+    an unmixed row still decodes only the 8 x 8 placeholder."""
+    mixer = mixer_of("cmo", dict(prob=0.5, box="sample"))
+    roi = loader(shards[stored], mixer, preset, q_decode="tiles")
+    whole = loader(shards[stored], mixer, preset, q_decode="tiles-whole", count_pixels=True)
+    before, seen = 0, set()
+    for a, b in itertools.islice(zip(roi, whole), 6):
+        ta, tb = a["minority"].tiles, b["minority"].tiles
+        assert torch.equal(ta.pixels, tb.pixels) and torch.equal(ta.boxes, tb.boxes)
+        plan = b["uniform"].meta["plan"]
+        decoded = whole.decoded_pixels["minority"] - before
+        before = whole.decoded_pixels["minority"]
+        area = (plan.boxes[:, 2] - plan.boxes[:, 0]) * (plan.boxes[:, 3] - plan.boxes[:, 1])
+        rows = int((plan.mixed & (area > 0)).sum()) if plan.active else 0
+        assert decoded == rows * stored * stored + (B - rows) * 64
+        seen.add(plan.active)
+    assert seen == {True, False}

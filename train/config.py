@@ -258,8 +258,10 @@ def check_loader(table: dict) -> None:
     load = table["hw_decoder_load"]
     if not isinstance(load, (int, float)) or not 0 <= load <= 1:
         raise ConfigError(f"[loader] hw_decoder_load: must be in [0, 1], got {load!r}")
-    if table["q_decode"] not in ("auto", "tiles", "full"):
-        raise ConfigError(f"[loader] q_decode: must be auto, tiles or full, got "
+    from ltpipe.pipeline.loader import Q_DECODES  # the loader owns the modes
+
+    if table["q_decode"] not in Q_DECODES:
+        raise ConfigError(f"[loader] q_decode: must be one of {', '.join(Q_DECODES)}, got "
                           f"{table['q_decode']!r}")
 
 
