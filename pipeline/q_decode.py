@@ -32,9 +32,8 @@ import numpy as np
 
 from ltpipe.pipeline.dali_graph import CIFAR_PAD, RRC_RATIO, RRC_SCALE
 from ltpipe.pipeline.mix_plan import MixPlan
+from ltpipe.shards.jpegscan import SOF_MARKERS  # the frame headers that carry the size
 
-# SOF0..SOF15 carry the frame size; C4 (DHT), C8 (JPG) and CC (DAC) share the range but do not
-_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _STANDALONE = frozenset([0x01, 0xD8, *range(0xD0, 0xD8)])
 _placeholder: np.ndarray | None = None
 
@@ -56,7 +55,7 @@ def jpeg_size(data) -> tuple[int, int]:
         if marker in _STANDALONE:
             i += 2
             continue
-        if marker in _SOF and i + 8 < n:
+        if marker in SOF_MARKERS and i + 8 < n:
             return (buf[i + 7] << 8) | buf[i + 8], (buf[i + 5] << 8) | buf[i + 6]
         i += 2 + ((buf[i + 2] << 8) | buf[i + 3])
     raise ValueError("JPEG: no SOF marker before the end of the data")
