@@ -192,6 +192,15 @@ def find_corrupt(rows: np.ndarray, tar_paths: list[Path], decode: bool = True) -
     return reasons
 
 
+def scan_for_corrupt(root) -> None:
+    """Run the corrupt-sample scan of every split once, which fills its per-tar cache
+    (shards/jpegscan.py): loaders opened afterwards read the result. Under DDP one rank per node
+    scans while the others wait, instead of every rank scanning the same tars at once."""
+    manifest = load_manifest(root)
+    for split in manifest.splits:
+        find_corrupt(manifest.index(split), manifest.shard_paths(split))
+
+
 def find_bad_payloads(rows: np.ndarray, tar_paths: list[Path]) -> np.ndarray:
     """Ids whose payload is out of bounds or lacks the JPEG SOI/EOI markers; int64 [K] sorted."""
     bad = []

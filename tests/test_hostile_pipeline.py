@@ -10,6 +10,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import torch
 
 from ltpipe.pipeline.loader import make_loader
 from ltpipe.pipeline.shardset import open_split
@@ -197,6 +198,27 @@ def test_the_scan_runs_once_per_shard_and_again_when_the_tar_changes(shards, tmp
     os.utime(tar, ns=(tar.stat().st_atime_ns, tar.stat().st_mtime_ns + 10**9))
     assert open_split(bad, "train", skip_corrupt=True).bad_ids.tolist() == [3, 50]
     assert len(calls) == 1  # only the changed shard was scanned again
+
+
+def test_one_rank_per_node_scans_and_the_others_read_its_cache(shards, monkeypatch):
+    """DDP: local rank 0 scans every split before the barrier; a rank that opens the splits
+    afterwards scans nothing, and another local rank never scans before the barrier."""
+    from ltpipe.train import build
+    from ltpipe.train.dist import DistInfo
+
+    calls, waits = [], []
+    real = jpegscan.scan_shard
+    monkeypatch.setattr(jpegscan, "scan_shard", lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(build, "barrier", lambda info: waits.append(info.rank))
+    cpu = torch.device("cpu")
+    build.scan_once_per_node(shards, DistInfo(rank=1, world=2, local_rank=1, device=cpu))
+    assert calls == [] and waits == [1]
+    build.scan_once_per_node(shards, DistInfo(rank=0, world=2, local_rank=0, device=cpu))
+    tars = len(list(shards.glob("*/*.tar")))
+    assert len(calls) == tars and waits == [1, 0]
+    for split in ("train", "val"):
+        open_split(shards, split)
+    assert len(calls) == tars  # both splits came from the cache
 
 
 # ---- manifest counts and DALI indexes that disagree with index.npy --------------------------

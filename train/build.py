@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ltpipe.train.dist import DistInfo
+from ltpipe.train.dist import DistInfo, barrier
 from ltpipe.train.losses.aux import build_aux_term
 from ltpipe.train.losses.criterion import Criterion
 from ltpipe.train.losses.per_sample import NEEDS_COSINE, NEEDS_COUNTS, build_base_loss
@@ -38,6 +38,20 @@ def loader_resources(table: dict) -> dict:
                 cpu_decode=tuple(table["cpu_decode"]), q_decode=table["q_decode"])
 
 
+def scan_once_per_node(shards: Path, info: DistInfo) -> None:
+    """The node's local rank 0 runs the corrupt-sample scan and fills the cache; the other ranks
+    wait, then read it when they open the splits (each would otherwise scan every tar itself,
+    all at once on the same cores)."""
+    from ltpipe.pipeline.shardset import scan_for_corrupt
+
+    if info.local_rank == 0:
+        try:
+            scan_for_corrupt(shards)
+        except Exception:  # noqa: BLE001 - every rank reports it when it opens the split itself
+            pass
+    barrier(info)
+
+
 def make_loaders(shards: Path, t: dict, mixer, info: DistInfo, epoch: int,
                  resources: dict | None = None):
     """(train loader built from the mixer's declaration, val loader or None). The mixer says
@@ -46,6 +60,8 @@ def make_loaders(shards: Path, t: dict, mixer, info: DistInfo, epoch: int,
     make_loader's defaults)."""
     from ltpipe.pipeline.loader import make_loader
 
+    if info.distributed:
+        scan_once_per_node(shards, info)
     resources = dict(resources or {})
     cpu_decode = resources.pop("cpu_decode", ())  # each loader takes the streams it has
 
