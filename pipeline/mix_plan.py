@@ -106,13 +106,21 @@ class MixPlan:
             packed[:4 * b] = self.boxes[:b].reshape(-1)
             packed[4 * b:5 * b] = np.ascontiguousarray(self.lam[:b], dtype=np.float32).view(np.int32)
             packed[5 * b:] = self.mixed[:b]
-            host = torch.from_numpy(packed)
-            if torch.device(device).type == "cuda":
-                host = host.pin_memory()
-            flat = host.to(device, non_blocking=True)
+            flat = host_to_device(packed, device)
             cache[key] = (flat[:4 * b].view(b, 4), flat[4 * b:5 * b].view(torch.float32),
                           flat[5 * b:].bool())
         return cache[key]
+
+
+def host_to_device(array: np.ndarray, device):
+    """A host array as a torch tensor on ``device`` with no device sync: pinned first for a CUDA
+    device (from pageable memory even a "non_blocking" copy waits for the device)."""
+    import torch
+
+    host = torch.from_numpy(np.ascontiguousarray(array))
+    if torch.device(device).type == "cuda":
+        host = host.pin_memory()
+    return host.to(device, non_blocking=True)
 
 
 def cutmix_boxes_np(lam0: np.ndarray, centres: np.ndarray, size: int):

@@ -45,7 +45,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ltpipe.pipeline.batch import Batch, MixedBatch
-from ltpipe.pipeline.mix_plan import PlanSpec
+from ltpipe.pipeline.mix_plan import PlanSpec, host_to_device
 from ltpipe.train.mixers import confusion as conf
 from ltpipe.train.mixers.base import Mixer, MixerEnv, StepContext, active_in_epoch, resolve_prob
 from ltpipe.train.mixers.cutmix import minority_paste_prior, paste_planned_, step_plan
@@ -243,7 +243,7 @@ class OTMix(Mixer):
         if rows.size == 0:  # outside the window, gate off (the plan is on the host: no sync)
             return MixedBatch.unmixed(bg, mixed=torch.zeros(b, dtype=torch.bool, device=dev))
         y_fg, fg_index = fg.labels[:b], fg.index[:b]  # trim Q to P's size
-        rows = torch.from_numpy(rows).to(dev)  # mixed rows [m]
+        rows = host_to_device(rows, dev)  # mixed rows [m]
         base = torch.arange(b, device=dev)  # π: background row of every output row
         ot = self.use_ot_in(ctx.epoch, ctx.epochs) and self._fhat_ready(ctx.epoch)
         if ot:
