@@ -1,7 +1,7 @@
 """A small real-image set that needs no download: scikit-learn's handwritten digits as an image
 folder, for the fidelity runs (bench/fidelity.py) on data that is not synthetic.
 
-The digits (1,797 scans, 8×8, 16 grey levels, about 180 per class; UCI "Optical Recognition of
+The digits (1,797 scans, 8×8, 17 grey levels, about 180 per class; UCI "Optical Recognition of
 Handwritten Digits") ship inside the scikit-learn wheel. Each is written as a 32×32 RGB PNG
 (bicubic upscale), so the CIFAR-style 32-px recipes apply unchanged; ``ltpipe shard`` then holds
 out a balanced val split and makes train long-tailed:

@@ -2,9 +2,9 @@
 
 Every loader (DALI or the torch reference) yields, per step, a mapping from stream name
 ("uniform" = P, "minority" = Q) to a ``Batch``. Mixers turn those into one ``MixedBatch``.
-Under a mix plan with ``q_decode="tiles"`` Q's batch carries ``tiles`` (only the pasted boxes)
-and an empty ``images``; code of one's own that reads Q's images should ask for
-``q_decode="full"``.
+Under a mix plan with ``q_decode="tiles"`` (or "tiles-whole") Q's batch carries ``tiles`` (only
+the pasted boxes) and an empty ``images``; code of one's own that reads Q's images should ask
+for ``q_decode="full"``.
 """
 
 from __future__ import annotations

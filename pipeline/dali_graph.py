@@ -17,10 +17,11 @@ Presets (torchvision equivalents):
     cifar train:    RandomCrop(S, padding=4) (zero pad) + flip
     cifar eval:     identity (a center crop to S, a no-op on SxS images)
 Planned Q (a mixer declares a mix plan, mix_plan.py): Q's crop window and flip are drawn on the
-host, and the source feeds per-sample decode windows (q_decode.py): ``decoders.image_slice`` (an ROI
-decode, libjpeg-turbo or nvJPEG) -> ``resize`` of the exact ROI to the output size ("imagenet") or
-a zero-padded ``slice`` ("cifar") -> crop_mirror_normalize with the plan's flip -> ``pad`` to the
-batch's largest tile. With ``tiles`` only the mixed rows' boxes are decoded. Why B entries with
+host, and the source feeds per-sample decode windows (q_decode.py): ``decoders.image_slice`` (an
+ROI decode, libjpeg-turbo or nvJPEG; or, without ``roi_decode``, the whole image and a ``slice``
+of the same window, which keeps nvJPEG's hardware decoder) -> ``resize`` of the exact ROI to the
+output size ("imagenet") or a zero-padded ``slice`` ("cifar") -> crop_mirror_normalize with the
+plan's flip -> ``pad`` to the batch's largest tile. With ``tiles`` only the mixed rows' boxes are decoded. Why B entries with
 1 x 1 placeholders rather than a second pipeline fed only on mixed steps, or conditionals: one
 pipeline keeps one run() per step and one checkpoint for P and Q, the graph stays static (no
 batch split and merge per step), and a placeholder costs microseconds to decode.
@@ -73,7 +74,7 @@ class GraphSpec:
     # normalisation): moves their decode off the GPU the training step needs (bench/e2e.py
     # ``cpudec=``); worth it when the CPUs can keep up, e.g. with images stored small
     cpu_decode: tuple[str, ...] = ()
-    # a third output per stream: the decoded window's shape [H, W, C] per sample (bench/loader.py
+    # a third output per stream: the shape [H, W, C] of what each sample decoded (bench/loader.py
     # sums the decoded source pixels)
     count_pixels: bool = False
     # planned Q: decode each window by an ROI decode (True), or decode the whole image and cut

@@ -51,8 +51,9 @@ Q_DECODES = ("auto", "tiles", "tiles-whole", "full")
 
 def resolve_q_decode(q_decode: str, device: str, cpu_decode: tuple[str, ...]) -> str | None:
     """How a planned Q stream is decoded: "tiles", "tiles-whole" (tiles cut from whole-image
-    decodes), "full" (whole images at the plan's crops), or None: no plan in the loader, Q decoded as before plans (DALI draws its own crop) while the
-    mixer draws the same plan from the step's (epoch, step).
+    decodes), "full" (whole images at the plan's crops), or None: no plan in the loader, Q
+    decoded as before plans (DALI draws its own crop) while the mixer draws the same plan from
+    the step's (epoch, step).
 
     "auto" takes what was measured faster: tiles where CPU operators decode Q (x1.46 the pairs/s
     at prob 0.5, bench/results/loader-plan-cpu.json), None on nvJPEG. On an H200 (CMO prob 0.5,

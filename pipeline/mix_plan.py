@@ -90,6 +90,12 @@ class MixPlan:
     def __len__(self) -> int:
         return int(self.mixed.shape[0])
 
+    def __getstate__(self):  # a pickled plan leaves its device copies behind
+        return {k: v for k, v in self.__dict__.items() if k != "_on_device"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
     def tensors(self, device, rows: int | None = None):
         """(boxes int32 [b,4], lam float32 [b], mixed bool [b]) as torch tensors on ``device``,
         the first ``rows`` rows (a last step shorter than B). No device sync: the three are
@@ -104,7 +110,8 @@ class MixPlan:
         if key not in cache:
             packed = np.empty(6 * b, dtype=np.int32)  # boxes [b,4] | lam's bits [b] | mixed [b]
             packed[:4 * b] = self.boxes[:b].reshape(-1)
-            packed[4 * b:5 * b] = np.ascontiguousarray(self.lam[:b], dtype=np.float32).view(np.int32)
+            lam = np.ascontiguousarray(self.lam[:b], dtype=np.float32)
+            packed[4 * b:5 * b] = lam.view(np.int32)  # the float's bits, restored on the device
             packed[5 * b:] = self.mixed[:b]
             flat = host_to_device(packed, device)
             cache[key] = (flat[:4 * b].view(b, 4), flat[4 * b:5 * b].view(torch.float32),
@@ -171,4 +178,6 @@ class MixPlanner:
             mixed[order[:m] if m < b else slice(None)] = True
         boxes[~mixed] = 0
         lam[~mixed] = 1.0
+        for a in (mixed, boxes, lam, flip, crop_u):  # tensors() caches copies: no later edits
+            a.flags.writeable = False
         return MixPlan(epoch, step, window, gate, mixed, boxes, lam, flip, crop_u)

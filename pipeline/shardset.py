@@ -192,13 +192,15 @@ def find_corrupt(rows: np.ndarray, tar_paths: list[Path], decode: bool = True) -
     return reasons
 
 
-def scan_for_corrupt(root) -> None:
-    """Run the corrupt-sample scan of every split once, which fills its per-tar cache
-    (shards/jpegscan.py): loaders opened afterwards read the result. Under DDP one rank per node
-    scans while the others wait, instead of every rank scanning the same tars at once."""
+def scan_for_corrupt(root, part: int = 0, parts: int = 1) -> None:
+    """Run the corrupt-sample scan of share ``part`` of ``parts`` of every split's tars, which
+    fills their per-tar cache (shards/jpegscan.py): loaders opened afterwards read the result.
+    Under DDP the ranks of a node scan a share each, instead of every rank scanning every tar."""
     manifest = load_manifest(root)
     for split in manifest.splits:
-        find_corrupt(manifest.index(split), manifest.shard_paths(split))
+        rows, tars = manifest.index(split), manifest.shard_paths(split)
+        mine = np.isin(rows["shard"], np.arange(part, len(tars), parts))
+        find_corrupt(rows[mine], tars)
 
 
 def find_bad_payloads(rows: np.ndarray, tar_paths: list[Path]) -> np.ndarray:

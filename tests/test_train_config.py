@@ -95,10 +95,17 @@ def test_extends_finds_a_file_beside_the_recipe(tmp_path, monkeypatch):
                                            ({"prefetch": 0}, r"\[loader\] prefetch"),
                                            ({"hw_decoder_load": 1.5}, "hw_decoder_load"),
                                            ({"speed": 2}, "unknown keys"),
-                                           ({"cpu_decode": ["q"]}, "cpu_decode")])
+                                           ({"cpu_decode": ["q"]}, "cpu_decode"),
+                                           ({"q_decode": "roi"}, r"q_decode: must be one of "
+                                                                 r"auto, tiles, tiles-whole")])
 def test_bad_loader_values_are_named(loader, needle):
     with pytest.raises(ConfigError, match=needle):
         resolve({}, {}, {}, loader_overrides=loader)
+
+
+@pytest.mark.parametrize("mode", ["auto", "tiles", "tiles-whole", "full"])
+def test_every_q_decode_mode_of_the_loader_is_a_valid_setting(mode):
+    assert resolve({}, {}, {}, loader_overrides={"q_decode": mode})["loader"]["q_decode"] == mode
 
 
 def test_loader_resources_may_change_on_resume_and_default_to_this_ranks_cpus(monkeypatch):

@@ -217,6 +217,7 @@ def test_the_prior_averages_the_gate_and_the_window_over_the_run():
     q = class_probabilities(COUNTS.numpy(), 0.0)
     want = mixed_label_prior(PI.numpy(), q, cutmix_fg_share(8, 8, 1.0), prob=0.5 * 3 / 10)
     _, streams = minority_streams(4, 8, fg_r=0.0)
-    out = mixer(streams, ctx())  # epoch 0: outside the window, unmixed
+    with pytest.warns(UserWarning, match="keeps mixing off"):
+        out = mixer(streams, ctx())  # epoch 0: outside the window, unmixed
     assert bool(torch.all(out.lam == 1))
     assert torch.allclose(out.extras["label_prior"].double(), torch.from_numpy(want), atol=1e-6)

@@ -6,6 +6,7 @@ plain keyword arguments. Method names stay in the registries.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from ltpipe.train.mixers.base import MixerEnv
 from ltpipe.train.mixers.registry import build_mixer, mixer_class
 from ltpipe.train.models import build_model
 from ltpipe.train.schedule import LRSchedule
+
+log = logging.getLogger(__name__)
 
 
 def cpus_per_rank() -> int:
@@ -39,16 +42,18 @@ def loader_resources(table: dict) -> dict:
 
 
 def scan_once_per_node(shards: Path, info: DistInfo) -> None:
-    """The node's local rank 0 runs the corrupt-sample scan and fills the cache; the other ranks
-    wait, then read it when they open the splits (each would otherwise scan every tar itself,
-    all at once on the same cores)."""
+    """The ranks of a node run the corrupt-sample scan a share of the tars each, filling the
+    cache, and then read the whole result from it when they open the splits: each would
+    otherwise scan every tar itself, all at once on the same cores (and the barrier waits only
+    for one share)."""
     from ltpipe.pipeline.shardset import scan_for_corrupt
 
-    if info.local_rank == 0:
-        try:
-            scan_for_corrupt(shards)
-        except Exception:  # noqa: BLE001 - every rank reports it when it opens the split itself
-            pass
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", info.world))
+    try:
+        scan_for_corrupt(shards, info.local_rank, max(per_node, info.local_rank + 1))
+    except Exception as exc:  # noqa: BLE001 - opening the split reports it, with its file
+        log.warning("rank %d: the corrupt-sample scan before opening the splits failed (%s); "
+                    "each split is scanned when it is opened", info.rank, exc)
     barrier(info)
 
 

@@ -71,7 +71,8 @@ class LogitAdjusted(nn.Module):
         if self.reads_label_prior:
             if label_prior is None:
                 raise ValueError("loss: prior='mixed' needs a mixer that declares the label "
-                                 "distribution of its batches (smc, cmo, otmix do); use prior='data'")
+                                 "distribution of its batches (smc, cmo, otmix do); use "
+                                 "prior='data'")
             shift = self.tau * label_prior.float().log()
         return F.cross_entropy(logits.float() + shift, y, reduction="none")
 

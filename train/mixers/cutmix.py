@@ -61,7 +61,7 @@ def minority_paste_prior(mixer: Mixer, height: int, width: int,
                          mixed_rows: float = 1.0) -> torch.Tensor:
     """The expected class distribution of the labels of a mixer that pastes a CutMix box of a
     minority foreground (q(fg_r)) into a uniform background (π), float64 [C]: CMO, and OTmix with
-    ``mixed_rows`` = its fraction. A share ``prob``·(epochs in the window)/E·mixed_rows of the
+    ``mixed_rows`` = the share of rows its plan mixes. A share ``prob``·(epochs in the window)/E·mixed_rows of the
     samples is mixed, and a mixed label puts E[box area]/HW on the foreground (METHODS.md:
     Losses). OTmix's OT steps re-pick backgrounds within the batch; the prior still takes them
     as P's draw."""
@@ -97,7 +97,7 @@ def paste_planned_(images: torch.Tensor, fg: Batch, plan: MixPlan, rows: int):
     images) into ``images`` [rows,3,S,S] in place; a step that does not mix pastes nothing.
 
     Returns the plan's (boxes int32 [rows,4], lam float32 [rows], mixed bool [rows]) on the
-    images' device (copies of host arrays: no device sync)."""
+    images' device (``MixPlan.tensors``: shared with the loader's tiles, read-only)."""
     from ltpipe.kernels.paste import paste_
     from ltpipe.kernels.paste_tiles import paste_tiles_
 

@@ -232,7 +232,9 @@ class OTMix(Mixer):
 
     def label_prior(self, height: int, width: int):
         """P_mix of OTmix's labels, for ``prior="mixed"`` losses (METHODS.md: Losses)."""
-        return minority_paste_prior(self, height, width, mixed_rows=self.fraction)
+        b = self.env.batch_size  # the plan mixes max(1, round(fraction·B)) rows of B
+        rows = max(1, round(self.fraction * b)) / b
+        return minority_paste_prior(self, height, width, mixed_rows=rows)
 
     def forward(self, streams: Mapping[str, Batch], ctx: StepContext) -> MixedBatch:
         bg, fg = streams["uniform"], streams["minority"]
