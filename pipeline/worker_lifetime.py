@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import os
 import signal
 import sys
@@ -53,3 +54,22 @@ def sigint_ignored_while_forking():
         yield
     finally:
         signal.signal(signal.SIGINT, before if before is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def no_garbage_across_fork():
+    """Collect this process's garbage, then freeze what is left while the block forks workers.
+
+    A forked worker starts with a copy of the parent's heap. Had that heap an unreachable DALI
+    ``Pipeline`` in it (an earlier loader's, held in a reference cycle), the worker's first
+    garbage collection would run its ``__del__`` on native state the fork did not copy, and the
+    worker would die with a segfault (DALI then raises "Workers initialization failed"; seen in
+    the test suite). Collected here, the ``__del__`` runs in the parent, where it is harmless,
+    and frozen objects are never examined by a child's collector.
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()

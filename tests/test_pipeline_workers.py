@@ -1,5 +1,6 @@
 """Q's DALI worker processes do not outlive a SIGKILLed trainer (pipeline/worker_lifetime.py)."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -127,3 +128,45 @@ def test_workers_ignore_ctrl_c_from_birth(tiny_shards):
         assert signal.getsignal(signal.SIGINT) is handler
     finally:
         del pipe
+
+
+class _Cycle:
+    """Garbage with a finaliser that reports where it ran (stands in for a DALI Pipeline)."""
+
+    def __init__(self, fd):
+        self.fd, self.me = fd, self
+
+    def __del__(self):
+        os.write(self.fd, b"child" if os.getpid() != PARENT[0] else b"parent")
+
+
+PARENT = [os.getpid()]
+
+
+@pytest.mark.parametrize("guarded", [True, False])
+def test_no_garbage_of_the_parent_is_collected_in_a_forked_worker(guarded):
+    """Unreachable cycles are finalised in the parent before the fork (no_garbage_across_fork);
+    unguarded, the child's first collection runs their finaliser (the segfault's path)."""
+    import gc
+
+    from ltpipe.pipeline.worker_lifetime import no_garbage_across_fork
+
+    PARENT[0] = os.getpid()
+    read, write = os.pipe()
+    gc.disable()  # the cycle must still be garbage when the fork comes
+    try:
+        _Cycle(write)
+        with no_garbage_across_fork() if guarded else contextlib.nullcontext():
+            pid = os.fork()
+            if pid == 0:  # the worker: collect, as a DALI worker's allocations soon would
+                gc.collect()
+                os._exit(0)
+        os.waitpid(pid, 0)
+    finally:
+        gc.enable()
+        gc.collect()  # the unguarded parent's own copy
+    os.close(write)
+    seen = os.read(read, 64)
+    os.close(read)
+    assert (b"child" in seen) is not guarded
+    assert seen.startswith(b"parent") is guarded
