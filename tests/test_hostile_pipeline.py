@@ -291,3 +291,20 @@ def test_otmix_confusion_loader_follows_skip_corrupt(shards, tmp_path, skip):
     else:
         with pytest.raises(ShardFormatError, match="corrupt"):
             mixer._confusion_steps(1)
+
+
+def test_preview_refuses_corrupt_samples_or_leaves_them_out_and_says_so(shards, tmp_path):
+    from click.testing import CliRunner
+
+    from ltpipe.train.cli import main
+
+    bad = damaged_copy(shards, tmp_path)
+    rewrite(bad, "val", {4: dht_length_flipped})
+    cmd = ["preview", str(bad), "--mixer", "none", "--split", "val", "--n", "3",
+           "--out", str(tmp_path / "p.png")]
+    refused = CliRunner().invoke(main, cmd)
+    assert refused.exit_code != 0 and "corrupt sample" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1 and "Traceback" not in refused.output
+    res = CliRunner().invoke(main, [*cmd, "--skip-corrupt"])
+    assert res.exit_code == 0, res.output
+    assert "(1 corrupt samples of val left out)" in res.output and (tmp_path / "p.png").is_file()

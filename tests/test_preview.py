@@ -51,7 +51,8 @@ def test_cmo_rows_of_background_foreground_mixed(shards, tmp_path):
 
 
 def test_one_tile_per_sample_shows_the_stored_images(shards, tmp_path):
-    out = make_preview(shards, "none", tmp_path / "none.png", n=5, split="val")
+    out, skipped = make_preview(shards, "none", tmp_path / "none.png", n=5, split="val")
+    assert skipped == 0
     with Image.open(out) as im:
         assert im.size == grid_size(5, 1) == (4 * TILE, HEADER + 2 * (TILE + CAPTION))
         grid = np.asarray(im.convert("RGB"))
@@ -68,7 +69,7 @@ def test_every_registered_mixer(shards, tmp_path, name):
     """Two-stream mixers: 3 tiles per sample, others one; otmix reads a freshly built model,
     m2m runs given a classifier g (here an untrained one, T = 1)."""
     opts = {"classifier": build_model("resnet8", 6), "T": 1} if name == "m2m" else {}
-    out = make_preview(shards, name, tmp_path / f"{name}.png", n=3, mixer_opts=opts)
+    out, _ = make_preview(shards, name, tmp_path / f"{name}.png", n=3, mixer_opts=opts)
     per_sample = 3 if len(mixer_class(name).streams) > 1 else 1
     with Image.open(out) as im:
         assert im.size == grid_size(3, per_sample)

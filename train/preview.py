@@ -54,7 +54,7 @@ def guess_preset(manifest, split: str) -> str:
 # ---------------------------------------------------------------- one mixed step
 
 def build_parts(shards: Path, mixer: str, n: int, device: str, preset: str, image_size: int,
-                model: str, seed: int, mixer_opts: dict):
+                model: str, seed: int, mixer_opts: dict, skip_corrupt: bool = False):
     """(config's train table, env, mixer, model) as the trainer builds them."""
     import torch
 
@@ -67,7 +67,8 @@ def build_parts(shards: Path, mixer: str, n: int, device: str, preset: str, imag
     forced = {k: v for k, v in (("prob", 1.0), ("mix_schedule", "always"))
               if k in mixer_params(mixer)}
     train = dict(mixer=mixer, model=model, batch_size=n, image_size=image_size, preset=preset,
-                 precision="fp32", channels_last=False, device=device, epochs=EPOCHS, seed=seed)
+                 precision="fp32", channels_last=False, device=device, epochs=EPOCHS, seed=seed,
+                 skip_corrupt=skip_corrupt)
     cfg = resolve({}, train, {**forced, **mixer_opts})
     info = DistInfo(0, 1, 0, torch.device(device))
     counts = torch.tensor(load_manifest(shards).split("train").class_counts, dtype=torch.int64)
@@ -78,7 +79,8 @@ def build_parts(shards: Path, mixer: str, n: int, device: str, preset: str, imag
 
 
 def mixed_step(shards: Path, split: str, t: dict, env, mixer, model):
-    """({stream: Batch} with images as loaded, MixedBatch) of one step."""
+    """({stream: Batch} with images as loaded, MixedBatch, corrupt samples left out) of one
+    step."""
     from ltpipe.pipeline.batch import Batch
     from ltpipe.pipeline.loader import make_loader
     from ltpipe.train.loop import step_generator
@@ -91,7 +93,8 @@ def mixed_step(shards: Path, split: str, t: dict, env, mixer, model):
     r = {"r": mixer.fg_r} if hasattr(mixer, "fg_r") else {}
     loader = make_loader(str(shards), split=split, batch_size=t["batch_size"], streams=streams,
                          device=env.device.type, preset=t["preset"], image_size=t["image_size"],
-                         seed=t["seed"], num_threads=2, py_workers=1, **r)
+                         seed=t["seed"], num_threads=2, py_workers=1,
+                         skip_corrupt=t["skip_corrupt"], **r)
     step = next(iter(loader))
     shown = {k: Batch(b.images.clone(), b.labels, b.index, b.meta) for k, b in step.items()}
     epoch = EPOCHS - 1
@@ -107,8 +110,9 @@ def mixed_step(shards: Path, split: str, t: dict, env, mixer, model):
     else:
         mixer.on_epoch_start(epoch, ctx)
     mixed = mixer(step, ctx)
+    skipped = int(loader.skipped)
     del loader
-    return shown, mixed
+    return shown, mixed, skipped
 
 
 # ---------------------------------------------------------------- drawing
@@ -189,8 +193,9 @@ def write_png(image, out: Path) -> Path:
 def make_preview(shards: Path, mixer: str, out: Path, *, n: int = 8, split: str = "train",
                  seed: int = 0, device: str = "cpu", preset: str | None = None,
                  image_size: int | None = None, model: str = "resnet8",
-                 mixer_opts: dict | None = None) -> Path:
-    """Write the grid PNG and return its path; bad input raises a one-line ValueError."""
+                 mixer_opts: dict | None = None, skip_corrupt: bool = False) -> tuple[Path, int]:
+    """Write the grid PNG; returns (its path, the corrupt samples left out, 0 unless
+    ``skip_corrupt``). Bad input raises a one-line ValueError."""
     import torch
 
     from ltpipe.shards.format import load_manifest
@@ -205,11 +210,14 @@ def make_preview(shards: Path, mixer: str, out: Path, *, n: int = 8, split: str 
     preset = preset or guess_preset(manifest, split)
     image_size = image_size or (32 if preset == "cifar" else 224)
     t, env, mix, net = build_parts(shards, mixer, n, device, preset, image_size, model, seed,
-                                   mixer_opts or {})
-    shown, mixed = mixed_step(shards, split, t, env, mix, net)
+                                   mixer_opts or {}, skip_corrupt)
+    shown, mixed, skipped = mixed_step(shards, split, t, env, mix, net)
     items, per_sample = tiles(shown, mixed, manifest.classes)
     title = f"{mixer} · {split} · {' + '.join(shown)} · seed {seed}"
-    return write_png(draw_grid(items, per_sample, len(shown[next(iter(shown))]), title), out)
+    if skipped:
+        title += f" · {skipped} corrupt left out"
+    image = draw_grid(items, per_sample, len(shown[next(iter(shown))]), title)
+    return write_png(image, out), skipped
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -227,14 +235,19 @@ def make_preview(shards: Path, mixer: str, out: Path, *, n: int = 8, split: str 
 @click.option("--model", default="resnet8", show_default=True,
               help="Freshly built model for mixers that read one (OTmix features, M2m's f).")
 @click.option("--mixer-opt", multiple=True, metavar="KEY=VALUE", help="Mixer param (TOML value).")
-def preview(shards, mixer, out, n, split, seed, device, preset, image_size, model, mixer_opt):
+@click.option("--skip-corrupt", is_flag=True,
+              help="Leave corrupt samples out (and say how many) instead of refusing the split.")
+def preview(shards, mixer, out, n, split, seed, device, preset, image_size, model, mixer_opt,
+            skip_corrupt):
     """Write a PNG grid of background, foreground and mixed images from SHARDS."""
     from ltpipe.train.config import parse_assignments
 
     try:
         opts = parse_assignments(mixer_opt, "--mixer-opt")
-        path = make_preview(shards, mixer, out, n=n, split=split, seed=seed, device=device,
-                            preset=preset, image_size=image_size, model=model, mixer_opts=opts)
+        path, skipped = make_preview(shards, mixer, out, n=n, split=split, seed=seed,
+                                     device=device, preset=preset, image_size=image_size,
+                                     model=model, mixer_opts=opts, skip_corrupt=skip_corrupt)
     except (ValueError, OSError) as exc:
         fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-    click.echo(f"wrote {path}")
+    click.echo(f"wrote {path}" + (f" ({skipped} corrupt samples of {split} left out)"
+                                  if skipped else ""))
