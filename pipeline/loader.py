@@ -32,8 +32,9 @@ import numpy as np
 import torch
 
 from ltpipe.pipeline.batch import Batch, Tiles
-from ltpipe.pipeline.dali_graph import (DEFAULT_SIZE, PRESETS, GraphSpec, build_pipeline,
-                                        outputs_per_stream)
+from ltpipe.pipeline.dali_graph import DEFAULT_SIZE, GraphSpec, build_pipeline, outputs_per_stream
+from ltpipe.pipeline.loader_args import (DTYPES, STREAMS, WEIGHTED_STREAMS,  # noqa: F401 - API
+                                         check_arguments, declared_streams, shard_sizes)
 from ltpipe.pipeline.minority import MinorityDraws, MinoritySource, ShardBytes
 from ltpipe.pipeline.mix_plan import MixPlanner
 from ltpipe.pipeline.q_decode import PlannedDecode
@@ -42,9 +43,6 @@ from ltpipe.pipeline.shardset import ShardSplit, open_split
 
 log = logging.getLogger(__name__)
 
-STREAMS = ("uniform", "minority", "balanced")
-WEIGHTED_STREAMS = frozenset({"minority", "balanced"})  # drawn by the class counts (q ∝ n_k^-r)
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 STATE_VERSION = 1
 Q_DECODES = ("auto", "tiles", "tiles-whole", "full")
 
@@ -64,43 +62,6 @@ def resolve_q_decode(q_decode: str, device: str, cpu_decode: tuple[str, ...]) ->
     if q_decode != "auto":
         return q_decode
     return "tiles" if device == "cpu" or "minority" in cpu_decode else None
-
-
-def check_arguments(data: ShardSplit, split: str, batch_size: int, streams, device: str,
-                    preset: str, dtype, r: float, rank: int, world: int,
-                    allow_empty_classes: bool = False) -> tuple[str, ...]:
-    """One-line ValueErrors naming the field; returns the stream names as a tuple."""
-    streams = (streams,) if isinstance(streams, str) else tuple(streams)
-    where = f"{data.root / split}"
-    if not streams or len(set(streams)) != len(streams):
-        raise ValueError(f"streams: need distinct names from {STREAMS}, got {streams}")
-    unknown = [s for s in streams if s not in STREAMS]
-    if unknown:
-        raise ValueError(f"streams: unknown {unknown}, expected names from {STREAMS}")
-    if split != "train" and streams != ("uniform",):
-        raise ValueError(f"streams: split {split!r} is read in order by the 'uniform' stream only")
-    if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-        raise ValueError(f"batch_size: must be a positive integer, got {batch_size!r}")
-    if batch_size > data.num_samples:
-        raise ValueError(
-            f"batch_size: {batch_size} exceeds the {data.num_samples} samples of {where}")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device: must be 'cpu' or 'cuda', got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: 'cuda' requested but torch sees no CUDA device")
-    if preset not in PRESETS:
-        raise ValueError(f"preset: must be one of {PRESETS}, got {preset!r}")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype: must be one of {DTYPES}, got {dtype}")
-    if not np.isfinite(r) or r < 0:
-        raise ValueError(f"r: must be a finite number >= 0, got {r}")
-    if not isinstance(rank, (int, np.integer)) or not 0 <= rank < world:
-        raise ValueError(f"rank/world: need 0 <= rank < world, got rank={rank} world={world}")
-    empty = np.flatnonzero(data.class_counts == 0)
-    if empty.size and not allow_empty_classes and set(streams) & WEIGHTED_STREAMS:
-        raise ValueError(f"{data.root / 'manifest.json'}: class {int(empty[0])} has no training "
-                         "samples (pass allow_empty_classes=True to give it q=0)")
-    return streams
 
 
 def make_loader(shards, split: str = "train", batch_size: int = 128,
@@ -197,29 +158,8 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
                       and mode in ("tiles", "tiles-whole"))
 
 
-def declared_streams(mixer, streams, r) -> tuple[tuple[str, ...], float]:
-    """(streams, r) of a loader: the mixer's declaration when one is given, else the arguments,
-    else P and Q with r = 1. A ValueError names an argument that contradicts the mixer."""
-    if mixer is not None:
-        mine = tuple(mixer.streams)
-        if streams is not None and tuple(streams) != mine:
-            raise ValueError(f"streams: {tuple(streams)} given, but the mixer "
-                             f"{type(mixer).__name__} reads {mine}")
-        fg_r = getattr(mixer, "fg_r", None)
-        if r is not None and fg_r is not None and float(r) != float(fg_r):
-            raise ValueError(f"r: {r} given, but the mixer {type(mixer).__name__} has fg_r={fg_r}")
-        streams, r = mine, (fg_r if fg_r is not None else r)
-    return (tuple(streams) if streams is not None else ("uniform", "minority"),
-            1.0 if r is None else float(r))
-
-
 def pipeline_seed(seed: int, rank: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0] & 0x7FFFFFFF)
-
-
-def shard_sizes(num_samples: int, world: int) -> list[int]:
-    """Samples of DALI shard s: [N*s//W, N*(s+1)//W)."""
-    return [num_samples * (s + 1) // world - num_samples * s // world for s in range(world)]
 
 
 class DaliLoader:

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from ltpipe.pipeline.batch import Batch
 from ltpipe.pipeline.dali_graph import (CIFAR_PAD, DEFAULT_SIZE, IMAGENET_MEAN, IMAGENET_STD,
                                         RRC_RATIO, RRC_SCALE, eval_resize)
-from ltpipe.pipeline.loader import check_arguments, declared_streams, shard_sizes
+from ltpipe.pipeline.loader_args import check_arguments, declared_streams, shard_sizes
 from ltpipe.pipeline.minority import ShardBytes
 from ltpipe.pipeline.samplers import class_probabilities, sample_weights
 from ltpipe.pipeline.shardset import open_split

@@ -109,7 +109,7 @@ def check_class_counts(t: dict, class_counts: torch.Tensor, shards) -> None:
         users.append(f"loss {t['loss']!r}")
     if t["reweight"] != "none":
         users.append(f"reweight {t['reweight']!r}")
-    from ltpipe.pipeline.loader import WEIGHTED_STREAMS
+    from ltpipe.pipeline.loader_args import WEIGHTED_STREAMS
 
     streams = sorted(WEIGHTED_STREAMS & set(mixer_class(t["mixer"]).streams))
     if streams:
