@@ -33,8 +33,7 @@ import torch
 
 from ltpipe.pipeline.batch import Batch, Tiles
 from ltpipe.pipeline.dali_graph import DEFAULT_SIZE, GraphSpec, build_pipeline, outputs_per_stream
-from ltpipe.pipeline.loader_args import (DTYPES, STREAMS, WEIGHTED_STREAMS,  # noqa: F401 - API
-                                         check_arguments, declared_streams, shard_sizes)
+from ltpipe.pipeline.loader_args import check_arguments, declared_streams, shard_sizes
 from ltpipe.pipeline.minority import MinorityDraws, MinoritySource, ShardBytes
 from ltpipe.pipeline.mix_plan import MixPlanner
 from ltpipe.pipeline.q_decode import PlannedDecode
