@@ -1,4 +1,5 @@
-"""bench/fidelity.py's config names: loss params, flat run folders, the baseline of each config."""
+"""bench/fidelity.py's config names: loss params, flat run folders, the baseline of each config;
+and the real-image set of bench/digits_lt.py."""
 
 import importlib.util
 from pathlib import Path
@@ -30,3 +31,28 @@ def test_run_folder_is_flat_and_the_baseline_drops_loss_params(fidelity):
     assert fidelity.baseline_of(spec, ["ce:none", "la:none", spec]) == "la:none"
     assert fidelity.baseline_of(spec, ["ce:none", spec]) == "ce:none"
     assert fidelity.baseline_of("la:none", ["la:none"]) is None
+
+
+def test_digits_set_has_the_documented_long_tail(tmp_path):
+    """bench/digits_lt.py + ltpipe shard give the counts its docstring states (scikit-learn is a
+    bench-only tool: skipped where it is not installed)."""
+    pytest.importorskip("sklearn")
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from ltpipe.shards.format import load_manifest
+    from ltpipe.train.cli import main
+
+    spec = importlib.util.spec_from_file_location("ltpipe_bench_digits", BENCH / "digits_lt.py")
+    digits = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(digits)
+    counts = digits.write_digits(tmp_path / "img")
+    assert sum(counts) == 1797 and min(counts) >= 174
+    with Image.open(next((tmp_path / "img" / "digit3").glob("*.png"))) as im:
+        assert im.size == (32, 32) and im.mode == "RGB"
+    res = CliRunner().invoke(main, ["shard", f"imagefolder:{tmp_path / 'img'}", str(tmp_path / "s"),
+                                    "--val-per-class", "50", "--imbalance", "64"])
+    assert res.exit_code == 0, res.output
+    manifest = load_manifest(tmp_path / "s")
+    assert list(manifest.split("train").class_counts) == [128, 83, 52, 33, 20, 13, 8, 5, 3, 2]
+    assert list(manifest.split("val").class_counts) == [50] * 10
