@@ -21,10 +21,11 @@ host, and the source feeds per-sample decode windows (q_decode.py): ``decoders.i
 ROI decode, libjpeg-turbo or nvJPEG; or, without ``roi_decode``, the whole image and a ``slice``
 of the same window, which keeps nvJPEG's hardware decoder) -> ``resize`` of the exact ROI to the
 output size ("imagenet") or a zero-padded ``slice`` ("cifar") -> crop_mirror_normalize with the
-plan's flip -> ``pad`` to the batch's largest tile. With ``tiles`` only the mixed rows' boxes are decoded. Why B entries with
-1 x 1 placeholders rather than a second pipeline fed only on mixed steps, or conditionals: one
-pipeline keeps one run() per step and one checkpoint for P and Q, the graph stays static (no
-batch split and merge per step), and a placeholder costs microseconds to decode.
+plan's flip -> ``pad`` to the batch's largest tile. With ``tiles`` only the mixed rows' boxes are
+decoded. Why B entries with 1 x 1 placeholders rather than a second pipeline fed only on mixed
+steps, or conditionals: one pipeline keeps one run() per step and one checkpoint for P and Q,
+the graph stays static (no batch split and merge per step), and a placeholder costs
+microseconds to decode.
 Normalization: ImageNet mean/std for both presets (CMO/OTmix CIFAR code uses CIFAR statistics; the
 difference is a fixed affine map of the input that the first conv absorbs).
 """

@@ -29,7 +29,8 @@ from typing import Mapping
 from ltpipe.pipeline.batch import Batch, MixedBatch
 from ltpipe.pipeline.mix_plan import PlanSpec
 from ltpipe.train.mixers.base import Mixer, MixerEnv, StepContext, active_in_epoch, resolve_prob
-from ltpipe.train.mixers.cutmix import check_common, minority_paste_prior, paste_planned_, step_plan
+from ltpipe.train.mixers.cutmix import (check_common, minority_paste_prior, paste_planned_,
+                                        step_plan)
 
 
 class CMO(Mixer):

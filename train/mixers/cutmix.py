@@ -61,10 +61,10 @@ def minority_paste_prior(mixer: Mixer, height: int, width: int,
                          mixed_rows: float = 1.0) -> torch.Tensor:
     """The expected class distribution of the labels of a mixer that pastes a CutMix box of a
     minority foreground (q(fg_r)) into a uniform background (π), float64 [C]: CMO, and OTmix with
-    ``mixed_rows`` = the share of rows its plan mixes. A share ``prob``·(epochs in the window)/E·mixed_rows of the
-    samples is mixed, and a mixed label puts E[box area]/HW on the foreground (METHODS.md:
-    Losses). OTmix's OT steps re-pick backgrounds within the batch; the prior still takes them
-    as P's draw."""
+    ``mixed_rows`` = the share of rows its plan mixes. A share prob · (epochs in the window)/E ·
+    mixed_rows of the samples is mixed, and a mixed label puts E[box area]/HW on the foreground
+    (METHODS.md: Losses). OTmix's OT steps re-pick backgrounds within the batch; the prior still
+    takes them as P's draw."""
     env = mixer.env
     counts = env.class_counts.cpu().numpy()
     q = class_probabilities(counts, mixer.fg_r, allow_empty=True)
