@@ -3,9 +3,9 @@ Conventions).
 
 A draw picks class k with probability q(r, k) (``samplers.class_probabilities`` on the global
 train counts), then a sample uniformly within the class, i.e. sample i has probability
-q(y_i)/n_{y_i}. The random numbers of step s of epoch e on rank r come from numpy's Philox with
-key (seed, rank) and counter (0, s, e, 0): any step can be recomputed on its own, so a resumed
-run draws exactly what an uninterrupted one would, with no generator state to save.
+q(y_i)/n_{y_i}. The random numbers of step s of epoch e on rank r come from a counter-based
+stream (step_random.py): any step can be recomputed on its own, so a resumed run draws exactly
+what an uninterrupted one would, with no generator state to save.
 
 Bytes are read by random access through ``index.npy`` (shard, offset, size) from memory-mapped
 tars, no tar scanning. ``MinoritySource`` is the picklable callback DALI's parallel
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ltpipe.pipeline import step_random
 from ltpipe.pipeline.samplers import class_probabilities
 from ltpipe.pipeline.worker_lifetime import tie_to_parent
 
@@ -53,8 +54,7 @@ class MinorityDraws:
         return cls(labels, class_probabilities(class_counts, r, allow_empty), seed, rank, allowed)
 
     def generator(self, epoch: int, step: int) -> np.random.Generator:
-        bits = np.random.Philox(key=[self.seed, self.rank], counter=[0, step, epoch, 0])
-        return np.random.Generator(bits)
+        return step_random.step_generator(self.seed, self.rank, epoch, step, step_random.MINORITY)
 
     def draw(self, epoch: int, step: int, size: int) -> np.ndarray:
         """Sample ids of step ``step`` of ``epoch``; int64 [size]."""

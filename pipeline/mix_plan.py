@@ -7,8 +7,8 @@ window, or of the CIFAR pad-and-shift, and its flip). Knowing them before the st
 loader decode only the minority pixels the paste uses (q_decode.py).
 
 ``MixPlanner.draw(epoch, step)`` is the one place a plan is drawn. Like ``MinorityDraws``, it
-uses numpy's Philox keyed by (seed, rank) with the counter (1, step, epoch, 0), step counted
-within the epoch: any step can be recomputed on its own, so a resumed run, the loader's worker
+draws from a counter-based stream of its own (step_random.py), step counted within the
+epoch: any step can be recomputed on its own, so a resumed run, the loader's worker
 processes, the training process and a mixer without a loader all draw the same plan, and there
 is no generator state to save. Every step draws the same amount of random numbers in the same
 order whether or not its gate is on.
@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from ltpipe.pipeline import step_random
 
 SCHEDULES = ("repo", "paper", "always")
 CROP_ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 windows before its fallback
@@ -154,9 +156,7 @@ class MixPlanner:
         self.batch_size, self.image_size = int(batch_size), int(image_size)
 
     def generator(self, epoch: int, step: int) -> np.random.Generator:
-        # counter word 0 = 1: a stream of its own beside MinorityDraws' (0, step, epoch, 0)
-        bits = np.random.Philox(key=[self.seed, self.rank], counter=[1, step, epoch, 0])
-        return np.random.Generator(bits)
+        return step_random.step_generator(self.seed, self.rank, epoch, step, step_random.MIX_PLAN)
 
     def draw(self, epoch: int, step: int) -> MixPlan:
         spec, b, s = self.spec, self.batch_size, self.image_size

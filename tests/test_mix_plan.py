@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ltpipe.pipeline.minority import MinorityDraws
 from ltpipe.pipeline.mix_plan import MixPlanner, PlanSpec
 from ltpipe.pipeline.q_decode import crop_window, jpeg_size, requests
 
@@ -34,6 +35,18 @@ def test_a_plan_is_a_pure_function_of_seed_rank_epoch_step():
     for other in (a.draw(2, 6), a.draw(3, 5), planner(seed=4, rank=1).draw(2, 5),
                   planner(seed=3, rank=0).draw(2, 5)):
         assert not np.array_equal(first.crop_u, other.crop_u)
+
+
+def test_plan_stream_shares_no_numbers_with_q_draws():
+    """The plan and Q's ids are drawn from separate streams: a plan's numbers that also appear
+    in Q's draws of the same step (e.g. Philox's counter word 0 offset by one block, which
+    shifts one stream into the other by four numbers) would tie the box sizes and the gate to
+    the foreground's classes."""
+    for seed, rank, epoch, step in [(0, 0, 0, 0), (3, 1, 2, 5)]:
+        q = MinorityDraws(np.arange(4), np.ones(4) / 4, seed, rank).generator(epoch, step)
+        plan = planner(seed=seed, rank=rank).generator(epoch, step)
+        q_bits, plan_bits = q.bit_generator.random_raw(4096), plan.bit_generator.random_raw(4096)
+        assert np.intersect1d(q_bits, plan_bits).size == 0
 
 
 def test_gate_window_and_fraction():
