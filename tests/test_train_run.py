@@ -223,6 +223,22 @@ def test_checkpoints_do_not_change_training(shards, plain_run, tmp_path):
     assert_bitwise_equal(weights(plain_run[0] / "final.pt"), weights(run / "final.pt"))
 
 
+def test_resume_from_a_checkpoint_on_an_epochs_last_step(shards, plain_run, tmp_path):
+    """Killed right after the checkpoint on epoch 0's last step (6 steps per epoch): the resume
+    finishes epoch 0 without training it again, and the run equals the uninterrupted one (it
+    once trained epoch 1's steps as the rest of epoch 0)."""
+    run = tmp_path / "killed6"
+    cmd = [sys.executable, "-m", "ltpipe.train", shards, "--out", run, "--epochs", "2",
+           "--mixer", "none", "--loss", "ce", "--ckpt-every", "6", *FAST]
+    assert killed_run(cmd, 6, tmp_path / "killed6.log") == -9
+    ckpt = torch.load(run / "ckpt" / "last.pt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["step"], ckpt["step_in_epoch"]) == (0, 6, 6)
+    res = train_process("--resume", run, "--no-progress")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert [r["train_loss"] for r in lines(run)] == [r["train_loss"] for r in lines(plain_run[0])]
+    assert_bitwise_equal(weights(plain_run[0] / "final.pt"), weights(run / "final.pt"))
+
+
 def test_corrupt_or_mismatched_checkpoint_exit_2(shards, plain_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(plain_run[0], run)

@@ -192,7 +192,10 @@ class Trainer:
             if self.step_in_epoch == 0:  # a fresh epoch (a resumed one keeps its loader position)
                 self.loader.set_epoch(epoch)
                 self.mixer.on_epoch_start(epoch, self._ctx(epoch, self.step, EPOCH_TAG))
-            self._train_epoch(epoch)
+            # a checkpoint taken on the epoch's last step resumes at the epoch's end: its loader
+            # already points at the next epoch, so only the record and the save are left
+            if self.step_in_epoch < len(self.loader):
+                self._train_epoch(epoch)
             # the epoch's line before its checkpoint: a kill between the two redoes the epoch,
             # and resuming drops the line again (the other order could lose it)
             self.report.epoch(self._epoch_record(epoch))
