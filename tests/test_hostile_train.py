@@ -219,6 +219,8 @@ def test_resume_refuses_other_or_changed_shards(shards, half_run, tmp_path):
     other = tmp_path / "other"
     write_shards("synthetic", other, progress=False, **{**TINY, "seed": 1})
     one_line_error(invoke(other, "--resume", run), "manifest")
+    gone = tmp_path / "gone"  # shards moved or deleted since the run started
+    one_line_error(invoke(gone, "--resume", run), gone / "manifest.json")
     mine = tmp_path / "mine"  # the run's own shards, one of them since changed
     shutil.copytree(shards, mine, copy_function=shutil.copy2)  # keeps the mtimes
     cfg = run / "config.toml"

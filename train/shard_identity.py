@@ -59,7 +59,11 @@ def check_identity(run_dir: Path, shards: str | Path) -> None:
     except (OSError, ValueError, KeyError, TypeError):
         raise ValueError(f"{path}: unreadable record of the run's shards") from None
     root = Path(shards)
-    now = hashlib.sha256((root / MANIFEST).read_bytes()).hexdigest()
+    try:
+        now = hashlib.sha256((root / MANIFEST).read_bytes()).hexdigest()
+    except OSError as exc:  # moved or deleted shards: a one-line error, not a traceback
+        raise ValueError(f"{root / MANIFEST}: {exc.strerror or exc}; resume with the shards "
+                         f"this run started on (ltpipe train SHARDS --resume RUN)") from None
     if now != digest:
         raise ValueError(f"{root / MANIFEST}: not the manifest of the shards this run started on "
                          f"(its digest differs from {path}); resume with those shards")
