@@ -19,8 +19,8 @@ GROUPS = ("many", "medium", "few")
 
 def longtail_counts(n_max: int, num_classes: int, imbalance: float) -> list[int]:
     """The exponential profile (METHODS.md, Class groups): floor(n_max * imbalance^(-k/(C-1)))."""
-    if imbalance < 1:
-        raise ValueError(f"imbalance must be >= 1, got {imbalance}")
+    if not (math.isfinite(imbalance) and imbalance >= 1):
+        raise ValueError(f"imbalance must be a finite number >= 1, got {imbalance}")
     if num_classes < 1 or n_max < 1:
         raise ValueError(f"need num_classes >= 1 and n_max >= 1, got {num_classes}, {n_max}")
     if num_classes == 1:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import multiprocessing
 import re
 import shlex
@@ -125,9 +126,9 @@ def _options(source, imbalance, max_size, quality, shard_size, samples_per_shard
     checks = [("--imbalance", imbalance, 1), ("--max-size", max_size, 8),
               ("--samples-per-shard", samples_per_shard, 1), ("--classes", classes, 2),
               ("--max-per-class", max_per_class, 1), ("--image-size", image_size, 8)]
-    for name, value, low in checks:
-        if value is not None and value < low:
-            raise ShardInputError(f"{name} must be >= {low}, got {value}")
+    for name, value, low in checks:  # `not value >= low` also refuses NaN
+        if value is not None and not (math.isfinite(value) and value >= low):
+            raise ShardInputError(f"{name} must be a finite number >= {low}, got {value}")
     if not 1 <= quality <= 100:
         raise ShardInputError(f"--quality must be in 1..100, got {quality}")
     shard_bytes = parse_size(shard_size)

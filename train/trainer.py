@@ -150,7 +150,8 @@ class Trainer:
             set_rng_state(self._own(ckpt["rng"]))
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
             msg = (str(exc).splitlines() or [exc.__class__.__name__])[0][:200]
-            raise CheckpointError(f"{self.run_dir / LAST}: does not match this run ({msg})") from None
+            raise CheckpointError(
+                f"{self.run_dir / LAST}: does not match this run ({msg})") from None
 
     def _own(self, saved):
         """This rank's entry of a per-rank list (older checkpoints hold rank 0's only)."""
