@@ -85,6 +85,14 @@ def _unpickle(path: Path) -> dict:
 Rows = list[tuple[str, int, np.ndarray]]  # (path, label, [32,32,3] uint8 pixels)
 
 
+def _class_names(path: Path, key: bytes, scheme: str) -> list[str]:
+    try:
+        return [n.decode() for n in _unpickle(path)[key]]
+    except (KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+        raise ShardInputError(f"{path}: not a {scheme} meta file (class names under {key!r}: "
+                              f"{exc.__class__.__name__})") from None
+
+
 def load(root: Path, scheme: str) -> tuple[list[str], dict[str, Rows]]:
     """Class names and, per split, (path, label, [32,32,3] uint8 pixels) rows in file order."""
     folder, train_files, test_file, meta_file, label_key, names_key = LAYOUT[scheme]
@@ -92,7 +100,7 @@ def load(root: Path, scheme: str) -> tuple[list[str], dict[str, Rows]]:
         raise ShardInputError(f"{scheme} {root}: no such directory")
     if (root / folder).is_dir():
         root = root / folder
-    names = [n.decode() for n in _unpickle(root / meta_file)[names_key]]
+    names = _class_names(root / meta_file, names_key, scheme)
     splits = {}
     for split, files in (("train", train_files), ("val", [test_file])):
         rows = []
@@ -101,7 +109,7 @@ def load(root: Path, scheme: str) -> tuple[list[str], dict[str, Rows]]:
             try:
                 data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
                 labels = [int(x) for x in batch[label_key]]
-            except (KeyError, ValueError) as exc:
+            except (KeyError, ValueError, TypeError) as exc:
                 raise ShardInputError(f"{root / name}: not a {scheme} batch ({exc!r})") from None
             pixels = data.transpose(0, 2, 3, 1)  # [N,32,32,3]
             rows += [(f"{scheme}:{name}/{i}", labels[i], np.ascontiguousarray(pixels[i]))

@@ -8,6 +8,7 @@ import pickle
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -106,6 +107,21 @@ def test_cifar_batches_still_load(tmp_path, protocol):
     _cifar100(tmp_path / "cifar-100-python", {b"fine_label_names": [b"a", b"b"]}, protocol)
     r = run("shard", f"cifar100:{tmp_path}", tmp_path / "out")
     assert r.exit_code == 0 and r.stdout.startswith("wrote 4 train / 2 val images"), r.output
+
+
+@pytest.mark.parametrize("meta, train_labels, needle", [
+    ({b"other_key": [b"a", b"b"]}, [0, 1, 0, 1], "meta: not a cifar100 meta file"),
+    ({b"fine_label_names": [7, 8]}, [0, 1, 0, 1], "meta: not a cifar100 meta file"),
+    ({b"fine_label_names": [b"\xff", b"b"]}, [0, 1, 0, 1], "meta: not a cifar100 meta file"),
+    ({b"fine_label_names": [b"a", b"b"]}, [0, None, 0, 1], "train: not a cifar100 batch"),
+], ids=["no-names", "names-not-bytes", "names-not-utf8", "label-none"])
+def test_foreign_cifar_meta_or_batch_is_one_line(tmp_path, meta, train_labels, needle):
+    root = tmp_path / "cifar-100-python"
+    _cifar100(root, meta, protocol=2)
+    if train_labels is not None:
+        batch = {b"data": np.full((4, 3072), 7, np.uint8), b"fine_labels": train_labels}
+        (root / "train").write_bytes(pickle.dumps(batch, protocol=2))
+    one_line_error(run("shard", f"cifar100:{tmp_path}", tmp_path / "out"), needle)
 
 
 # --- verification recounts what it is told -----------------------------------------------------
