@@ -13,6 +13,7 @@ from ltpipe.train.loop import step_generator
 from ltpipe.train.losses.mixed import mixed_loss
 from ltpipe.train.mixers.base import MixerEnv, StepContext
 from ltpipe.train.mixers.cmo import CMO
+from ltpipe.train.mixers.cutmix import CutMix
 
 B, H, C = 8, 16, 4
 COUNTS = torch.tensor([100, 40, 10, 3])
@@ -52,14 +53,23 @@ def test_mixed_loss_weights_y_a_by_lam_for_any_criterion():
         Batch(mixed.images, y_a, torch.arange(B)))), F.cross_entropy(logits, y_a))
 
 
-def test_mix_draws_what_the_trainer_draws_for_the_same_step():
-    mixer = CMO(env(seed=7, rank=1), prob=1.0, mix_schedule="always", box="sample")
+@pytest.mark.parametrize("make", [
+    lambda e: CMO(e, prob=1.0, mix_schedule="always", box="sample"),  # draws from its mix plan
+    lambda e: CutMix(e, prob=1.0, box="sample"),  # draws from the step's generator
+], ids=["cmo", "cutmix"])
+def test_mix_draws_what_the_trainer_draws_for_the_same_step(make):
+    mixer = make(env(seed=7, rank=1))
     ours = mixer.mix(streams(), epoch=3, step=41)
-    ctx = StepContext(3, 10, 41, COUNTS, step_generator(7, 3, 41, 1, torch.device("cpu")))
-    trainer = mixer(streams(), ctx)
-    assert torch.equal(ours.images, trainer.images) and torch.equal(ours.lam, trainer.lam)
-    other = mixer.mix(streams(), epoch=3, step=42)
-    assert not torch.equal(other.lam, ours.lam)  # a step draws its own boxes
+
+    def trainer(seed, epoch, step, rank):
+        g = step_generator(seed, epoch, step, rank, torch.device("cpu"))
+        return mixer(streams(), StepContext(epoch, 10, step, COUNTS, g))
+
+    same = trainer(7, 3, 41, 1)
+    assert torch.equal(ours.images, same.images) and torch.equal(ours.lam, same.lam)
+    for other in (trainer(7, 3, 42, 1), trainer(7, 4, 41, 1)):
+        assert not torch.equal(other.lam, ours.lam)  # each step draws its own boxes
+    assert not torch.equal(mixer.mix(streams(), epoch=3, step=42).lam, ours.lam)
 
 
 def test_mix_pastes_in_place_unless_asked_for_a_copy():
