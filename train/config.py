@@ -9,8 +9,9 @@ A recipe (``train/recipes/<name>.toml`` or any ``FILE.toml``) has the tables::
     [loss.<name>]   params of that base loss (e.g. [loss.la] tau = 1.0)
     [aux.<name>]    params of an auxiliary term a mixer declares (e.g. [aux.smc] weight = 0.1)
     [loader]  threads, py_workers, prefetch, hw_decoder_load, cpu_decode, q_decode: DALI's
-              resources (they change the speed, never the samples, so a resumed run may change
-              them; q_decode moves pasted pixels by at most one uint8 level)
+              resources (they change the speed, not the samples, so a resumed run may change
+              them; except q_decode/cpu_decode moving Q between DALI-drawn crops on nvJPEG
+              and the mix plan's, README.md, Speed settings)
 
 Values follow METHODS.md (CMO; Losses; recipe files cite them). CLI options override the recipe;
 no config object travels below the trainer's builder.
