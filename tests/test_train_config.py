@@ -34,7 +34,7 @@ def test_cli_overrides_recipe_and_round_trips_through_toml():
                   {"fg_r": 1.0})
     assert cfg["train"]["lr"] == 0.2 and cfg["train"]["epochs"] == 200
     assert cfg["mixer"]["cmo"]["fg_r"] == 1.0 and cfg["mixer"]["cmo"]["prob"] == 0.5
-    cfg["run"] = {"git": "abc", "command": 'ltpipe train "x"'}
+    cfg["run"] = {"git": "abc", "command": 'ltpipe train "x" C:\\d\x01\t\x7f\né'}
     assert tomllib.loads(to_toml(cfg)) == cfg
     again = resolve({k: v for k, v in cfg.items() if k != "run"}, {"device": "cuda"}, {})
     assert differences(cfg, again) == []  # device may change on resume

@@ -20,6 +20,7 @@ no config object travels below the trainer's builder.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import tomllib
 from pathlib import Path
@@ -310,7 +311,9 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, (int, float)):
         return repr(v) if math.isfinite(v) else ("nan" if v != v else ("inf" if v > 0 else "-inf"))
     if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+        # JSON's escapes are TOML's (control characters as \uXXXX), except that TOML also
+        # refuses a raw DEL
+        return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if v is None:
