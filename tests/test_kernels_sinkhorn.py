@@ -1,7 +1,6 @@
 """Batched log-domain Sinkhorn (METHODS.md: OTmix) against POT, marginals, OTmix argmax,
 and the numba kernel (CUDA simulator, tiny problems) against the torch reference."""
 
-import numpy as np
 import ot
 import pytest
 import torch
@@ -104,8 +103,8 @@ def test_cuda_kernel_matches_reference_in_simulator():
         C = _costs(2, 3, 5, dtype, seed=8)
         a = torch.full((2, 3), 1 / 3, dtype=dtype)
         b = torch.full((2, 5), 1 / 5, dtype=dtype)
-        f, g, it = sinkhorn_cuda.sinkhorn_tensors(C, a, b, eps, 11, tol)
-        fr, gr, itr = sinkhorn_reference(C, a, b, eps, 11, tol)
+        f, g, it = sinkhorn_cuda.sinkhorn_tensors(C, a, b, eps, 50, tol)
+        fr, gr, itr = sinkhorn_reference(C, a, b, eps, 50, tol)
         assert torch.equal(it, itr)
+        assert torch.all(it < 50)  # stopped by the tolerance test, not by max_iter
         assert torch.allclose(f, fr, atol=atol, rtol=0) and torch.allclose(g, gr, atol=atol, rtol=0)
-    assert np.all(it.numpy() >= 1)

@@ -201,6 +201,12 @@ def resolve_prob(prob: float | None, mix_schedule: str) -> float:
     return prob
 
 
+def gate_open(prob: float, generator: torch.Generator) -> bool:
+    """``mix_gate`` read on the host, for mixers that branch on it; at prob >= 1 (the defaults)
+    no device read, so no host-device sync."""
+    return prob >= 1.0 or bool(mix_gate(prob, generator))
+
+
 def mix_gate(prob: float, generator: torch.Generator) -> torch.Tensor:
     """bool [] on device: True with probability ``prob`` (the repo's ``r < mixup_prob``)."""
     if prob >= 1.0:

@@ -17,7 +17,7 @@ import torch
 
 from ltpipe.kernels.boxes import sample_lam
 from ltpipe.pipeline.batch import Batch, MixedBatch
-from ltpipe.train.mixers.base import Mixer, MixerEnv, StepContext, active_in_epoch, mix_gate
+from ltpipe.train.mixers.base import Mixer, MixerEnv, StepContext, active_in_epoch, gate_open
 
 
 def remix_label_weight(lam: torch.Tensor, n_a: torch.Tensor, n_b: torch.Tensor,
@@ -49,7 +49,7 @@ class Remix(Mixer):
     def forward(self, streams: Mapping[str, Batch], ctx: StepContext) -> MixedBatch:
         batch = streams["uniform"]
         if not active_in_epoch(ctx.epoch, ctx.epochs, self.mix_schedule) or \
-                not bool(mix_gate(self.prob, ctx.generator)):
+                not gate_open(self.prob, ctx.generator):
             return MixedBatch.unmixed(batch)
         b, dev = len(batch), batch.labels.device
         perm = torch.randperm(b, generator=ctx.generator, device=ctx.generator.device).to(dev)

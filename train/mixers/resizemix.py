@@ -14,7 +14,7 @@ import torch
 
 from ltpipe.kernels.paste import resize_paste_
 from ltpipe.pipeline.batch import Batch, MixedBatch
-from ltpipe.train.mixers.base import Mixer, MixerEnv, StepContext, active_in_epoch, mix_gate
+from ltpipe.train.mixers.base import Mixer, MixerEnv, StepContext, active_in_epoch, gate_open
 
 
 def side_ratio_boxes(batch_size: int, H: int, W: int, gen: torch.Generator,
@@ -54,7 +54,7 @@ class ResizeMix(Mixer):
     def forward(self, streams: Mapping[str, Batch], ctx: StepContext) -> MixedBatch:
         batch = streams["uniform"]
         if not active_in_epoch(ctx.epoch, ctx.epochs, self.mix_schedule) or \
-                not bool(mix_gate(self.prob, ctx.generator)):
+                not gate_open(self.prob, ctx.generator):
             return MixedBatch.unmixed(batch)
         b, _, h, w = batch.images.shape
         perm = torch.randperm(b, generator=ctx.generator, device=ctx.generator.device)
