@@ -49,7 +49,8 @@ def confusion_counts(model: nn.Module, steps: Iterable[Mapping[str, Batch]], num
                 idx = batch.index.to(keep_ids.device)
                 pos = torch.searchsorted(keep_ids, idx).clamp(max=keep_ids.numel() - 1)
                 cell = cell[(keep_ids[pos] == idx).to(device)]
-            counts += torch.bincount(cell, minlength=num_classes * num_classes)
+            # index_add_ rather than bincount: no C² temporary per batch (8142² on iNat)
+            counts.index_add_(0, cell, torch.ones_like(cell))
     finally:
         model.train(was_training)
     return counts.view(num_classes, num_classes)
