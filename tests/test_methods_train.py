@@ -129,7 +129,7 @@ def test_every_method_times_every_loss_trains(shards, g_run, mixer, loss):
 
 
 @pytest.mark.parametrize("mode", ["exact", "bank"])
-def test_otmix_refreshes_confusion_and_takes_ot_steps(shards, tmp_path, mode):
+def test_otmix_refreshes_confusion_and_checkpoints_it(shards, tmp_path, mode):
     # μ = 0: (t/T)^0 = 1, so epoch 1 takes OT steps with F̂ from the end of epoch 0
     opts = ('mix_schedule="always"', "prob=1.0", "mu=0.0", f'mode="{mode}"')
     train(shards, tmp_path / "run", "otmix", "ce", opts, epochs=2)
@@ -139,6 +139,8 @@ def test_otmix_refreshes_confusion_and_takes_ot_steps(shards, tmp_path, mode):
     assert bool(mixer["has_fhat"])
     fhat = mixer["fhat"]
     assert torch.all(fhat.diagonal() == 0) and torch.all(fhat.sum(1) <= 1 + 1e-6)
+    assert fhat.sum() > 0  # filled from the epoch's confusions (that OT steps follow from it
+    # is the previous test's check, on the mixer itself)
 
 
 def _otmix(shards, split):
