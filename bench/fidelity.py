@@ -15,7 +15,8 @@ need no edit here. Finished runs (RUN/final.json) are reused.
         --runs 'ce:none,la:none,la:smc@fg_r=0,la(prior="mixed"):smc@fg_r=0'
 
 The check: a mixer's Few-class mean must exceed its baseline's (the same loss with
-``none``, else ``ce:none``) by more than the seeds' spread (sum of the two stds).
+``none``, else ``ce:none``) by more than the seeds' spread (sum of the two stds). Each check
+also records the differences paired by seed, with their standard errors (``paired``).
 """
 
 from __future__ import annotations
@@ -101,7 +102,20 @@ def few_check(summary: dict, base: str, method: str) -> dict | None:
     gain = summary[method]["few"]["mean"] - summary[base]["few"]["mean"]
     spread = summary[method]["few"]["std"] + summary[base]["few"]["std"]
     return {"base": base, "method": method, "few_gain": gain, "spread": spread,
-            "passes": bool(gain > spread)}
+            "passes": bool(gain > spread), "paired": paired(summary[base], summary[method])}
+
+
+def paired(base: dict, method: dict) -> dict:
+    """Per metric, method − base paired by seed: {"mean", "se"} (standard error of the mean
+    difference; the seeds' shared data and init cancel, so it is tighter than the two stds)."""
+    out = {}
+    for m in METRICS:
+        a, b = np.array(base[m]["values"]), np.array(method[m]["values"])
+        if a.size != b.size or a.size < 2:  # a group missing in some seeds: nothing to pair
+            continue
+        d = b - a
+        out[m] = {"mean": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(d.size))}
+    return out
 
 
 def baseline_of(spec: str, specs: list[str]) -> str | None:
@@ -187,6 +201,8 @@ def main(argv=None) -> int:
         verdict = "PASS" if c["passes"] else "FAIL"
         print(f"{verdict}: {c['method']} Few {c['few_gain']:+.1f} over {c['base']} "
               f"(seed spread {c['spread']:.1f})")
+        diffs = ", ".join(f"{m} {v['mean']:+.1f} ± {v['se']:.1f}" for m, v in c["paired"].items())
+        print(f"  paired by seed (mean ± standard error): {diffs}")
     from ltpipe.train.benchmark import write_result
 
     params = {"shards": str(args.shards), "recipe": args.recipe, "epochs": args.epochs or "recipe",

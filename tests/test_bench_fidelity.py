@@ -56,3 +56,13 @@ def test_digits_set_has_the_documented_long_tail(tmp_path):
     manifest = load_manifest(tmp_path / "s")
     assert list(manifest.split("train").class_counts) == [128, 83, 52, 33, 20, 13, 8, 5, 3, 2]
     assert list(manifest.split("val").class_counts) == [50] * 10
+
+
+def test_paired_differences_and_their_standard_error(fidelity):
+    base = {m: {"values": [80.0, 70.0, 90.0]} for m in fidelity.METRICS}
+    method = {m: {"values": [81.0, 72.0, 93.0]} for m in fidelity.METRICS}  # +1, +2, +3
+    got = fidelity.paired(base, method)
+    assert got["few"]["mean"] == pytest.approx(2.0)
+    assert got["few"]["se"] == pytest.approx(1.0 / 3 ** 0.5)  # std 1 over 3 seeds
+    method["few"]["values"] = [81.0, 72.0]  # a group missing in a seed: not paired
+    assert "few" not in fidelity.paired(base, method)
