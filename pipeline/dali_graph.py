@@ -122,7 +122,7 @@ def _planned(inputs, spec: GraphSpec, cpu_decode: bool = False):
     else:  # cifar: unit scale, the ROI's start and the output size say it all
         jpg, anchor, shape, roi_start, out, mirror = inputs
     dec, hw = _decoder_args(spec, cpu_decode)
-    # the header's size is the stored one: no EXIF rotation (q_decode.py)
+    # windows in the header's (stored) coordinates: shards hold upright images (q_decode.py)
     if spec.roi_decode:
         window = decoded = fn.decoders.image_slice(
             jpg, anchor, shape, device=dec, output_type=types.RGB, normalized_anchor=False,

@@ -19,8 +19,10 @@ OTmix's exact mode computes features of whole foregrounds and SMC's views re-cro
 foreground, so both keep Q's full decode; ResizeMix draws its source from P, not Q.
 
 Image sizes come from the JPEG header (the SOF marker, a few hundred bytes into the file), read in
-Q's worker processes: no shard format change and no decode. The planned decode ignores EXIF
-orientation (the header's size is the stored one); the shard writer keeps camera JPEGs as they are.
+Q's worker processes: no shard format change and no decode. The header's size is the stored one,
+which is the displayed one because the shard writer stores every image upright (it applies a
+camera's EXIF orientation; shards written before it did may still carry one, and
+`ltpipe shard shards:OLD NEW` rewrites them).
 """
 
 from __future__ import annotations

@@ -1,9 +1,12 @@
 """Turn one source item into the members of a WebDataset sample (runs in worker processes).
 
-JPEG inputs that are RGB/greyscale and within ``max_size`` keep their exact bytes (no generation
-loss); everything else is decoded, converted to RGB, resized so the long side is at most
-``max_size`` (aspect kept) and re-encoded. Unreadable, truncated or missing inputs raise
-``Rejected`` with a short reason for ``rejected.tsv``.
+JPEG inputs that are RGB/greyscale, upright and within ``max_size`` keep their exact bytes (no
+generation loss); everything else is decoded, turned upright, converted to RGB, resized so the
+long side is at most ``max_size`` (aspect kept) and re-encoded. Upright: a camera's EXIF
+orientation is applied here, once, because the readers disagree about it (DALI's whole-image
+decoders apply it; PIL, torchvision and the mix plans' windows, drawn from the JPEG header, do
+not), and a re-encode would otherwise drop the tag and store the picture sideways. Unreadable,
+truncated or missing inputs raise ``Rejected`` with a short reason for ``rejected.tsv``.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ltpipe.shards.format import encode_sample_id
 
 KEEP_MODES = ("RGB", "L")
+ORIENTATION = 0x0112  # the EXIF tag
 MAX_PIXELS = 89_478_485  # PIL's decompression-bomb warning threshold (Image.MAX_IMAGE_PIXELS)
 
 
@@ -101,9 +105,23 @@ def encode_image(raw: bytes | np.ndarray, *, max_size: int | None, quality: int,
         raise Rejected("corrupt or truncated image (PIL cannot identify it)") from None
     except (Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         raise Rejected(f"corrupt or truncated image ({deterministic(str(exc))})") from None
-    if img.format == "JPEG" and img.mode in KEEP_MODES and size == (w, h):
+    upright = exif_orientation(img) == 1
+    if img.format == "JPEG" and img.mode in KEEP_MODES and size == (w, h) and upright:
         return Encoded(bytes(raw), w, h)
+    if not upright:
+        img = ImageOps.exif_transpose(img)  # a 90° turn swaps the sides, and the fitted size
+        size = fitted_size(*img.size, max_size)
     return _to_jpeg(img, size, quality)
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1 = upright; 2-8 mirror or turn), 1 when absent or unreadable:
+    the pixels are fine either way, and a broken EXIF block is no reason to reject them."""
+    try:
+        value = img.getexif().get(ORIENTATION, 1)
+    except Exception:  # PIL raises assorted errors on a malformed EXIF block
+        return 1
+    return value if value in range(1, 9) else 1
 
 
 @contextmanager

@@ -187,3 +187,34 @@ def test_max_size_resize_matches_a_full_decode(max_size):
     ref = np.asarray(full.resize((enc.width, enc.height), Image.BICUBIC), dtype=np.float64)
     got = np.asarray(Image.open(io.BytesIO(enc.jpeg)), dtype=np.float64)
     assert np.abs(got - ref).mean() < 2.0
+
+
+def _camera_jpeg(orientation: int, w: int = 40, h: int = 20) -> bytes:
+    """A w x h JPEG, left half red and right half blue as stored, with an EXIF orientation."""
+    image = np.zeros((h, w, 3), np.uint8)
+    image[:, : w // 2, 0] = 255
+    image[:, w // 2:, 2] = 255
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "JPEG", quality=95, exif=exif)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("max_size", [None, 30])  # kept size, and the resize path
+def test_camera_orientation_is_applied_once_at_shard_time(max_size):
+    """EXIF orientation 6 (turn 90° clockwise to view): stored upright, with no tag left, so DALI
+    (which applies the tag), PIL and the mix plans' header sizes all see the same picture."""
+    enc = encode_image(_camera_jpeg(6), max_size=max_size, quality=95)
+    img = Image.open(io.BytesIO(enc.jpeg))
+    assert img.getexif().get(0x0112, 1) == 1
+    assert img.size == (enc.width, enc.height) == ((20, 40) if max_size is None else (15, 30))
+    px = np.asarray(img.convert("RGB"), dtype=int)
+    top, bottom = px[: px.shape[0] // 2 - 2], px[px.shape[0] // 2 + 2:]
+    assert top[..., 0].mean() > 200 and top[..., 2].mean() < 50  # the red half is now on top
+    assert bottom[..., 2].mean() > 200 and bottom[..., 0].mean() < 50
+
+
+def test_an_upright_camera_jpeg_keeps_its_bytes():
+    raw = _camera_jpeg(1)
+    assert encode_image(raw, max_size=None, quality=95).jpeg == raw
