@@ -75,6 +75,8 @@ def test_bad_values_are_named(override, needle):
     ("[mixer.cmx]\nprob = 1.0", r"bad.toml: \[mixer.cmx\]: unknown mixer"),
     ("[train]\nloss = \"ce\"\n[loss.ldam]\nmaxm = 0.3", r"\[loss.ldam\]: unknown parameter 'maxm'"),
     ('[mixer.cmo]\nprob = "high"', r"\[mixer.cmo\]: prob must be float"),
+    ("[train]\ndrw_epoch = true", r"\[train\] drw_epoch: must be an epoch"),
+    ("[train]\nmilestones = [true]", r"\[train\] milestones: must be a list of epochs"),
 ])
 def test_a_recipe_files_bad_values_name_the_file(tmp_path, text, needle):
     """Each table is checked, the chosen mixer's and loss's or not: a typo never passes."""

@@ -217,11 +217,13 @@ def check_train(t: dict, source: str = "") -> None:
     for key, what in (("warmup", "epochs"), ("ckpt_every", "steps"), ("seed", "seed")):
         if not isinstance(t[key], int) or isinstance(t[key], bool) or t[key] < 0:
             raise ConfigError(f"{name(key)}: must be an integer >= 0 ({what}), got {t[key]!r}")
-    if not isinstance(t["drw_epoch"], int) or t["drw_epoch"] < -1:
+    if not isinstance(t["drw_epoch"], int) or isinstance(t["drw_epoch"], bool) \
+            or t["drw_epoch"] < -1:
         raise ConfigError(f"{name('drw_epoch')}: must be an epoch (-1: 4/5 of the run), got "
                           f"{t['drw_epoch']!r}")
     milestones = t["milestones"]
-    if not isinstance(milestones, list) or not all(isinstance(m, int) for m in milestones):
+    if not isinstance(milestones, list) or \
+            not all(isinstance(m, int) and not isinstance(m, bool) for m in milestones):
         raise ConfigError(f"{name('milestones')}: must be a list of epochs, got {milestones!r}")
     for key in ("nesterov", "channels_last", "compile", "skip_corrupt"):
         if not isinstance(t[key], bool):
