@@ -150,6 +150,19 @@ def test_mixup_blends_with_one_lam():
     assert torch.allclose(out.images, lam * x + (1 - lam) * x[perm], atol=1e-6)
 
 
+def test_mixup_labels_weigh_what_the_pixels_weigh_in_bf16():
+    """bf16 holds λ coarsely (0.3 -> 0.30078): the label weight is the pixel weight as stored."""
+    mixer = build_mixer("mixup", env=env(), alpha=0.4)
+    x = torch.rand(B, 3, H, W).to(torch.bfloat16)
+    bg = Batch(x.clone(), torch.arange(B) % 4, torch.arange(B))
+    out = mixer({"uniform": bg}, ctx(seed=4))
+    assert out.lam.dtype == torch.float32
+    assert torch.equal(out.lam, out.lam.to(torch.bfloat16).float())  # exactly a bf16 value
+    perm = out.extras["fg_index"]
+    w = out.lam.to(torch.bfloat16).view(B, 1, 1, 1)
+    assert torch.equal(out.images, torch.lerp(x[perm], x, w))
+
+
 def test_bad_params_name_themselves():
     with pytest.raises(ValueError, match="'foo'"):
         build_mixer("cmo", env=env(), foo=1)

@@ -150,8 +150,10 @@ class Mixup(Mixer):
         lam = sample_lam(1, self.alpha, g)  # [1]: one lam per batch
         lam = torch.where(mix_gate(self.prob, g), lam, torch.ones_like(lam)).expand(B)
         x = batch.images
-        w = lam.to(x.dtype).view(B, 1, 1, 1)
+        w = lam.to(x.dtype)
         # lerp(start, end, 1) returns end exactly, so a gated-off batch is unchanged.
-        images = torch.lerp(x[perm], x, w)
+        images = torch.lerp(x[perm], x, w.view(B, 1, 1, 1))
+        # the labels get the weight the pixels got (bf16 holds 0.3 as 0.30078)
+        lam = w.to(lam.dtype)
         return MixedBatch(images, batch.labels, batch.labels[perm], lam.contiguous(),
                           {"index": batch.index, "fg_index": batch.index[perm]})
