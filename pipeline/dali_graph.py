@@ -19,7 +19,7 @@ Presets (torchvision equivalents):
 Planned Q (a mixer declares a mix plan, mix_plan.py): Q's crop window and flip are drawn on the
 host, and the source feeds per-sample decode windows (q_decode.py): ``decoders.image_slice`` (an
 ROI decode, libjpeg-turbo or nvJPEG; or, without ``roi_decode``, the whole image and a ``slice``
-of the same window, which keeps nvJPEG's hardware decoder) -> ``resize`` of the exact ROI to the
+of the same window) -> ``resize`` of the exact ROI to the
 output size ("imagenet") or a zero-padded ``slice`` ("cifar") -> crop_mirror_normalize with the
 plan's flip -> ``pad`` to the batch's largest tile. With ``tiles`` only the mixed rows' boxes are
 decoded. Why B entries with 1 x 1 placeholders rather than a second pipeline fed only on mixed
@@ -79,8 +79,8 @@ class GraphSpec:
     # sums the decoded source pixels)
     count_pixels: bool = False
     # planned Q: decode each window by an ROI decode (True), or decode the whole image and cut
-    # the window where it was decoded (False): DALI documents ROI decoding as leaving out nvJPEG's
-    # hardware decoder, which whole images keep (loader.py, q_decode="tiles-whole")
+    # the window where it was decoded (False; loader.py, q_decode="tiles-whole": an older DALI
+    # note says ROI decoders leave out nvJPEG's hardware decoder; on an H200 it did not help)
     roi_decode: bool = True
 
 

@@ -55,10 +55,9 @@ def resolve_q_decode(q_decode: str, device: str, cpu_decode: tuple[str, ...]) ->
     "auto" takes what was measured faster: tiles where CPU operators decode Q (x1.46 the pairs/s
     at prob 0.5, bench/results/loader-plan-cpu.json), None on nvJPEG. On an H200 (CMO,
     ResNet-50) full decoding won or tied every run: ROI tiles 3,825 vs 5,167 img/s at prob 0.5
-    (ROI decoding leaves out nvJPEG's hardware decoder); "tiles-whole" level at prob 0.5 and
-    13-19 % slower at prob 1, where it decodes as many whole images as full decoding but
-    without the crop fused into the decode (bench/results/e2e-*plan*-nvidia-h200.json,
-    e2e-tileswhole-*-nvidia-h200.json)."""
+    (not profiled); "tiles-whole" level at prob 0.5 and 13-19 % slower at prob 1, where it
+    decodes every Q image whole while full decoding decodes only each random-resized crop
+    (bench/results/e2e-*plan*-nvidia-h200.json, e2e-tileswhole-*-nvidia-h200.json)."""
     if q_decode != "auto":
         return q_decode
     return "tiles" if device == "cpu" or "minority" in cpu_decode else None

@@ -2,8 +2,7 @@
 # Mix-aware decoding on one GPU (after the offline wheels are staged into /tmp/site): end-to-end
 # CMO with Q decoded as box tiles against full-decode Q and the ceiling, in one run each at
 # prob 0.5 and prob 1. Tiles two ways: ROI decodes ("tiles", measured slower than full decoding
-# on the H200: DALI documents ROI decoding as leaving out nvJPEG's hardware decoder) and
-# whole-image decodes of the mixed rows cut to the boxes ("tiles-whole", which keeps it); plus
+# on the H200) and whole-image decodes of the mixed rows cut to the boxes ("tiles-whole"); plus
 # tiles with Q decoded on the CPU from a copy stored at --max-size 384. No torchvision reference
 # (the targets are vs the ceiling). Each stage has its own time limit, so whatever finishes
 # comes back in $OUT. On the H200: generation 47 s, the 384-px copy 24 s, a three-variant stage
