@@ -7,7 +7,7 @@ Handwritten Digits") ship inside the scikit-learn wheel. Each is written as a 32
 out a balanced val split and makes train long-tailed:
 
     pip install scikit-learn            # bench only, not a dependency of ltpipe
-    python bench/digits_lt.py /tmp/digits
+    python -m ltpipe.bench.digits_lt /tmp/digits
     ltpipe shard imagefolder:/tmp/digits /tmp/digits-lt --val-per-class 50 --imbalance 64
 
 which gives train counts 128, 83, 52, 33, 20, 13, 8, 5, 3, 2 (many/medium/few classes 1/4/5)

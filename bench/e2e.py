@@ -31,10 +31,10 @@ features of the model's width, so every step computes the [B,B] cost and Sinkhor
 Targets (the project's, one H100): cmo b/a >= 0.97 and b/c >= 6; smc, otmix b/a >= 0.95.
 
 GPU (generates the synthetic iNat-like set, ~36k JPEGs of 500-800 px, on that machine):
-    python bench/e2e.py --device cuda --generate /tmp/ltpipe-inat --gen-workers 16 \
+    python -m ltpipe.bench.e2e --device cuda --generate /tmp/ltpipe-inat --gen-workers 16 \
         --mixers cmo,smc,otmix
 CPU (tiny: resnet8, 32 px, batch 8, fp32, no compile; labelled cpu):
-    python bench/e2e.py --device cpu --tiny --generate /tmp/ltpipe-tiny --mixers cmo,smc,otmix
+    python -m ltpipe.bench.e2e --device cpu --tiny --generate /tmp/ltpipe-tiny --mixers cmo,smc,otmix
 """
 
 from __future__ import annotations
@@ -51,20 +51,19 @@ from pathlib import Path
 
 import torch
 
+from ltpipe.bench import trace_summary
+from ltpipe.bench.harness import (ScriptParser, add_shard_source_args, benchmark_shards,
+                                  positive_int, write_result)
 from ltpipe.pipeline.batch import Batch, Tiles
 from ltpipe.train import build
-from ltpipe.train.benchmark import (ScriptParser, add_shard_source_args, benchmark_shards,
-                                    positive_int, write_result)
 from ltpipe.train.config import resolve
 from ltpipe.train.cuda_stream import PRIORITIES, compute_stream
 from ltpipe.train.dist import DistInfo
-from ltpipe.train.loop import make_autocast, step_generator, train_step
+from ltpipe.train.loop import make_autocast, train_step
 from ltpipe.train.mixers.base import StepContext
 from ltpipe.train.mixers.registry import MIXERS, mixer_params
+from ltpipe.train.step_keys import step_generator
 from ltpipe.train.step_timer import StepTimer
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/trace_summary.py
-import trace_summary  # noqa: E402
 
 GPU = dict(size="inat", model="resnet50", batch_size=256, image_size=224, preset="imagenet",
            precision="bf16", compile=True, steps=15, repeats=3, warmup=10, ref_steps=10,
@@ -508,7 +507,7 @@ def print_table(results: dict, baselines: dict) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("bench/e2e.py: --device cuda but no CUDA device is visible", file=sys.stderr)
+        print("ltpipe.bench.e2e: --device cuda but no CUDA device is visible", file=sys.stderr)
         return 2
     from ltpipe.shards.format import load_manifest
 
@@ -518,7 +517,7 @@ def main(argv=None) -> int:
         for v in args.variant_list:
             check_same_data(manifest, v["shards"])
     except ValueError as exc:  # ShardFormatError / ShardInputError: one line naming the file
-        print(f"bench/e2e.py: {exc}", file=sys.stderr)
+        print(f"ltpipe.bench.e2e: {exc}", file=sys.stderr)
         return 2
     if args.torch_threads > 0:
         torch.set_num_threads(args.torch_threads)

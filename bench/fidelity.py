@@ -2,16 +2,16 @@
 
 Trains every named config for every seed with ``ltpipe train`` (in process), then reports the
 mean ± std (over seeds) of top-1 and Many/Medium/Few, as a table, a JSON result
-(bench/results/fidelity-<device>.json, schema of ltpipe.train.benchmark) and a PNG.
+(bench/results/fidelity-<device>.json, schema of ltpipe.bench.harness) and a PNG.
 
 A config is ``LOSS[-REWEIGHT][(key=value;...)]:MIXER[@key=value;key=value]``, e.g. ``ce:none``,
 ``ce:cmo``, ``bs:cmo``, ``ldam-drw:cmo``, ``ce:cmo@fg_r=1`` (mixer params, TOML values),
 ``la(prior="mixed"):smc@fg_r=0`` (loss params in parentheses), so new mixers (smc, otmix, m2m)
 need no edit here. Finished runs (RUN/final.json) are reused.
 
-    python bench/fidelity.py --runs ce:none,ce:cmo,bs:cmo,ldam-drw:cmo --seeds 0,1,2
-    python bench/fidelity.py --device cuda --recipe synthetic --runs ce:none,ce:cmo,ce:smc
-    python bench/fidelity.py --name fidelity-smc \
+    python -m ltpipe.bench.fidelity --runs ce:none,ce:cmo,bs:cmo,ldam-drw:cmo --seeds 0,1,2
+    python -m ltpipe.bench.fidelity --device cuda --recipe synthetic --runs ce:none,ce:cmo,ce:smc
+    python -m ltpipe.bench.fidelity --name fidelity-smc \
         --runs 'ce:none,la:none,la:smc@fg_r=0,la(prior="mixed"):smc@fg_r=0'
 
 The check: a mixer's Few-class mean must exceed its baseline's (the same loss with
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ltpipe.train.benchmark import ScriptParser
+from ltpipe.bench.harness import ScriptParser
 
 ROOT = Path(__file__).resolve().parent.parent
 METRICS = ("top1", "many", "medium", "few")
@@ -203,11 +203,11 @@ def main(argv=None) -> int:
               f"(seed spread {c['spread']:.1f})")
         diffs = ", ".join(f"{m} {v['mean']:+.1f} ± {v['se']:.1f}" for m, v in c["paired"].items())
         print(f"  paired by seed (mean ± standard error): {diffs}")
-    from ltpipe.train.benchmark import write_result
+    from ltpipe.bench.harness import write_result
 
     params = {"shards": str(args.shards), "recipe": args.recipe, "epochs": args.epochs or "recipe",
               "seeds": seeds, "runs": specs, "extra": args.extra,
-              "command": " ".join(["python", "bench/fidelity.py", *sys.argv[1:]])}
+              "command": " ".join(["python", "-m", "ltpipe.bench.fidelity", *sys.argv[1:]])}
     path = write_result(args.name, params, {"summary": summary, "checks": checks},
                         out_dir=args.out, device="cpu" if args.device == "cpu" else None)
     png = path.with_suffix(".png")

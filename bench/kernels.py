@@ -1,8 +1,8 @@
 """Kernel benchmark: paste_/resize_paste_/paste_tiles_ and batched Sinkhorn vs torch/POT
 baselines.
 
-    python bench/kernels.py --device cuda          # B=256, 3x224x224 fp16; CUDA events
-    python bench/kernels.py --device cpu           # smaller batch, wall clock, labelled "cpu"
+    python -m ltpipe.bench.kernels --device cuda          # B=256, 3x224x224 fp16; CUDA events
+    python -m ltpipe.bench.kernels --device cpu           # smaller batch, wall clock, labelled "cpu"
 
 Median (and p10/p90) milliseconds over --runs runs after warm-up, written with
 ltpipe.train.benchmark.write_result to bench/results/kernels-<device>.json.
@@ -21,7 +21,7 @@ from ltpipe.kernels import (cutmix_boxes, paste_, resize_paste_, resizemix_boxes
                             sinkhorn, sinkhorn_reference)
 from ltpipe.kernels.paste import _resize_paste_cpu
 from ltpipe.kernels.paste_tiles import _paste_tiles_loop, paste_tiles_
-from ltpipe.train.benchmark import ScriptParser, positive_int, time_cuda, write_result
+from ltpipe.bench.harness import ScriptParser, positive_int, time_cuda, write_result
 
 
 def _stats(ms: list[float]) -> dict:

@@ -15,9 +15,9 @@ or, with ``--cpu-decode`` (decode and resize on the CPU even on "cuda", as ``cpu
 CPU cores: the cores' images/s there says whether a stream can leave the GPU.
 
 GPU (generates the synthetic iNat-like set, ~36k JPEGs of 500-800 px, on that machine):
-    python bench/loader.py --device cuda --generate /tmp/ltpipe-inat --gen-workers 16
+    python -m ltpipe.bench.loader --device cuda --generate /tmp/ltpipe-inat --gen-workers 16
 CPU (small, labelled cpu):
-    python bench/loader.py --device cpu --generate /tmp/ltpipe-small --size large \
+    python -m ltpipe.bench.loader --device cpu --generate /tmp/ltpipe-small --size large \
         --batch-size 32 --steps 8 --ref-steps 8 --warmup 2 --workers 2 --image-size 112
 Plan-aware Q (``--plan-probs 0.5,1``): CMO's mix plan (one box per batch, α = 1, every epoch)
 at each prob, Q decoded in full (crop, resize to S x S) against Q decoded as tiles (only each
@@ -27,11 +27,11 @@ Besides pairs/s it records the decoded source pixels per step of P and of Q, sum
 pipeline (the shape of every decoded window), and ``results["q_over_p_pixels"]`` keyed by
 configuration. CPU (the "inat" profile stored at long side <= 512, i.e. 300-512 px):
     ltpipe shard synthetic DIR --size inat --classes 60 --max-per-class 40 --max-size 512
-    python bench/loader.py --device cpu --shards DIR --plan-probs 0.5,1 --plan-only --workers 2 \
+    python -m ltpipe.bench.loader --device cpu --shards DIR --plan-probs 0.5,1 --plan-only --workers 2 \
         --batch-size 32 --steps 10 --warmup 3 --repeats 5 --out DIR-results
 CPU decode cost per core by stored size (iNat-like images; DIR and DIR-384 written by
 ``ltpipe shard synthetic DIR --size inat --classes 200 --max-per-class 60 [--max-size 384]``):
-    python bench/loader.py --device cpu --shards DIR --max-sizes 384 --workers 1,2 \
+    python -m ltpipe.bench.loader --device cpu --shards DIR --max-sizes 384 --workers 1,2 \
         --streams single --skip-reference --batch-size 64 --steps 12 --warmup 3 --out DIR-results
 """
 
@@ -48,7 +48,7 @@ import torch
 
 from ltpipe.pipeline.loader import make_loader
 from ltpipe.pipeline.torch_loader import make_torch_loader
-from ltpipe.train.benchmark import (ScriptParser, add_shard_source_args, benchmark_shards,
+from ltpipe.bench.harness import (ScriptParser, add_shard_source_args, benchmark_shards,
                                     non_negative_int, positive_int, positive_ints,
                                     write_result)
 
@@ -101,7 +101,7 @@ def shard_dirs(args) -> dict[str, Path]:
         base = args.shards or args.generate
         copy = base.with_name(f"{base.name}-{px}")
         if args.shards and not copy.is_dir():
-            raise SystemExit(f"bench/loader.py: --max-sizes {px}: {copy} does not exist (write it "
+            raise SystemExit(f"ltpipe.bench.loader: --max-sizes {px}: {copy} does not exist (write it "
                              f"with `ltpipe shard ... --max-size {px}`, or use --generate)")
         dirs[f"px{px}"] = benchmark_shards(copy if args.shards else None, copy, args.size,
                                            args.gen_workers, log, max_size=px)
@@ -152,7 +152,7 @@ def stream_sets(args) -> list[tuple[str, tuple[str, ...], str]]:
     names = [n for n in args.streams.split(",") if n]
     unknown = sorted(set(names) - set(STREAM_SETS))
     if unknown or not names:
-        raise SystemExit(f"bench/loader.py: --streams: expected names from {list(STREAM_SETS)}, "
+        raise SystemExit(f"ltpipe.bench.loader: --streams: expected names from {list(STREAM_SETS)}, "
                          f"got {args.streams!r}")
     return [(n, *STREAM_SETS[n]) for n in names]
 
@@ -203,7 +203,7 @@ def plan_probs(args) -> list[float]:
     except ValueError:
         probs = [-1.0]
     if not all(0 < p <= 1 for p in probs):
-        raise SystemExit(f"bench/loader.py: --plan-probs: expected probs in (0, 1], got "
+        raise SystemExit(f"ltpipe.bench.loader: --plan-probs: expected probs in (0, 1], got "
                          f"{args.plan_probs!r}")
     return probs
 
@@ -271,7 +271,7 @@ def measure(dirs: dict[str, Path], args) -> tuple[dict, dict]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("bench/loader.py: --device cuda but no CUDA device is visible", file=sys.stderr)
+        print("ltpipe.bench.loader: --device cuda but no CUDA device is visible", file=sys.stderr)
         return 2
     stream_sets(args)  # a bad --streams or --plan-probs fails before any data is written
     plan_probs(args)

@@ -8,9 +8,9 @@ single-process script would do), at the same shard size. Nothing here uses a GPU
 result names the machine (write_result: GPU name, or "cpu" when there is none).
 
 GPU machine (16 cores), the iNat-like profile the GPU benchmarks read:
-    python bench/shard_write.py --size inat --workers 1,4,16 --repeats 1
+    python -m ltpipe.bench.shard_write --size inat --workers 1,4,16 --repeats 1
 CPU (small, labelled cpu):
-    python bench/shard_write.py --size large --max-per-class 100 --workers 1,2 --repeats 2
+    python -m ltpipe.bench.shard_write --size large --max-per-class 100 --workers 1,2 --repeats 2
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ltpipe.bench.harness import ScriptParser, write_result
 from ltpipe.shards.write import write_shards
-from ltpipe.train.benchmark import ScriptParser, write_result
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -9,7 +9,7 @@ kernel belongs to the loader, every other stream to the step. Per profiled step 
   overlap_ms        time when a step kernel and a loader kernel ran at once (SM sharing)
 and the loader's heaviest kernels. Compare an ltpipe trace with a ceiling trace of the same step.
 
-    python bench/trace_summary.py TRACE.json.gz --steps 3
+    python -m ltpipe.bench.trace_summary TRACE.json.gz --steps 3
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from ltpipe.train.benchmark import ScriptParser
+from ltpipe.bench.harness import ScriptParser
 
 LOADER_KERNEL = re.compile(r"dali|nvjpeg", re.IGNORECASE)
 

@@ -7,10 +7,10 @@ are timed in interleaved rounds with CUDA events after warm-up; the overhead of 
 reported against ``none`` (the project's target for CMO: ≤ 1 % of the step; the paper: +3.9 %).
 
 GPU (the issue's setting):
-    python bench/train_step.py --device cuda --model resnet50 --batch-size 256 \
+    python -m ltpipe.bench.train_step --device cuda --model resnet50 --batch-size 256 \
         --image-size 224 --precision bf16 --channels-last --mixers none,cmo
 CPU fallback (tiny, labelled cpu):
-    python bench/train_step.py
+    python -m ltpipe.bench.train_step
 
 Mixer params: ``--mixer-opt cmo.prob=1.0`` (TOML values). Mixers needing shards (OTmix's
 confusion split, M2m's classifier) take them the same way.
@@ -24,12 +24,13 @@ import sys
 
 import torch
 
+from ltpipe.bench.harness import ScriptParser, time_cuda, write_result
 from ltpipe.pipeline.batch import Batch
-from ltpipe.train.benchmark import ScriptParser, time_cuda, write_result
 from ltpipe.train.config import parse_scalar
 from ltpipe.train.dist import DistInfo
-from ltpipe.train.loop import make_autocast, step_generator, train_step
+from ltpipe.train.loop import make_autocast, train_step
 from ltpipe.train.mixers.base import StepContext
+from ltpipe.train.step_keys import step_generator
 
 
 def fake_streams(names, batch, size, classes, device, dtype, channels_last, gen):
@@ -143,7 +144,7 @@ def main(argv=None) -> int:
                                             "warmup", "runs", "rounds")}
     params["mixer_params"] = params_of
     params["torch_threads"] = torch.get_num_threads()
-    params["command"] = " ".join(["python", "bench/train_step.py", *sys.argv[1:]])
+    params["command"] = " ".join(["python", "-m", "ltpipe.bench.train_step", *sys.argv[1:]])
     path = write_result("train_step", params, results, out_dir=args.out,
                         device=None if cuda else "cpu")
     print(f"wrote {path}")

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from ltpipe.train import bench_cli
-from ltpipe.train.benchmark import validate_result
+from ltpipe.bench import cli as bench_cli
+from ltpipe.bench.harness import validate_result
 from ltpipe.train.cli import main
 
 TINY_E2E = ["--tiny", "--steps", "2", "--repeats", "2", "--warmup", "1", "--ref-steps", "2"]
@@ -205,7 +205,7 @@ def test_result_rows_flatten_measurements_only():
     (["loader", "{shards}", "--device", "cpu", "--max-sizes", "abc"],
      "argument --max-sizes: must be a positive integer, got 'abc'"),
     (["loader", "{shards}", "--device", "cpu", "--batch-size", "100000", "--skip-reference"],
-     "bench/loader.py: error: batch_size: 100000 exceeds the"),
+     "ltpipe bench loader: error: batch_size: 100000 exceeds the"),
     (["kernels", "--device", "cpu", "--runs", "1"], "--runs must be >= 2"),
 ])
 def test_bad_input_is_one_line_exit_2(shards, tmp_path, args, message, capsys):
@@ -221,13 +221,6 @@ def test_script_errors_keep_exit_2(shards, tmp_path, capsys):
     assert res.exit_code == 2
     assert "--mixers: unknown" in capsys.readouterr().err + res.output
     assert not list(tmp_path.glob("*.json"))
-
-
-def test_missing_bench_folder_is_one_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench_cli, "bench_dir", lambda: tmp_path / "bench")
-    res = invoke(["kernels", "--device", "cpu", "--out", tmp_path])
-    assert res.exit_code == 2
-    assert "benchmark script not found" in res.output and "Traceback" not in res.output
 
 
 def test_a_failing_mixer_keeps_the_others(shards, tmp_path):

@@ -1,20 +1,14 @@
 """bench/fidelity.py's config names: loss params, flat run folders, the baseline of each config;
 and the real-image set of bench/digits_lt.py."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from ltpipe.bench import fidelity as fidelity_module
 
 
 @pytest.fixture(scope="module")
 def fidelity():
-    spec = importlib.util.spec_from_file_location("ltpipe_bench_fidelity", BENCH / "fidelity.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return fidelity_module
 
 
 def test_loss_params_in_parentheses(fidelity):
@@ -40,12 +34,10 @@ def test_digits_set_has_the_documented_long_tail(tmp_path):
     from click.testing import CliRunner
     from PIL import Image
 
+    from ltpipe.bench import digits_lt as digits
     from ltpipe.shards.format import load_manifest
     from ltpipe.train.cli import main
 
-    spec = importlib.util.spec_from_file_location("ltpipe_bench_digits", BENCH / "digits_lt.py")
-    digits = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(digits)
     counts = digits.write_digits(tmp_path / "img")
     assert sum(counts) == 1797 and min(counts) >= 174
     with Image.open(next((tmp_path / "img" / "digit3").glob("*.png"))) as im:

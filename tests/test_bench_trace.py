@@ -2,24 +2,17 @@
 train/cuda_stream.py: the step's stream (a no-op off CUDA; ordering checked on a real GPU)."""
 
 import gzip
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
+from ltpipe.bench import trace_summary
 from ltpipe.train.cuda_stream import compute_stream
-
-BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 def load_trace_summary():
-    spec = importlib.util.spec_from_file_location("ltpipe_bench_trace_summary",
-                                                  BENCH / "trace_summary.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return trace_summary
 
 
 def kernel(name, stream, ts, dur):

@@ -9,11 +9,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from ltpipe.pipeline.batch import Batch, MixedBatch
-from ltpipe.train.loop import step_generator
 from ltpipe.train.losses.mixed import mixed_loss
 from ltpipe.train.mixers.base import MixerEnv, StepContext
 from ltpipe.train.mixers.cmo import CMO
 from ltpipe.train.mixers.cutmix import CutMix
+from ltpipe.train.step_keys import step_generator
 
 B, H, C = 8, 16, 4
 COUNTS = torch.tensor([100, 40, 10, 3])

@@ -93,8 +93,9 @@ def test_every_method_times_every_loss_trains(shards, g_run, mixer, loss):
     from ltpipe.train import build
     from ltpipe.train.config import load_recipe, parse_assignments, resolve
     from ltpipe.train.dist import DistInfo
-    from ltpipe.train.loop import make_autocast, step_generator, train_step
+    from ltpipe.train.loop import make_autocast, train_step
     from ltpipe.train.mixers.base import StepContext
+    from ltpipe.train.step_keys import step_generator
 
     opts = MIXER_OPTS[mixer] + (("mu=0.0",) if mixer == "otmix" else ())  # μ=0: OT every epoch
     params = parse_assignments(opts, "--mixer-opt")
@@ -173,8 +174,9 @@ def test_train_step_fills_the_otmix_bank_from_its_own_forward(shards):
     from ltpipe.train import build
     from ltpipe.train.config import load_recipe, resolve
     from ltpipe.train.dist import DistInfo
-    from ltpipe.train.loop import make_autocast, step_generator, train_step
+    from ltpipe.train.loop import make_autocast, train_step
     from ltpipe.train.mixers.base import StepContext
+    from ltpipe.train.step_keys import step_generator
 
     cfg = resolve(load_recipe("synthetic"), {"mixer": "otmix", "loss": "ce", "model": "resnet8",
                                              "epochs": 2, "batch_size": 8, "image_size": 16,

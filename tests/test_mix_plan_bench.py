@@ -6,7 +6,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from ltpipe.train.benchmark import validate_result
+from ltpipe.bench.harness import validate_result
 from ltpipe.train.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -14,10 +14,9 @@ from PIL import Image
 from ltpipe.pipeline.minority import ShardBytes
 from ltpipe.pipeline.shardset import open_split
 from ltpipe.train.cli import main
+from ltpipe.train.mixers.preview import CAPTION, HEADER, TILE, grid_size, make_preview
 from ltpipe.train.mixers.registry import MIXERS, mixer_class
 from ltpipe.train.models import build_model
-from ltpipe.train.preview import CAPTION, HEADER, TILE, grid_size, make_preview
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -120,7 +119,7 @@ def test_otmix_preview_takes_its_confusion_from_the_previewed_batch(shards, tmp_
 
 def test_smc_mixed_tile_is_captioned_as_an_augmented_view(shards):
     from ltpipe.pipeline.batch import Batch, MixedBatch
-    from ltpipe.train.preview import tiles
+    from ltpipe.train.mixers.preview import tiles
 
     b = Batch(torch.zeros(2, 3, 8, 8), torch.tensor([0, 1]), torch.tensor([0, 1]))
     plain = MixedBatch.unmixed(b)

@@ -12,8 +12,8 @@ COMMANDS = {
     "shard": "ltpipe.shards.cli:shard",
     "inspect": "ltpipe.shards.cli:inspect",
     "train": "ltpipe.train.train_cli:train",
-    "bench": "ltpipe.train.bench_cli:bench",
-    "preview": "ltpipe.train.preview:preview",
+    "bench": "ltpipe.bench.cli:bench",
+    "preview": "ltpipe.train.mixers.preview:preview",
 }
 
 HELP = {

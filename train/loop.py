@@ -1,8 +1,9 @@
-"""The training step and the per-step random generator (the step fits one screen).
+"""The training step (it fits one screen).
 
 streams {name: Batch} -> mixer -> MixedBatch -> model (autocast) -> criterion (fp32) -> SGD step.
 The step knows no method names; every random draw of a mixer comes from a generator seeded by
-(seed, epoch, step, rank), so a resumed run redraws exactly what an uninterrupted one drew.
+(seed, epoch, step, rank) (train/step_keys.py), so a resumed run redraws exactly what an
+uninterrupted one drew.
 """
 
 from __future__ import annotations
@@ -11,21 +12,9 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 import torch
 
 from ltpipe.train.mixers.base import StepContext
-
-STEP_TAG, EPOCH_TAG = 0, 1
-
-
-def step_generator(seed: int, epoch: int, step: int, rank: int, device: torch.device,
-                   tag: int = STEP_TAG) -> torch.Generator:
-    """A fresh generator on ``device`` whose seed hashes (seed, epoch, step, rank, tag)."""
-    key = np.random.SeedSequence([seed, epoch, step, rank, tag]).generate_state(2, np.uint32)
-    g = torch.Generator(device=device)
-    g.manual_seed(int(key[0]) << 31 ^ int(key[1]))
-    return g
 
 
 def make_autocast(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:

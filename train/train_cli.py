@@ -236,7 +236,7 @@ def check_named_mixer_options(name: str, cls, params: dict, named: dict, resume)
 
 
 def run_table(shards: Path, recipe: str | None) -> dict:
-    from ltpipe.train.benchmark import git_hash
+    from ltpipe.train.provenance import git_hash
 
     return {"git": git_hash(), "shards": str(Path(shards).resolve()), "recipe": recipe or "",
             "command": typed_command(sys.argv, os.environ)}

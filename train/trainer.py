@@ -28,10 +28,11 @@ from ltpipe.train.cuda_stream import compute_stream
 from ltpipe.train.dist import (DistInfo, all_reduce_sum, barrier, broadcast_buffers,
                                gather_objects)
 from ltpipe.train.evaluate import class_hits, format_table, summarize
-from ltpipe.train.loop import (EPOCH_TAG, EpochSums, make_autocast, step_generator, train_step)
+from ltpipe.train.loop import EpochSums, make_autocast, train_step
 from ltpipe.train.mixers.base import StepContext
 from ltpipe.train.report import FINAL as FINAL_JSON
 from ltpipe.train.report import RunReport, epoch_label, named_per_class, position
+from ltpipe.train.step_keys import EPOCH_TAG, step_generator
 from ltpipe.train.step_timer import StepTimer
 
 

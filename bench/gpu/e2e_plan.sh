@@ -19,7 +19,7 @@ log generate; /usr/bin/time -f "generate: %e s" timeout "${T_GEN:-90}" ltpipe sh
 log "copy --max-size $MAX_SIZE"; timeout "${T_COPY:-50}" ltpipe shard "shards:$DATA" "$DATA-$MAX_SIZE" --max-size "$MAX_SIZE" --workers "$(nproc)" 2>&1 | tail -1
 run_e2e() {  # $1: prob, $2: seconds, $3: variants
   log "e2e cmo prob $1"
-  timeout "$2" python3 bench/e2e.py --device "$DEVICE" --shards "$DATA" ${E2E_EXTRA:-} --mixers cmo \
+  timeout "$2" python3 -m ltpipe.bench.e2e --device "$DEVICE" --shards "$DATA" ${E2E_EXTRA:-} --mixers cmo \
     --skip-reference --mix-prob "$1" --steps "${STEPS:-20}" --repeats 2 --warmup 8 \
     --variants "$3" --out "/tmp/e2e-p$1" 2>&1 | grep -v -E "Warn|USDT|profiler_st" | tee "$OUT/e2e-p$1.log" | tail -12
   for f in /tmp/e2e-p"$1"/e2e-*.json; do [ -f "$f" ] && cp "$f" "$OUT/$(basename "$f" .json)-plan-p$1.json"; done

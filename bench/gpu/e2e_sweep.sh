@@ -32,7 +32,7 @@ log generate; /usr/bin/time -f "generate: %e s" timeout "${T_GEN:-100}" ltpipe s
 # the copies are rewritten from the shards (about twice as fast as rendering again on the CPU)
 for px in $MAX_SIZES; do log "copy --max-size $px"; timeout "${T_GEN:-100}" ltpipe shard "shards:$DATA" "$DATA-$px" --max-size "$px" --workers "$(nproc)" 2>&1 | tail -1; done
 # e2e gets what is left of T_TOTAL (one device call: run it with timeout_s >= T_TOTAL + 10)
-log e2e; timeout "${T_E2E:-$(( ${T_TOTAL:-585} - SECONDS - ${T_AFTER:-5} ))}" python3 bench/e2e.py --device "$DEVICE" --shards "$DATA" ${E2E_EXTRA:-} \
+log e2e; timeout "${T_E2E:-$(( ${T_TOTAL:-585} - SECONDS - ${T_AFTER:-5} ))}" python3 -m ltpipe.bench.e2e --device "$DEVICE" --shards "$DATA" ${E2E_EXTRA:-} \
   --mixers cmo,smc,otmix --reference-mixers cmo --steps "${STEPS:-20}" --repeats 2 --warmup 8 --profile-steps 3 \
   --variants "$VARIANTS" --out /tmp/traces 2>&1 | grep -v -E "Warn|USDT|profiler_st" | tee "$OUT/e2e.log" | grep -v -E "^ |^-|^Name|^Self" | tail -40
 cp /tmp/traces/e2e-*.json "$OUT/" 2>/dev/null
@@ -41,6 +41,6 @@ cp /tmp/traces/e2e-*.json "$OUT/" 2>/dev/null
   --model "${TRAIN_MODEL:-resnet50}" --preset "${PRESET:-imagenet}" --image-size "${IMG:-224}" --batch-size "${BATCH:-256}" \
   --epochs 1 --warmup 0 --schedule constant --lr 0.1 --compile --no-progress 2>&1 | grep -v -E "Warn|USDT" | tail -12
 [ "${RUN_TRAIN:-0}" = 1 ] && cp /tmp/run/final.json /tmp/run/metrics.jsonl "$OUT/" 2>/dev/null
-[ "${RUN_LOADER:-0}" = 1 ] && log loader && timeout "${T_LOADER:-90}" python3 bench/loader.py --device "$DEVICE" --shards "$DATA" --workers "$(nproc)" \
+[ "${RUN_LOADER:-0}" = 1 ] && log loader && timeout "${T_LOADER:-90}" python3 -m ltpipe.bench.loader --device "$DEVICE" --shards "$DATA" --workers "$(nproc)" \
   --steps 20 --repeats 2 --ref-steps 8 --warmup 5 --out "$OUT" ${LOADER_EXTRA:-} 2>&1 | grep -v Warn | tail -8
 log done; ls -la "$OUT"

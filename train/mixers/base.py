@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ltpipe.pipeline.batch import Batch, MixedBatch
+from ltpipe.train.step_keys import step_generator
 
 
 @dataclass(frozen=True)
@@ -111,8 +112,6 @@ class Mixer(nn.Module):
         OTmix's CMO steps) write into ``streams["uniform"].images`` in place, saving a copy of the
         batch; ``inplace=False`` pastes into a copy and leaves the caller's tensor as it was.
         ``model``: the model being trained, for the mixers that read it (OTmix, M2m)."""
-        from ltpipe.train.loop import step_generator  # loop imports this module
-
         if not inplace and "uniform" in streams:
             bg = streams["uniform"]
             streams = {**streams, "uniform": replace(bg, images=bg.images.clone())}

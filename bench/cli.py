@@ -1,21 +1,20 @@
-"""``ltpipe bench loader|e2e|kernels``: a thin CLI over the scripts in bench/.
+"""``ltpipe bench loader|e2e|kernels``: a thin CLI over the benchmark modules of ``ltpipe.bench``.
 
-Each subcommand runs ``bench/<name>.py``'s ``main(argv)`` in this process (imported by path: bench/
-is not a package and ships only with a source checkout), then reads the result JSON it wrote
-(schema: ``ltpipe.train.benchmark.write_result``), prints a table and writes a PNG bar chart
-beside it (``<name>-<device>.png``). Options the CLI does not know go to the script unchanged, so
-``ltpipe bench e2e SHARDS --device cpu --tiny --steps 4`` runs
-``python bench/e2e.py --shards SHARDS --device cpu --out ltpipe-bench --tiny --steps 4``
-(SHARDS first: the script's options may take values, so no later word can be told from it).
-Results go to ``./ltpipe-bench/`` unless ``--out`` says otherwise: the checkout's committed
-``bench/results/`` is written only when asked for (``--out bench/results``). The script's own
+Each subcommand runs ``ltpipe.bench.<name>``'s ``main(argv)`` in this process, then reads the
+result JSON it wrote (schema: ``ltpipe.bench.harness.write_result``), prints a table and writes a
+PNG bar chart beside it (``<name>-<device>.png``). Options the CLI does not know go to the module
+unchanged, so ``ltpipe bench e2e SHARDS --device cpu --tiny --steps 4`` runs
+``python -m ltpipe.bench.e2e --shards SHARDS --device cpu --out ltpipe-bench --tiny --steps 4``
+(SHARDS first: the module's options may take values, so no later word can be told from it).
+Results go to ``./ltpipe-bench/`` unless ``--out`` says otherwise: a checkout's committed
+``bench/results/`` is written only when asked for (``--out bench/results``). The module's own
 stdout table is not echoed (the CLI prints one table); its progress on stderr is.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
+import importlib
 import io
 import json
 import math
@@ -39,24 +38,9 @@ class BenchError(click.ClickException):
     exit_code = 2
 
 
-def bench_dir() -> Path:
-    """bench/ of the source checkout this package is installed from (editable install)."""
-    import ltpipe.train
-
-    return Path(ltpipe.train.__file__).resolve().parents[1] / "bench"
-
-
 def load_script(name: str):
-    path = bench_dir() / f"{name}.py"
-    if not path.is_file():
-        raise BenchError(
-            f"{path}: benchmark script not found (`ltpipe bench` needs the source checkout, "
-            "installed with `pip install -e .`)")
-    spec = importlib.util.spec_from_file_location(f"ltpipe_bench_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # so objects defined there pickle by reference
-    spec.loader.exec_module(module)
-    return module
+    """The benchmark module ``ltpipe.bench.<name>`` (imported on first use: it imports torch)."""
+    return importlib.import_module(f"ltpipe.bench.{name}")
 
 
 def resolve_device(device: str) -> str:
@@ -88,7 +72,8 @@ def split_shards(script_args: tuple[str, ...], generate: Path | None) -> tuple[l
 
 
 def run_benchmark(name: str, argv: list[str], out: Path) -> tuple[Path | None, int]:
-    """Run bench/<name>.py main(argv): (the result JSON it wrote into ``out`` or None, status)."""
+    """Run ltpipe.bench.<name>'s main(argv): (the result JSON it wrote into ``out`` or None,
+    status)."""
     module = load_script(name)
     started = time.time()
     try:
@@ -99,7 +84,7 @@ def run_benchmark(name: str, argv: list[str], out: Path) -> tuple[Path | None, i
         if isinstance(code, str):  # sys.exit("message"): print it, as Python would
             print(code, file=sys.stderr)
     except ValueError as exc:  # the library's one-line input errors (ShardFormatError, ...)
-        print(f"bench/{name}.py: error: {exc}", file=sys.stderr)
+        print(f"ltpipe bench {name}: error: {exc}", file=sys.stderr)
         code = 2
     code = 0 if code is None else (code if isinstance(code, int) else 2)
     written = [p for p in out.glob(f"{name}-*.json") if p.stat().st_mtime >= started - 1]
@@ -239,7 +224,7 @@ def write_chart(rows: list[dict], path: Path, title: str) -> Path:
 
 def report(path: Path) -> None:
     """Validate the JSON, print its table, write its chart."""
-    from ltpipe.train.benchmark import validate_result
+    from ltpipe.bench.harness import validate_result
 
     try:
         doc = json.loads(path.read_text())
@@ -289,10 +274,10 @@ def _with_shards(f):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def bench() -> None:
-    """Throughput benchmarks: loader, e2e, kernels (scripts in bench/).
+    """Throughput benchmarks: loader, e2e, kernels.
 
-    SHARDS comes first; options not listed here go to the script unchanged (see
-    `python bench/<name>.py --help`), e.g. `ltpipe bench e2e SHARDS --device cpu --tiny`."""
+    SHARDS comes first; options not listed here go to the benchmark unchanged (see
+    `python -m ltpipe.bench.<name> --help`), e.g. `ltpipe bench e2e SHARDS --device cpu --tiny`."""
 
 
 @bench.command(context_settings=PASS_THROUGH)

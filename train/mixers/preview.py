@@ -83,8 +83,8 @@ def mixed_step(shards: Path, split: str, t: dict, env, mixer, model):
     step."""
     from ltpipe.pipeline.batch import Batch
     from ltpipe.pipeline.loader import make_loader
-    from ltpipe.train.loop import step_generator
     from ltpipe.train.mixers.base import StepContext
+    from ltpipe.train.step_keys import step_generator
 
     streams = tuple(mixer.streams)
     if split != "train" and streams != ("uniform",):

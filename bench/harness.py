@@ -1,4 +1,4 @@
-"""Shared by every benchmark: the result JSON schema (DEVELOPERS.md) and honest timers."""
+"""Shared by every benchmark: the result JSON schema (bench/README.md) and honest timers."""
 
 from __future__ import annotations
 
@@ -6,12 +6,16 @@ import argparse
 import datetime as _dt
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
 from typing import Callable
 
-RESULTS_DIR = Path(__file__).resolve().parent.parent / "bench" / "results"
+from ltpipe.train.provenance import git_hash
+
+# A source checkout's committed results/; an installed wheel has none (results are data, not
+# shipped), and its benchmarks write to ./ltpipe-bench instead of into site-packages.
+_CHECKOUT_RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS_DIR = _CHECKOUT_RESULTS if _CHECKOUT_RESULTS.is_dir() else Path("ltpipe-bench")
 SCHEMA_KEYS = ("name", "date", "git", "device", "cpu_count", "params", "results", "baselines")
 
 
@@ -50,19 +54,6 @@ def non_negative_int(text: str) -> int:
 def positive_ints(text: str) -> list[int]:
     """argparse type: comma-separated positive integers ("" -> [])."""
     return [positive_int(v) for v in text.split(",") if v.strip()]
-
-
-def git_hash() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-            cwd=Path(__file__).resolve().parent,
-        )
-        dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], capture_output=True,
-                               text=True, cwd=Path(__file__).resolve().parent).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def device_name() -> str:
