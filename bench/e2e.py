@@ -33,8 +33,9 @@ Targets (the project's, one H100): cmo b/a >= 0.97 and b/c >= 6; smc, otmix b/a 
 GPU (generates the synthetic iNat-like set, ~36k JPEGs of 500-800 px, on that machine):
     python -m ltpipe.bench.e2e --device cuda --generate /tmp/ltpipe-inat --gen-workers 16 \
         --mixers cmo,smc,otmix
-CPU (tiny: resnet8, 32 px, batch 8, fp32, no compile; labelled cpu):
-    python -m ltpipe.bench.e2e --device cpu --tiny --generate /tmp/ltpipe-tiny --mixers cmo,smc,otmix
+CPU (resnet8, fp32, no compile, batch 32 at the images' own size, DALI threads and torchvision
+workers = the cores; ``--tiny``: batch 8, 4 steps, for tests; labelled cpu):
+    python -m ltpipe.bench.e2e --device cpu --shards out/synthetic --mixers cmo,smc,otmix
 """
 
 from __future__ import annotations
@@ -71,6 +72,10 @@ GPU = dict(size="inat", model="resnet50", batch_size=256, image_size=224, preset
 TINY = dict(size="default", model="resnet8", batch_size=8, image_size=32, preset="cifar",
             precision="fp32", compile=False, steps=4, repeats=2, warmup=2, ref_steps=4,
             ref_workers=2, threads=2, torch_threads=1)
+# The CPU's defaults fit a small machine (`ltpipe bench e2e SHARDS` on the README's shards takes
+# a minute or two on 2 cores); preset and image size are the images' own (filled in main).
+CPU = dict(TINY, batch_size=32, steps=8, warmup=3, ref_steps=8, ref_workers=os.cpu_count() or 1,
+           threads=os.cpu_count() or 1, preset=None, image_size=None)
 MIXER_PARAMS = {"otmix": {"mode": "bank"}}  # the variant the targets name
 TARGET_VS_CEILING = {"cmo": 0.97, "smc": 0.95, "otmix": 0.95}
 TARGET_VS_TORCHVISION = {"cmo": 6.0}
@@ -125,7 +130,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="comma-separated mixers that get the torchvision run (default: all)")
     p.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
     args = p.parse_args(argv)
-    for key, value in (TINY if args.tiny else GPU).items():
+    profile = TINY if args.tiny else CPU if args.device == "cpu" else GPU
+    for key, value in profile.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.mixer_names = [m.strip() for m in args.mixers.split(",") if m.strip()]
@@ -519,6 +525,11 @@ def main(argv=None) -> int:
     except ValueError as exc:  # ShardFormatError / ShardInputError: one line naming the file
         print(f"ltpipe.bench.e2e: {exc}", file=sys.stderr)
         return 2
+    if args.preset is None or args.image_size is None:
+        from ltpipe.pipeline.loader_args import natural_preset
+
+        args.preset, size = natural_preset(manifest, preset=args.preset)
+        args.image_size = args.image_size or size
     if args.torch_threads > 0:
         torch.set_num_threads(args.torch_threads)
     counts = torch.tensor(manifest.split("train").class_counts, dtype=torch.int64)

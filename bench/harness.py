@@ -23,7 +23,8 @@ class ScriptParser(argparse.ArgumentParser):
     """argparse for bench/*.py: a bad option is one line naming it (no usage block), exit 2."""
 
     def __init__(self, script: str, doc: str | None):
-        super().__init__(prog=f"bench/{Path(script).name}", description=(doc or "").split("\n")[0])
+        super().__init__(prog=f"ltpipe.bench.{Path(script).stem}",
+                         description=(doc or "").split("\n")[0])
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")

@@ -1,8 +1,8 @@
 """Kernel benchmark: paste_/resize_paste_/paste_tiles_ and batched Sinkhorn vs torch/POT
 baselines.
 
-    python -m ltpipe.bench.kernels --device cuda          # B=256, 3x224x224 fp16; CUDA events
-    python -m ltpipe.bench.kernels --device cpu           # smaller batch, wall clock, labelled "cpu"
+    python -m ltpipe.bench.kernels --device cuda    # B=256, 3x224x224 fp16; CUDA events
+    python -m ltpipe.bench.kernels --device cpu     # smaller batch, wall clock, labelled "cpu"
 
 Median (and p10/p90) milliseconds over --runs runs after warm-up, written with
 ltpipe.train.benchmark.write_result to bench/results/kernels-<device>.json.

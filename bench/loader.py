@@ -27,8 +27,8 @@ Besides pairs/s it records the decoded source pixels per step of P and of Q, sum
 pipeline (the shape of every decoded window), and ``results["q_over_p_pixels"]`` keyed by
 configuration. CPU (the "inat" profile stored at long side <= 512, i.e. 300-512 px):
     ltpipe shard synthetic DIR --size inat --classes 60 --max-per-class 40 --max-size 512
-    python -m ltpipe.bench.loader --device cpu --shards DIR --plan-probs 0.5,1 --plan-only --workers 2 \
-        --batch-size 32 --steps 10 --warmup 3 --repeats 5 --out DIR-results
+    python -m ltpipe.bench.loader --device cpu --shards DIR --plan-probs 0.5,1 --plan-only \
+        --workers 2 --batch-size 32 --steps 10 --warmup 3 --repeats 5 --out DIR-results
 CPU decode cost per core by stored size (iNat-like images; DIR and DIR-384 written by
 ``ltpipe shard synthetic DIR --size inat --classes 200 --max-per-class 60 [--max-size 384]``):
     python -m ltpipe.bench.loader --device cpu --shards DIR --max-sizes 384 --workers 1,2 \
@@ -61,16 +61,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = ScriptParser(__file__, __doc__)
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     add_shard_source_args(p, "inat", "synthetic profile for --generate")
-    p.add_argument("--batch-size", type=positive_int, default=256)
-    p.add_argument("--image-size", type=positive_int, default=224)
-    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp16")
-    p.add_argument("--no-channels-last", action="store_true")
-    p.add_argument("--steps", type=positive_int, default=40)
-    p.add_argument("--ref-steps", type=positive_int, default=15,
-                   help="timed steps for the reference")
-    p.add_argument("--warmup", type=non_negative_int, default=8)
+    p.add_argument("--batch-size", type=positive_int, help="GPU 256; CPU 32")
+    p.add_argument("--preset", choices=("imagenet", "cifar"),
+                   help="GPU imagenet; CPU the images' own (cifar for <= 64 px)")
+    p.add_argument("--image-size", type=positive_int,
+                   help="GPU 224; CPU the images' own side (<= 64 px), else 224")
+    p.add_argument("--dtype", choices=tuple(DTYPES), help="GPU fp16; CPU fp32")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="GPU on; CPU off")
+    p.add_argument("--steps", type=positive_int, help="timed steps per run (GPU 40; CPU 10)")
+    p.add_argument("--ref-steps", type=positive_int,
+                   help="timed steps for the reference (GPU 15; CPU 10)")
+    p.add_argument("--warmup", type=non_negative_int, help="GPU 8; CPU 3")
     p.add_argument("--repeats", type=positive_int, default=2, help="timed runs per configuration")
-    p.add_argument("--workers", default="8,16", help="comma-separated worker/thread counts")
+    p.add_argument("--workers", type=positive_ints,
+                   help="comma-separated worker/thread counts (GPU 8,16; CPU the cores)")
     p.add_argument("--prefetch", type=positive_int, default=3)
     p.add_argument("--hw-decoder-load", default="0.65",
                    help="nvJPEG hardware share; comma-separated values are swept (DALI runs only)")
@@ -91,6 +96,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+GPU = dict(batch_size=256, preset="imagenet", image_size=224, dtype="fp16", channels_last=True,
+           steps=40, ref_steps=15, warmup=8, workers=[8, 16])
+CPU = dict(batch_size=32, dtype="fp32", channels_last=False, steps=10, ref_steps=10, warmup=3)
+
+
+def fit_defaults(args, shards: Path) -> None:
+    """Fill the options not given: a GPU machine's, or on the CPU what fits the machine (the
+    images' own size, a small batch, no more workers than cores), so that the default run on
+    the README's shards takes a minute or two on a small box, not a GPU benchmark's hours."""
+    from ltpipe.pipeline.loader_args import cpus_per_rank, natural_preset
+    from ltpipe.shards.format import load_manifest
+
+    if args.device == "cuda":
+        defaults = GPU
+    else:
+        manifest = load_manifest(shards)
+        preset, size = natural_preset(manifest, preset=args.preset)
+        defaults = dict(CPU, preset=preset, image_size=size, workers=[cpus_per_rank()],
+                        batch_size=min(CPU["batch_size"], manifest.split("train").num_samples))
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+
 def shard_dirs(args) -> dict[str, Path]:
     """Label -> shard directory: "" for the data itself, "px<PX>" for each ``--max-sizes`` copy."""
     def log(msg: str) -> None:
@@ -101,7 +130,8 @@ def shard_dirs(args) -> dict[str, Path]:
         base = args.shards or args.generate
         copy = base.with_name(f"{base.name}-{px}")
         if args.shards and not copy.is_dir():
-            raise SystemExit(f"ltpipe.bench.loader: --max-sizes {px}: {copy} does not exist (write it "
+            raise SystemExit(f"ltpipe.bench.loader: --max-sizes {px}: {copy} does not exist "
+                             f"(write it "
                              f"with `ltpipe shard ... --max-size {px}`, or use --generate)")
         dirs[f"px{px}"] = benchmark_shards(copy if args.shards else None, copy, args.size,
                                            args.gen_workers, log, max_size=px)
@@ -152,7 +182,8 @@ def stream_sets(args) -> list[tuple[str, tuple[str, ...], str]]:
     names = [n for n in args.streams.split(",") if n]
     unknown = sorted(set(names) - set(STREAM_SETS))
     if unknown or not names:
-        raise SystemExit(f"ltpipe.bench.loader: --streams: expected names from {list(STREAM_SETS)}, "
+        raise SystemExit(f"ltpipe.bench.loader: --streams: expected names from "
+                         f"{list(STREAM_SETS)}, "
                          f"got {args.streams!r}")
     return [(n, *STREAM_SETS[n]) for n in names]
 
@@ -162,7 +193,7 @@ def measure_dali(shards: Path, args, common: dict, label: str = "") -> dict:
     ``label`` (a stored-size copy) ends each key."""
     results = {}
     loads = [float(h) for h in args.hw_decoder_load.split(",")]
-    for workers in [int(w) for w in args.workers.split(",")]:
+    for workers in args.workers:
         for kind, streams, unit in stream_sets(args):
             for load in loads:
                 tag = f"{kind}_w{workers}"
@@ -183,7 +214,7 @@ def measure_dali(shards: Path, args, common: dict, label: str = "") -> dict:
 def measure_reference(shards: Path, args, common: dict) -> dict:
     """Reference pairs/s and images/s; ``workers`` DataLoader processes split over the streams."""
     baselines = {}
-    for workers in [int(w) for w in args.workers.split(",")]:
+    for workers in args.workers:
         for kind, streams, unit in stream_sets(args):
             tag = f"{kind}_w{workers}"
             per_stream = max(1, workers // len(streams))
@@ -214,7 +245,7 @@ def measure_plans(shards: Path, args, common: dict) -> dict:
 
     results, ratios = {}, {}
     steps_seen = args.warmup + args.repeats * args.steps
-    for workers in [int(w) for w in args.workers.split(",")]:
+    for workers in args.workers:
         for prob in plan_probs(args):
             spec = PlanSpec(prob=prob, mix_schedule="always", epochs=1, alpha=1.0,
                             per_sample=False)
@@ -254,9 +285,9 @@ def measure_plans(shards: Path, args, common: dict) -> dict:
 
 
 def measure(dirs: dict[str, Path], args) -> tuple[dict, dict]:
-    common = dict(batch_size=args.batch_size, device=args.device, preset="imagenet",
+    common = dict(batch_size=args.batch_size, device=args.device, preset=args.preset,
                   image_size=args.image_size, dtype=DTYPES[args.dtype],
-                  channels_last=not args.no_channels_last, r=1.0, seed=0)
+                  channels_last=args.channels_last, r=1.0, seed=0)
     results = {}
     if not args.plan_only:
         for label, shards in dirs.items():
@@ -276,6 +307,7 @@ def main(argv=None) -> int:
     stream_sets(args)  # a bad --streams or --plan-probs fails before any data is written
     plan_probs(args)
     dirs = shard_dirs(args)
+    fit_defaults(args, dirs[""])
     if args.device == "cuda":
         torch.cuda.init()  # CUDA first: DALI's Python workers are then spawned, never forked
     load_before = os.getloadavg()  # the machine may be shared: the JSON says how busy it was

@@ -33,7 +33,8 @@ import torch
 
 from ltpipe.pipeline.batch import Batch, Tiles
 from ltpipe.pipeline.dali_graph import DEFAULT_SIZE, GraphSpec, build_pipeline, outputs_per_stream
-from ltpipe.pipeline.loader_args import check_arguments, declared_streams, shard_sizes
+from ltpipe.pipeline.loader_args import (check_arguments, declared_streams, loader_threads,
+                                          shard_sizes)
 from ltpipe.pipeline.minority import MinorityDraws, MinoritySource, ShardBytes
 from ltpipe.pipeline.mix_plan import MixPlanner
 from ltpipe.pipeline.q_decode import PlannedDecode
@@ -68,7 +69,7 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
                 image_size: int | None = None, dtype=torch.float32, channels_last: bool = False,
                 r: float | None = None, seed: int = 0, rank: int = 0, world: int = 1,
                 epoch: int = 0, mixer=None,
-                num_threads: int = 4, prefetch: int = 2, py_workers: int = 2,
+                num_threads: int = 0, prefetch: int = 2, py_workers: int = 0,
                 hw_decoder_load: float = 0.65, max_image_side: int = 0, concurrency: str = "full",
                 cpu_decode=(), validate: bool = True, allow_empty_classes: bool = False,
                 skip_corrupt: bool = False, mix_plan=None, q_decode: str = "auto",
@@ -89,7 +90,8 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
         mixer: the mixer these batches are for: the streams and Q's exponent are what it
             declares (``mixer.streams``, ``mixer.fg_r``), so the two cannot disagree; a
             ``streams`` or ``r`` given besides it must match.
-        num_threads, prefetch, py_workers: DALI CPU threads, prefetch depth, Q's worker processes.
+        num_threads, prefetch, py_workers: DALI CPU threads, prefetch depth, Q's worker
+            processes; 0 threads / workers: fit the machine (``loader_threads``).
         hw_decoder_load, max_image_side: nvJPEG hardware-decoder share and preallocation hint.
         concurrency: "full" (P and Q chains run concurrently, own CUDA streams) or "backend".
         cpu_decode: stream names whose decode and resize run on the CPU even on "cuda".
@@ -117,10 +119,11 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
         raise ValueError(f"q_decode: must be one of {Q_DECODES}, got {q_decode!r}")
     if mix_plan is None and mixer is not None:
         mix_plan = getattr(mixer, "mix_plan", None)
-    streams, r = declared_streams(mixer, streams, r)
+    streams, r = declared_streams(mixer, streams, r, split)
     data = open_split(shards, split, validate=validate, skip_corrupt=skip_corrupt)
     streams = check_arguments(data, split, batch_size, streams, device, preset, dtype, r, rank,
                               world, allow_empty_classes)
+    num_threads, py_workers = loader_threads(num_threads, py_workers)
     try:
         import nvidia.dali  # noqa: F401
     except ImportError:

@@ -5,6 +5,8 @@ Shared by the DALI loader (loader.py) and the torch reference (torch_loader.py).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
@@ -53,9 +55,10 @@ def check_arguments(data: ShardSplit, split: str, batch_size: int, streams, devi
     return streams
 
 
-def declared_streams(mixer, streams, r) -> tuple[tuple[str, ...], float]:
+def declared_streams(mixer, streams, r, split: str = "train") -> tuple[tuple[str, ...], float]:
     """(streams, r) of a loader: the mixer's declaration when one is given, else the arguments,
-    else P and Q with r = 1. A ValueError names an argument that contradicts the mixer."""
+    else P and Q with r = 1 for training and P alone for evaluation (a val split is read in
+    order, once). A ValueError names an argument that contradicts the mixer."""
     if mixer is not None:
         mine = tuple(mixer.streams)
         if streams is not None and tuple(streams) != mine:
@@ -65,8 +68,37 @@ def declared_streams(mixer, streams, r) -> tuple[tuple[str, ...], float]:
         if r is not None and fg_r is not None and float(r) != float(fg_r):
             raise ValueError(f"r: {r} given, but the mixer {type(mixer).__name__} has fg_r={fg_r}")
         streams, r = mine, (fg_r if fg_r is not None else r)
-    return (tuple(streams) if streams is not None else ("uniform", "minority"),
-            1.0 if r is None else float(r))
+    if streams is None:
+        streams = ("uniform", "minority") if split == "train" else ("uniform",)
+    return tuple(streams), 1.0 if r is None else float(r)
+
+
+def natural_preset(manifest, split: str = "train", preset: str | None = None) -> tuple[str, int]:
+    """(preset, image size) that fit a split's stored images: "cifar" at the images' own side for
+    small images (<= 64 px on the long side: CIFAR-like sets, the synthetic default), else
+    "imagenet" at 224 px (the papers' crop). A ``preset`` asked for gets its own size where it
+    is not the natural one (cifar 32, imagenet 224)."""
+    stats = manifest.raw.get("splits", {}).get(split, {}).get("image_stats", {})
+    side = int(max(stats.get("width", {}).get("max", 0), stats.get("height", {}).get("max", 0)))
+    natural = ("cifar", side) if 0 < side <= 64 else ("imagenet", 224)
+    if preset is None or preset == natural[0]:
+        return natural
+    return preset, 32 if preset == "cifar" else 224
+
+
+def cpus_per_rank() -> int:
+    """This rank's share of the CPUs it may run on (torchrun sets LOCAL_WORLD_SIZE)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cpus or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+def loader_threads(num_threads: int, py_workers: int) -> tuple[int, int]:
+    """(DALI threads, Q's reader processes); 0 = automatic: all of this rank's CPUs for DALI's
+    threads and a quarter of them for Q's readers, as bench/e2e.py measures. More than the
+    machine has only adds switching (a 2-core box with 4 threads and 2 readers ran the README
+    loop at half speed)."""
+    threads = num_threads or cpus_per_rank()
+    return threads, py_workers or max(1, threads // 4)
 
 
 def shard_sizes(num_samples: int, world: int) -> list[int]:

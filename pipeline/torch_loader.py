@@ -80,7 +80,7 @@ def make_torch_loader(shards, split: str = "train", batch_size: int = 128,
     As there, a split with corrupt samples is refused unless ``skip_corrupt``; ``skipped`` on the
     loader counts the samples left out.
     """
-    streams, r = declared_streams(mixer, streams, r)
+    streams, r = declared_streams(mixer, streams, r, split)
     data = open_split(shards, split, validate=validate, skip_corrupt=skip_corrupt)
     streams = check_arguments(data, split, batch_size, streams, device, preset, dtype, r, rank,
                               world, allow_empty_classes)

@@ -85,9 +85,10 @@ def test_mix_pastes_in_place_unless_asked_for_a_copy():
 
 def test_a_mixer_left_off_by_its_schedule_warns_once_per_run():
     mixer = CMO(env(), prob=1.0)  # mix_schedule="repo": off while epoch <= 3
-    with pytest.warns(UserWarning, match=r'mix_schedule="repo" keeps mixing off in epoch 0'):
+    with pytest.warns(UserWarning, match=r'mix_schedule="repo" keeps mixing off in epoch 0') as w:
         out = mixer.mix(streams(), epoch=0, step=0)
     assert bool((out.lam == 1).all())
+    assert w[0].filename == __file__  # the user's line, not torch's module machinery
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         mixer.mix(streams(), epoch=1, step=5)  # once per run, not once per step

@@ -6,6 +6,7 @@ import tomllib
 import pytest
 import torch
 
+from ltpipe.pipeline import loader_args
 from ltpipe.train import build
 from ltpipe.train.checkpoint import CheckpointError, load_model, save_atomic
 from ltpipe.train.config import (ConfigError, as_used, changes, differences, load_recipe,
@@ -114,13 +115,13 @@ def test_loader_resources_may_change_on_resume_and_default_to_this_ranks_cpus(mo
     cfg = resolve({}, {}, {})
     faster = resolve(cfg, {"compute_stream": "default"}, {}, loader_overrides={"threads": 12})
     assert differences(cfg, faster) == []  # speed settings, never the samples
-    monkeypatch.setattr(build, "cpus_per_rank", lambda: 12)
+    monkeypatch.setattr(loader_args, "cpus_per_rank", lambda: 12)
     auto = build.loader_resources(cfg["loader"])
     assert auto["num_threads"] == 12 and auto["py_workers"] == 3 and auto["prefetch"] == 3
     assert build.loader_resources(faster["loader"] | {"py_workers": 5})["py_workers"] == 5
     monkeypatch.undo()
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "10000")  # more ranks than CPUs: still one thread
-    assert build.cpus_per_rank() == 1
+    assert loader_args.cpus_per_rank() == 1
 
 
 def test_parse_scalar():

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ltpipe.pipeline.loader_args import loader_threads
 from ltpipe.train.dist import DistInfo, barrier
 from ltpipe.train.losses.aux import build_aux_term
 from ltpipe.train.losses.criterion import Criterion
@@ -25,17 +26,9 @@ from ltpipe.train.schedule import LRSchedule
 log = logging.getLogger(__name__)
 
 
-def cpus_per_rank() -> int:
-    """This rank's share of the CPUs it may run on (torchrun sets LOCAL_WORLD_SIZE)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cpus or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
-
-
 def loader_resources(table: dict) -> dict:
-    """[loader] -> make_loader kwargs; 0 threads/workers = automatic (all of this rank's CPUs
-    for DALI's threads, a quarter of them for Q's reader processes, as bench/e2e.py measures)."""
-    threads = table["threads"] or cpus_per_rank()
-    workers = table["py_workers"] or max(1, threads // 4)
+    """[loader] -> make_loader kwargs; 0 threads/workers = automatic (``loader_threads``)."""
+    threads, workers = loader_threads(table["threads"], table["py_workers"])
     return dict(num_threads=threads, py_workers=workers, prefetch=table["prefetch"],
                 hw_decoder_load=float(table["hw_decoder_load"]),
                 cpu_decode=tuple(table["cpu_decode"]), q_decode=table["q_decode"])

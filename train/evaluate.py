@@ -7,6 +7,8 @@ group's figure is the mean per-class accuracy of its classes. Counts are summed 
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -25,7 +27,8 @@ def class_hits(model, loader, num_classes: int, device: torch.device, autocast,
     for streams in loader:
         batch = streams["uniform"]
         with autocast():
-            logits = model(batch.images).logits
+            out = model(batch.images)
+        logits = getattr(out, "logits", out)  # ltpipe's ModelOutput, or any model's logits
         pred = logits.argmax(1)
         total += torch.bincount(batch.labels, minlength=num_classes)
         hit = (pred == batch.labels).long()  # no boolean indexing: it would sync on CUDA
@@ -34,6 +37,21 @@ def class_hits(model, loader, num_classes: int, device: torch.device, autocast,
     all_reduce_sum(correct, info)
     all_reduce_sum(total, info)
     return correct.cpu().numpy(), total.cpu().numpy()
+
+
+def evaluate(model, loader, train_counts) -> dict:
+    """Top-1 and the Many/Medium/Few means (percent) of ``model`` over a val loader.
+
+    For a training loop of one's own: ``loader`` is ``make_loader(shards, split="val", ...)``,
+    ``model`` returns logits (or ltpipe's ``ModelOutput``), ``train_counts`` are the training
+    split's class counts (``MixerEnv.class_counts``), which define the groups. One process; the
+    trainer's DDP path calls ``class_hits`` with its ``DistInfo``. ``format_table`` prints it.
+    """
+    device = next(model.parameters()).device
+    info = DistInfo(rank=0, world=1, local_rank=0, device=device)
+    correct, total = class_hits(model, loader, len(train_counts), device,
+                                contextlib.nullcontext, info)
+    return summarize(correct, total, train_counts)
 
 
 def summarize(correct: np.ndarray, total: np.ndarray, train_counts) -> dict:

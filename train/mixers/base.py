@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+import ltpipe.train as _train
 from ltpipe.pipeline.batch import Batch, MixedBatch
 from ltpipe.train.step_keys import step_generator
 
@@ -175,7 +176,19 @@ def _warn_if_off(mixer: Mixer, args: tuple) -> None:
         why = f'mix_schedule="{schedule}"' if schedule else "its schedule"
         warnings.warn(f"{type(mixer).__name__}: {why} keeps mixing off in epoch {ctx.epoch} of "
                       f"{ctx.epochs}: the batches pass unmixed (train/METHODS.md, schedules)",
-                      stacklevel=3)
+                      stacklevel=_caller_level())
+
+
+def _caller_level() -> int:
+    """warnings' stacklevel of the first frame outside ltpipe.train and torch: the user's line
+    that called the mixer, not torch's module machinery that runs the hook."""
+    import sys
+
+    inside = tuple(str(Path(m.__file__).resolve().parent) + "/" for m in (torch, _train))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _declare_label_prior(mixer: Mixer, args: tuple, out: Any) -> Any:

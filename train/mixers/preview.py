@@ -26,7 +26,7 @@ import click
 
 TILE = 128  # px, every tile is TILE x TILE
 CAPTION = 28  # px below each tile (two text lines)
-HEADER = 20  # px above the grid (mixer name)
+HEADER = 32  # px above the grid (two lines: mixer, split, streams; how to read the tiles)
 ONE_STREAM_COLUMNS = 4
 ROLES = {"uniform": "bg · uniform", "minority": "fg · minority"}  # CMO/SMC/OTmix roles
 EPOCHS = 10  # the preview's step runs in epoch EPOCHS − 1
@@ -42,13 +42,6 @@ def grid_size(n: int, tiles_per_sample: int) -> tuple[int, int]:
 def fail(message: str) -> None:
     click.echo(f"ltpipe preview: error: {message}", err=True)
     sys.exit(2)
-
-
-def guess_preset(manifest, split: str) -> str:
-    """cifar for small images (<= 64 px on the long side), else imagenet."""
-    stats = manifest.raw.get("splits", {}).get(split, {}).get("image_stats", {})
-    side = max(stats.get("width", {}).get("max", 0), stats.get("height", {}).get("max", 0))
-    return "cifar" if 0 < side <= 64 else "imagenet"
 
 
 # ---------------------------------------------------------------- one mixed step
@@ -165,7 +158,16 @@ def tiles(shown: dict, mixed, classes: tuple[str, ...]) -> tuple[list, int]:
     return out, 3 if len(names) > 1 else 1
 
 
-def draw_grid(items: list, per_sample: int, n: int, title: str):
+def reading_note(mixer) -> str:
+    """The header's second line: what λ is, and why pasted patches may show no object."""
+    note = "lam = bg label share"
+    box = getattr(mixer, "box", None)
+    if box is not None:  # CutMix-style mixers paste a random box cut from the foreground image
+        note += "; a random fg patch, " + ("one box per batch" if box == "batch" else "a box each")
+    return note
+
+
+def draw_grid(items: list, per_sample: int, n: int, title: str, note: str = ""):
     from PIL import Image, ImageDraw, ImageFont
 
     width, height = grid_size(n, per_sample)
@@ -173,7 +175,8 @@ def draw_grid(items: list, per_sample: int, n: int, title: str):
     grid = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(grid)
     font = ImageFont.load_default()
-    draw.text((4, 4), title, fill="black", font=font)
+    draw.text((4, 3), title, fill="black", font=font)
+    draw.text((4, 17), note, fill="dimgray", font=font)
     for k, (image, line1, line2) in enumerate(items):
         x, y = (k % cols) * TILE, HEADER + (k // cols) * (TILE + CAPTION)
         grid.paste(image, (x, y))
@@ -198,6 +201,7 @@ def make_preview(shards: Path, mixer: str, out: Path, *, n: int = 8, split: str 
     ``skip_corrupt``). Bad input raises a one-line ValueError."""
     import torch
 
+    from ltpipe.pipeline.loader_args import natural_preset
     from ltpipe.shards.format import load_manifest
 
     if n <= 0:
@@ -207,7 +211,7 @@ def make_preview(shards: Path, mixer: str, out: Path, *, n: int = 8, split: str 
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: torch sees no CUDA device (use --device cpu)")
     manifest = load_manifest(shards)
-    preset = preset or guess_preset(manifest, split)
+    preset = preset or natural_preset(manifest, split)[0]
     image_size = image_size or (32 if preset == "cifar" else 224)
     t, env, mix, net = build_parts(shards, mixer, n, device, preset, image_size, model, seed,
                                    mixer_opts or {}, skip_corrupt)
@@ -216,7 +220,7 @@ def make_preview(shards: Path, mixer: str, out: Path, *, n: int = 8, split: str 
     title = f"{mixer} · {split} · {' + '.join(shown)} · seed {seed}"
     if skipped:
         title += f" · {skipped} corrupt left out"
-    image = draw_grid(items, per_sample, len(shown[next(iter(shown))]), title)
+    image = draw_grid(items, per_sample, len(shown[next(iter(shown))]), title, reading_note(mix))
     return write_png(image, out), skipped
 
 
