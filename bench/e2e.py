@@ -64,7 +64,7 @@ from ltpipe.train.loop import make_autocast, train_step
 from ltpipe.train.mixers.base import StepContext
 from ltpipe.train.mixers.registry import MIXERS, mixer_params
 from ltpipe.train.step_keys import step_generator
-from ltpipe.train.step_timer import StepTimer
+from ltpipe.train.step_timer import StepTimer, tail
 
 GPU = dict(size="inat", model="resnet50", batch_size=256, image_size=224, preset="imagenet",
            precision="bf16", compile=True, steps=15, repeats=3, warmup=10, ref_steps=10,
@@ -332,7 +332,9 @@ def timed(step: StepUnderTest, source, steps: int, repeats: int, warmup: int) ->
         for key, values in timer.collect().items():
             per_step[key] += values
     out = {"images_per_s": summary(rates),
-           "device_idle_ms_per_step": summary(per_step["idle"] or [0.0])}
+           "device_idle_ms_per_step": summary(per_step["idle"] or [0.0]),
+           # does the loader ever make the step wait? (its tail, not only its mean)
+           "host_wait_ms_tail": tail(per_step["wait"])}
     if step.device.type == "cuda":
         out["host_wait_ms_per_step"] = summary(per_step["wait"])
         out["host_issue_ms_per_step"] = summary(per_step["issue"])

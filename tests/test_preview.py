@@ -127,3 +127,19 @@ def test_smc_mixed_tile_is_captioned_as_an_augmented_view(shards):
     names = tuple(f"c{k}" for k in range(6))
     assert tiles({"uniform": b}, plain, names)[0][0][1] == "mixed"
     assert tiles({"uniform": b}, views, names)[0][0][1] == "mixed, augmented view"
+
+
+@pytest.mark.parametrize("mixer,params,note", [
+    ("cmo", {}, "lam = bg label share; a random fg patch, one box per batch"),
+    ("cutmix", {"box": "sample"}, "lam = bg label share; a random fg patch, a box each"),
+    ("mixup", {}, "lam = bg label share"),
+])
+def test_the_header_says_how_to_read_the_tiles(mixer, params, note):
+    """Why a CMO tile can show a patch with no foreground object: CutMix pastes a random box of
+    the foreground image (one per batch in the paper recipes), and lam is the background's share."""
+    from ltpipe.train.mixers.base import MixerEnv
+    from ltpipe.train.mixers.preview import reading_note
+
+    env = MixerEnv(torch.tensor([5, 3, 1]), torch.device("cpu"), image_size=32, batch_size=2,
+                   epochs=1)
+    assert reading_note(mixer_class(mixer)(env, **params)) == note

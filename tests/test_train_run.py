@@ -77,6 +77,9 @@ def test_none_ce_learns_and_writes_every_output(plain_run):
         per_step_ms = r["seconds"] * 1e3 / 6  # 6 steps per epoch
         assert 0 <= r["data_wait_ms_per_step"] < per_step_ms
         assert 0 <= r["device_idle_ms_per_step"] < per_step_ms
+        # the wait's tail over the epoch's steps: p50 <= p99 <= max, and the mean within them
+        assert 0 <= r["data_wait_ms_p50"] <= r["data_wait_ms_p99"] <= r["data_wait_ms_max"]
+        assert r["data_wait_ms_per_step"] <= r["data_wait_ms_max"] + 1e-6
     assert rec[1]["train_loss"] < rec[0]["train_loss"]  # it learns
     assert [r["mixed_share"] for r in rec] == [0.0, 0.0]  # mixer none
     final = json.loads((run / "final.json").read_text())

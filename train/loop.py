@@ -39,6 +39,7 @@ class EpochSums:
     wait_ms: float = 0.0
     idle_ms: float = 0.0
     timed_steps: int = 0
+    waits: list[float] = field(default_factory=list)  # this rank's host wait of every step, ms
 
     @classmethod
     def zeros(cls, device: torch.device) -> "EpochSums":
@@ -57,6 +58,7 @@ class EpochSums:
         self.wait_ms += sum(per_step["wait"])
         self.idle_ms += sum(per_step["idle"])
         self.timed_steps += len(per_step["wait"])
+        self.waits += [round(w, 4) for w in per_step["wait"]]
 
     def state_dict(self) -> dict:
         # on the CPU: the states of all ranks are gathered into rank 0's checkpoint
@@ -64,7 +66,7 @@ class EpochSums:
                 "parts": {k: v.detach().cpu() for k, v in self.parts.items()},
                 "samples": self.samples,
                 "seconds": self.seconds, "wait_ms": self.wait_ms, "idle_ms": self.idle_ms,
-                "timed_steps": self.timed_steps}
+                "timed_steps": self.timed_steps, "waits": list(self.waits)}
 
     @classmethod
     def from_state(cls, state: dict, device: torch.device) -> "EpochSums":
@@ -72,7 +74,8 @@ class EpochSums:
         return cls(state["loss"].to(device), changed.to(device),
                    {k: v.to(device) for k, v in state["parts"].items()},
                    state["samples"], state["seconds"], state.get("wait_ms", 0.0),
-                   state.get("idle_ms", 0.0), state.get("timed_steps", 0))
+                   state.get("idle_ms", 0.0), state.get("timed_steps", 0),
+                   list(state.get("waits", [])))
 
 
 def train_step(*, model, mixer, criterion, optimizer, scheduler, scaler, streams,

@@ -5,7 +5,8 @@ recipes' epoch numbers count; the console shows both, "epoch 0 (1/30)", see ``ep
 train_loss,
 mixed_share (the share of the epoch's samples whose image the mixer changed: M2m's accepted
 translations), top1, many, medium, few (null in epochs not evaluated), images_per_s, seconds,
-data_wait_ms_per_step, device_idle_ms_per_step (train/step_timer.py), skipped_train and
+data_wait_ms_per_step, device_idle_ms_per_step and the wait's tail over the epoch's steps,
+data_wait_ms_p50 / _p99 / _max (train/step_timer.py), skipped_train and
 skipped_val (corrupt samples left out under --skip-corrupt, 0 otherwise; final.json has them too),
 plus the loss parts.
 Resuming truncates lines from epochs that will run again, so a resumed run's file equals an

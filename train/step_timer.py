@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 
 
@@ -63,3 +64,13 @@ class StepTimer:
         out = {"wait": self._wait, "idle": idle, "issue": self._issue}
         self._wait, self._issue, self._marks = [], [], []
         return out
+
+
+def tail(ms: list[float]) -> dict[str, float | None]:
+    """{"p50", "p99", "max"} of per-step milliseconds (None with no steps): a loader that
+    stalls one step in four hides in a mean but not in p99 and max."""
+    if not len(ms):
+        return {"p50": None, "p99": None, "max": None}
+    values = np.asarray(ms, dtype=np.float64)
+    return {"p50": float(np.percentile(values, 50)), "p99": float(np.percentile(values, 99)),
+            "max": float(values.max())}

@@ -33,7 +33,7 @@ from ltpipe.train.mixers.base import StepContext
 from ltpipe.train.report import FINAL as FINAL_JSON
 from ltpipe.train.report import RunReport, epoch_label, named_per_class, position
 from ltpipe.train.step_keys import EPOCH_TAG, step_generator
-from ltpipe.train.step_timer import StepTimer
+from ltpipe.train.step_timer import StepTimer, tail
 
 
 log = logging.getLogger(__name__)
@@ -283,6 +283,9 @@ class Trainer:
         # is the device waiting for data? (mean over ranks and steps; train/step_timer.py)
         record["data_wait_ms_per_step"] = wait_ms / max(steps, 1.0)
         record["device_idle_ms_per_step"] = idle_ms / max(steps, 1.0)
+        # its tail over every rank's steps: a loader that stalls now and then shows here
+        waits = tail([w for rank in gather_objects(s.waits, self.info) for w in rank])
+        record.update({f"data_wait_ms_{k}": v for k, v in waits.items()})
         record.update(self.skipped)
         if self.info.is_main:
             tqdm.write(epoch_line(record, self.t["epochs"]))
