@@ -117,8 +117,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "copy of the data), cpudec (streams decoded on the CPU, e.g. minority or "
                    "uniform+minority), qdec (auto: the loader's default; tiles: Q decodes only the "
                    "boxes of the mixer's plan; tiles-whole: the same tiles cut from whole-image "
-                   "decodes of the mixed rows; full: whole Q images, no plan in the loader); "
-                   "unset keys keep the options above); the fastest is used "
+                   "decodes of the mixed rows; full: whole Q images, no plan in the loader), u8 "
+                   "(1: uint8 out of DALI, normalised on the device); "
+                   "unset keys keep the options above; the fastest is used "
                    "for the other mixers and the reference, e.g. "
                    "'prio=default;prio=high;prio=high,hw=0.8;prio=high,shards=/tmp/inat-400'")
     p.add_argument("--max-image-side", type=int, default=800, help="nvJPEG preallocation hint")
@@ -151,7 +152,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 VARIANT_KEYS = {"hw": float, "threads": int, "workers": int, "prefetch": int, "prio": str,
-                "shards": str, "cpudec": str, "qdec": str}
+                "shards": str, "cpudec": str, "qdec": str, "u8": int}
+# u8=1: uint8 pixels out of DALI, normalised on the device before the step (pipeline/normalize.py,
+# the trainer's [loader] images = "uint8")
 # qdec: "auto" (the product default), "tiles" and "tiles-whole" build the loader from the mixer
 # (make_loader(mixer=..., q_decode=...)): a mixer that declares a mix plan (CMO, OTmix bank) gets
 # Q as box tiles where q_decode says so; "full" decodes whole Q images with no plan in the loader,
@@ -163,7 +166,7 @@ def parse_variants(text: str, args) -> list[dict]:
     """'prio=default;prio=high,hw=0.8' -> full settings dicts (the options fill unset keys)."""
     base = {"hw": args.hw_decoder_load, "threads": args.threads, "workers": None,
             "prefetch": args.prefetch, "prio": args.compute_stream, "shards": "",
-            "cpudec": "", "qdec": "auto"}
+            "cpudec": "", "qdec": "auto", "u8": 0}
     out = []
     for spec in [v for v in text.split(";") if v.strip()] or [""]:
         v = dict(base)
@@ -188,7 +191,7 @@ def variant_label(v: dict) -> str:
     written with ``ltpipe shard --max-size``: the same images, fewer pixels to decode) and
     ``cpudec=`` when streams are decoded on the CPU (a mixer without such a stream ignores it),
     ``qdec=`` when it is not the loader's default."""
-    quiet = {"shards": "", "cpudec": "", "qdec": "auto"}  # left out at these values
+    quiet = {"shards": "", "cpudec": "", "qdec": "auto", "u8": 0}  # left out at these values
     return ",".join(f"{k}={v[k]}" for k in VARIANT_KEYS if k not in quiet or v[k] != quiet[k])
 
 
@@ -394,7 +397,13 @@ def measure_mixer(name: str, shards: Path, args, counts: torch.Tensor,
                     max_image_side=args.max_image_side, **source, **common)
 
     def loader(v: dict):
-        return make_loader(Path(v["shards"]) if v["shards"] else shards, **dali(v))
+        data = Path(v["shards"]) if v["shards"] else shards
+        if not v["u8"]:
+            return make_loader(data, **dali(v))
+        from ltpipe.pipeline.normalize import NormalizedLoader
+
+        return NormalizedLoader(make_loader(data, **{**dali(v), "dtype": torch.uint8}),
+                                common["dtype"], compile=args.compile)
 
     resident = resident_batches(loader(variants[0]), args.batch_size)
     log(f"{name}: ceiling (compiles during warm-up)" if args.compile else f"{name}: ceiling")

@@ -8,7 +8,8 @@ the decoders of both streams. Per stream:
                     shuffle buffer, shard_id/num_shards = rank/world, pad_last_batch (see loader.py)
     Q ("minority", "balanced"): fn.external_source(MinoritySource, parallel=True, batch=True)
     -> decode (device "mixed" = nvJPEG with the hardware decoder where present, "cpu" otherwise)
-    -> preset augmentation -> crop_mirror_normalize to fp32/fp16, layout CHW or HWC.
+    -> preset augmentation -> crop_mirror_normalize to fp32/fp16, layout CHW or HWC (or, for
+    uint8 output, crop, flip and layout only: normalize.py normalises on the consumer's side).
 
 Presets (torchvision equivalents):
     imagenet train: RandomResizedCrop(S, scale (0.08, 1), ratio (3/4, 4/3)) as ROI decode +
@@ -78,6 +79,7 @@ class GraphSpec:
     # a third output per stream: the shape [H, W, C] of what each sample decoded (bench/loader.py
     # sums the decoded source pixels)
     count_pixels: bool = False
+    raw: bool = False  # uint8 pixels out, not normalised (pipeline/normalize.py)
     # planned Q: decode each window by an ROI decode (True), or decode the whole image and cut
     # the window where it was decoded (False; loader.py, q_decode="tiles-whole": an older DALI
     # note says ROI decoders leave out nvJPEG's hardware decoder; on an H200 it did not help)
@@ -104,6 +106,10 @@ def _normalize(img, spec: GraphSpec, mirror, crop=None):
     from nvidia.dali import fn, types
 
     kwargs = {"crop": crop, "out_of_bounds_policy": "pad"} if crop else {}
+    if spec.raw:  # crop, flip and layout: the pixels stay uint8, normalised by the consumer
+        return fn.crop_mirror_normalize(
+            img, dtype=types.UINT8, output_layout="HWC" if spec.channels_last else "CHW",
+            mirror=mirror, **kwargs)
     return fn.crop_mirror_normalize(
         img, dtype=types.FLOAT16 if spec.half else types.FLOAT,
         output_layout="HWC" if spec.channels_last else "CHW",

@@ -83,7 +83,9 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
             Q; a ``mixer`` declares its own).
         device: "cuda" (nvJPEG "mixed" decode, current torch device) or "cpu" (CPU operators).
         preset / image_size: "cifar" (32) or "imagenet" (224), see dali_graph.py.
-        dtype: torch.float32 | float16 | bfloat16 (bf16 is cast from fp32 on the device).
+        dtype: torch.float32 | float16 | bfloat16 (bf16 is cast from fp32 on the device), or
+            uint8: the pixels as decoded, cropped and flipped, not normalised (fewer bytes and
+            no normalisation in DALI; ``pipeline.normalize`` turns them into model input).
         channels_last: images [B,3,H,W] with NHWC memory. r: Q's exponent (paper meaning,
             METHODS.md: The meaning of r; default 1, or the mixer's ``fg_r``).
         seed, rank, world, epoch: the draw keys and the DALI shard of this rank.
@@ -145,6 +147,7 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
     spec = GraphSpec(
         batch_size=int(batch_size), preset=preset, size=int(image_size or DEFAULT_SIZE[preset]),
         train=split == "train", device=device, half=dtype == torch.float16,
+        raw=dtype == torch.uint8,
         channels_last=channels_last, num_threads=num_threads, prefetch=prefetch, seed=0,
         device_id=dev_id, hw_decoder_load=hw_decoder_load, py_workers=py_workers,
         # fork is fast but unsafe once CUDA is initialized in this process
@@ -329,7 +332,8 @@ class DaliLoader:
         elif self.device.type == "cuda":
             from nvidia.dali.plugin.pytorch import feed_ndarray
 
-            dtype = torch.float16 if self.spec.half else torch.float32
+            dtype = torch.uint8 if self.spec.raw else \
+                torch.float16 if self.spec.half else torch.float32
             out = torch.empty(dense.shape(), dtype=dtype, device=self.device)
             feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(self.device))
         else:

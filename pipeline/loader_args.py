@@ -15,7 +15,7 @@ from ltpipe.pipeline.shardset import ShardSplit
 
 STREAMS = ("uniform", "minority", "balanced")
 WEIGHTED_STREAMS = frozenset({"minority", "balanced"})  # drawn by the class counts (q ∝ n_k^-r)
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.uint8)  # uint8: normalize.py
 
 
 def check_arguments(data: ShardSplit, split: str, batch_size: int, streams, device: str,

@@ -30,8 +30,9 @@ from ltpipe.pipeline.samplers import class_probabilities, sample_weights
 from ltpipe.pipeline.shardset import open_split
 
 
-def torchvision_transform(preset: str, size: int, train: bool):
-    """The torchvision twin of the DALI preset (dali_graph.py)."""
+def torchvision_transform(preset: str, size: int, train: bool, raw: bool = False):
+    """The torchvision twin of the DALI preset (dali_graph.py); ``raw``: uint8 pixels, not
+    normalised (pipeline/normalize.py)."""
     from torchvision import transforms as T
 
     if preset == "imagenet" and train:
@@ -46,6 +47,8 @@ def torchvision_transform(preset: str, size: int, train: bool):
                T.RandomHorizontalFlip()]
     else:
         geo = [T.CenterCrop(size)]
+    if raw:
+        return T.Compose(geo + [T.PILToTensor()])
     return T.Compose(geo + [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
@@ -85,7 +88,8 @@ def make_torch_loader(shards, split: str = "train", batch_size: int = 128,
     streams = check_arguments(data, split, batch_size, streams, device, preset, dtype, r, rank,
                               world, allow_empty_classes)
     size = int(image_size or DEFAULT_SIZE[preset])
-    dataset = TarJpegDataset(data, torchvision_transform(preset, size, split == "train"))
+    dataset = TarJpegDataset(data, torchvision_transform(preset, size, split == "train",
+                                                         raw=dtype == torch.uint8))
     workers = num_workers if num_threads is None else num_threads
     return TorchLoader(data, dataset, streams, batch_size=int(batch_size), device=device,
                        dtype=dtype, channels_last=channels_last, r=r, seed=seed, rank=rank,

@@ -31,7 +31,8 @@ def loader_resources(table: dict) -> dict:
     threads, workers = loader_threads(table["threads"], table["py_workers"])
     return dict(num_threads=threads, py_workers=workers, prefetch=table["prefetch"],
                 hw_decoder_load=float(table["hw_decoder_load"]),
-                cpu_decode=tuple(table["cpu_decode"]), q_decode=table["q_decode"])
+                cpu_decode=tuple(table["cpu_decode"]), q_decode=table["q_decode"],
+                images=table["images"])
 
 
 def scan_once_per_node(shards: Path, info: DistInfo) -> None:
@@ -62,12 +63,14 @@ def make_loaders(shards: Path, t: dict, mixer, info: DistInfo, epoch: int,
         scan_once_per_node(shards, info)
     resources = dict(resources or {})
     cpu_decode = resources.pop("cpu_decode", ())  # each loader takes the streams it has
+    raw = resources.pop("images", "normalized") == "uint8"
+    model_input = loader_dtype(info.device, t["precision"])
 
     def on_cpu(names: tuple[str, ...]) -> dict:
         return {"cpu_decode": tuple(s for s in cpu_decode if s in names)}
 
     common = dict(device=info.device.type, preset=t["preset"], image_size=t["image_size"],
-                  dtype=loader_dtype(info.device, t["precision"]),
+                  dtype=torch.uint8 if raw else model_input,
                   channels_last=t["channels_last"], seed=t["seed"], rank=info.rank,
                   world=info.world, skip_corrupt=t["skip_corrupt"], **resources)
     streams = tuple(mixer.streams)
@@ -80,6 +83,11 @@ def make_loaders(shards: Path, t: dict, mixer, info: DistInfo, epoch: int,
         if "no split" not in str(exc):
             raise
         val = None
+    if raw:  # pixels leave DALI as uint8; normalised here, on the device, before the mixer
+        from ltpipe.pipeline.normalize import NormalizedLoader
+
+        train = NormalizedLoader(train, model_input, compile=t["compile"])
+        val = None if val is None else NormalizedLoader(val, model_input, compile=t["compile"])
     return train, val
 
 

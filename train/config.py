@@ -8,7 +8,7 @@ A recipe (``train/recipes/<name>.toml`` or any ``FILE.toml``) has the tables::
     [mixer.<name>]  params of that mixer (only the chosen mixer's table is used)
     [loss.<name>]   params of that base loss (e.g. [loss.la] tau = 1.0)
     [aux.<name>]    params of an auxiliary term a mixer declares (e.g. [aux.smc] weight = 0.1)
-    [loader]  threads, py_workers, prefetch, hw_decoder_load, cpu_decode, q_decode: DALI's
+    [loader]  threads, py_workers, prefetch, hw_decoder_load, cpu_decode, q_decode, images: DALI's
               resources (they change the speed, not the samples, so a resumed run may change
               them; except q_decode/cpu_decode moving Q between DALI-drawn crops on nvJPEG
               and the mix plan's, README.md, Speed settings)
@@ -45,11 +45,14 @@ DEFAULTS: dict[str, Any] = {
     # cpu_decode: streams ("uniform", "minority") decoded on the CPU even on CUDA
     # q_decode: a planned Q stream as box tiles or whole images (auto: tiles where the CPU
     # decodes Q, as measured faster; pipeline/loader.py resolve_q_decode)
+    # images: "normalized" by DALI, or "uint8" out of DALI and normalised on the training
+    # device before the mixer (pipeline/normalize.py; the same input up to float rounding)
     "loader": {"threads": 0, "py_workers": 0, "prefetch": 3, "hw_decoder_load": 0.65,
-               "cpu_decode": [], "q_decode": "auto"},
+               "cpu_decode": [], "q_decode": "auto", "images": "normalized"},
     "mixer": {}, "loss": {}, "aux": {},
 }
 SCHEDULES = ("step", "cosine", "constant")
+IMAGE_OUTPUTS = ("normalized", "uint8")
 STREAM_PRIORITIES = ("high", "default")  # the step's CUDA stream (cuda_stream.py)
 PRECISIONS = ("bf16", "fp16", "fp32")
 # keys that may differ between a run and its resumption: speed and logging, never the samples
@@ -267,6 +270,9 @@ def check_loader(table: dict) -> None:
     if table["q_decode"] not in Q_DECODES:
         raise ConfigError(f"[loader] q_decode: must be one of {', '.join(Q_DECODES)}, got "
                           f"{table['q_decode']!r}")
+    if table["images"] not in IMAGE_OUTPUTS:
+        raise ConfigError(f"[loader] images: must be one of {', '.join(IMAGE_OUTPUTS)}, got "
+                          f"{table['images']!r}")
 
 
 def as_used(cfg: dict) -> dict:
