@@ -95,6 +95,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--preset", choices=("imagenet", "cifar"))
     p.add_argument("--precision", choices=("bf16", "fp16", "fp32"))
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--compile-mode", choices=("default", "reduce-overhead"), default="default",
+                   help="torch.compile mode of the model, for the ceiling and ltpipe alike "
+                   "(reduce-overhead: CUDA graphs)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--steps", type=positive_int, help="timed steps per repeat")
     p.add_argument("--repeats", type=positive_int)
@@ -240,7 +243,8 @@ class StepUnderTest:
         self.scaler = torch.amp.GradScaler(
             "cuda", enabled=self.device.type == "cuda" and t["precision"] == "fp16")
         self.autocast = make_autocast(self.device, t["precision"])
-        self.train_model = torch.compile(self.model) if t["compile"] else self.model
+        self.train_model = torch.compile(self.model, mode=args.compile_mode) if t["compile"] \
+            else self.model
         self.step = 0
         steady_state(self.mixer, self.model)
         self.model.train()

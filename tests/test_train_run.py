@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tomllib
 
 import numpy as np
 import pytest
@@ -326,3 +327,23 @@ def test_config_records_the_command_as_typed(argv, env, typed):
     from ltpipe.train.train_cli import typed_command
 
     assert typed_command(argv, env) == typed
+
+
+def test_torchrun_with_one_process_takes_the_ddp_path(shards, tmp_path):
+    """`torchrun --nproc_per_node=1` starts a process group (so one GPU checks nccl and DDP) and
+    trains exactly what a plain run with the same threads trains."""
+    args = [str(shards), "--epochs", "1", "--mixer", "none", "--loss", "ce", *FAST]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = {"plain": [sys.executable, "-m", "ltpipe.train"],
+            "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                         "--nproc_per_node=1", "-m", "ltpipe.train"]}
+    for name, cmd in runs.items():
+        proc = subprocess.run([*cmd, *args, "--out", str(tmp_path / name)], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    used = {name: tomllib.loads((tmp_path / name / "config.toml").read_text())["run"]
+            for name in runs}
+    assert (used["torchrun"]["world"], used["torchrun"]["backend"]) == (1, "gloo")
+    assert used["plain"]["backend"] == "none"
+    assert_bitwise_equal(weights(tmp_path / "plain" / "final.pt"),
+                         weights(tmp_path / "torchrun" / "final.pt"))

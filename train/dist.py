@@ -19,6 +19,9 @@ class DistInfo:
     world: int
     local_rank: int
     device: torch.device
+    # started by torchrun: a process group (and DDP) even for one process, so that
+    # `torchrun --nproc_per_node=1` runs the multi-GPU path (nccl) on a single device
+    launched: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -26,7 +29,7 @@ class DistInfo:
 
     @property
     def distributed(self) -> bool:
-        return self.world > 1
+        return self.world > 1 or self.launched
 
 
 def _env_int(name: str, default: int) -> int:
@@ -38,7 +41,8 @@ def _env_int(name: str, default: int) -> int:
 
 
 def init_distributed(device_kind: str) -> DistInfo:
-    """Read the environment once; start the process group when WORLD_SIZE > 1."""
+    """Read the environment once; start the process group when WORLD_SIZE > 1 or torchrun
+    started this process."""
     rank, world = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
     local_rank = _env_int("LOCAL_RANK", 0)
     if device_kind == "cuda":
@@ -48,9 +52,10 @@ def init_distributed(device_kind: str) -> DistInfo:
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
+    launched = "TORCHELASTIC_RUN_ID" in os.environ
+    if (world > 1 or launched) and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return DistInfo(rank, world, local_rank, device)
+    return DistInfo(rank, world, local_rank, device, launched)
 
 
 def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:

@@ -296,6 +296,8 @@ def run(cfg: dict, shards: Path, run_dir: Path, *, resume: bool, progress: bool,
         dump_ranks: bool = False) -> dict:
     """Start the process group, lock RUN (rank 0), write config.toml (rank 0), train, tear
     down."""
+    import torch.distributed as dist
+
     from ltpipe.train.checkpoint import CONFIG
     from ltpipe.train.config import to_toml
     from ltpipe.train.dist import init_distributed, shutdown
@@ -312,6 +314,8 @@ def run(cfg: dict, shards: Path, run_dir: Path, *, resume: bool, progress: bool,
         interrupted(run_dir, None, 0, resumable)
     try:
         cfg["run"]["world"] = info.world
+        # the collective backend the ranks talk over ("none": one process, no process group)
+        cfg["run"]["backend"] = dist.get_backend() if info.distributed else "none"
         with locked_run_dir(run_dir, info, fresh=not resume):
             try:
                 trainer = Trainer(cfg, shards, run_dir, info, resume=resume, progress=progress,
