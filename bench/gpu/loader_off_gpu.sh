@@ -13,7 +13,7 @@
 set -uo pipefail
 export PYTHONUNBUFFERED=1 NUMBA_ENABLE_CUDASIM=0 PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 DEVICE=${DEVICE:-cuda} SIZE=${SIZE:-inat} OUT=${OUT:-/tmp/out} DATA=${DATA:-/tmp/ltpipe-$SIZE}
-SMALL=${SMALL:-256}  # the recommended stored size for 224-px training (bench/README.md)
+SMALL=${SMALL:-384}  # the recommended stored size for 224-px training (bench/README.md)
 mkdir -p "$OUT"
 log() { echo "== $(date +%T) $*"; }
 [ "$DEVICE" = cuda ] && { python3 -V; nvidia-smi -L; python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v WARN | tail -3; }
