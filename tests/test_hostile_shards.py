@@ -299,7 +299,7 @@ def _inat_json(path, images, annotations, categories=({"id": 0, "name": "c0"},))
 def test_inat_json_nested_too_deeply_is_one_line(tmp_path):
     path = tmp_path / "train.json"
     path.write_text("[" * 100_000 + "]" * 100_000)
-    one_line_error(run("shard", f"inat:{path}", tmp_path / "out"), "nested too deeply")
+    one_line_error(run("shard", f"inat:{path}", tmp_path / "out"), "nested deeper than 32 levels")
 
 
 def test_inat_lone_surrogates_are_a_row_or_one_line(tmp_path):
