@@ -183,6 +183,28 @@ def test_skip_corrupt_iterates_damaged_bodies_without_crashing(shards, tmp_path)
     assert not set(map(int, q.split())) & set(damage)
 
 
+def test_damage_in_place_with_the_mtime_restored_never_reaches_dali(shards, tmp_path):
+    """The scan's cache was keyed by (path, size, mtime): after the scan, DHT lengths flipped in
+    a quarter of the JPEGs and the mtime restored, the stale entry said "sound" and DALI's decoder
+    crashed (SIGSEGV, exit 139). Keyed by the bytes, the damaged samples are found again."""
+    bad = damaged_copy(shards, tmp_path)
+    assert open_split(bad, "train").skipped == 0  # scanned and cached while sound
+    before = {tar: tar.stat() for tar in (bad / "train").glob("*.tar")}
+    damage = {i: dht_length_flipped for i in range(0, N_TRAIN, 4)}
+    rewrite(bad, "train", damage)
+    for tar, st in before.items():
+        os.utime(tar, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert (tar.stat().st_size, tar.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    env = dict(os.environ, OMP_NUM_THREADS="1", LTPIPE_CACHE=str(tmp_path / "cache"))
+    res = subprocess.run([sys.executable, "-c", ITERATE, str(bad)], capture_output=True,
+                         text=True, timeout=120, env=env, check=False)
+    assert res.returncode == 0, (res.returncode, res.stderr[-2000:])
+    head, _ = res.stdout.strip().split("|")
+    skipped, *ids = head.split()
+    assert int(skipped) == len(damage)
+    assert sorted(map(int, ids)) == sorted(set(range(N_TRAIN)) - set(damage))
+
+
 def test_the_scan_runs_once_per_shard_and_again_when_the_bytes_change(shards, tmp_path,
                                                                       monkeypatch):
     """The cache is keyed by each tar's bytes: a tar damaged in place with its size and mtime
