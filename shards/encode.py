@@ -154,11 +154,16 @@ def stored_size(w: int, h: int, max_size: int | None) -> tuple[int, int]:
 
 def _kept(data: bytes, max_pixels: int) -> bytes | None:
     """The JPEG's bytes as stored unchanged, when the loaders' detector passes them (after
-    cutting off data past its end, e.g. a phone's "motion photo" video); None: re-encode it."""
+    cutting off data past its end, e.g. a phone's "motion photo" video) and its frame is
+    Huffman-coded baseline, extended or progressive; None: re-encode it. nvJPEG decodes no
+    arithmetic-coded, lossless or hierarchical frame, which libjpeg-turbo (the detector's
+    decoder) may accept."""
     problem = jpegscan.eoi_problem(data)
     if problem and "after the end" in problem:
         data = data[:jpegscan.jpeg_end(data)]
-    return None if jpegscan.sample_problem(data, max_pixels) else data
+    if jpegscan.sample_problem(data, max_pixels):
+        return None
+    return data if jpegscan.frame_marker(data) in jpegscan.HUFFMAN_FRAMES else None
 
 
 def _checked(enc: Encoded) -> Encoded:

@@ -218,6 +218,9 @@ def _parse_manifest(root: Path, doc) -> Manifest:
         counts = _field(s, "class_counts", list, where)
         if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
             raise _FieldError(f"{where}class_counts: expected counts (integers >= 0)")
+        if len(counts) != len(classes):
+            raise _FieldError(f"{where}class_counts: {len(counts)} entries for "
+                              f"{len(classes)} classes")
         shards = []
         for i, sh in enumerate(_field(s, "shards", list, where)):
             at = f"{where}shards[{i}]."

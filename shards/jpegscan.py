@@ -110,6 +110,22 @@ def _tables_problem(body: bytes, kind: str, head: int, table_size) -> str | None
     return None if j == len(body) else f"{kind} tables do not fill their segment"
 
 
+HUFFMAN_FRAMES = frozenset({0xC0, 0xC1, 0xC2})  # baseline, extended, progressive: every decoder's
+
+
+def frame_marker(data: bytes) -> int | None:
+    """The SOF marker of a JPEG whose header walk passes (``header_problem`` is None)."""
+    i = 2
+    while i + 4 <= len(data):
+        while data[i + 1] == 0xFF and i + 5 < len(data):  # fill bytes before a marker
+            i += 1
+        marker = data[i + 1]
+        if marker in SOF_MARKERS:
+            return marker
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
 def eoi_problem(data: bytes) -> str | None:
     """Why the payload does not end with its EOI marker (within its last EOI_WINDOW bytes)."""
     if data.rfind(b"\xff\xd9", max(1, len(data) - 1 - EOI_WINDOW)) >= 0:

@@ -23,11 +23,12 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from ltpipe.shards.bounded import GIB, ParseError, read_json
+from ltpipe.shards.bounded import GIB, ParseError, read_bytes, read_json
 from ltpipe.shards.encode import Item, read_file
 from ltpipe.shards.errors import ShardInputError
 
 INAT_MAX_BYTES = 4 * GIB  # iNat 2021's train json is about 1 GB
+LIST_MAX_BYTES = GIB  # 'path label' lines: iNat's 437K images need about 30 MB
 MAX_LABEL = 10**7  # the largest list label accepted (iNat 2021 has 10,000 classes)
 LABEL = re.compile(r"[0-9]+")
 OUTSIDE = "outside ROOT {root} (--allow-outside-root allows it)"
@@ -100,7 +101,12 @@ def _unique(pairs: list[Pair], taken: frozenset | set = frozenset()) -> tuple[li
 # --- list:FILE[:ROOT] ---------------------------------------------------------------------------
 
 def _list_lines(list_file: Path) -> list[str]:
-    data = _existing(list_file, "list").read_bytes()
+    try:  # a regular file of bounded size: a FIFO or /dev/zero would block or never end
+        data = read_bytes(_existing(list_file, "list"), LIST_MAX_BYTES, "list file")
+    except ParseError as exc:
+        raise ShardInputError(str(exc)) from None
+    except OSError as exc:
+        raise ShardInputError(f"{list_file}: {exc.strerror or exc}") from None
     try:
         return data.decode("utf-8").splitlines()
     except UnicodeDecodeError as exc:

@@ -252,3 +252,22 @@ def test_a_shards_source_payload_larger_than_any_image_is_rejected_unread(tmp_pa
 
     with pytest.raises(Rejected, match="more than an image of --max-pixels can need"):
         read_span(("/nonexistent.tar", 0, 3 << 30), max_bytes=1 << 20)
+
+
+def test_only_huffman_coded_frames_are_kept_byte_for_byte(tmp_path, monkeypatch):
+    """nvJPEG decodes no arithmetic-coded, lossless or hierarchical frame that libjpeg-turbo may
+    accept: only baseline/extended/progressive Huffman frames are stored as they came. (No
+    encoder here writes arithmetic coding: baseline frames stand in for it.)"""
+    from ltpipe.shards import jpegscan
+
+    progressive = io.BytesIO()
+    Image.new("RGB", (40, 30), (9, 90, 9)).save(progressive, format="JPEG", progressive=True)
+    base = jpeg(colour=(90, 9, 9))
+    root = folder(tmp_path, {"a/base.jpg": base, "b/prog.jpg": progressive.getvalue()})
+    monkeypatch.setattr(jpegscan, "HUFFMAN_FRAMES", frozenset({0xC2}))  # baseline "unsupported"
+    out = tmp_path / "out"
+    assert run("shard", f"imagefolder:{root}", out).exit_code == 0
+    images = stored(out)
+    assert images[f"{root}/b/prog.jpg"] == progressive.getvalue()
+    assert images[f"{root}/a/base.jpg"] != base  # re-encoded
+    assert jpegscan.frame_marker(images[f"{root}/a/base.jpg"]) == 0xC0
