@@ -262,7 +262,7 @@ def test_only_huffman_coded_frames_are_kept_byte_for_byte(tmp_path, monkeypatch)
 
     progressive = io.BytesIO()
     Image.new("RGB", (40, 30), (9, 90, 9)).save(progressive, format="JPEG", progressive=True)
-    base = jpeg(colour=(90, 9, 9))
+    base = jpeg(colour=(90, 9, 9), quality=70)  # re-encoded at --quality 90: other bytes
     root = folder(tmp_path, {"a/base.jpg": base, "b/prog.jpg": progressive.getvalue()})
     monkeypatch.setattr(jpegscan, "HUFFMAN_FRAMES", frozenset({0xC2}))  # baseline "unsupported"
     out = tmp_path / "out"
