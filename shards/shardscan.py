@@ -9,11 +9,11 @@ the class name in its ``.json`` member, which the loaders compare with index.npy
 The cache key comes from the bytes: the SHA-256 of the whole tar (the digest the manifest lists
 for it), with the payload list, the manifest's ``max_pixels`` and SCAN_VERSION. So a tar damaged
 in place is scanned again whatever its size and mtime say. The price is one sequential read of
-every tar at each open. Measured on one core of the 2-core CPU the tests run on
-(bench/results/scan-key-cpu.json, page-cached shards of 500-800 px images): SHA-256 at 0.5 GB/s,
-the full scan at 200 images/s. For iNat 2018 (437K images, ~300 GB) that is ~10 core-minutes of
+every tar at each open. Measured on one core of the shared 2-core CPU the tests run on
+(bench/results/scan-key-cpu.json, page-cached shards of 500-800 px images): SHA-256 at 0.68 GB/s,
+the full scan at 300 images/s. For iNat 2018 (437K images, ~300 GB) that is ~7 core-minutes of
 hashing at every open, under a minute on a 16-core node, so in practice as long as the storage
-takes to read 300 GB once (about one epoch's reads), against ~37 core-minutes for a full scan
+takes to read 300 GB once (about one epoch's reads), against ~24 core-minutes for a full scan
 (more for iNat's larger files), which then runs only for a tar whose bytes are new. A process
 hashes a tar once (``tar_digest`` remembers it for the same file, size, mtime and ctime); the
 ranks of a node share their digests (train/build.py). Entries are named by the tar's digest, so
