@@ -6,6 +6,7 @@ class's train count in every split.
 
 from __future__ import annotations
 
+import itertools
 import os
 import tarfile
 from pathlib import Path
@@ -161,9 +162,11 @@ def _verify_shard(m: Manifest, path: Path, number: int, first_id: int, samples: 
     limits = {"cls": 10, "id": 8, "jpg": payload_max_bytes(m.max_pixels),
               "json": MEMBER_JSON_MAX_BYTES}
     with open(path, "rb") as f, tarfile.open(fileobj=f) as tf:
-        members = list(tf)
-        if len(members) != samples * len(MEMBERS):
-            return [f"{path}: {len(members)} members, expected {samples * len(MEMBERS)}"]
+        members = list(itertools.islice(tf, samples * len(MEMBERS) + 1))  # no more headers
+        expected = samples * len(MEMBERS)
+        if len(members) != expected:
+            found = f"more than {expected}" if len(members) > expected else len(members)
+            return [f"{path}: {found} members, expected {expected}"]
         for i in range(samples):
             sid = first_id + i
             group = members[i * len(MEMBERS):(i + 1) * len(MEMBERS)]

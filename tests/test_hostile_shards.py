@@ -707,3 +707,11 @@ def test_labels_with_leading_zeros_are_their_number(tmp_path):
     listing.write_text("a.jpg 0\nb.jpg 00000000100000001\n")
     line = one_line_error(run("shard", f"list:{listing}", tmp_path / "o2"), "is above 10,000,000")
     assert "00000000100000001" in line
+
+
+def test_a_cifar_batch_larger_than_any_is_refused_unread(tmp_path):
+    _cifar100(tmp_path / "cifar-100-python", {b"fine_label_names": [b"a", b"b"]}, protocol=2)
+    with open(tmp_path / "cifar-100-python" / "train", "r+b") as f:
+        f.truncate(2 << 30)  # sparse: no disk blocks
+    one_line_error(run("shard", f"cifar100:{tmp_path}", tmp_path / "out"),
+                   "more than a CIFAR batch")
