@@ -121,10 +121,10 @@ def encode_image(raw: bytes | np.ndarray, *, max_size: int | None, quality: int,
             kept = _kept(bytes(raw), max_pixels)
             if kept is not None:
                 return Encoded(kept, w, h)
-        if img.format == "JPEG" and size != (w, h) and not turned:
+        if img.format == "JPEG" and size != ((h, w) if turned else (w, h)):
             # libjpeg's scaled IDCT decodes at 1/2, 1/4 or 1/8 size where that still covers the
             # target: a fraction of the pixels to decode, low-pass filtered in the DCT domain
-            img.draft(None, size)
+            img.draft(None, (size[1], size[0]) if turned else size)
         img.load()  # full decode: truncated/corrupt data raises here
     except UnidentifiedImageError:
         raise Rejected("corrupt or truncated image (PIL cannot identify it)") from None
