@@ -113,7 +113,7 @@ def test_labels_are_checked_on_resume_too(copy, tmp_path):
     from ltpipe.train.train_cli import train
 
     fast = ["--model", "resnet8", "--batch-size", "8", "--no-channels-last", "--no-progress",
-            "--preset", "cifar", "--image-size", "16", "--warmup", "0", "--epochs", "2"]
+            "--preset", "cifar", "--image-size", "16", "--warmup", "0", "--epochs", "1"]
     run = tmp_path / "run"
     r = CliRunner().invoke(train, [str(copy), "--out", str(run), *fast])
     assert r.exit_code == 0, r.output
