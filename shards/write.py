@@ -14,6 +14,7 @@ import functools
 import hashlib
 import math
 import multiprocessing
+import os
 import re
 import shlex
 from collections import deque
@@ -31,6 +32,7 @@ from ltpipe.shards.errors import ShardInputError, ShardWorkerError
 from ltpipe.shards.format import (MANIFEST, MAX_PIXELS_LIMIT, MEMBERS, REJECTED, SPLITS, Manifest,
                                   shard_name)
 from ltpipe.shards.journal import Journal, ShardRecord
+from ltpipe.shards.lifetime import tie_to_parent
 from ltpipe.shards.outlock import LOCK_NAME, output_lock
 from ltpipe.shards.sources import plan_source
 from ltpipe.shards.tario import TarShardWriter, file_sha256, member_tar_bytes
@@ -228,7 +230,8 @@ def _encoder(workers: int, options: dict) -> Iterator[Callable[[list[Item]], Ite
     if workers == 1:
         yield lambda items: map(fn, items)
         return
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                               initializer=tie_to_parent, initargs=(os.getpid(),))
     try:
         yield lambda items: _in_order(pool, fn, items, workers)
     finally:  # on an error or Ctrl-C, queued chunks are dropped, not encoded first

@@ -715,3 +715,37 @@ def test_a_cifar_batch_larger_than_any_is_refused_unread(tmp_path):
         f.truncate(2 << 30)  # sparse: no disk blocks
     one_line_error(run("shard", f"cifar100:{tmp_path}", tmp_path / "out"),
                    "more than a CIFAR batch")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG, /proc")
+def test_encoding_workers_end_with_a_killed_writer(tmp_path):
+    """SIGKILL of `ltpipe shard` (the OOM killer's choice) left its encoding workers running,
+    holding memory, for ever."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    code = ("import sys, time; from ltpipe.shards.write import write_shards\n"
+            "def pause(record):\n"
+            "    print('shard', flush=True); time.sleep(60)\n"
+            "write_shards('synthetic', sys.argv[1], classes=4, max_per_class=48, workers=2,\n"
+            "             samples_per_shard=10, progress=False, on_shard=pause)\n")
+    writer = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert writer.stdout.readline().strip() == "shard"
+        children = open(f"/proc/{writer.pid}/task/{writer.pid}/children").read().split()
+        assert len(children) >= 2
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    alive = set(children)
+    for _ in range(100):
+        alive = {pid for pid in alive if os.path.exists(f"/proc/{pid}")
+                 and "Z" not in open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[:1]}
+        if not alive:
+            break
+        time.sleep(0.1)
+    assert not alive
