@@ -5,7 +5,7 @@ baselines.
     python -m ltpipe.bench.kernels --device cpu     # smaller batch, wall clock, labelled "cpu"
 
 Median (and p10/p90) milliseconds over --runs runs after warm-up, written with
-ltpipe.train.benchmark.write_result to bench/results/kernels-<device>.json.
+ltpipe.bench.harness.write_result to bench/results/kernels-<device>.json.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import numpy as np
 
 from ltpipe.pipeline import step_random
 from ltpipe.pipeline.samplers import class_probabilities
-from ltpipe.pipeline.worker_lifetime import tie_to_parent
+from ltpipe.shards.lifetime import tie_to_parent
 
 
 class MinorityDraws:

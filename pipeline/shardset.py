@@ -1,13 +1,19 @@
 """One split of a shard directory as the loaders see it (contract: shards/format.py).
 
 Reads the manifest and ``index.npy`` once, checks the caller's arguments against them (one-line
-ValueErrors naming the file or field), and finds corrupt samples up front, in two passes:
+ValueErrors naming the file or field), checks that index.npy, the DALI indexes and the manifest
+agree (every index row in range, every ``.idx`` line exactly the members its row implies, the
+class counts), and finds corrupt samples up front, in two passes:
 1. a sample whose ``.jpg`` payload lies outside its tar, or does not start with the JPEG SOI
-   marker (FF D8) and end with EOI (FF D9) within its last 32 bytes (truncated or overwritten
-   payloads; vectorised, every open);
+   marker (FF D8) and end with EOI (FF D9) within its last EOI_WINDOW bytes (truncated or
+   overwritten payloads, or data after the image; vectorised, every open);
 2. every other payload goes through shards/jpegscan.py's detector (a strict header walk and a
-   full decode), which flags the samples that would crash DALI's decoder (SIGSEGV) or stop its
-   pipeline. It decodes every image, so its result is cached per shard and runs once.
+   full decode of at most the manifest's ``max_pixels``), which flags the samples that would
+   crash DALI's decoder (SIGSEGV) or stop its pipeline. It decodes every image, so its result
+   is cached per tar content (shards/shardscan.py) and runs once per tar.
+The same scan reads each sample's ``.id``, ``.cls`` and ``.json`` class name from the tar: an
+index.npy whose labels or ids are not the tar's, or a manifest whose class names are not the
+samples', is refused (not skippable: the index, not a sample, is wrong).
 
 A split with corrupt samples is refused (one ShardFormatError naming the shards, the count and
 ``ltpipe inspect --verify``) unless the caller opts in with ``skip_corrupt=True``: then each is
@@ -28,13 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ltpipe.shards.format import ShardFormatError, key_of, load_manifest
-from ltpipe.shards.jpegscan import cached_scan
+from ltpipe.shards.format import EOI_WINDOW, ShardFormatError, key_of, load_manifest
+from ltpipe.shards.shardscan import MEMBER_JSON_MAX_BYTES, ShardScan, cached_scan, known_digests
 from ltpipe.shards.tario import read_dali_index
 
 log = logging.getLogger(__name__)
-
-EOI_WINDOW = 32  # bytes at the end of a payload searched for the EOI marker
+RERUN = "re-run `ltpipe shard` to rewrite it"
 
 
 @dataclass
@@ -89,8 +94,12 @@ def open_split(root, split: str, validate: bool = True, skip_corrupt: bool = Fal
     check_class_counts(manifest, split, labels)
     if has_train and split != "train":  # the n_k every loss and sampler reads
         check_class_counts(manifest, "train", np.asarray(manifest.index("train")["label"]))
+    check_index_rows(manifest, split, rows)
     check_dali_indexes(rows, idx_paths)
-    reasons = find_corrupt(rows, tar_paths) if validate else {}
+    reasons = {}
+    if validate:
+        reasons, scans = find_corrupt(rows, tar_paths, manifest.max_pixels)
+        check_agreement(manifest, split, rows, tar_paths, scans, reasons)
     bad = np.array(sorted(reasons), dtype=np.int64)
     if bad.size and not skip_corrupt:
         raise ShardFormatError(corrupt_message(manifest.root, split, rows, tar_paths, reasons))
@@ -131,26 +140,47 @@ def tar_order(rows: np.ndarray, shard: int) -> np.ndarray:
     return ids[np.argsort(rows["offset"][ids], kind="stable")]
 
 
+def check_index_rows(manifest, split: str, rows: np.ndarray) -> None:
+    """index.npy's shard numbers name the manifest's shards, as many rows each as it lists."""
+    listed = np.array([s.samples for s in manifest.split(split).shards], dtype=np.int64)
+    path = manifest.root / split / "index.npy"
+    shard = np.asarray(rows["shard"], dtype=np.int64)
+    if shard.min() < 0 or shard.max() >= listed.size:
+        raise ShardFormatError(f"{path}: shard number {int(shard.max())} outside the manifest's "
+                               f"{listed.size} shards ({RERUN})")
+    per = np.bincount(shard, minlength=listed.size)
+    if (per != listed).any():
+        k = int(np.flatnonzero(per != listed)[0])
+        raise ShardFormatError(f"{path}: {int(per[k])} samples in shard {k}, the manifest lists "
+                               f"{int(listed[k])} ({RERUN})")
+
+
 def check_dali_indexes(rows: np.ndarray, idx_paths: list[Path]) -> None:
-    """Each DALI index must parse and list the ``.jpg`` payloads of index.npy's rows of its shard
-    (DALI would otherwise fail mid-run with a traceback naming no file)."""
+    """Each DALI index must parse and list exactly the members index.npy's rows imply, in tar
+    order: the names and offsets of .cls, .id, .jpg and .json (each small member is one 512-byte
+    header and one data block, the .json follows the .jpg) and the sizes DALI reads. DALI reads
+    .jpg and .id through it; an edited offset would otherwise fail mid-run with a traceback naming
+    no file, or give two images each other's labels."""
+    offsets, sizes = rows["offset"].tolist(), rows["size"].tolist()
     for shard, path in enumerate(idx_paths):
         ids = tar_order(rows, shard)
         try:
-            samples = read_dali_index(path)
+            samples = read_dali_index(path, max_samples=ids.size)
         except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
             msg = str(exc) if str(path) in str(exc) else f"{path}: unreadable ({exc})"
-            raise ShardFormatError(f"{msg} (re-run `ltpipe shard` to rewrite it)") from None
+            raise ShardFormatError(f"{msg} ({RERUN})") from None
         if len(samples) != ids.size:
             raise ShardFormatError(f"{path}: {len(samples)} samples, index.npy lists {ids.size} "
-                                   "(re-run `ltpipe shard` to rewrite it)")
-        jpg = [next(((m.offset, m.size) for m in spans if m.ext == "jpg"), (-1, -1))
-               for spans in samples]
-        want = np.stack([rows["offset"][ids], rows["size"][ids]], axis=1)
-        wrong = np.flatnonzero((np.asarray(jpg, dtype=np.int64).reshape(-1, 2) != want).any(1))
-        if wrong.size:
-            raise ShardFormatError(f"{path}: line {int(wrong[0]) + 2} does not point at the .jpg "
-                                   "index.npy lists (re-run `ltpipe shard` to rewrite it)")
+                                   f"({RERUN})")
+        for line, (sid, spans) in enumerate(zip(ids.tolist(), samples), 2):
+            key, off, size = key_of(sid), offsets[sid], sizes[sid]
+            want = [("cls", off - 2048, f"{key}.cls"), ("id", off - 1024, f"{key}.id"),
+                    ("jpg", off, f"{key}.jpg"), ("json", off + -(-size // 512) * 512 + 512,
+                                                 f"{key}.json")]
+            if [(m.ext, m.offset, m.name) for m in spans] != want or spans[1].size != 8 \
+                    or spans[2].size != size or not 0 < spans[3].size <= MEMBER_JSON_MAX_BYTES:
+                raise ShardFormatError(f"{path}: line {line} is not sample {key}'s members as "
+                                       f"index.npy lists them ({RERUN})")
 
 
 def corrupt_message(root: Path, split: str, rows: np.ndarray, tar_paths: list[Path],
@@ -167,40 +197,69 @@ def corrupt_message(root: Path, split: str, rows: np.ndarray, tar_paths: list[Pa
             f"{root}` for details, or skip them explicitly (skip_corrupt / --skip-corrupt)")
 
 
-def find_corrupt(rows: np.ndarray, tar_paths: list[Path], decode: bool = True) -> dict[int, str]:
-    """{sample id: reason} of the corrupt samples: payload markers (every call), then the JPEG
-    detector on the rest (``decode``; cached per shard, shards scanned in parallel)."""
+def find_corrupt(rows: np.ndarray, tar_paths: list[Path],
+                 max_pixels: int) -> tuple[dict[int, str], dict[int, tuple[np.ndarray, ShardScan]]]:
+    """({sample id: reason} of the corrupt samples, {shard: (its sample ids, its scan)}):
+    payload markers (every call), then the scan of each tar (shards/shardscan.py: the JPEG
+    detector and the tar's own .id/.cls/.json; cached per tar content, tars in parallel)."""
     reasons = {int(i): "payload outside the tar, or no JPEG SOI/EOI marker"
                for i in find_bad_payloads(rows, tar_paths)}
-    if not decode:
-        return reasons
-    todo = []
-    for shard, path in enumerate(tar_paths):
-        ids = np.flatnonzero(rows["shard"] == shard)
-        ids = ids[~np.isin(ids, list(reasons))]
-        if ids.size:
-            todo.append((path, ids))
+    todo = [(shard, path, np.flatnonzero(rows["shard"] == shard))
+            for shard, path in enumerate(tar_paths)]
+    todo = [job for job in todo if job[2].size]
 
-    def scan(job):  # PIL decodes outside the GIL, so threads use the cores
-        path, ids = job
-        found = cached_scan(path, rows["offset"][ids], rows["size"][ids])
-        return {int(ids[k]): why for k, why in found.items()}
+    def scan(job):  # hashing and PIL's decoding run outside the GIL, so threads use the cores
+        shard, path, ids = job
+        return shard, ids, cached_scan(path, rows["offset"][ids], rows["size"][ids], max_pixels)
 
+    scans = {}
     with ThreadPoolExecutor(max_workers=max(1, min(len(todo), os.cpu_count() or 1))) as pool:
-        for found in pool.map(scan, todo):
-            reasons.update(found)
-    return reasons
+        for shard, ids, found in pool.map(scan, todo):
+            scans[shard] = (ids, found)
+            for k, why in found.bad.items():
+                reasons.setdefault(int(ids[k]), why)
+    return reasons, scans
 
 
-def scan_for_corrupt(root, part: int = 0, parts: int = 1) -> None:
+def check_agreement(manifest, split: str, rows: np.ndarray, tar_paths: list[Path],
+                    scans: dict, reasons: dict[int, str]) -> None:
+    """index.npy's ids and labels are the tar's .id and .cls members, and the manifest's class
+    names those of the samples' .json members (corrupt samples aside). Otherwise the index or
+    the manifest belongs to other data: refused, since training on it gives images the wrong
+    labels, or reports the wrong class names."""
+    for shard, (ids, scan) in scans.items():
+        good = ~np.isin(ids, list(reasons))
+        tar = tar_paths[shard]
+        for what, got, want in ((".id", scan.ids, ids), (".cls", scan.labels, rows["label"][ids])):
+            wrong = np.flatnonzero(good & (got != want))
+            if wrong.size:
+                k = int(wrong[0])
+                raise ShardFormatError(
+                    f"{tar}: sample {key_of(int(ids[k]))}'s {what} member says {int(got[k])}, "
+                    f"{manifest.root / split / 'index.npy'} says {int(want[k])} ({wrong.size} "
+                    f"samples differ): the index is not this tar's (re-run `ltpipe shard`)")
+        for label, name in scan.names:
+            if not 0 <= label < manifest.num_classes or manifest.classes[label] != name:
+                listed = manifest.classes[label] if 0 <= label < manifest.num_classes else None
+                raise ShardFormatError(
+                    f"{manifest.root / 'manifest.json'}: class {label} is named {listed!r}, the "
+                    f"samples of {tar.name} say {name!r} (re-run `ltpipe shard`)")
+
+
+def scan_for_corrupt(root, part: int = 0, parts: int = 1) -> list:
     """Run the corrupt-sample scan of share ``part`` of ``parts`` of every split's tars, which
-    fills their per-tar cache (shards/jpegscan.py): loaders opened afterwards read the result.
-    Under DDP the ranks of a node scan a share each, instead of every rank scanning every tar."""
+    fills their per-tar cache (shards/shardscan.py): loaders opened afterwards read the result.
+    Under DDP the ranks of a node scan a share each, instead of every rank scanning every tar.
+    Returns the digests this process computed (``shardscan.known_digests``), for the others."""
     manifest = load_manifest(root)
+    tars = []
     for split in manifest.splits:
-        rows, tars = manifest.index(split), manifest.shard_paths(split)
-        mine = np.isin(rows["shard"], np.arange(part, len(tars), parts))
-        find_corrupt(rows[mine], tars)
+        rows, paths = manifest.index(split), manifest.shard_paths(split)
+        mine = np.isin(rows["shard"], np.arange(part, len(paths), parts))
+        sub = rows[mine]
+        find_corrupt(sub, paths, manifest.max_pixels)
+        tars += [paths[s] for s in np.unique(sub["shard"]).tolist()]
+    return known_digests(tars)
 
 
 def find_bad_payloads(rows: np.ndarray, tar_paths: list[Path]) -> np.ndarray:

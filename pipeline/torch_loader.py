@@ -14,7 +14,6 @@ Resume is exact: every epoch's index lists are a function of (seed, epoch, rank)
 
 from __future__ import annotations
 
-import io
 import math
 
 import numpy as np
@@ -64,9 +63,10 @@ class TarJpegDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int):
-        from PIL import Image
+        from ltpipe.shards.jpegscan import open_jpeg
 
-        img = Image.open(io.BytesIO(self.bytes.read(int(i)).tobytes())).convert("RGB")
+        # no PIL bomb limit: the split's scan decoded every image within the manifest's max_pixels
+        img = open_jpeg(self.bytes.read(int(i)).tobytes()).convert("RGB")
         return self.transform(img), int(self.labels[i]), int(i)
 
 

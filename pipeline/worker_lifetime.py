@@ -3,7 +3,8 @@
 DALI forks its ``external_source`` workers, and a forked worker inherits both ends of the pipes it
 waits on, so it never sees them close: after a SIGKILL of the trainer (an OOM kill, a scheduler's
 preemption) the workers would live on, holding memory and mmapped shards. Linux's
-PR_SET_PDEATHSIG has the kernel kill them instead. Elsewhere this is a no-op. Ctrl-C reaches the
+PR_SET_PDEATHSIG has the kernel kill them instead (``tie_to_parent``, shards/lifetime.py, which
+``ltpipe shard``'s workers use too). Elsewhere this is a no-op. Ctrl-C reaches the
 whole process group; the trainer handles it (and its exit ends the workers), so the workers ignore
 it rather than each print a KeyboardInterrupt traceback. They must ignore it from birth
 (``sigint_ignored_while_forking``): a worker that has not yet run its first task would otherwise
@@ -13,30 +14,9 @@ still hold Python's handler when Ctrl-C comes.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
-import os
 import signal
-import sys
 import threading
-
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
-def tie_to_parent(parent_pid: int) -> None:
-    """Ignore SIGINT, and ask the kernel to SIGKILL this process when its parent dies (exit now if
-    it already has).
-
-    The signal follows the parent *thread* that forked this process: DALI forks its workers from
-    the thread that builds the pipeline, the trainer's main thread, which lives as long as the
-    trainer does.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0 and os.getppid() != parent_pid:
-        os._exit(1)  # the parent died before the request: nothing would signal
 
 
 @contextlib.contextmanager

@@ -65,9 +65,15 @@ class SafeUnpickler(pickle.Unpickler):
         raise RefusedGlobal("refused a persistent id: a CIFAR batch holds none")
 
 
+BATCH_MAX_BYTES = 1 << 30  # CIFAR-100's train batch is 155 MB
+
+
 def _unpickle(path: Path) -> dict:
     if not path.is_file():
         raise ShardInputError(f"{path}: missing CIFAR batch file")
+    if path.stat().st_size > BATCH_MAX_BYTES:
+        raise ShardInputError(f"{path}: {path.stat().st_size:,} bytes, more than a CIFAR batch "
+                              f"({BATCH_MAX_BYTES:,} bytes at most)")
     try:
         with open(path, "rb") as f:
             doc = SafeUnpickler(f, encoding="bytes").load()

@@ -6,6 +6,7 @@ including click's own parse errors, never a traceback.
 
 from __future__ import annotations
 
+import errno
 import shlex
 from pathlib import Path
 
@@ -16,6 +17,11 @@ from ltpipe.shards.synthetic import PROFILES
 
 class InputError(click.ClickException):
     exit_code = 2
+
+    def format_message(self) -> str:  # names from the data: no terminal control, one line
+        from ltpipe.shards.text import printable
+
+        return printable(self.message)
 
 
 class OneLineCommand(click.Command):
@@ -79,8 +85,9 @@ def shard(ctx, source, out, **options):
     inat:JSON[:ROOT], cifar10:DIR, cifar100:DIR or shards:DIR (another shard directory, e.g. to
     store it smaller with --max-size).
     """
-    from ltpipe.shards.errors import ShardInputError
+    from ltpipe.shards.errors import ShardInputError, ShardWorkerError
     from ltpipe.shards.outlock import OutputLockedError
+    from ltpipe.shards.text import printable
     from ltpipe.shards.write import write_shards
 
     if out is None and not options["dry_run"]:
@@ -91,12 +98,16 @@ def shard(ctx, source, out, **options):
         m = write_shards(source, out or Path("."), command=command, **options)
     except (ShardInputError, OutputLockedError) as exc:
         raise InputError(str(exc)) from None
+    except ShardWorkerError as exc:
+        raise click.ClickException(printable(exc)) from None
     except BrokenPipeError:
         raise  # `| head`: click ends quietly
-    except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:  # an unusable OUT
-        raise InputError(f"{exc.filename or out}: {exc.strerror or exc}") from None
-    except OSError as exc:  # e.g. a full disk: not bad input, exit status 1
-        raise click.ClickException(f"{exc.filename or out}: {exc.strerror or exc}") from None
+    except OSError as exc:
+        where = printable(f"{exc.filename or out}: {exc.strerror or exc}")
+        if isinstance(exc, (FileNotFoundError, NotADirectoryError, PermissionError)) or \
+                exc.errno in (errno.ENAMETOOLONG, errno.ELOOP):  # an unusable OUT or SOURCE
+            raise InputError(where) from None
+        raise click.ClickException(where) from None  # e.g. a full disk: exit status 1
     if m is None:
         return
     parts = [f"{s.num_samples} {name}" for name, s in m.splits.items()]
@@ -104,13 +115,14 @@ def shard(ctx, source, out, **options):
     size = sum(sh.bytes for s in m.splits.values() for sh in s.shards)
     rejected = m.raw["totals"]["rejected"]
     done = before is not None and before == _manifest_stamp(out)  # a re-run of a finished job
+    root = printable(m.root)
     if "val" not in m.splits:  # `ltpipe train` evaluates on val: say so now, not after training
-        click.echo(f"warning: {m.root} has no val split, which `ltpipe train` needs (make one "
+        click.echo(f"warning: {root} has no val split, which `ltpipe train` needs (make one "
                    f"with --val-per-class N, --val-list or --val-json)", err=True)
     click.echo(f"{'already complete:' if done else 'wrote'} {' / '.join(parts)} images in "
-               f"{shards} shards ({size / 1e6:.1f} MB) {'in' if done else 'to'} {m.root}; "
+               f"{shards} shards ({size / 1e6:.1f} MB) {'in' if done else 'to'} {root}; "
                f"{rejected} rejected"
-               + (f" (see {m.root / 'rejected.tsv'})" if rejected else ""))
+               + (f" (see {printable(m.root / 'rejected.tsv')})" if rejected else ""))
 
 
 def _manifest_stamp(out: Path | None) -> int | None:
@@ -132,6 +144,7 @@ def inspect(out, verify, plot):
     """Print classes, counts, Many/Medium/Few groups and shard sizes of OUT."""
     from ltpipe.shards import inspect as insp
     from ltpipe.shards.format import ShardFormatError, load_manifest
+    from ltpipe.shards.text import printable
 
     try:
         m = load_manifest(out)
@@ -148,10 +161,10 @@ def inspect(out, verify, plot):
         try:
             problems = insp.verify(m)
         except ShardFormatError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(printable(exc)) from None
         for p in problems[:50]:
-            click.echo(f"  {p}", err=True)
+            click.echo(f"  {printable(p)}", err=True)
         if problems:
-            raise click.ClickException(f"verify: {len(problems)} problem(s) in {out}")
+            raise click.ClickException(printable(f"verify: {len(problems)} problem(s) in {out}"))
         n = sum(s.num_samples for s in m.splits.values())
         click.echo(f"verify: OK ({n} samples, checksums, offsets, DALI indexes, decoding)")

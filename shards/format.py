@@ -21,13 +21,19 @@ in that order inside the tar.
 ``manifest.json`` holds ``format_version``, ``source``, ``classes`` (class k's name) and per split
 ``class_counts`` and ``shards`` (name, samples, bytes, sha256); for ``list:`` and ``inat:``
 sources also ``class_ids``, the source's own label of class k (the integer of the list file, the
-category id of the json): class indices are dense 0..C-1 whatever labels the source used. Other
-fields (statistics, options, command) are informative; readers need none of them.
+category id of the json): class indices are dense 0..C-1 whatever labels the source used.
+Readers also obey ``options.max_pixels`` (``Manifest.max_pixels``, the limit the images were
+accepted under; DEFAULT_MAX_PIXELS when absent). Other fields (statistics, the other options,
+command) are informative.
+
+A stored JPEG ends at its EOI marker (nothing after it but at most ``EOI_WINDOW - 2`` bytes of
+padding), has sides of at most MAX_SIDE pixels, an aspect ratio of at most MAX_ASPECT and at most
+``max_pixels`` pixels.
 """
 
 from __future__ import annotations
 
-import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +46,20 @@ INDEX = "index.npy"
 SPLITS = ("train", "val")
 KEY_WIDTH = 9
 MEMBERS = ("cls", "id", "jpg", "json")
+
+# What a stored image may be: ``ltpipe shard`` refuses (rejected.tsv) what exceeds these, and every
+# reader decodes what the manifest's ``options.max_pixels`` allows, not a library's own default.
+DEFAULT_MAX_PIXELS = 89_478_485  # PIL's decompression-bomb threshold; --max-pixels sets another
+MAX_PIXELS_LIMIT = (1 << 29) // 3  # DALI's libjpeg-turbo refuses RGB outputs of 2^29 bytes or more
+MAX_SIDE = 16_384  # DALI's random-crop decoder fails on images taller than about 40,000 px
+MAX_ASPECT = 64  # long side / short side: the eval resize makes the long side 256 x this (224 px)
+EOI_WINDOW = 32  # a stored JPEG's EOI marker lies within its last EOI_WINDOW bytes
+
+
+def payload_max_bytes(max_pixels: int) -> int:
+    """The largest input file or payload read for an image of ``max_pixels`` pixels: 8 bytes a
+    pixel (16-bit RGBA, uncompressed) and 16 MiB of metadata. A larger one is refused unread."""
+    return 8 * int(max_pixels) + (16 << 20)
 
 # index.npy rows: where the .jpg payload of sample i lives, for random access without tar scans.
 INDEX_DTYPE = np.dtype(
@@ -94,6 +114,11 @@ class Manifest:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def max_pixels(self) -> int:
+        """The largest image (width x height) the writer accepted: what readers must decode."""
+        return self.raw.get("options", {}).get("max_pixels", DEFAULT_MAX_PIXELS)
+
     def split(self, name: str) -> SplitInfo:
         if name not in self.splits:
             have = ", ".join(sorted(self.splits)) or "none"
@@ -125,32 +150,93 @@ class Manifest:
         return rows
 
 
+MANIFEST_MAX_BYTES = 64 << 20  # iNat's 8,142 classes and 1,200 shards need about 1 MB
+
+
 def load_manifest(root: str | Path) -> Manifest:
-    """Read and check ``root/manifest.json``; any problem is a one-line ShardFormatError."""
+    """Read and check ``root/manifest.json``; any problem is a one-line ShardFormatError.
+
+    Beyond its JSON (bounded: shards/bounded.py), the fields readers use are checked for type and
+    range, and every path they lead to stays inside ``root``: split names are "train"/"val", shard
+    names plain ``*.tar`` file names (never ``../x.tar`` or an absolute path)."""
+    from ltpipe.shards.bounded import ParseError, read_json
+
     root = Path(root)
     path = root / MANIFEST
-    if not root.is_dir():
-        raise ShardFormatError(f"{root}: no such shard directory")
-    if not path.is_file():
-        raise ShardFormatError(f"{path}: missing (not a finished `ltpipe shard` output)")
     try:
-        doc = json.loads(path.read_text())
-        version = int(doc["format_version"])
-        splits = {
-            name: SplitInfo(
-                name=name,
-                class_counts=tuple(int(c) for c in s["class_counts"]),
-                shards=tuple(ShardInfo(**sh) for sh in s["shards"]),
-            )
-            for name, s in doc["splits"].items()
-        }
-        manifest = Manifest(root, version, str(doc["source"]), tuple(doc["classes"]), splits, doc)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ShardFormatError(f"{path}: unreadable manifest ({exc.__class__.__name__}: {exc})")
-    if version != FORMAT_VERSION:
-        raise ShardFormatError(f"{path}: format_version {version}, this ltpipe reads "
-                               f"{FORMAT_VERSION}")
+        if not root.is_dir():
+            raise ShardFormatError(f"{root}: no such shard directory")
+        if not path.is_file():
+            raise ShardFormatError(f"{path}: missing (not a finished `ltpipe shard` output)")
+    except OSError as exc:  # a name too long, a symlink loop
+        raise ShardFormatError(f"{root}: {exc.strerror or exc}") from None
+    try:
+        doc = read_json(path, MANIFEST_MAX_BYTES, "manifest.json")
+    except (OSError, ParseError) as exc:
+        raise ShardFormatError(str(exc) if isinstance(exc, ParseError) else
+                               f"{path}: unreadable manifest ({exc.strerror or exc})") from None
+    try:
+        manifest = _parse_manifest(root, doc)
+    except _FieldError as exc:
+        raise ShardFormatError(f"{path}: {exc}") from None
     return manifest
+
+
+class _FieldError(ValueError):
+    pass
+
+
+def _field(doc, key, kind, where: str = ""):
+    """doc[key] of type ``kind`` (bool is no int); _FieldError naming the field otherwise."""
+    name = f"{where}{key}"
+    if not isinstance(doc, dict) or key not in doc:
+        raise _FieldError(f"no field {name!r}")
+    value = doc[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise _FieldError(f"{name}: expected {getattr(kind, '__name__', 'a value')}, "
+                          f"got {type(value).__name__}")
+    if kind is int and value < 0:
+        raise _FieldError(f"{name}: {value} is negative")
+    return value
+
+
+SHARD_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.tar")
+
+
+def _parse_manifest(root: Path, doc) -> Manifest:
+    version = _field(doc, "format_version", int)
+    if version != FORMAT_VERSION:
+        raise _FieldError(f"format_version {version}, this ltpipe reads {FORMAT_VERSION}")
+    classes = _field(doc, "classes", list)
+    if not all(isinstance(c, str) for c in classes):
+        raise _FieldError("classes: expected a list of strings")
+    splits = {}
+    for name, s in _field(doc, "splits", dict).items():
+        if name not in SPLITS:  # a split is a folder of root: nothing else may be read
+            raise _FieldError(f"splits: {name[:40]!r} is not a split ({', '.join(SPLITS)})")
+        where = f"splits.{name}."
+        counts = _field(s, "class_counts", list, where)
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
+            raise _FieldError(f"{where}class_counts: expected counts (integers >= 0)")
+        if len(counts) != len(classes):
+            raise _FieldError(f"{where}class_counts: {len(counts)} entries for "
+                              f"{len(classes)} classes")
+        shards = []
+        for i, sh in enumerate(_field(s, "shards", list, where)):
+            at = f"{where}shards[{i}]."
+            info = ShardInfo(_field(sh, "name", str, at), _field(sh, "samples", int, at),
+                             _field(sh, "bytes", int, at), _field(sh, "sha256", str, at))
+            if not SHARD_FILE.fullmatch(info.name):  # "../../x.tar", "/etc/x.tar", "a/b.tar"
+                raise _FieldError(f"{at}name: {info.name[:80]!r} is not a shard file name "
+                                  f"(shards lie in {root / name})")
+            shards.append(info)
+        splits[name] = SplitInfo(name, tuple(counts), tuple(shards))
+    options = doc.get("options", {})
+    if not isinstance(options, dict):
+        raise _FieldError("options: expected an object")
+    if "max_pixels" in options and _field(options, "max_pixels", int, "options.") < 1:
+        raise _FieldError("options.max_pixels: must be >= 1")
+    return Manifest(root, version, _field(doc, "source", str), tuple(classes), splits, doc)
 
 
 def encode_sample_id(sample_id: int) -> bytes:

@@ -6,14 +6,18 @@ class's train count in every split.
 
 from __future__ import annotations
 
+import itertools
 import os
 import tarfile
 from pathlib import Path
 
 import numpy as np
 
+from ltpipe.shards.bounded import parse_json
 from ltpipe.shards.format import (INDEX, MANIFEST, MEMBERS, REJECTED, Manifest, ShardFormatError,
-                                  decode_sample_id, key_of)
+                                  decode_sample_id, key_of, payload_max_bytes)
+from ltpipe.shards.shardscan import MEMBER_JSON_MAX_BYTES
+from ltpipe.shards.text import printable
 from ltpipe.shards.longtail import GROUPS, group_of, group_sizes
 from ltpipe.shards.tario import MemberSpan, dali_index_text, file_sha256
 
@@ -22,9 +26,10 @@ LIST_ALL_UP_TO = 40  # classes; above that the per-class table shows head and ta
 
 def summary_lines(m: Manifest) -> list[str]:
     raw = m.raw
-    lines = [f"{m.root}: source {m.source}, {m.num_classes} classes, format {m.format_version}"]
+    lines = [f"{printable(m.root)}: source {printable(m.source)}, {m.num_classes} classes, "
+             f"format {m.format_version}"]
     if raw.get("command"):
-        lines.append(f"command: {raw['command']}")
+        lines.append(f"command: {printable(raw['command'])}")
     # a class's group is set by its TRAIN count in every split, as in the trainer's report
     train = np.array(m.splits["train"].class_counts) if "train" in m.splits else None
     for name, split in m.splits.items():
@@ -56,7 +61,8 @@ def summary_lines(m: Manifest) -> list[str]:
                          f"JPEG {b['mean'] / 1e3:.1f} KB mean")
     lines += _class_table(m)
     rejected = raw.get("totals", {}).get("rejected", 0)
-    lines.append(f"rejected: {rejected}" + (f" (see {m.root / REJECTED})" if rejected else ""))
+    lines.append(f"rejected: {rejected}"
+                 + (f" (see {printable(m.root / REJECTED)})" if rejected else ""))
     return lines
 
 
@@ -79,7 +85,7 @@ def _class_table(m: Manifest) -> list[str]:
             rows.append("  ...")
             continue
         counts = " ".join(f"{m.splits[n].class_counts[k]:>8}" for n in names)
-        rows.append(f"  {m.classes[k][:24]:<24} {counts}")
+        rows.append(f"  {printable(m.classes[k])[:24]:<24} {counts}")
     return rows
 
 
@@ -110,7 +116,8 @@ def verify(m: Manifest, progress: bool = True) -> list[str]:
                 if file_sha256(path) != shard.sha256:
                     problems.append(f"{path}: sha256 differs from the manifest")
                 try:
-                    problems += _verify_shard(path, number, next_id, shard.samples, index, labels)
+                    problems += _verify_shard(m, path, number, next_id, shard.samples, index,
+                                              labels)
                 except (tarfile.TarError, OSError) as exc:  # cut off or not a tar at all
                     problems.append(f"{path}: unreadable tar ({exc})")
                 next_id += shard.samples
@@ -145,22 +152,33 @@ def _verify_counts(m: Manifest, split: str, labels: list[int], index) -> list[st
     return problems
 
 
-def _verify_shard(path: Path, number: int, first_id: int, samples: int,
+def _verify_shard(m: Manifest, path: Path, number: int, first_id: int, samples: int,
                   index: np.ndarray | None, labels: list[int]) -> list[str]:
-    """Problems of one shard; appends each sample's .cls label to ``labels``."""
+    """Problems of one shard; appends each sample's .cls label to ``labels``. Members that are
+    not regular files (links, devices) or larger than any sample's are reported, never read."""
     from ltpipe.shards.jpegscan import sample_problem  # imports PIL
 
     problems, spans = [], []
+    limits = {"cls": 10, "id": 8, "jpg": payload_max_bytes(m.max_pixels),
+              "json": MEMBER_JSON_MAX_BYTES}
     with open(path, "rb") as f, tarfile.open(fileobj=f) as tf:
-        members = list(tf)
-        if len(members) != samples * len(MEMBERS):
-            return [f"{path}: {len(members)} members, expected {samples * len(MEMBERS)}"]
+        members = list(itertools.islice(tf, samples * len(MEMBERS) + 1))  # no more headers
+        expected = samples * len(MEMBERS)
+        if len(members) != expected:
+            found = f"more than {expected}" if len(members) > expected else len(members)
+            return [f"{path}: {found} members, expected {expected}"]
         for i in range(samples):
             sid = first_id + i
             group = members[i * len(MEMBERS):(i + 1) * len(MEMBERS)]
             want = [f"{key_of(sid)}.{ext}" for ext in MEMBERS]
             if [g.name for g in group] != want:
                 problems.append(f"{path}: sample {sid} members {[g.name for g in group]}")
+                continue
+            odd = next((g for g, ext in zip(group, MEMBERS)
+                        if not g.isfile() or g.size > limits[ext]), None)
+            if odd is not None:
+                what = "not a regular file" if not odd.isfile() else f"{odd.size:,} bytes"
+                problems.append(f"{path}: member {odd.name} is {what}")
                 continue
             spans.append([MemberSpan(ext, g.offset_data, g.size, g.name)
                           for ext, g in zip(MEMBERS, group)])
@@ -170,16 +188,30 @@ def _verify_shard(path: Path, number: int, first_id: int, samples: int,
                 problems.append(f"{path}: sample {sid} .cls is not a class number")
             else:
                 labels.append(label)
+                problems += _check_class_name(m, path, sid, label, data["json"])
             if index is not None:
                 problems += _check_row(path, number, sid, group, data, label, index)
-            # the trainer's pre-scan, uncached: header walk + strict decode (jpegscan.py)
-            problem = sample_problem(data["jpg"])
+            # the trainer's pre-scan, uncached: header walk, end, strict decode (jpegscan.py)
+            problem = sample_problem(data["jpg"], m.max_pixels)
             if problem:
                 problems.append(f"{path}: sample {sid} ({key_of(sid)}): {problem}")
     idx = path.with_suffix(".idx")
     if not idx.is_file() or idx.read_text(errors="replace") != dali_index_text(spans):
         problems.append(f"{idx}: missing or does not match the tar")
     return problems
+
+
+def _check_class_name(m: Manifest, path: Path, sid: int, label: int, meta: bytes) -> list[str]:
+    """The sample's .json names the class the manifest lists for its label."""
+    try:
+        name = parse_json(meta, f"{path}: sample {sid} .json")["class"]
+    except (ValueError, TypeError, KeyError) as exc:
+        return [f"{path}: sample {sid} .json is unreadable ({exc})"]
+    listed = m.classes[label] if 0 <= label < m.num_classes else None
+    if name != listed:
+        return [f"{m.root / MANIFEST}: class {label} is named {listed!r}, sample {sid} of "
+                f"{path.name} says {name!r}"]
+    return []
 
 
 def _parse_cls(data: bytes) -> int | None:

@@ -15,9 +15,12 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ltpipe.shards.bounded import ParseError, parse_json, read_bytes
+from ltpipe.shards.format import SHARD_FILE, SPLITS
 from ltpipe.shards.tario import file_sha256
 
 JOURNAL = ".journal.jsonl"
+JOURNAL_MAX_BYTES = 1 << 30  # iNat's 437K samples need about 25 MB
 
 
 @dataclass(frozen=True)
@@ -47,10 +50,13 @@ class Journal:
     def read_header(self) -> dict | None:
         """{"options", "inputs"} of an existing journal (None when absent or unreadable)."""
         try:
-            header = json.loads(self.path.read_text().splitlines()[0])
+            header = parse_json(self._lines()[0], f"{self.path}:1")
             return header if isinstance(header, dict) and "options" in header else None
         except (OSError, IndexError, ValueError):
             return None
+
+    def _lines(self) -> list[bytes]:
+        return read_bytes(self.path, JOURNAL_MAX_BYTES, "shard journal").splitlines()
 
     def start(self) -> dict[str, list[ShardRecord]]:
         """Keep the valid prefix of every split's records; rewrite the journal to hold only them."""
@@ -84,9 +90,32 @@ class Journal:
         if self.read_header() != self.header:
             return []
         out = []
-        for line in self.path.read_text().splitlines()[1:]:
+        for number, line in enumerate(self._lines()[1:], 2):
             try:
-                out.append(ShardRecord(**json.loads(line)))
-            except (ValueError, TypeError):
+                out.append(_record(parse_json(line, f"{self.path}:{number}")))
+            except (ParseError, TypeError):
                 break  # a line cut by the kill: everything after it is rewritten
         return out
+
+
+_FIELD_TYPES = {"split": str, "name": str, "samples": int, "bytes": int, "sha256": str,
+                "idx_sha256": str, "first_id": int, "inputs_end": int, "rows": list,
+                "rejected": list}
+
+
+def _record(doc) -> ShardRecord:
+    """A journal line as a ShardRecord; TypeError when any field has the wrong type (a damaged
+    journal line is treated like one cut by a kill)."""
+    if not isinstance(doc, dict) or set(doc) != set(_FIELD_TYPES) or any(
+            not isinstance(doc[k], t) or isinstance(doc[k], bool) for k, t in _FIELD_TYPES.items()):
+        raise TypeError("not a shard record")
+    if doc["split"] not in SPLITS or not SHARD_FILE.fullmatch(doc["name"]):
+        raise TypeError("not a shard of this directory")
+    rows, rejected = doc["rows"], doc["rejected"]
+    if len(rows) != doc["samples"] or not all(
+            isinstance(r, list) and len(r) == 5 and all(type(v) is int for v in r) for r in rows):
+        raise TypeError("bad rows")
+    if not all(isinstance(r, list) and len(r) == 2 and all(isinstance(v, str) for v in r)
+               for r in rejected):
+        raise TypeError("bad rejected rows")
+    return ShardRecord(**doc)

@@ -1,4 +1,6 @@
-"""Find JPEG payloads that would crash or stop the DALI decoder, before training starts.
+"""Find JPEG payloads that would crash or stop the DALI decoder: the one rule for a stored JPEG,
+applied by ``ltpipe shard`` to what it stores, by ``ltpipe inspect --verify`` and, through the
+scan of each tar (shards/shardscan.py), by every loader before training starts.
 
 Why a pre-scan. DALI's CPU ``fn.decoders.image`` (2.4, nvImageCodec inside) parses every sample's
 markers before decoding. When that parse fails on one sample (nvImageCodec prints
@@ -14,30 +16,29 @@ batch. Damage inside the entropy-coded data with the headers intact only makes l
 *warn* ("Corrupt JPEG data: ... extraneous bytes"); every decoder then returns an image of the
 right size whose later blocks are garbage, and training goes on.
 
-The detector (``sample_problem``), two steps, cheapest first:
+The detector (``sample_problem``), cheapest first:
 1. a strict walk of the marker segments from SOI to SOS, the part DALI's parser reads: every
    segment starts with 0xFF and fits the payload, DQT/DHT tables fill their segments exactly,
    one frame header with sane sizes and components precedes SOS. This flags the crashing class.
-2. a full decode with PIL (libjpeg-turbo, truncated images not accepted), which flags every
-   libjpeg-turbo error, i.e. every sample DALI's decoder would stop on.
+2. the end: the EOI marker lies within the payload's last EOI_WINDOW bytes (shards/format.py),
+   the rule the loaders' vectorised check of every payload applies (pipeline/shardset.py), so a
+   truncated or overwritten payload and a JPEG with data after its end (a phone's "motion
+   photo") are one case at every stage. ``ltpipe shard`` strips such trailing data
+   (``jpeg_end``) rather than store it.
+3. a full decode with PIL (libjpeg-turbo, truncated images not accepted) of at most the
+   manifest's ``max_pixels``, which flags every libjpeg-turbo error, i.e. every sample DALI's
+   decoder would stop on.
 Warning-only damage is not flagged (no decoder in reach reports it per sample); it cannot crash
-or stop a run. The scan reads and decodes every image once, so ``cached_scan`` keeps its result
-per shard in the user's cache (keyed by the tar's path, size and mtime): shard directories may
-be read-only or shared by several users.
+or stop a run.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
-import os
 import warnings
-from pathlib import Path
 
-import numpy as np
+from ltpipe.shards.format import DEFAULT_MAX_PIXELS, EOI_WINDOW
 
-SCAN_VERSION = 1  # bump when the detector changes: old cache entries are then ignored
 SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD,
                          0xCE, 0xCF})
 MAX_PIXELS = 1 << 30  # a frame header claiming more is damaged, not big
@@ -109,78 +110,101 @@ def _tables_problem(body: bytes, kind: str, head: int, table_size) -> str | None
     return None if j == len(body) else f"{kind} tables do not fill their segment"
 
 
-def decode_problem(data: bytes) -> str | None:
-    """Why libjpeg-turbo (through PIL) cannot decode the image, or None."""
-    from PIL import Image, ImageFile
+HUFFMAN_FRAMES = frozenset({0xC0, 0xC1, 0xC2})  # baseline, extended, progressive: every decoder's
+
+
+def frame_marker(data: bytes) -> int | None:
+    """The SOF marker of a JPEG whose header walk passes (``header_problem`` is None)."""
+    i = 2
+    while i + 4 <= len(data):
+        while data[i + 1] == 0xFF and i + 5 < len(data):  # fill bytes before a marker
+            i += 1
+        marker = data[i + 1]
+        if marker in SOF_MARKERS:
+            return marker
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
+def eoi_problem(data: bytes) -> str | None:
+    """Why the payload does not end with its EOI marker (within its last EOI_WINDOW bytes)."""
+    if data.rfind(b"\xff\xd9", max(1, len(data) - 1 - EOI_WINDOW)) >= 0:
+        return None
+    end = jpeg_end(data)
+    if end is not None:
+        return f"{len(data) - end} bytes of data after the end of the image (EOI)"
+    return "no end of image (EOI marker): truncated or overwritten"
+
+
+def jpeg_end(data: bytes) -> int | None:
+    """The offset just past the EOI marker that ends the (first) image, found by walking its
+    segments and entropy-coded data; None when the walk fails (a damaged or cut-off JPEG)."""
+    n, i = len(data), 2
+    if data[:2] != b"\xff\xd8":
+        return None
+    while i + 2 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0xD9:
+            return i + 2
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            i += 2
+            continue
+        if i + 4 > n:
+            return None
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        if marker != 0xDA:
+            continue
+        while True:  # entropy-coded data: up to the next marker other than FF00 and RSTn
+            j = data.find(b"\xff", i)
+            if j < 0 or j + 1 >= n:
+                return None
+            follower = data[j + 1]
+            if follower == 0x00 or 0xD0 <= follower <= 0xD7:
+                i = j + 2
+            elif follower == 0xFF:
+                i = j + 1
+            else:
+                i = j
+                break
+    return None
+
+
+def open_jpeg(data: bytes):
+    """A PIL image of JPEG bytes, opened without PIL's global decompression-bomb limit (the
+    caller checks the size against the manifest's ``max_pixels`` itself, thread-safely)."""
+    from PIL import JpegImagePlugin
+
+    return JpegImagePlugin.JpegImageFile(io.BytesIO(data))
+
+
+def decode_problem(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
+    """Why libjpeg-turbo (through PIL) cannot decode the image, or None. An image of more than
+    ``max_pixels`` pixels (the limit it was accepted under) is a problem too."""
+    from PIL import ImageFile
 
     if ImageFile.LOAD_TRUNCATED_IMAGES:  # a caller's global leniency must not hide damage
         return "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set; cannot check decoding"
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error")  # e.g. a decompression-bomb warning
-            with Image.open(io.BytesIO(data)) as img:
+            warnings.simplefilter("error")  # any warning of the decoder is damage
+            with open_jpeg(data) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    return f"image too large: {w}x{h} pixels (max_pixels {max_pixels})"
                 img.load()
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a damaged sample
         return f"does not decode ({exc.__class__.__name__}: {exc})".replace("\n", " ")
     return None
 
 
-def sample_problem(data: bytes) -> str | None:
-    """The detector: the header walk, then a full decode. None means DALI can decode it."""
+def sample_problem(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
+    """The detector: the header walk, the end, then a full decode. None: DALI can decode it."""
     problem = header_problem(data)
-    return f"malformed JPEG header ({problem})" if problem else decode_problem(data)
-
-
-def scan_shard(tar_path: str | Path, offsets, sizes) -> dict[int, str]:
-    """{position in ``offsets``: reason} for the payloads of one tar that ``sample_problem``
-    flags; payloads outside the file are flagged too."""
-    offsets, sizes = np.asarray(offsets, np.int64), np.asarray(sizes, np.int64)
-    bad = {}
-    with open(tar_path, "rb") as f:
-        end = os.fstat(f.fileno()).st_size
-        for k, (off, size) in enumerate(zip(offsets.tolist(), sizes.tolist())):
-            if off < 0 or size <= 0 or off + size > end:
-                bad[k] = "payload outside the tar"
-                continue
-            f.seek(off)
-            problem = sample_problem(f.read(size))
-            if problem:
-                bad[k] = problem
-    return bad
-
-
-def cache_dir() -> Path:
-    """$LTPIPE_CACHE, else $XDG_CACHE_HOME/ltpipe, else ~/.cache/ltpipe."""
-    if os.environ.get("LTPIPE_CACHE"):
-        return Path(os.environ["LTPIPE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "ltpipe"
-
-
-def cached_scan(tar_path: str | Path, offsets, sizes) -> dict[int, str]:
-    """``scan_shard`` once per (tar path, size, mtime, payload list, SCAN_VERSION); later calls
-    read the result from the cache. An unwritable cache only costs a re-scan next time."""
-    tar_path = Path(tar_path).resolve()
-    offsets, sizes = np.asarray(offsets, np.int64), np.asarray(sizes, np.int64)
-    st = tar_path.stat()
-    key = hashlib.sha256(f"{SCAN_VERSION}\0{tar_path}\0{st.st_size}\0{st.st_mtime_ns}\0".encode()
-                         + offsets.tobytes() + sizes.tobytes()).hexdigest()[:32]
-    # one entry per tar path (a changed tar overwrites its entry), so the cache stays small
-    name = hashlib.sha256(str(tar_path).encode()).hexdigest()[:32]
-    entry = cache_dir() / "jpegscan" / f"{name}.json"
-    try:
-        doc = json.loads(entry.read_text())
-        if doc.get("key") == key:
-            return {int(k): str(v) for k, v in doc["bad"].items()}
-    except (OSError, ValueError, KeyError, AttributeError):
-        pass  # no entry yet, or a damaged one: scan again
-    bad = scan_shard(tar_path, offsets, sizes)
-    try:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = entry.with_name(f"{entry.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"key": key, "tar": str(tar_path), "samples": int(offsets.size),
-                                   "bad": {str(k): v for k, v in bad.items()}}))
-        os.replace(tmp, entry)
-    except OSError:
-        pass
-    return bad
+    if problem:
+        return f"malformed JPEG header ({problem})"
+    return eoi_problem(data) or decode_problem(data, max_pixels)

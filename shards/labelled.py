@@ -18,15 +18,17 @@ without it showing in rejected.tsv:
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections import Counter
 from pathlib import Path
 
+from ltpipe.shards.bounded import GIB, ParseError, read_bytes, read_json
 from ltpipe.shards.encode import Item, read_file
 from ltpipe.shards.errors import ShardInputError
 
+INAT_MAX_BYTES = 4 * GIB  # iNat 2021's train json is about 1 GB
+LIST_MAX_BYTES = GIB  # 'path label' lines: iNat's 437K images need about 30 MB
 MAX_LABEL = 10**7  # the largest list label accepted (iNat 2021 has 10,000 classes)
 LABEL = re.compile(r"[0-9]+")
 OUTSIDE = "outside ROOT {root} (--allow-outside-root allows it)"
@@ -64,6 +66,8 @@ def _checked_path(root: Path, name: str, allow_outside: bool) -> tuple[str, str 
     path = root / name
     if not is_unicode(str(path)):
         return str(path), "file name is not valid Unicode (UTF-8)"
+    if "\0" in name:  # no file can have it: the OS refuses the name, ltpipe rejects it here
+        return str(path), "file name contains a NUL byte"
     if not allow_outside:
         base = os.path.normpath(os.path.abspath(root))
         if not os.path.normpath(os.path.abspath(path)).startswith(base.rstrip(os.sep) + os.sep):
@@ -97,7 +101,12 @@ def _unique(pairs: list[Pair], taken: frozenset | set = frozenset()) -> tuple[li
 # --- list:FILE[:ROOT] ---------------------------------------------------------------------------
 
 def _list_lines(list_file: Path) -> list[str]:
-    data = _existing(list_file, "list").read_bytes()
+    try:  # a regular file of bounded size: a FIFO or /dev/zero would block or never end
+        data = read_bytes(_existing(list_file, "list"), LIST_MAX_BYTES, "list file")
+    except ParseError as exc:
+        raise ShardInputError(str(exc)) from None
+    except OSError as exc:
+        raise ShardInputError(f"{list_file}: {exc.strerror or exc}") from None
     try:
         return data.decode("utf-8").splitlines()
     except UnicodeDecodeError as exc:
@@ -110,11 +119,12 @@ def _parse_label(text: str, where: str) -> int | None:
     """The label of a list line; None when it is not a label; an error above MAX_LABEL."""
     if not LABEL.fullmatch(text):
         return None
-    if len(text) > len(str(MAX_LABEL)) or int(text) > MAX_LABEL:  # no int() of 10^5 digits
+    digits = text.lstrip("0") or "0"  # "0003" is label 3
+    if len(digits) > len(str(MAX_LABEL)) or int(digits) > MAX_LABEL:  # no int() of 10^5 digits
         shown = text if len(text) <= 20 else text[:17] + "..."
         raise ShardInputError(f"{where}: label {shown} is above {MAX_LABEL:,}, the largest "
                               f"label a list may use")
-    return int(text)
+    return int(digits)
 
 
 def read_pairs(list_file: Path, root: Path, allow_outside: bool) -> tuple[list[Pair], list]:
@@ -168,7 +178,12 @@ def image_list(spec: str, val_list: str | None, allow_outside: bool):
 
 def _load_json(json_file: Path):
     try:
-        doc = json.loads(_existing(json_file, "inat").read_text(encoding="utf-8"))
+        doc = read_json(_existing(json_file, "inat"), INAT_MAX_BYTES, "iNaturalist/COCO json")
+    except ParseError as exc:
+        raise ShardInputError(str(exc)) from None
+    except OSError as exc:
+        raise ShardInputError(f"{json_file}: {exc.strerror or exc}") from None
+    try:
         images = [(im["id"], im["file_name"]) for im in doc["images"]]
         annotations = [(a["image_id"], a["category_id"]) for a in doc.get("annotations", [])]
         cats = sorted(doc.get("categories", []), key=lambda c: c["id"])
@@ -176,9 +191,6 @@ def _load_json(json_file: Path):
         Counter(i for i, _ in images + annotations)  # ids must be hashable
         if not all(isinstance(name, str) for _, name in images):
             raise TypeError("a file_name is not a string")
-    except RecursionError:
-        raise ShardInputError(f"{json_file}: nested too deeply to be an iNaturalist/COCO "
-                              f"json") from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         detail = " ".join(f"{exc.__class__.__name__}: {exc}".split())[:200]
         raise ShardInputError(f"{json_file}: not an iNaturalist/COCO json ({detail})") from None

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ltpipe.shards.bounded import read_json
 from ltpipe.shards.errors import ShardInputError
-from ltpipe.shards.format import (FORMAT_VERSION, INDEX, INDEX_DTYPE, MANIFEST, Manifest,
-                                  load_manifest)
+from ltpipe.shards.format import (FORMAT_VERSION, INDEX, INDEX_DTYPE, MANIFEST, MANIFEST_MAX_BYTES,
+                                  Manifest, load_manifest)
 from ltpipe.shards.longtail import group_sizes
-from ltpipe.shards.tario import write_bytes_atomic, write_text_atomic
+from ltpipe.shards.tario import write_bytes_atomic
+from ltpipe.shards.text import printable
 
 
 def _rows(records) -> np.ndarray:
@@ -82,7 +84,10 @@ def build(source: str, classes: list[str], written: dict, rejected: int, options
 
 
 def write(out: Path, doc: dict) -> None:
-    write_text_atomic(out / MANIFEST, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+    """manifest.json as UTF-8; a string holding bytes that are not UTF-8 (an OUT or list path
+    given as such) keeps them as JSON escapes (``\\udcff``), which read back to the same path."""
+    text = json.dumps(doc, indent=1, ensure_ascii=False) + "\n"
+    write_bytes_atomic(out / MANIFEST, text.encode("utf-8", "backslashreplace"))
 
 
 def load(out: Path) -> Manifest:
@@ -92,7 +97,7 @@ def load(out: Path) -> Manifest:
 def load_raw(out: Path) -> dict:
     """The manifest document, or {} when it cannot be read."""
     try:
-        doc = json.loads((out / MANIFEST).read_text())
+        doc = read_json(out / MANIFEST, MANIFEST_MAX_BYTES, "manifest.json")
         return doc if isinstance(doc, dict) else {}
     except (OSError, ValueError):
         return {}
@@ -132,8 +137,8 @@ def check_classes(plan, written: dict, rejected_path: Path) -> None:
 
 def print_plan(source: str, plan, orders: dict, options: dict, mean_bytes: dict) -> None:
     """The --dry-run report: classes, per-split counts and groups, estimated shards."""
-    print(f"source: {source}")
-    print(f"classes: {len(plan.classes)} ({', '.join(plan.classes[:5])}"
+    print(f"source: {printable(source)}")
+    print(f"classes: {len(plan.classes)} ({', '.join(map(printable, plan.classes[:5]))}"
           f"{', ...' if len(plan.classes) > 5 else ''})")
     for split, items in orders.items():
         counts = np.bincount([it.label for it in items], minlength=len(plan.classes))

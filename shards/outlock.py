@@ -31,9 +31,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ltpipe.shards.bounded import parse_json, read_bytes
+
 LOCK_NAME = ".ltpipe.lock"
 UNREADABLE_RETRIES = 20  # x 50 ms: a lock just created may not hold its line yet
 MAX_ATTEMPTS = 100  # create/take-over rounds before giving up (others keep racing for it)
+LOCK_MAX_BYTES = 64 << 10  # one JSON line
+MAX_PID = 1 << 22  # Linux's pid_max limit: a larger pid was never a process of this host
 
 
 class OutputLockedError(ValueError):
@@ -83,10 +87,10 @@ _GONE = object()
 def _read(path: Path):
     """The lock's JSON dict; None when unreadable or malformed; _GONE when absent."""
     try:
-        doc = json.loads(path.read_text())
+        doc = parse_json(read_bytes(path, LOCK_MAX_BYTES, "lock file"), str(path))
     except FileNotFoundError:
         return _GONE
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # ParseError: too large, not JSON, "pid": 1e999
         return None
     return doc if isinstance(doc, dict) else None
 
@@ -104,12 +108,11 @@ def _read_settled(path: Path):
 def _is_stale(holder: dict) -> bool:
     if holder.get("host") != socket.gethostname():
         return False  # another node's process: we cannot tell whether it is alive
-    try:
-        pid = int(holder["pid"])
-    except (KeyError, TypeError, ValueError):
-        return False
-    if pid <= 0 or not _pid_alive(pid):
-        return pid > 0
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid <= MAX_PID:
+        return False  # not a pid this host can have written: never taken over
+    if not _pid_alive(pid):
+        return True
     started = holder.get("started")
     return started is not None and _start_time(pid) not in (None, started)  # pid reused
 

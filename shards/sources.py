@@ -11,20 +11,24 @@ groups (first n_k per class).
 
 from __future__ import annotations
 
-import json
+import os
+import stat
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ltpipe.shards import cifar, labelled, synthetic
-from ltpipe.shards.encode import Item, Rejected, identity, read_file
+from ltpipe.shards.bounded import parse_json
+from ltpipe.shards.encode import Item, Rejected, identity, read_file, too_large
 from ltpipe.shards.errors import ShardInputError
 from ltpipe.shards.format import INDEX, ShardFormatError, load_manifest
 from ltpipe.shards.longtail import longtail_subset
 from ltpipe.shards.tario import read_dali_index
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+MEMBER_JSON_MAX_BYTES = 64 << 10  # a sample's .json member: its source path and class name
 SCHEMES = ("synthetic", "imagefolder", "list", "inat", "cifar10", "cifar100", "shards")
 
 
@@ -73,13 +77,14 @@ def plan_source(source: str, *, imbalance: float | None = None,
     class_ids = None
     if scheme == "imagefolder":
         plan = _imagefolder(Path(rest))
+        plan = (plan[0], *linked_duplicates(plan[1], plan[2]))
         if val_per_class is not None:
             plan = (plan[0], hold_out(plan[1], plan[0], val_per_class, seed, rest), plan[2])
     elif scheme in ("list", "inat"):
         read = labelled.image_list if scheme == "list" else labelled.inat
         names, class_ids, splits, rejected = read(rest, val_list if scheme == "list" else val_json,
                                                   allow_outside_root)
-        plan = (names, splits, rejected)
+        plan = (names, *linked_duplicates(splits, rejected))
     elif scheme == "shards":
         plan, class_ids = _shard_dir(Path(rest))
     else:
@@ -105,6 +110,36 @@ def _finish(classes, splits, rejected, imbalance) -> SourcePlan:
             counts[it.label] += 1
         candidates[name] = counts
     return SourcePlan(list(classes), splits, rejected, candidates)
+
+
+def linked_duplicates(splits: dict[str, list[Item]], rejected: list):
+    """(splits, rejected) without second names of one file: two paths that reach the same file
+    (a hard link, or a symlink) hold one image, so a later one is rejected, as a duplicate in
+    its split or, in val, as a leak of a train image into the evaluation. Files are told apart
+    by device and inode (following symlinks); a copy of an image under another name is not
+    found. Missing files are left to be rejected when read."""
+    seen: dict[tuple[int, int], tuple[str, str]] = {}
+    out = {}
+    for split in sorted(splits, key=lambda s: s != "train"):  # train first
+        kept = []
+        for it in splits[split]:
+            try:
+                st = os.stat(it.arg) if it.load is read_file else None
+            except (OSError, ValueError):
+                st = None
+            if st is None or not stat.S_ISREG(st.st_mode):
+                kept.append(it)
+                continue
+            first = seen.setdefault((st.st_dev, st.st_ino), (split, it.path))
+            if first == (split, it.path):
+                kept.append(it)
+            elif first[0] != split:
+                rejected.append((it.path, f"the same file as {first[1]} (a link), which is in the "
+                                          f"{first[0]} split"))
+            else:
+                rejected.append((it.path, f"the same file as {first[1]} (a link): a duplicate"))
+        out[split] = kept
+    return {s: out[s] for s in splits}, rejected
 
 
 def hold_out(splits: dict[str, list[Item]], classes: list[str], per_class: int, seed: int,
@@ -145,8 +180,9 @@ def _imagefolder(root: Path):
     if not labelled.is_unicode(str(root)):
         raise ShardInputError(f"imagefolder {labelled.shown(str(root))}: the path is not UTF-8")
     # a folder name that is not UTF-8 cannot be a class name (manifest.json is UTF-8)
-    classes = sorted(d.name for d in split_roots["train"].iterdir()
-                     if d.is_dir() and labelled.is_unicode(d.name))
+    classes = class_folders([d.name for d in split_roots["train"].iterdir()
+                             if d.is_dir() and labelled.is_unicode(d.name)],
+                            split_roots["train"])
     if not classes:
         raise ShardInputError(f"imagefolder {split_roots['train']}: no class folders")
     index = {c: k for k, c in enumerate(classes)}
@@ -155,26 +191,48 @@ def _imagefolder(root: Path):
         if not base.is_dir():
             continue
         items = []
-        for class_dir in sorted(d for d in base.iterdir() if d.is_dir()):
+        folders = sorted(d for d in base.iterdir() if d.is_dir())
+        class_folders([d.name for d in folders if labelled.is_unicode(d.name)], base)
+        for class_dir in folders:
             files = sorted(f for f in class_dir.rglob("*") if f.suffix.lower() in IMAGE_EXTS)
             if not labelled.is_unicode(class_dir.name):
                 rejected += [(str(f), "class folder name is not UTF-8") for f in files]
                 continue
-            if class_dir.name not in index:
+            name = unicodedata.normalize("NFC", class_dir.name)
+            if name not in index:
                 rejected += [(str(f), f"unknown label {class_dir.name!r}") for f in files]
                 continue
             for f in files:
                 if labelled.is_unicode(str(f)):
-                    items.append(Item(str(f), index[class_dir.name], read_file, str(f)))
+                    items.append(Item(str(f), index[name], read_file, str(f)))
                 else:
                     rejected.append((str(f), "file name is not UTF-8"))
         splits[split] = items
     return classes, splits, rejected
 
 
-def read_span(span: tuple[str, int, int]) -> bytes:
-    """``size`` bytes at ``offset`` of ``path``: one payload of a shard tar."""
+def class_folders(names: list[str], where: Path) -> list[str]:
+    """The class names of these folders, sorted: each name in Unicode's composed form (NFC), so
+    ``café`` typed on Linux and the same name from macOS (decomposed, NFD) are one class, also
+    across the train and val folders. Two folders of one split that differ only in that form
+    would be two classes that look the same: refused."""
+    by_form: dict[str, str] = {}
+    for name in sorted(names):
+        form = unicodedata.normalize("NFC", name)
+        if form in by_form:
+            raise ShardInputError(f"imagefolder {where}: class folders {by_form[form]!r} and "
+                                  f"{name!r} differ only in Unicode normalisation (NFC/NFD); "
+                                  f"merge or rename one")
+        by_form[form] = name
+    return sorted(by_form)
+
+
+def read_span(span: tuple[str, int, int], max_bytes: int | None = None) -> bytes:
+    """``size`` bytes at ``offset`` of ``path``: one payload of a shard tar (at most
+    ``max_bytes``)."""
     path, offset, size = span
+    if max_bytes is not None and size > max_bytes:
+        raise Rejected(too_large(size, max_bytes))
     try:
         with open(path, "rb") as f:
             f.seek(offset)
@@ -227,9 +285,12 @@ def _source_paths(tars: list[str], indexes: list[Path]) -> dict[tuple[int, int],
                 by_ext = {sp.ext: sp for sp in spans}
                 if "jpg" not in by_ext or "json" not in by_ext:
                     raise ShardFormatError(f"{idx}: a sample without .jpg/.json members")
-                f.seek(by_ext["json"].offset)
+                span = by_ext["json"]
+                f.seek(span.offset)
                 try:
-                    meta = json.loads(f.read(by_ext["json"].size))
+                    if not 0 < span.size <= MEMBER_JSON_MAX_BYTES:
+                        raise ValueError("size")
+                    meta = parse_json(f.read(span.size), span.name)
                     paths[shard, by_ext["jpg"].offset] = str(meta["path"])
                 except (ValueError, KeyError, TypeError):
                     raise ShardFormatError(

@@ -100,7 +100,7 @@ def class_names(spec: SynthSpec) -> list[str]:
     return [f"class{k:0{len(str(spec.num_classes - 1))}d}" for k in range(spec.num_classes)]
 
 
-def render(arg: tuple) -> np.ndarray:
+def render(arg: tuple, max_bytes: int | None = None) -> np.ndarray:
     """The image [H,W,3] uint8 of sample (spec, split, class, index); deterministic."""
     spec, split, label, index = arg
     rng = np.random.default_rng([spec.seed, SPLIT_CODES[split], label, index])

@@ -85,10 +85,17 @@ def dali_index_text(samples: list[list[MemberSpan]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def read_dali_index(path: str | Path) -> list[list[MemberSpan]]:
-    """Parse a DALI webdataset index file (raises ValueError naming the file when malformed)."""
+IDX_LINE_MAX_BYTES = 512  # four members of ``ext offset size name``: about 150 bytes
+
+
+def read_dali_index(path: str | Path, max_samples: int | None = None) -> list[list[MemberSpan]]:
+    """Parse a DALI webdataset index file (raises ValueError naming the file when malformed);
+    ``max_samples``: refuse, unread, a file too large to hold only that many samples."""
+    from ltpipe.shards.bounded import read_bytes
+
     path = Path(path)
-    lines = path.read_text().splitlines()
+    limit = 64 + IDX_LINE_MAX_BYTES * max_samples if max_samples is not None else 1 << 34
+    lines = read_bytes(path, limit, "DALI index").decode("utf-8").splitlines()
     try:
         version, count = lines[0].split()
         if version != DALI_INDEX_VERSION:

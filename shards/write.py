@@ -14,23 +14,29 @@ import functools
 import hashlib
 import math
 import multiprocessing
+import os
 import re
 import shlex
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
-from ltpipe.shards import labelled
 from ltpipe.shards import manifest as manifest_mod
 from ltpipe.shards.encode import MAX_PIXELS, Encoded, Item, Rejected, encode_item, sample_members
-from ltpipe.shards.errors import ShardInputError
-from ltpipe.shards.format import MANIFEST, MEMBERS, REJECTED, SPLITS, Manifest, shard_name
+from ltpipe.shards.errors import ShardInputError, ShardWorkerError
+from ltpipe.shards.format import (MANIFEST, MAX_PIXELS_LIMIT, MEMBERS, REJECTED, SPLITS, Manifest,
+                                  shard_name)
 from ltpipe.shards.journal import Journal, ShardRecord
+from ltpipe.shards.lifetime import tie_to_parent
 from ltpipe.shards.outlock import LOCK_NAME, output_lock
 from ltpipe.shards.sources import plan_source
 from ltpipe.shards.tario import TarShardWriter, file_sha256, member_tar_bytes
+from ltpipe.shards.text import printable
 
 JPG = MEMBERS.index("jpg")
 UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9,
@@ -148,8 +154,9 @@ LATER_OPTIONS = {"max_pixels": MAX_PIXELS, "allow_outside_root": False, "val_per
 
 
 def _later_options(**given) -> dict:
-    if given["max_pixels"] < 1:
-        raise ShardInputError(f"--max-pixels must be >= 1, got {given['max_pixels']}")
+    if not 1 <= given["max_pixels"] <= MAX_PIXELS_LIMIT:
+        raise ShardInputError(f"--max-pixels must be in 1..{MAX_PIXELS_LIMIT} (the largest image "
+                              f"DALI's CPU decoder takes), got {given['max_pixels']}")
     if given["val_per_class"] is not None and given["val_per_class"] < 1:
         raise ShardInputError(f"--val-per-class must be >= 1, got {given['val_per_class']}")
     return given
@@ -223,9 +230,40 @@ def _encoder(workers: int, options: dict) -> Iterator[Callable[[list[Item]], Ite
     if workers == 1:
         yield lambda items: map(fn, items)
         return
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        yield lambda items: pool.imap(
-            fn, items, chunksize=max(1, min(32, len(items) // (8 * workers))))
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                               initializer=tie_to_parent, initargs=(os.getpid(),))
+    try:
+        yield lambda items: _in_order(pool, fn, items, workers)
+    finally:  # on an error or Ctrl-C, queued chunks are dropped, not encoded first
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _in_order(pool: ProcessPoolExecutor, fn, items: list[Item], workers: int) -> Iterator:
+    """``fn`` over ``items`` in the pool's processes, results in input order, at most
+    IN_FLIGHT chunks a worker queued ahead (encoded images wait in memory until written). A
+    worker that dies (the out-of-memory killer's SIGKILL) ends the job with ShardWorkerError,
+    never a wait for results that will not come; finished shards stay journalled."""
+    size = max(1, min(32, len(items) // (8 * workers)))
+    pending: deque = deque()
+    try:
+        for start in range(0, len(items), size):
+            pending.append(pool.submit(_encode_chunk, fn, items[start:start + size]))
+            if len(pending) >= IN_FLIGHT * workers:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
+    except BrokenProcessPool:
+        raise ShardWorkerError("an encoding worker process died (killed, e.g. by the "
+                               "out-of-memory killer; try fewer --workers); the shards "
+                               "finished so far are kept: re-run the same command to "
+                               "resume") from None
+
+
+IN_FLIGHT = 4
+
+
+def _encode_chunk(fn, items: list[Item]) -> list:
+    return [fn(it) for it in items]
 
 
 def _estimate_bytes(orders: dict[str, list[Item]], options: dict,
@@ -339,6 +377,8 @@ TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"
 
 def tsv_field(text: str) -> str:
     """One rejected.tsv field: backslash, tab, newline and CR escaped as \\\\, \\t, \\n, \\r,
-    so a file name cannot end its record or forge another; bytes that are not UTF-8 as \\xNN."""
-    return labelled.shown(str(text).translate(TSV_ESCAPES))
+    every other character that could end a line for some reader (VT, FF, NEL, U+2028, ...) or
+    drive a terminal as \\xNN / \\uNNNN (shards/text.py), and bytes that are not UTF-8 as
+    \\xNN: a file name can neither end its record nor forge another."""
+    return printable(str(text).translate(TSV_ESCAPES))
 

@@ -15,7 +15,7 @@ import torch
 from ltpipe.pipeline.loader import make_loader
 from ltpipe.pipeline.shardset import open_split
 from ltpipe.pipeline.torch_loader import make_torch_loader
-from ltpipe.shards import jpegscan
+from ltpipe.shards import jpegscan, shardscan
 from ltpipe.shards.format import ShardFormatError, key_of
 from ltpipe.shards.write import write_shards
 
@@ -183,44 +183,78 @@ def test_skip_corrupt_iterates_damaged_bodies_without_crashing(shards, tmp_path)
     assert not set(map(int, q.split())) & set(damage)
 
 
-def test_the_scan_runs_once_per_shard_and_again_when_the_tar_changes(shards, tmp_path,
-                                                                     monkeypatch):
+def test_damage_in_place_with_the_mtime_restored_never_reaches_dali(shards, tmp_path):
+    """The scan's cache was keyed by (path, size, mtime): after the scan, DHT lengths flipped in
+    a quarter of the JPEGs and the mtime restored, the stale entry said "sound" and DALI's decoder
+    crashed (SIGSEGV, exit 139). Keyed by the bytes, the damaged samples are found again."""
+    bad = damaged_copy(shards, tmp_path)
+    assert open_split(bad, "train").skipped == 0  # scanned and cached while sound
+    before = {tar: tar.stat() for tar in (bad / "train").glob("*.tar")}
+    damage = {i: dht_length_flipped for i in range(0, N_TRAIN, 4)}
+    rewrite(bad, "train", damage)
+    for tar, st in before.items():
+        os.utime(tar, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert (tar.stat().st_size, tar.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    env = dict(os.environ, OMP_NUM_THREADS="1", LTPIPE_CACHE=str(tmp_path / "cache"))
+    res = subprocess.run([sys.executable, "-c", ITERATE, str(bad)], capture_output=True,
+                         text=True, timeout=120, env=env, check=False)
+    assert res.returncode == 0, (res.returncode, res.stderr[-2000:])
+    head, _ = res.stdout.strip().split("|")
+    skipped, *ids = head.split()
+    assert int(skipped) == len(damage)
+    assert sorted(map(int, ids)) == sorted(set(range(N_TRAIN)) - set(damage))
+
+
+def test_the_scan_runs_once_per_shard_and_again_when_the_bytes_change(shards, tmp_path,
+                                                                      monkeypatch):
+    """The cache is keyed by each tar's bytes: a tar damaged in place with its size and mtime
+    restored is scanned again (the stale result once let a crashing JPEG through: SIGSEGV)."""
     bad = damaged_copy(shards, tmp_path)
     rewrite(bad, "train", {3: huffman_code_oversubscribed})
     assert open_split(bad, "train", skip_corrupt=True).bad_ids.tolist() == [3]
     calls = []
-    real = jpegscan.scan_shard
-    monkeypatch.setattr(jpegscan, "scan_shard", lambda *a: calls.append(a) or real(*a))
+    real = shardscan.scan_shard
+    monkeypatch.setattr(shardscan, "scan_shard", lambda *a: calls.append(a) or real(*a))
     assert open_split(bad, "train", skip_corrupt=True).bad_ids.tolist() == [3]
     assert calls == []  # every shard came from the cache
-    rewrite(bad, "train", {50: dht_length_flipped})
     tar = bad / "train" / f"shard-{int(np.load(bad / 'train' / 'index.npy')['shard'][50]):06d}.tar"
-    os.utime(tar, ns=(tar.stat().st_atime_ns, tar.stat().st_mtime_ns + 10**9))
-    assert open_split(bad, "train", skip_corrupt=True).bad_ids.tolist() == [3, 50]
+    before = tar.stat()
+    rewrite(bad, "train", {50: dht_length_flipped})
+    os.utime(tar, ns=(before.st_atime_ns, before.st_mtime_ns))  # size and mtime as they were
+    assert (tar.stat().st_size, tar.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    with pytest.raises(ShardFormatError, match=key_of(50)):
+        open_split(bad, "train")
     assert len(calls) == 1  # only the changed shard was scanned again
+    assert open_split(bad, "train", skip_corrupt=True).bad_ids.tolist() == [3, 50]
 
 
-def test_the_ranks_of_a_node_share_the_scan_and_read_its_cache(shards, monkeypatch):
-    """DDP: each local rank scans its share of every split's tars before the barrier; opening
-    the splits afterwards scans nothing: every tar came from the cache."""
+def test_the_ranks_of_a_node_share_the_scan_and_its_digests(shards, monkeypatch):
+    """DDP: each local rank hashes and scans its share of every split's tars, and the ranks
+    exchange the digests: opening the splits afterwards neither scans nor hashes any tar again,
+    in either process (each rank otherwise reads every tar to look its cache entry up)."""
     from ltpipe.train import build
     from ltpipe.train.dist import DistInfo
 
-    calls, waits = [], []
-    real = jpegscan.scan_shard
-    monkeypatch.setattr(jpegscan, "scan_shard", lambda *a: calls.append(a[0]) or real(*a))
-    monkeypatch.setattr(build, "barrier", lambda info: waits.append(info.rank))
+    calls, hashed, shares = [], [], {}
+    real_scan, real_hash = shardscan.scan_shard, shardscan.sha256_file
+    monkeypatch.setattr(shardscan, "scan_shard", lambda *a: calls.append(a[0]) or real_scan(*a))
+    monkeypatch.setattr(shardscan, "sha256_file", lambda p: hashed.append(p) or real_hash(p))
+    monkeypatch.setattr(build, "gather_objects",
+                        lambda obj, info: shares.__setitem__(info.rank, obj) or
+                        list(shares.values()))
+    monkeypatch.setattr(shardscan, "_digests", {})
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     cpu = torch.device("cpu")
     tars = sorted(str(p.resolve()) for p in shards.glob("*/*.tar"))
     build.scan_once_per_node(shards, DistInfo(rank=1, world=2, local_rank=1, device=cpu))
     first = sorted(map(str, calls))
-    assert 0 < len(first) < len(tars) and waits == [1]
+    assert 0 < len(first) < len(tars) and len(hashed) == len(first)
+    shardscan._digests.clear()  # rank 0 is another process: it knows no digest of rank 1's
     build.scan_once_per_node(shards, DistInfo(rank=0, world=2, local_rank=0, device=cpu))
-    assert sorted(map(str, calls)) == tars and waits == [1, 0]  # each tar scanned once
+    assert sorted(map(str, calls)) == tars and len(hashed) == len(tars)  # each tar once
     for split in ("train", "val"):
         open_split(shards, split)
-    assert len(calls) == len(tars)  # both splits came from the cache
+    assert len(calls) == len(tars) and len(hashed) == len(tars)  # all from the cache and memo
 
 
 # ---- manifest counts and DALI indexes that disagree with index.npy --------------------------

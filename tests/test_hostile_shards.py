@@ -299,7 +299,7 @@ def _inat_json(path, images, annotations, categories=({"id": 0, "name": "c0"},))
 def test_inat_json_nested_too_deeply_is_one_line(tmp_path):
     path = tmp_path / "train.json"
     path.write_text("[" * 100_000 + "]" * 100_000)
-    one_line_error(run("shard", f"inat:{path}", tmp_path / "out"), "nested too deeply")
+    one_line_error(run("shard", f"inat:{path}", tmp_path / "out"), "nested deeper than 32 levels")
 
 
 def test_inat_lone_surrogates_are_a_row_or_one_line(tmp_path):
@@ -457,3 +457,295 @@ def test_shard_without_val_warns(tmp_path):
     assert r.exit_code == 0 and "6 val" not in r.stdout, r.output
     assert r.stderr.startswith("warning: ") and "no val split" in r.stderr
     assert "--val-per-class" in r.stderr
+
+
+# --- a dead encoding worker ---------------------------------------------------------------------
+
+KILL_A_WORKER = """
+import multiprocessing, os, signal, sys
+from ltpipe.shards import write
+from ltpipe.train.cli import main
+
+real = write._ShardSink.close
+
+def close(self, inputs_end):  # after the first shard, SIGKILL a worker, as the OOM killer would
+    real(self, inputs_end)
+    if not getattr(write, "killed", False):
+        write.killed = True
+        os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)
+
+write._ShardSink.close = close
+sys.argv = ["ltpipe", "shard", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_encoding_worker_fails_in_one_line_and_the_job_resumes(tmp_path):
+    """`--workers 2` with one worker killed hung forever (multiprocessing.Pool waits for the
+    lost task's result)."""
+    out = tmp_path / "out"
+    args = ["synthetic", str(out), "--workers", "2", *TINY]
+    res = subprocess.run([sys.executable, "-c", KILL_A_WORKER, *args], capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert res.returncode == 1, (res.returncode, res.stderr)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "an encoding worker process died" in lines[0], res.stderr
+    assert "re-run the same command to resume" in lines[0]
+    assert not (out / "manifest.json").exists() and not (out / ".ltpipe.lock").exists()
+    assert (out / "train" / "shard-000000.tar").is_file()  # the finished shard is kept
+    assert run("shard", *args).exit_code == 0
+    fresh = tmp_path / "fresh"
+    assert run("shard", "synthetic", fresh, *TINY).exit_code == 0
+    for split in ("train", "val"):
+        assert {p.name: p.read_bytes() for p in (out / split).iterdir()} == \
+            {p.name: p.read_bytes() for p in (fresh / split).iterdir()}
+
+
+# --- paths --------------------------------------------------------------------------------------
+
+def test_a_non_utf8_out_completes(tmp_path):
+    """The manifest could not hold OUT's name: every shard was written, then the job failed,
+    and the output could never complete."""
+    import os
+
+    out = tmp_path / os.fsdecode(b"x\xff")
+    r = run("shard", "synthetic", out, *TINY)
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    assert run("shard", "synthetic", out, *TINY).stdout.startswith("already complete")
+    r = run("inspect", out, "--verify")
+    assert r.exit_code == 0 and "x\\xff" in r.stdout and "verify: OK" in r.stdout
+
+
+def test_nul_bytes_in_list_and_inat_paths_are_rejected_rows(tmp_path):
+    listing = _list_source(tmp_path, ["a.jpg 0", "b\0.jpg 0", "c.jpg 1"])
+    r = run("shard", f"list:{listing}", tmp_path / "l")
+    assert r.exit_code == 0, r.output
+    assert _rejected(tmp_path / "l") == {
+        f"{listing.parent}/b\\x00.jpg": "file name contains a NUL byte"}
+    path = _inat_json(tmp_path / "root" / "i.json", [{"id": 1, "file_name": "a.jpg"},
+                                                     {"id": 2, "file_name": "x\0/../c.jpg"}],
+                      [{"image_id": 1, "category_id": 0}, {"image_id": 2, "category_id": 0}])
+    r = run("shard", f"inat:{path}", tmp_path / "i")
+    assert r.exit_code == 0, r.output
+    assert _rejected(tmp_path / "i") == {
+        f"{listing.parent}/x\\x00/../c.jpg": "file name contains a NUL byte"}
+    for out in ("l", "i"):  # finished: no journal, temporary or lock left
+        assert sorted(p.name for p in (tmp_path / out).iterdir()) == \
+            ["manifest.json", "rejected.tsv", "train"]
+
+
+def test_a_too_long_out_name_is_one_line(tmp_path):
+    out = tmp_path / ("x" * 300)
+    one_line_error(run("shard", "synthetic", out, *TINY), "File name too long")
+    one_line_error(run("inspect", out), "File name too long")
+
+
+# --- hostile tars under --verify ----------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["symlink", "chardev", "huge"])
+def test_verify_reports_hostile_tar_members_without_crashing(synthetic_out, tmp_path, kind):
+    """A .jpg member that is a symlink (KeyError) or a character device (AttributeError), or one
+    whose header claims more bytes than any image: reported, never followed or read."""
+    import tarfile
+
+    out = _copy(synthetic_out, tmp_path / "bad")
+    tar = out / "train" / "shard-000000.tar"
+    rebuilt = tmp_path / "rebuilt.tar"
+    with tarfile.open(tar) as src, tarfile.open(rebuilt, "w", format=tarfile.USTAR_FORMAT) as dst:
+        for member in src:
+            data = src.extractfile(member).read()
+            if member.name == "000000001.jpg" and kind != "huge":
+                member.type = tarfile.SYMTYPE if kind == "symlink" else tarfile.CHRTYPE
+                member.linkname, member.size, data = "/etc/passwd", 0, b""
+            dst.addfile(member, io.BytesIO(data))
+    if kind == "huge":  # the size field of one header, checksum fixed
+        raw = bytearray(rebuilt.read_bytes())
+        with tarfile.open(rebuilt) as tf:
+            head = next(m for m in tf if m.name == "000000001.jpg").offset
+        raw[head + 124:head + 136] = b"%011o\0" % (1 << 33)
+        raw[head + 148:head + 156] = b" " * 8
+        raw[head + 148:head + 155] = b"%06o\0" % sum(raw[head:head + 512])
+        rebuilt.write_bytes(bytes(raw))
+    tar.write_bytes(rebuilt.read_bytes())
+    r = run("inspect", out, "--verify")
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert "verify: OK" not in r.stdout
+    if kind != "huge":
+        assert "member 000000001.jpg is not a regular file" in r.stderr, r.stderr
+
+
+# --- shard names that leave the shard directory -------------------------------------------------
+
+@pytest.mark.parametrize("name", ["../../x.tar", "/tmp/x.tar", "sub/shard-000000.tar", ".tar"])
+def test_shard_names_outside_the_shard_directory_are_refused(synthetic_out, tmp_path, name):
+    """train, `shards:` and --verify read ../../x.tar or an absolute path from a manifest."""
+    import json
+
+    from ltpipe.pipeline.shardset import open_split
+    from ltpipe.shards.format import ShardFormatError
+
+    out = _copy(synthetic_out, tmp_path / "bad")
+    doc = json.loads((out / "manifest.json").read_text())
+    doc["splits"]["train"]["shards"][0]["name"] = name
+    (out / "manifest.json").write_text(json.dumps(doc))
+    needle = "splits.train.shards[0].name"
+    one_line_error(run("inspect", out, "--verify"), needle)
+    one_line_error(run("shard", f"shards:{out}", tmp_path / "again"), needle)
+    with pytest.raises(ShardFormatError, match=r"is not a shard file name"):
+        open_split(out, "train")
+
+
+def test_a_split_named_like_a_path_is_refused(synthetic_out, tmp_path):
+    import json
+
+    out = _copy(synthetic_out, tmp_path / "bad")
+    doc = json.loads((out / "manifest.json").read_text())
+    doc["splits"]["../../etc"] = doc["splits"].pop("val")
+    (out / "manifest.json").write_text(json.dumps(doc))
+    one_line_error(run("inspect", out), "is not a split (train, val)")
+
+
+# --- class names --------------------------------------------------------------------------------
+
+def test_escape_sequences_in_class_names_are_shown_escaped(tmp_path):
+    root = tmp_path / "imgs"
+    for name in ("plain", "red\x1b[31mRED\x1b[0m", "bell\x07"):
+        (root / name).mkdir(parents=True)
+        (root / name / "a.jpg").write_bytes(jpeg())
+    r = run("shard", f"imagefolder:{root}", tmp_path / "out", "--dry-run")
+    assert r.exit_code == 0 and "\x1b" not in r.output and "\x07" not in r.output, r.output
+    assert "red\\x1b[31mRED\\x1b[0m" in r.stdout
+    assert run("shard", f"imagefolder:{root}", tmp_path / "out").exit_code == 0
+    r = run("inspect", tmp_path / "out")
+    assert r.exit_code == 0 and "\x1b" not in r.output and "\x07" not in r.output, r.output
+    assert "bell\\x07" in r.stdout
+
+
+def test_class_folders_differing_only_in_unicode_normalisation(tmp_path):
+    """café in NFC and in NFD became two classes that look identical."""
+    import unicodedata
+
+    nfc, nfd = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    assert nfc != nfd
+    root = tmp_path / "imgs"
+    for name in (nfc, nfd):
+        (root / name).mkdir(parents=True)
+        (root / name / "a.jpg").write_bytes(jpeg())
+    one_line_error(run("shard", f"imagefolder:{root}", tmp_path / "out"),
+                   "differ only in Unicode normalisation (NFC/NFD)")
+    split = tmp_path / "split"  # one spelling in train, the other in val: one class
+    for sub, name in (("train", nfd), ("val", nfc)):
+        (split / sub / name).mkdir(parents=True)
+        (split / sub / name / "a.jpg").write_bytes(jpeg())
+        (split / sub / "other").mkdir(parents=True, exist_ok=True)
+        (split / sub / "other" / "b.jpg").write_bytes(jpeg((0, 0, 200)))
+    r = run("shard", f"imagefolder:{split}", tmp_path / "out2")
+    assert r.exit_code == 0 and r.stdout.startswith("wrote 2 train / 2 val"), r.output
+    from ltpipe.shards.format import load_manifest
+
+    m = load_manifest(tmp_path / "out2")
+    assert m.classes == (nfc, "other") and m.split("val").class_counts == (1, 1)
+
+
+# --- rejected.tsv, links, labels ----------------------------------------------------------------
+
+def test_rejected_tsv_escapes_every_line_break(tmp_path):
+    """str.splitlines() also ends a line at VT, FF, FS/GS/RS, NEL, U+2028 and U+2029."""
+    root = tmp_path / "imgs"
+    (root / "cat").mkdir(parents=True)
+    (root / "cat" / "a.jpg").write_bytes(jpeg())
+    breaks = ["\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
+    for i, ch in enumerate(breaks):
+        (root / "cat" / f"x{i}{ch}forged.jpg").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    assert run("shard", f"imagefolder:{root}", out).exit_code == 0
+    text = (out / "rejected.tsv").read_text()
+    assert len(text.splitlines()) == len(breaks) and text.count("\n") == len(breaks)
+    assert all(ch not in text for ch in breaks)
+    assert f"{root}/cat/x7\\u2029forged.jpg\t" in text and f"{root}/cat/x5\\x85forged.jpg\t" in text
+
+
+@pytest.mark.parametrize("link", ["hard", "sym"])
+def test_the_same_file_in_train_and_val_through_a_link_is_a_leak(tmp_path, link):
+    import os
+
+    root = tmp_path / "imgs"
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            (root / split / c / f"{split}.jpg").write_bytes(jpeg((len(split) * 20, 0, ord(c))))
+    make = os.link if link == "hard" else os.symlink
+    make(root / "train" / "a" / "train.jpg", root / "val" / "a" / "copy.jpg")
+    make(root / "train" / "b" / "train.jpg", root / "train" / "b" / "again.jpg")
+    out = tmp_path / "out"
+    r = run("shard", f"imagefolder:{root}", out)
+    assert r.exit_code == 0 and r.stdout.startswith("wrote 2 train / 2 val"), r.output
+    assert _rejected(out) == {
+        f"{root}/val/a/copy.jpg": f"the same file as {root}/train/a/train.jpg (a link), which "
+                                  f"is in the train split",
+        f"{root}/train/b/train.jpg": f"the same file as {root}/train/b/again.jpg (a link): a "
+                                     f"duplicate"}
+    listing = _list_source(tmp_path, ["a.jpg 0", "b.jpg 1"])
+    make(listing.parent / "a.jpg", listing.parent / "a2.jpg")
+    val = listing.parent / "val.txt"
+    val.write_text("a2.jpg 0\nc.jpg 1\n")
+    r = run("shard", f"list:{listing}", tmp_path / "l", "--val-list", val)
+    assert r.exit_code == 0 and r.stdout.startswith("wrote 2 train / 1 val"), r.output
+    assert list(_rejected(tmp_path / "l")) == [f"{listing.parent}/a2.jpg"]
+
+
+def test_labels_with_leading_zeros_are_their_number(tmp_path):
+    """"0000...3" was refused as "above 10,000,000"."""
+    listing = _list_source(tmp_path, ["a.jpg 7", "b.jpg " + "0" * 5000 + "3", "c.jpg 0003"])
+    r = run("shard", f"list:{listing}", tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    from ltpipe.shards.format import load_manifest
+
+    m = load_manifest(tmp_path / "out")
+    assert m.raw["class_ids"] == [3, 7] and m.split("train").class_counts == (2, 1)
+    listing.write_text("a.jpg 0\nb.jpg 00000000100000001\n")
+    line = one_line_error(run("shard", f"list:{listing}", tmp_path / "o2"), "is above 10,000,000")
+    assert "00000000100000001" in line
+
+
+def test_a_cifar_batch_larger_than_any_is_refused_unread(tmp_path):
+    _cifar100(tmp_path / "cifar-100-python", {b"fine_label_names": [b"a", b"b"]}, protocol=2)
+    with open(tmp_path / "cifar-100-python" / "train", "r+b") as f:
+        f.truncate(2 << 30)  # sparse: no disk blocks
+    one_line_error(run("shard", f"cifar100:{tmp_path}", tmp_path / "out"),
+                   "more than a CIFAR batch")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG, /proc")
+def test_encoding_workers_end_with_a_killed_writer(tmp_path):
+    """SIGKILL of `ltpipe shard` (the OOM killer's choice) left its encoding workers running,
+    holding memory, for ever."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    code = ("import sys, time; from ltpipe.shards.write import write_shards\n"
+            "def pause(record):\n"
+            "    print('shard', flush=True); time.sleep(60)\n"
+            "write_shards('synthetic', sys.argv[1], classes=4, max_per_class=48, workers=2,\n"
+            "             samples_per_shard=10, progress=False, on_shard=pause)\n")
+    writer = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert writer.stdout.readline().strip() == "shard"
+        children = open(f"/proc/{writer.pid}/task/{writer.pid}/children").read().split()
+        assert len(children) >= 2
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    alive = set(children)
+    for _ in range(100):
+        alive = {pid for pid in alive if os.path.exists(f"/proc/{pid}")
+                 and "Z" not in open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[:1]}
+        if not alive:
+            break
+        time.sleep(0.1)
+    assert not alive

@@ -226,11 +226,17 @@ def test_resume_refuses_other_or_changed_shards(shards, half_run, tmp_path):
     cfg = run / "config.toml"
     cfg.write_text(cfg.read_text().replace(str(shards.resolve()), str(mine.resolve())))
     tar = mine / "train" / "shard-000001.tar"
-    os.utime(tar, ns=(tar.stat().st_atime_ns, tar.stat().st_mtime_ns + 10**9))
-    one_line_error(invoke("--resume", run), tar)
+    before, data = tar.stat(), tar.read_bytes()
+    at = data.index(b'"path": "') + len(b'"path": "')  # a byte no check but the digest reads
+    tar.write_bytes(data[:at] + bytes([data[at] ^ 1]) + data[at + 1:])
+    os.utime(tar, ns=(before.st_atime_ns, before.st_mtime_ns))  # size and mtime as they were
+    one_line_error(invoke("--resume", run), tar, "SHA-256")
     with open(tar, "r+b") as fh:  # damaged: cut short
         fh.truncate(tar.stat().st_size // 2)
     one_line_error(invoke("--resume", run), tar)
+    tar.write_bytes(data)  # the same bytes, a new mtime (a copy without -p): the same data
+    os.utime(tar, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+    assert invoke("--resume", run).exit_code == 0
 
 
 # ---------------------------------------------------------------- locked outputs

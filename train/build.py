@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ltpipe.pipeline.loader_args import loader_threads
-from ltpipe.train.dist import DistInfo, barrier
+from ltpipe.train.dist import DistInfo, gather_objects
 from ltpipe.train.losses.aux import build_aux_term
 from ltpipe.train.losses.criterion import Criterion
 from ltpipe.train.losses.per_sample import NEEDS_COSINE, NEEDS_COUNTS, build_base_loss
@@ -38,17 +38,21 @@ def loader_resources(table: dict) -> dict:
 def scan_once_per_node(shards: Path, info: DistInfo) -> None:
     """The ranks of a node run the corrupt-sample scan a share of the tars each, filling the
     cache, and then read the whole result from it when they open the splits: each would
-    otherwise scan every tar itself, all at once on the same cores (and the barrier waits only
-    for one share)."""
+    otherwise scan every tar itself, all at once on the same cores (and the gather waits for
+    every share). The cache is keyed by each tar's SHA-256, so the ranks also share the digests
+    they computed: no rank reads every tar again to look its scan up."""
     from ltpipe.pipeline.shardset import scan_for_corrupt
+    from ltpipe.shards.shardscan import remember_digests
 
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", info.world))
+    digests = []
     try:
-        scan_for_corrupt(shards, info.local_rank, max(per_node, info.local_rank + 1))
+        digests = scan_for_corrupt(shards, info.local_rank, max(per_node, info.local_rank + 1))
     except Exception as exc:  # noqa: BLE001 - opening the split reports it, with its file
         log.warning("rank %d: the corrupt-sample scan before opening the splits failed (%s); "
                     "each split is scanned when it is opened", info.rank, exc)
-    barrier(info)
+    for theirs in gather_objects(digests, info):  # also the barrier: every share is scanned
+        remember_digests(theirs)
 
 
 def make_loaders(shards: Path, t: dict, mixer, info: DistInfo, epoch: int,

@@ -19,11 +19,12 @@ import logging
 import os
 import pickle
 import random
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ltpipe.shards.bounded import ParseError, read_toml
 
 LAST = Path("ckpt") / "last.pt"
 FINAL = "final.pt"
@@ -125,10 +126,14 @@ def read_config(run_dir: Path) -> dict:
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise CheckpointError(f"{path}: missing (not an ltpipe run directory)")
+    from ltpipe.train.config import TOML_MAX_BYTES
+
     try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise CheckpointError(f"{path}: unreadable ({exc})") from None
+        return read_toml(path, TOML_MAX_BYTES, "config.toml")
+    except ParseError as exc:
+        raise CheckpointError(str(exc)) from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: unreadable ({exc.strerror or exc})") from None
 
 
 def load_model(run_dir: str | Path, device: torch.device | str = "cpu",

@@ -22,11 +22,13 @@ from __future__ import annotations
 import copy
 import json
 import math
-import tomllib
 from pathlib import Path
 from typing import Any
 
+from ltpipe.shards.bounded import MAX_DEPTH, DepthError, ParseError, parse_toml, read_toml
+
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+TOML_MAX_BYTES = 1 << 20  # a recipe or RUN/config.toml: a few KB
 
 # Defaults every run starts from; a recipe and the CLI override them.
 DEFAULTS: dict[str, Any] = {
@@ -70,9 +72,11 @@ def recipe_names() -> list[str]:
 
 def _read_toml(path: Path) -> dict:
     try:
-        return tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: unreadable recipe ({exc})") from None
+        return read_toml(path, TOML_MAX_BYTES, "recipe")
+    except ParseError as exc:
+        raise ConfigError(str(exc)) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: unreadable recipe ({exc.strerror or exc})") from None
 
 
 def load_recipe(name_or_path: str, _seen: tuple[str, ...] = ()) -> dict:
@@ -169,8 +173,10 @@ def parse_scalar(text: str) -> Any:
     """A CLI value as a TOML scalar ("0.5" -> 0.5, "true" -> True, "[1,2]" -> [1,2]);
     anything that is not valid TOML is a plain string."""
     try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+        return parse_toml(f"v = {text}", "value")["v"]
+    except DepthError:
+        raise ConfigError(f"{text[:40]!r}: nested deeper than {MAX_DEPTH - 1} levels") from None
+    except ParseError:
         return text
 
 

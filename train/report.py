@@ -21,9 +21,12 @@ import logging
 import os
 from pathlib import Path
 
+from ltpipe.shards.bounded import ParseError, parse_json, read_bytes
+
 METRICS = "metrics.jsonl"
 FINAL = "final.json"
 PER_CLASS_PNG = "per_class.png"
+METRICS_MAX_BYTES = 256 << 20  # a line per epoch, about 1 KB each
 ZERO_STUB, ZERO_COLOR = 2.0, "#ff7f0e"  # per_class.png: the bar of a class at 0 % (% high)
 
 log = logging.getLogger(__name__)
@@ -62,11 +65,15 @@ class RunReport:
 
     @staticmethod
     def _parsed(path: Path) -> list[tuple[str, dict]]:
-        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+        try:
+            text = read_bytes(path, METRICS_MAX_BYTES, "metrics.jsonl").decode(errors="replace")
+        except ParseError as exc:
+            raise MetricsError(str(exc)) from None
+        lines = [ln for ln in text.splitlines() if ln.strip()]
         out = []
         for i, line in enumerate(lines):
-            try:
-                record = json.loads(line)
+            try:  # NaN: lines of runs written before non-finite losses stopped a run
+                record = parse_json(line, f"{path}:{i + 1}", allow_nan=True)
             except ValueError:
                 record = None
             if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):

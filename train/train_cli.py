@@ -12,7 +12,6 @@ DDP: launch with ``torchrun --nproc_per_node=N -m ltpipe.train SHARDS --out RUN 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shlex
@@ -151,8 +150,14 @@ def resolve_run(shards, out, recipe, resume, mixer_opt, loss_opt, options, loade
     """(resolved config, shard dir, run dir); raises ValueError with a one-line message."""
     from ltpipe.shards.format import load_manifest
     from ltpipe.train.checkpoint import CONFIG, read_config
-    from ltpipe.train.config import (ConfigError, as_used, changes, load_recipe,
-                                     parse_assignments, resolve)
+    from ltpipe.train.config import (
+        ConfigError,
+        as_used,
+        changes,
+        load_recipe,
+        parse_assignments,
+        resolve,
+    )
     from ltpipe.train.shard_identity import check_identity
 
     mixer_params = parse_assignments(mixer_opt, "--mixer-opt")
@@ -298,6 +303,7 @@ def run(cfg: dict, shards: Path, run_dir: Path, *, resume: bool, progress: bool,
     down."""
     import torch.distributed as dist
 
+    from ltpipe.shards.bounded import ParseError, read_json
     from ltpipe.train.checkpoint import CONFIG
     from ltpipe.train.config import to_toml
     from ltpipe.train.dist import init_distributed, shutdown
@@ -326,7 +332,12 @@ def run(cfg: dict, shards: Path, run_dir: Path, *, resume: bool, progress: bool,
                 results = run_dir / FINAL_JSON
                 if info.is_main:
                     click.echo(f"{run_dir}: already finished ({results})")
-                return json.loads(results.read_text())
+                try:
+                    return read_json(results, 64 << 20, "final.json")
+                except ParseError as exc:
+                    fail(str(exc))
+                except OSError as exc:
+                    fail(f"{results}: {exc.strerror or exc}")
             if info.is_main and not resume:  # before any step, so that --resume finds it
                 write_identity(run_dir, shards)
                 tmp = run_dir / f".{CONFIG}.tmp{os.getpid()}"

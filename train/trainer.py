@@ -32,6 +32,7 @@ from ltpipe.train.loop import EpochSums, make_autocast, train_step
 from ltpipe.train.mixers.base import StepContext
 from ltpipe.train.report import FINAL as FINAL_JSON
 from ltpipe.train.report import RunReport, epoch_label, named_per_class, position
+from ltpipe.train.shard_identity import check_contents
 from ltpipe.train.step_keys import EPOCH_TAG, step_generator
 from ltpipe.train.step_timer import StepTimer, tail
 
@@ -76,6 +77,8 @@ class Trainer:
         self.mixer = build.make_mixer(cfg, self.env)
         self.loader, self.val_loader = build.make_loaders(
             shards, t, self.mixer, info, self.epoch, build.loader_resources(cfg["loader"]))
+        if resume:  # the loaders hashed every tar for their scan: compare those digests now
+            check_contents(self.run_dir, shards)
         # corrupt samples left out of each split (--skip-corrupt; else the loaders refuse them)
         self.skipped = {"skipped_train": int(self.loader.skipped),
                         "skipped_val": int(getattr(self.val_loader, "skipped", 0))}
