@@ -151,8 +151,8 @@ def resolve_run(shards, out, recipe, resume, mixer_opt, loss_opt, options, loade
     """(resolved config, shard dir, run dir); raises ValueError with a one-line message."""
     from ltpipe.shards.format import load_manifest
     from ltpipe.train.checkpoint import CONFIG, read_config
-    from ltpipe.train.config import (ConfigError, as_used, changes, load_recipe,
-                                     parse_assignments, resolve)
+    from ltpipe.train.config import (ConfigError, as_used, changes, check_chosen_params,
+                                     load_recipe, parse_assignments, resolve)
     from ltpipe.train.shard_identity import check_identity
 
     mixer_params = parse_assignments(mixer_opt, "--mixer-opt")
@@ -196,6 +196,7 @@ def resolve_run(shards, out, recipe, resume, mixer_opt, loss_opt, options, loade
     except ImportError as exc:
         raise ConfigError(f"mixer {name!r}: unavailable ({exc})") from None
     check_named_mixer_options(name, cls, cfg["mixer"].get(name, {}), named, resume)
+    check_chosen_params(cfg)  # the constructors' own rules, before anything is written
     manifest = load_manifest(shards)
     manifest.split("train")
     if "val" not in manifest.splits:  # checked now, not after training every epoch
