@@ -1,13 +1,15 @@
-"""Q's DALI worker processes end with the process that forked them, and leave Ctrl-C to it.
+"""Q's DALI worker processes end with the process that forked them, and leave Ctrl-C and
+SIGTERM to it.
 
 DALI forks its ``external_source`` workers, and a forked worker inherits both ends of the pipes it
 waits on, so it never sees them close: after a SIGKILL of the trainer (an OOM kill, a scheduler's
 preemption) the workers would live on, holding memory and mmapped shards. Linux's
 PR_SET_PDEATHSIG has the kernel kill them instead. Elsewhere this is a no-op. Ctrl-C reaches the
-whole process group; the trainer handles it (and its exit ends the workers), so the workers ignore
-it rather than each print a KeyboardInterrupt traceback. They must ignore it from birth
+whole process group, and so does a scheduler's SIGTERM; the trainer handles both (and its exit
+ends the workers), so the workers ignore them rather than each print a traceback or die before
+the trainer has said what it saved. They must ignore them from birth
 (``sigint_ignored_while_forking``): a worker that has not yet run its first task would otherwise
-still hold Python's handler when Ctrl-C comes.
+still hold the trainer's handlers when the signal comes.
 """
 
 from __future__ import annotations
@@ -21,17 +23,19 @@ import sys
 import threading
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+LEFT_TO_THE_PARENT = (signal.SIGINT, signal.SIGTERM)
 
 
 def tie_to_parent(parent_pid: int) -> None:
-    """Ignore SIGINT, and ask the kernel to SIGKILL this process when its parent dies (exit now if
-    it already has).
+    """Ignore SIGINT and SIGTERM, and ask the kernel to SIGKILL this process when its parent dies
+    (exit now if it already has).
 
     The signal follows the parent *thread* that forked this process: DALI forks its workers from
     the thread that builds the pipeline, the trainer's main thread, which lives as long as the
     trainer does.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum in LEFT_TO_THE_PARENT:
+        signal.signal(signum, signal.SIG_IGN)
     if not sys.platform.startswith("linux"):
         return
     libc = ctypes.CDLL(None, use_errno=True)
@@ -41,19 +45,22 @@ def tie_to_parent(parent_pid: int) -> None:
 
 @contextlib.contextmanager
 def sigint_ignored_while_forking():
-    """Ignore SIGINT in this process while the block forks or spawns workers, so they start with
-    it ignored (both inherit the disposition; a spawned Python keeps an inherited SIG_IGN), then
-    restore the caller's handler. A Ctrl-C during the block is lost. Off the main thread, where
-    handlers cannot be changed, a no-op: the workers then ignore SIGINT from their first task.
+    """Ignore SIGINT and SIGTERM in this process while the block forks or spawns workers, so
+    they start with them ignored (both inherit the disposition; a spawned Python keeps an
+    inherited SIG_IGN), then restore the caller's handlers. A Ctrl-C or SIGTERM that comes
+    during the block (while a loader starts its workers) is lost: blocking it instead would hold
+    it only where no other thread (torch's, DALI's) takes it first. Off the main thread, where
+    handlers cannot be changed, a no-op: the workers then ignore them from their first task.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    before = {signum: signal.signal(signum, signal.SIG_IGN) for signum in LEFT_TO_THE_PARENT}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, before if before is not None else signal.SIG_DFL)
+        for signum, handler in before.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 @contextlib.contextmanager
