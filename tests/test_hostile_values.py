@@ -17,8 +17,8 @@ from ltpipe.shards.write import write_shards
 from ltpipe.train.losses.per_sample import LDAM, Focal, LogitAdjusted
 from ltpipe.train.losses.smc import SMCLoss
 from ltpipe.train.losses.weights import ClassWeights
-from ltpipe.train.mixers.basic import MinorityOversampling
 from ltpipe.train.mixers.base import MixerEnv
+from ltpipe.train.mixers.basic import MinorityOversampling
 from ltpipe.train.mixers.cmo import CMO
 from ltpipe.train.mixers.cutmix import CutMix, Mixup
 from ltpipe.train.mixers.m2m import M2m
