@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import time
 from pathlib import Path
@@ -81,9 +80,9 @@ def write_result(name: str, params: dict, results: dict, baselines: dict | None 
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = "cpu" if doc["device"] == "cpu" else doc["device"].replace(" ", "-").lower()
     path = out_dir / f"{name}-{tag}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    tmp.replace(path)
+    from ltpipe.train.outputs import json_text, write_text_atomic
+
+    write_text_atomic(path, json_text(doc, indent=2) + "\n")  # a nan measurement: null
     return path
 
 

@@ -13,7 +13,7 @@ import math
 import torch
 
 # Marsaglia-Tsang accepts >= 95% of proposals for shape >= 1; 16 proposals per sample leave a
-# chance below 1e-20 that none is accepted (then the Gamma mean is used, see _gamma).
+# chance below 1e-20 that none is accepted (then the Gamma mean is used, see _log_gamma).
 _GAMMA_PROPOSALS = 16
 
 
@@ -23,8 +23,11 @@ def _device_of(generator: torch.Generator | None, device) -> torch.device:
     return generator.device if generator is not None else torch.device("cpu")
 
 
-def _gamma(shape: float, n: int, generator, device) -> torch.Tensor:
-    """n draws of Gamma(shape, 1) in float64 (Marsaglia & Tsang 2000), vectorized and seeded."""
+def _log_gamma(shape: float, n: int, generator, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """n draws of Gamma(shape, 1) in float64 (Marsaglia & Tsang 2000), vectorized and seeded,
+    as (draws, their logs). For shape < 1 the draw is Gamma(shape+1)·U^(1/shape), which
+    underflows to 0 for small shapes (α = 0.001: a quarter of the draws) while its log
+    stays finite."""
     boost = shape < 1.0  # Gamma(a) = Gamma(a+1) * U^(1/a) for a < 1
     a = shape + 1.0 if boost else shape
     d = a - 1.0 / 3.0
@@ -39,8 +42,8 @@ def _gamma(shape: float, n: int, generator, device) -> torch.Tensor:
     draws = torch.where(ok.any(dim=0), draws, torch.full_like(draws, a))
     if boost:
         u2 = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
-        draws = draws * u2 ** (1.0 / shape)
-    return draws
+        return draws * u2 ** (1.0 / shape), draws.log() + u2.log() / shape
+    return draws, draws.log()
 
 
 def sample_lam(batch_size: int, alpha: float, generator: torch.Generator | None = None, *,
@@ -53,9 +56,10 @@ def sample_lam(batch_size: int, alpha: float, generator: torch.Generator | None 
     dev = _device_of(generator, device)
     if alpha == 1.0:  # Beta(1,1) is U(0,1): exact and cheaper
         return torch.rand(batch_size, generator=generator, device=dev, dtype=torch.float64).float()
-    x = _gamma(alpha, batch_size, generator, dev)
-    y = _gamma(alpha, batch_size, generator, dev)
-    return (x / (x + y)).float()
+    x, log_x = _log_gamma(alpha, batch_size, generator, dev)
+    y, log_y = _log_gamma(alpha, batch_size, generator, dev)
+    # x / (x + y); where both underflowed to 0 (small α), the same ratio from the logs
+    return torch.where(x + y > 0, x / (x + y), torch.sigmoid(log_x - log_y)).float()
 
 
 def _check_hw(H: int, W: int) -> None:

@@ -33,8 +33,8 @@ import torch
 
 from ltpipe.pipeline.batch import Batch, Tiles
 from ltpipe.pipeline.dali_graph import DEFAULT_SIZE, GraphSpec, build_pipeline, outputs_per_stream
-from ltpipe.pipeline.loader_args import (check_arguments, declared_streams, loader_threads,
-                                          shard_sizes)
+from ltpipe.pipeline.loader_args import (check_arguments, check_values, declared_streams,
+                                          loader_threads, shard_sizes)
 from ltpipe.pipeline.minority import MinorityDraws, MinoritySource, ShardBytes
 from ltpipe.pipeline.mix_plan import MixPlanner
 from ltpipe.pipeline.q_decode import PlannedDecode
@@ -117,6 +117,7 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
     state_dict/load_state_dict, class_counts (int64 [C]), num_classes, and ``skipped``: the
     number of corrupt samples of the split left out (0 unless skip_corrupt).
     """
+    check_values(locals())
     if q_decode not in Q_DECODES:
         raise ValueError(f"q_decode: must be one of {Q_DECODES}, got {q_decode!r}")
     if mix_plan is None and mixer is not None:
@@ -138,14 +139,17 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
                                  world=world, epoch=epoch, num_workers=num_threads,
                                  validate=validate, allow_empty_classes=allow_empty_classes,
                                  skip_corrupt=skip_corrupt)  # its mixers draw their own plans
+    if num_threads < 1:
+        raise ValueError(f"num_threads: DALI needs at least 1 CPU thread, got {num_threads}")
     cpu_decode = (cpu_decode,) if isinstance(cpu_decode, str) else tuple(cpu_decode)
     if not set(cpu_decode) <= set(streams):
         raise ValueError(f"cpu_decode: {sorted(set(cpu_decode) - set(streams))} are not among "
                          f"the streams {streams}")
     dev_id = torch.cuda.current_device() if device == "cuda" else None
     mode = resolve_q_decode(q_decode, device, cpu_decode)
+    size = DEFAULT_SIZE[preset] if image_size is None else image_size  # None: the preset's
     spec = GraphSpec(
-        batch_size=int(batch_size), preset=preset, size=int(image_size or DEFAULT_SIZE[preset]),
+        batch_size=int(batch_size), preset=preset, size=int(size),
         train=split == "train", device=device, half=dtype == torch.float16,
         raw=dtype == torch.uint8,
         channels_last=channels_last, num_threads=num_threads, prefetch=prefetch, seed=0,

@@ -10,12 +10,36 @@ import os
 import numpy as np
 import torch
 
+from ltpipe.pipeline import values
 from ltpipe.pipeline.dali_graph import PRESETS
 from ltpipe.pipeline.shardset import ShardSplit
 
 STREAMS = ("uniform", "minority", "balanced")
 WEIGHTED_STREAMS = frozenset({"minority", "balanced"})  # drawn by the class counts (q ∝ n_k^-r)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.uint8)  # uint8: normalize.py
+# the keywords of make_loader and make_torch_loader that take plain values (pipeline/values.py)
+RULES = {
+    "batch_size": values.integer(1), "image_size": values.integer(1, values.MAX_IMAGE_SIDE,
+                                                                  optional=True, what="px"),
+    "channels_last": values.FLAG, "r": values.number(0, values.MAX_R, optional=True),
+    "seed": values.SEED, "rank": values.integer(0), "world": values.integer(1),
+    "epoch": values.integer(0), "prefetch": values.PREFETCH,
+    # 0 threads / workers: fit the machine (loader_threads; the reference loader: read in the
+    # main process)
+    "num_threads": values.integer(0, values.MAX_THREADS),
+    "py_workers": values.integer(0, values.MAX_THREADS), "hw_decoder_load": values.PROB,
+    "max_image_side": values.integer(0), "concurrency": values.choice("full", "backend"),
+    "validate": values.FLAG, "allow_empty_classes": values.FLAG, "skip_corrupt": values.FLAG,
+    "count_pixels": values.FLAG, "num_workers": values.integer(0, values.MAX_THREADS),
+}
+
+
+def check_values(arguments: dict) -> None:
+    """A loader's plain keyword values, by their rules, before any data is opened: a one-line
+    ValueError naming the keyword (``image_size: must be ...``)."""
+    found = values.first_problem(RULES, arguments)
+    if found:
+        raise ValueError(f"{found[0]}: {found[1]}")
 
 
 def check_arguments(data: ShardSplit, split: str, batch_size: int, streams, device: str,

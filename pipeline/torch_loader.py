@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from ltpipe.pipeline.batch import Batch
 from ltpipe.pipeline.dali_graph import (CIFAR_PAD, DEFAULT_SIZE, IMAGENET_MEAN, IMAGENET_STD,
                                         RRC_RATIO, RRC_SCALE, eval_resize)
-from ltpipe.pipeline.loader_args import check_arguments, declared_streams, shard_sizes
+from ltpipe.pipeline.loader_args import check_arguments, check_values, declared_streams, shard_sizes
 from ltpipe.pipeline.minority import ShardBytes
 from ltpipe.pipeline.samplers import class_probabilities, sample_weights
 from ltpipe.pipeline.shardset import open_split
@@ -83,14 +83,16 @@ def make_torch_loader(shards, split: str = "train", batch_size: int = 128,
     As there, a split with corrupt samples is refused unless ``skip_corrupt``; ``skipped`` on the
     loader counts the samples left out.
     """
+    workers = num_workers if num_threads is None else num_threads
+    given = {k: v for k, v in locals().items() if k not in ("num_threads", "num_workers")}
+    check_values({**given, "num_workers" if num_threads is None else "num_threads": workers})
     streams, r = declared_streams(mixer, streams, r, split)
     data = open_split(shards, split, validate=validate, skip_corrupt=skip_corrupt)
     streams = check_arguments(data, split, batch_size, streams, device, preset, dtype, r, rank,
                               world, allow_empty_classes)
-    size = int(image_size or DEFAULT_SIZE[preset])
+    size = DEFAULT_SIZE[preset] if image_size is None else image_size
     dataset = TarJpegDataset(data, torchvision_transform(preset, size, split == "train",
                                                          raw=dtype == torch.uint8))
-    workers = num_workers if num_threads is None else num_threads
     return TorchLoader(data, dataset, streams, batch_size=int(batch_size), device=device,
                        dtype=dtype, channels_last=channels_last, r=r, seed=seed, rank=rank,
                        world=world, epoch=epoch, num_workers=workers, prefetch=prefetch)

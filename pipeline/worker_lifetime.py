@@ -1,14 +1,16 @@
-"""Q's DALI worker processes end with the process that forked them, and leave Ctrl-C to it.
+"""Q's DALI worker processes end with the process that forked them, and leave Ctrl-C and
+SIGTERM to it.
 
 DALI forks its ``external_source`` workers, and a forked worker inherits both ends of the pipes it
 waits on, so it never sees them close: after a SIGKILL of the trainer (an OOM kill, a scheduler's
 preemption) the workers would live on, holding memory and mmapped shards. Linux's
 PR_SET_PDEATHSIG has the kernel kill them instead (``tie_to_parent``, shards/lifetime.py, which
-``ltpipe shard``'s workers use too). Elsewhere this is a no-op. Ctrl-C reaches the
-whole process group; the trainer handles it (and its exit ends the workers), so the workers ignore
-it rather than each print a KeyboardInterrupt traceback. They must ignore it from birth
+``ltpipe shard``'s workers use too). Elsewhere this is a no-op. Ctrl-C reaches the whole process
+group, and so does a scheduler's SIGTERM; the trainer handles both (and its exit ends the
+workers), so the workers ignore them rather than each print a traceback or die before the
+trainer has said what it saved. They must ignore them from birth
 (``sigint_ignored_while_forking``): a worker that has not yet run its first task would otherwise
-still hold Python's handler when Ctrl-C comes.
+still hold the trainer's handlers when the signal comes.
 """
 
 from __future__ import annotations
@@ -18,22 +20,27 @@ import gc
 import signal
 import threading
 
+from ltpipe.shards.lifetime import LEFT_TO_THE_PARENT
+
 
 @contextlib.contextmanager
 def sigint_ignored_while_forking():
-    """Ignore SIGINT in this process while the block forks or spawns workers, so they start with
-    it ignored (both inherit the disposition; a spawned Python keeps an inherited SIG_IGN), then
-    restore the caller's handler. A Ctrl-C during the block is lost. Off the main thread, where
-    handlers cannot be changed, a no-op: the workers then ignore SIGINT from their first task.
+    """Ignore SIGINT and SIGTERM in this process while the block forks or spawns workers, so
+    they start with them ignored (both inherit the disposition; a spawned Python keeps an
+    inherited SIG_IGN), then restore the caller's handlers. A Ctrl-C or SIGTERM that comes
+    during the block (while a loader starts its workers) is lost: blocking it instead would hold
+    it only where no other thread (torch's, DALI's) takes it first. Off the main thread, where
+    handlers cannot be changed, a no-op: the workers then ignore them from their first task.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    before = {signum: signal.signal(signum, signal.SIG_IGN) for signum in LEFT_TO_THE_PARENT}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, before if before is not None else signal.SIG_DFL)
+        for signum, handler in before.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 @contextlib.contextmanager

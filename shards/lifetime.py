@@ -1,4 +1,4 @@
-"""Worker processes end with the process that forked them, and leave Ctrl-C to it.
+"""Worker processes end with the process that forked them, and leave Ctrl-C and SIGTERM to it.
 
 A forked worker inherits both ends of the pipes it waits on, so it never sees them close: after
 a SIGKILL of its parent (the out-of-memory killer, a scheduler's preemption) it would live on,
@@ -15,17 +15,19 @@ import signal
 import sys
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+LEFT_TO_THE_PARENT = (signal.SIGINT, signal.SIGTERM)  # the parent handles them for the group
 
 
 def tie_to_parent(parent_pid: int) -> None:
-    """Ignore SIGINT, and ask the kernel to SIGKILL this process when its parent dies (exit now if
-    it already has).
+    """Ignore SIGINT and SIGTERM, and ask the kernel to SIGKILL this process when its parent dies
+    (exit now if it already has).
 
     The signal follows the parent *thread* that forked this process: fork from a thread that
     lives as long as the parent (DALI forks from the thread that builds the pipeline, the
     trainer's main thread; ``ltpipe shard`` from its main thread).
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum in LEFT_TO_THE_PARENT:
+        signal.signal(signum, signal.SIG_IGN)
     if not sys.platform.startswith("linux"):
         return
     libc = ctypes.CDLL(None, use_errno=True)

@@ -97,17 +97,18 @@ def test_ctrl_c_is_left_to_the_trainer(tiny_shards, tmp_path):
     assert not [w for w in workers if alive(w)]
 
 
-def sigint_ignored(pid: int) -> bool:
-    """The kernel's view: is SIGINT (signal 2, bit 1 of SigIgn) ignored by process ``pid``?"""
+def ignored(pid: int, signum: int = signal.SIGINT) -> bool:
+    """The kernel's view: is ``signum`` (bit signum - 1 of SigIgn) ignored by process ``pid``?"""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("SigIgn:"):
-            return bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+            return bool(int(line.split()[1], 16) & (1 << (signum - 1)))
     raise AssertionError(f"/proc/{pid}/status has no SigIgn")
 
 
-def test_workers_ignore_ctrl_c_from_birth(tiny_shards):
+def test_workers_ignore_ctrl_c_and_sigterm_from_birth(tiny_shards):
     """Before any task reaches them (a worker may get its first only later in the run), Q's
-    workers already ignore SIGINT; the building process keeps its own handler."""
+    workers already ignore SIGINT and SIGTERM (a scheduler's SIGTERM to the process group is the
+    trainer's to handle); the building process keeps its own handlers."""
     from ltpipe.pipeline.dali_graph import GraphSpec, build_pipeline
     from ltpipe.pipeline.minority import MinorityDraws, MinoritySource, ShardBytes
     from ltpipe.pipeline.shardset import open_split
@@ -119,13 +120,13 @@ def test_workers_ignore_ctrl_c_from_birth(tiny_shards):
                      channels_last=False, num_threads=1, prefetch=2, seed=0, device_id=None,
                      py_workers=2)
     before = set(children(os.getpid()))
-    handler = signal.getsignal(signal.SIGINT)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     pipe = build_pipeline(spec, None, {"minority": source})
     try:
         workers = [w for w in children(os.getpid()) if w not in before]
         assert len(workers) >= 2
-        assert all(sigint_ignored(w) for w in workers)
-        assert signal.getsignal(signal.SIGINT) is handler
+        assert all(ignored(w, s) for w in workers for s in handlers)
+        assert {s: signal.getsignal(s) for s in handlers} == handlers
     finally:
         del pipe
 

@@ -81,6 +81,9 @@ def test_every_registered_mixer(shards, tmp_path, name):
     (["--mixer", "none", "--n", "1000"], "batch_size: 1000 exceeds"),
     (["--mixer", "cmo", "--mixer-opt", "prob"], "--mixer-opt: expected KEY=VALUE"),
     (["--mixer", "cmo", "--image-size", "0"], "--image-size: must be a positive integer"),
+    (["--mixer", "cmo", "--image-size", "50000"], "--image-size: must be a positive integer <="),
+    (["--mixer", "cmo", "--seed", "-1"], "--seed: must be an integer in [0, "),
+    (["--mixer", "mixup", "--mixer-opt", "alpha=5e-324"], "alpha: must be 0 or at least 2.2e-308"),
     pytest.param(["--mixer", "cmo", "--device", "cuda"], "torch sees no CUDA device",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")),
 ])

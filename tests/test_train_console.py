@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ FAST = ["--model", "resnet8", "--batch-size", "16", "--warmup", "0", "--lr", "0.
         "--no-channels-last", "--no-progress", "--preset", "cifar", "--image-size", "16",
         "--mixer", "none", "--loss", "ce", "--epochs", "2"]
 TRAIN = [sys.executable, "-m", "ltpipe.train"]
+STOPPED_AT = str(Path(__file__).with_name("train_stopped_at.py"))  # stops a run after a step
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +35,8 @@ def ctrl_c_at(step, *args):
     """Run `ltpipe train` in its own process group, which gets SIGINT right after optimizer
     step ``step``, as a terminal's Ctrl-C reaches the command and its loader workers; returns
     (exit status, stdout, stderr)."""
-    env = {**os.environ, "LTPIPE_TEST_INTERRUPT_AT_STEP": str(step)}
-    proc = subprocess.Popen([*TRAIN, *(str(a) for a in args)], env=env, text=True,
+    proc = subprocess.Popen([sys.executable, STOPPED_AT, str(step), "ctrl-c",
+                             *(str(a) for a in args)], text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
     try:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,8 @@ from ltpipe.train.train_cli import train
 TINY = dict(classes=4, max_per_class=48, imbalance=8, image_size=16, seed=0)
 FAST = ["--model", "resnet8", "--batch-size", "16", "--warmup", "0", "--lr", "0.05",
         "--no-channels-last", "--no-progress", "--preset", "cifar", "--image-size", "16"]
+# `python -m ltpipe.train`, SIGKILLed right after a given step (tests/train_stopped_at.py)
+STOPPED_AT = str(Path(__file__).with_name("train_stopped_at.py"))
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +120,8 @@ def test_none_ce_learns_and_writes_every_output(plain_run):
     (["--mixer", "smc", "--mixer-opt", "scale=[0.8, 0.2]"], "scale must satisfy 0 <= lo <= hi"),
     (["--mixer", "smc", "--mixer-opt", "scale=0.5"], "scale must be like its default (0.2, 0.8)"),
     (["--loss", "focal", "--loss-opt", "gamma=[1, 2]"], "gamma must be like its default 1.0"),
-    (["--loss", "focal", "--loss-opt", "gamma=-1"], "gamma must be >= 0"),
-    (["--loss", "la", "--loss-opt", "tau=-0.5"], "tau must be >= 0"),
+    (["--loss", "focal", "--loss-opt", "gamma=-1"], "gamma must be in [0, 100]"),
+    (["--loss", "la", "--loss-opt", "tau=-0.5"], "tau must be in [0, 100]"),
     (["--mixer", "cmo", "--m2m-classifier", "runs/x"], "--m2m-classifier: mixer 'cmo' does not"),
     (["--mixer", "m2m", "--m2m-classifier", "nowhere"], "not an ltpipe run directory"),
     (["--loss", "ldam", "--loss-opt", 'scale="a"'], "scale must be like its default 30.0"),
@@ -162,10 +165,11 @@ OTMIX_BANK_RUN = ["--epochs", "2", "--mixer", "otmix", "--otmix-mode", "bank",
                   "--mixer-opt", "mu=0.0", "--ckpt-every", "4", *FAST]
 
 
-def killed_run(cmd, kill_at_step, log, env=None):
-    """Run ``cmd`` until it SIGKILLs itself after optimizer step ``kill_at_step``; ``env`` as
-    the run it is compared with (thread counts change float sums)."""
-    env = {**(env or os.environ), "LTPIPE_TEST_KILL_AT_STEP": str(kill_at_step)}
+def killed_run(args, kill_at_step, log, env=None, launcher=(sys.executable,)):
+    """Train with ``args`` until SIGKILL ends the run right after optimizer step
+    ``kill_at_step``; ``env`` as the run it is compared with (thread counts change float sums);
+    ``launcher``: what starts the script (torchrun: every rank kills itself)."""
+    cmd = [*launcher, STOPPED_AT, str(kill_at_step), "kill", *(str(a) for a in args)]
     with open(log, "w") as fh:  # a file, not a pipe: orphaned loader workers would hold a pipe
         proc = subprocess.Popen([str(c) for c in cmd], env=env, stdout=fh,
                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -184,9 +188,9 @@ def test_exact_resume_after_sigkill(shards, tmp_path, run_args):
     full, killed = tmp_path / "full", tmp_path / "killed"
     assert train_process(shards, "--out", full, *run_args).returncode == 0
     # Step 10 is mid-epoch 1 (6 steps per epoch); the last checkpoint was at step 8.
-    cmd = [sys.executable, "-m", "ltpipe.train", shards, "--out", killed, *run_args]
     log = tmp_path / "killed.log"
-    assert killed_run(cmd, 10, log) == -9, log.read_text()[-2000:]
+    assert killed_run([shards, "--out", killed, *run_args], 10, log) == -9, \
+        log.read_text()[-2000:]
     ckpt = torch.load(killed / "ckpt" / "last.pt", weights_only=True)
     assert (ckpt["epoch"], ckpt["step"], ckpt["step_in_epoch"]) == (1, 8, 2)
     stale = killed / "ckpt" / ".last.pt.tmp4242"  # as a kill during a save leaves it
@@ -205,9 +209,8 @@ def test_resume_before_the_first_checkpoint_starts_over(shards, plain_run, tmp_p
     """Killed in epoch 0 with no checkpoint yet (config.toml only): --resume trains from the
     start (here with --ckpt-every, which a resume may change) instead of refusing."""
     run = tmp_path / "early"
-    cmd = [sys.executable, "-m", "ltpipe.train", shards, "--out", run, "--epochs", "2",
-           "--mixer", "none", "--loss", "ce", *FAST]
-    assert killed_run(cmd, 2, tmp_path / "early.log") == -9
+    args = [shards, "--out", run, "--epochs", "2", "--mixer", "none", "--loss", "ce", *FAST]
+    assert killed_run(args, 2, tmp_path / "early.log") == -9
     assert (run / "config.toml").is_file() and not (run / "ckpt" / "last.pt").exists()
     res = train_process("--resume", run, "--ckpt-every", "5")
     assert res.returncode == 0, res.stderr[-2000:]
@@ -232,9 +235,9 @@ def test_resume_from_a_checkpoint_on_an_epochs_last_step(shards, plain_run, tmp_
     finishes epoch 0 without training it again, and the run equals the uninterrupted one (it
     once trained epoch 1's steps as the rest of epoch 0)."""
     run = tmp_path / "killed6"
-    cmd = [sys.executable, "-m", "ltpipe.train", shards, "--out", run, "--epochs", "2",
-           "--mixer", "none", "--loss", "ce", "--ckpt-every", "6", *FAST]
-    assert killed_run(cmd, 6, tmp_path / "killed6.log") == -9
+    args = [shards, "--out", run, "--epochs", "2", "--mixer", "none", "--loss", "ce",
+            "--ckpt-every", "6", *FAST]
+    assert killed_run(args, 6, tmp_path / "killed6.log") == -9
     ckpt = torch.load(run / "ckpt" / "last.pt", weights_only=True)
     assert (ckpt["epoch"], ckpt["step"], ckpt["step_in_epoch"]) == (0, 6, 6)
     res = train_process("--resume", run, "--no-progress")
@@ -267,9 +270,11 @@ def test_ddp_gloo_two_processes_and_exact_resume(shards, tmp_path):
     """2 ranks: identical weights, each sample once per epoch, and a run killed mid-epoch and
     resumed ends with the same weights and the same metrics (each rank keeps its own share of
     the epoch's running sums)."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node=2"]
+
     def torchrun(*args):
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                "-m", "ltpipe.train", *(str(a) for a in args)]
+        return [*launcher, "-m", "ltpipe.train", *(str(a) for a in args)]
 
     run, killed = tmp_path / "ddp", tmp_path / "killed"
     opts = ["--epochs", "2", "--mixer", "cmo", "--mixer-opt", "mix_schedule=\"always\"",
@@ -288,7 +293,7 @@ def test_ddp_gloo_two_processes_and_exact_resume(shards, tmp_path):
     assert not (run / "params-r2.pt").exists() and len(lines(run)) == 2  # only rank 0 reports
     # 3 steps per epoch per rank: the checkpoint at step 4 is mid-epoch 1, the kill after step 5
     log = tmp_path / "killed.log"
-    assert killed_run(torchrun(shards, "--out", killed, *opts), 5, log, env) != 0
+    assert killed_run([shards, "--out", killed, *opts], 5, log, env, launcher) != 0
     assert torch.load(killed / "ckpt" / "last.pt", weights_only=True)["step_in_epoch"] == 1
     proc = subprocess.run(torchrun("--resume", killed), env=env, capture_output=True, text=True,
                           timeout=300)

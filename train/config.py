@@ -25,6 +25,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ltpipe.pipeline import values
 from ltpipe.shards.bounded import MAX_DEPTH, DepthError, ParseError, parse_toml, read_toml
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
@@ -146,16 +147,17 @@ def _param_owner(table: str, name: str):
 
 
 def check_finite(doc: dict, _prefix: str = "") -> None:
-    """Every number in every table is finite: nan or inf fails at the first step, or trains on
-    nan, so it is an error naming the key (``[mixer.cutmix] alpha``) before anything runs."""
-    from ltpipe.train.params import finite
+    """Every number in every table is finite and not subnormal: nan, inf or 5e-324 fails at
+    the first step, or trains on nan, so it is an error naming the key (``[mixer.cutmix] alpha``)
+    before anything runs."""
+    from ltpipe.train.params import unusable
 
     for key, value in doc.items():
         if isinstance(value, dict):
             check_finite(value, f"{_prefix}.{key}" if _prefix else key)
-        elif not finite(value):
+        elif unusable(value):
             table = f"[{_prefix}] " if _prefix else ""
-            raise ConfigError(f"{table}{key}: must be a finite number, got {value!r}")
+            raise ConfigError(f"{table}{key}: must be {unusable(value)}, got {value!r}")
 
 
 def merge(base: dict, over: dict) -> dict:
@@ -206,6 +208,25 @@ def resolve(recipe: dict, train_overrides: dict, mixer_overrides: dict,
     return cfg
 
 
+# [train] and [loader] values by their rules (pipeline/values.py, the rules the library's
+# constructors check by too); names and lists are checked below
+TRAIN_RULES = {
+    "epochs": values.EPOCHS, "batch_size": values.integer(1), "image_size": values.IMAGE_SIDE,
+    "eval_every": values.integer(1), "lr": values.number(0, values.MAX_LR),
+    "wd": values.number(0, 1), "momentum": values.number(0, 1),
+    "gamma": values.number(0, 1),  # the step schedule's decay factor
+    "warmup": values.integer(0, values.MAX_EPOCHS, what="epochs"),
+    "ckpt_every": values.integer(0, what="steps"), "seed": values.SEED,
+    "nesterov": values.FLAG, "channels_last": values.FLAG, "compile": values.FLAG,
+    "skip_corrupt": values.FLAG,
+}
+LOADER_RULES = {
+    "threads": values.integer(0, values.MAX_THREADS, what="0: automatic"),
+    "py_workers": values.integer(0, values.MAX_THREADS, what="0: automatic"),
+    "prefetch": values.PREFETCH, "hw_decoder_load": values.PROB,
+}
+
+
 def check_train(t: dict, source: str = "") -> None:
     """The [train] table; errors name the option (``--epochs``), or with ``source`` (a recipe's
     "[train] ") the key (``[train] epochs``)."""
@@ -216,27 +237,18 @@ def check_train(t: dict, source: str = "") -> None:
     if unknown:
         raise ConfigError(f"[train]: unknown keys {sorted(unknown)} "
                           f"(allowed: {', '.join(DEFAULTS['train'])})")
-    for key in ("epochs", "batch_size", "image_size", "eval_every"):
-        if not isinstance(t[key], int) or isinstance(t[key], bool) or t[key] <= 0:
-            raise ConfigError(f"{name(key)}: must be a positive integer, got {t[key]!r}")
-    for key in ("lr", "wd", "momentum", "gamma"):
-        if not isinstance(t[key], (int, float)) or isinstance(t[key], bool) or t[key] < 0 \
-                or not math.isfinite(t[key]):
-            raise ConfigError(f"{name(key)}: must be a finite number >= 0, got {t[key]!r}")
-    for key, what in (("warmup", "epochs"), ("ckpt_every", "steps"), ("seed", "seed")):
-        if not isinstance(t[key], int) or isinstance(t[key], bool) or t[key] < 0:
-            raise ConfigError(f"{name(key)}: must be an integer >= 0 ({what}), got {t[key]!r}")
-    if not isinstance(t["drw_epoch"], int) or isinstance(t["drw_epoch"], bool) \
-            or t["drw_epoch"] < -1:
+    for key, rule in TRAIN_RULES.items():
+        problem = rule.problem(t[key])
+        if problem:
+            raise ConfigError(f"{name(key)}: {problem}")
+    drw = t["drw_epoch"]
+    if not values.is_integer(drw) or not -1 <= drw <= values.MAX_EPOCHS:
         raise ConfigError(f"{name('drw_epoch')}: must be an epoch (-1: 4/5 of the run), got "
-                          f"{t['drw_epoch']!r}")
+                          f"{drw!r}")
     milestones = t["milestones"]
-    if not isinstance(milestones, list) or \
-            not all(isinstance(m, int) and not isinstance(m, bool) for m in milestones):
+    if not isinstance(milestones, list) or not all(
+            values.is_integer(m) and 0 <= m <= values.MAX_EPOCHS for m in milestones):
         raise ConfigError(f"{name('milestones')}: must be a list of epochs, got {milestones!r}")
-    for key in ("nesterov", "channels_last", "compile", "skip_corrupt"):
-        if not isinstance(t[key], bool):
-            raise ConfigError(f"{name(key)}: must be true or false, got {t[key]!r}")
     for key in ("model", "mixer", "loss", "reweight", "preset"):
         if not isinstance(t[key], str):
             raise ConfigError(f"{name(key)}: must be a name, got {t[key]!r}")
@@ -258,19 +270,15 @@ def check_loader(table: dict) -> None:
     if unknown:
         raise ConfigError(f"[loader]: unknown keys {sorted(unknown)} "
                           f"(allowed: {', '.join(DEFAULTS['loader'])})")
-    for key in ("threads", "py_workers"):
-        if not isinstance(table[key], int) or table[key] < 0:
-            raise ConfigError(f"[loader] {key}: must be an integer >= 0 (0: automatic), "
-                              f"got {table[key]!r}")
-    if not isinstance(table["prefetch"], int) or table["prefetch"] < 1:
-        raise ConfigError(f"[loader] prefetch: must be an integer >= 1, got {table['prefetch']!r}")
+    for key, rule in LOADER_RULES.items():
+        problem = rule.problem(table[key])
+        if problem:
+            raise ConfigError(f"[loader] {key}: {problem}")
     names = table["cpu_decode"]
-    if not isinstance(names, list) or not set(names) <= {"uniform", "minority", "balanced"}:
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or \
+            not set(names) <= {"uniform", "minority", "balanced"}:
         raise ConfigError(f"[loader] cpu_decode: a list of stream names (uniform, minority, "
                           f"balanced), got {names!r}")
-    load = table["hw_decoder_load"]
-    if not isinstance(load, (int, float)) or not 0 <= load <= 1:
-        raise ConfigError(f"[loader] hw_decoder_load: must be in [0, 1], got {load!r}")
     from ltpipe.pipeline.loader import Q_DECODES  # the loader owns the modes
 
     if table["q_decode"] not in Q_DECODES:
@@ -279,6 +287,27 @@ def check_loader(table: dict) -> None:
     if table["images"] not in IMAGE_OUTPUTS:
         raise ConfigError(f"[loader] images: must be one of {', '.join(IMAGE_OUTPUTS)}, got "
                           f"{table['images']!r}")
+
+
+def check_chosen_params(cfg: dict) -> None:
+    """The chosen mixer's, loss's and aux terms' parameters (a recipe's, then the CLI's) against
+    their constructors, before anything runs: the same checks a recipe's tables get."""
+    from ltpipe.train.losses.aux import AUX_TERMS
+    from ltpipe.train.losses.per_sample import BASE_LOSSES
+    from ltpipe.train.params import check_params
+
+    t = cfg["train"]
+    for table, known, name in (("loss", BASE_LOSSES, t["loss"]),
+                               *(("aux", AUX_TERMS, n) for n in cfg.get("aux", {}))):
+        if name not in known:
+            raise ConfigError(f"{table}: unknown {name!r} (choose from {', '.join(known)})")
+    for table, name, skip in (("mixer", t["mixer"], ("env",)),
+                              ("loss", t["loss"], ("class_counts",))):
+        check_params(f"{table} {name!r}", _param_owner(table, name),
+                     cfg[table].get(name, {}), skip=skip)
+    for name, params in cfg.get("aux", {}).items():
+        check_params(f"aux {name!r}", _param_owner("aux", name), params,
+                     skip=("env", "feature_dim"))
 
 
 def as_used(cfg: dict) -> dict:

@@ -65,6 +65,13 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_min(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Minimum over ranks in place (no-op on one process); returns the tensor."""
+    if info.distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return tensor
+
+
 def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
     """Rank 0's buffers (BatchNorm running statistics) to every rank: DDP only broadcasts them
     before a forward, so after the last step of an epoch the ranks differ until this runs."""

@@ -3,15 +3,18 @@
 An unknown name, or a value of another kind than the parameter's default (a string where a
 number goes, a float where an int goes, a scalar where a pair goes), is a one-line ValueError
 naming the parameter, raised before any work instead of a TypeError in the middle of a step.
-So is a number that is not finite (nan, inf), anywhere in a value: no parameter takes one, and
-it would only fail at the first step, or train on nan.
+So is a number that is not finite (nan, inf) or subnormal, anywhere in a value: no parameter
+takes one, and it would only fail at the first step, or train on nan. Last, each value must pass
+its owner's rule (``cls.RULES``, pipeline/values.py), the rule its constructor checks too: the
+same range, and the same words, for ``--mixer-opt alpha=...`` and ``CMO(env, alpha=...)``.
 """
 
 from __future__ import annotations
 
 import inspect
-import math
 import typing
+
+from ltpipe.pipeline import values
 
 KEYWORD = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
@@ -28,14 +31,19 @@ def check_params(owner: str, cls, params: dict, skip: tuple[str, ...] = ()) -> N
     unlike its default (a default of None: unlike its annotation, e.g. ``float | None``)."""
     sig = _signature(cls)
     names = accepted(cls, skip)
+    # a name the caller fills in itself (a mixer's env) is never a user's parameter
+    taken = [k for k in params if k in skip]
+    if taken:
+        raise ValueError(f"{owner}: {taken[0]!r} is not a parameter one can set "
+                         f"(accepts: {', '.join(names) or 'none'})")
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
         unknown = [k for k in params if k not in names]
         if unknown:
             raise ValueError(f"{owner}: unknown parameter {unknown[0]!r} "
                              f"(accepts: {', '.join(names) or 'none'})")
     for key, value in params.items():
-        if not finite(value):
-            raise ValueError(f"{owner}: {key} must be a finite number, got {value!r}")
+        if unusable(value):
+            raise ValueError(f"{owner}: {key} must be {unusable(value)}, got {value!r}")
         param = sig.parameters.get(key)
         default = param.default if param is not None else None
         if default is None and param is not None:
@@ -46,6 +54,7 @@ def check_params(owner: str, cls, params: dict, skip: tuple[str, ...] = ()) -> N
         elif not same_kind(default, value):
             raise ValueError(f"{owner}: {key} must be like its default {default!r} "
                              f"({type(default).__name__}), got {value!r}")
+    values.check_values(owner, getattr(cls, "RULES", {}), params)
 
 
 def _signature(cls) -> inspect.Signature:
@@ -78,12 +87,11 @@ def same_kind(default, value) -> bool:
     return isinstance(value, type(default))
 
 
-def finite(value) -> bool:
-    """False when ``value`` is, or holds (in lists, tuples, dicts), a float nan or inf."""
-    if isinstance(value, float):
-        return math.isfinite(value)
+def unusable(value) -> str | None:
+    """What a number must be instead, when ``value`` is, or holds (in lists, tuples, dicts), a
+    float nan, inf or subnormal (``values.unusable_float``); None otherwise."""
     if isinstance(value, (list, tuple)):
-        return all(finite(v) for v in value)
+        return next((u for u in map(unusable, value) if u), None)
     if isinstance(value, dict):
-        return all(finite(v) for v in value.values())
-    return True
+        return next((u for u in map(unusable, value.values()) if u), None)
+    return values.unusable_float(value)

@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 from ltpipe.shards.bounded import ParseError, parse_json, read_bytes
+from ltpipe.train.outputs import json_text, write_text_atomic
 
 METRICS = "metrics.jsonl"
 FINAL = "final.json"
@@ -34,12 +35,6 @@ log = logging.getLogger(__name__)
 
 class MetricsError(ValueError):
     """metrics.jsonl is damaged before its last line (the message names the file and line)."""
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class RunReport:
@@ -93,7 +88,7 @@ class RunReport:
             return
         text = "".join(line + "\n" for line, r in self._parsed(path) if r["epoch"] < epoch)
         if text != path.read_text(errors="replace"):
-            _write_atomic(path, text)
+            write_text_atomic(path, text)
 
     def epoch(self, record: dict) -> None:
         if not self.enabled:
@@ -101,7 +96,7 @@ class RunReport:
         # one write of the whole line, then fsync: a kill leaves the line whole or absent
         fd = os.open(self.run_dir / METRICS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, (json.dumps(record) + "\n").encode())
+            os.write(fd, (json_text(record) + "\n").encode())
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -116,7 +111,7 @@ class RunReport:
         """final.json and per_class.png; ``method``: e.g. "mixer cmo, loss bs", for the title."""
         if not self.enabled:
             return
-        _write_atomic(self.run_dir / FINAL, json.dumps(rounded(result), indent=2) + "\n")
+        write_text_atomic(self.run_dir / FINAL, json_text(rounded(result), indent=2) + "\n")
         title = ": ".join(x for x in (self.run_dir.name, method) if x)
         title += f", top-1 {result['top1']:.1f} %"
         plot_per_class(result["per_class"], train_counts, self.run_dir / PER_CLASS_PNG, title)

@@ -16,12 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 from ltpipe.shards.bounded import ParseError, read_bytes, read_json
 from ltpipe.shards.format import MANIFEST, MANIFEST_MAX_BYTES, load_manifest
 from ltpipe.shards.shardscan import tar_digest
+from ltpipe.train.outputs import json_text, write_text_atomic
 
 IDENTITY = "shards.json"
 IDENTITY_MAX_BYTES = 64 << 20
@@ -46,10 +46,7 @@ def shard_identity(shards: str | Path) -> dict:
 
 def write_identity(run_dir: Path, shards: str | Path) -> None:
     """RUN/shards.json (temporary name, then rename)."""
-    path = Path(run_dir) / IDENTITY
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(shard_identity(shards), indent=1) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(Path(run_dir) / IDENTITY, json_text(shard_identity(shards), indent=1) + "\n")
 
 
 def _recorded(run_dir: Path) -> tuple[Path, str, dict] | None:

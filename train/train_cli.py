@@ -1,11 +1,13 @@
 """``ltpipe train SHARDS --out RUN``: resolve recipe + options, then run the Trainer.
 
-Bad input (unknown mixer/loss/model, epochs <= 0, a non-finite number, missing shards or a
-missing val split, a corrupt, crafted or mismatched checkpoint, other shards on --resume, an
-output directory another run holds, a full disk) ends with one line on stderr and exit status 2,
-never a traceback. A run that stopped before its first checkpoint is started over by the same
-command or by --resume. Ctrl-C ends with what RUN/ckpt/last.pt holds and the command that
-continues the run, and exit status 130 (rank 0 prints).
+Bad input (unknown mixer/loss/model, a value out of range, missing shards or a missing val
+split, a corrupt, crafted or mismatched checkpoint, other shards on --resume, an output
+directory another run holds, RUN inside the shards or around them, an argument that is not
+UTF-8, a full disk) ends with one line on stderr and exit status 2, never a traceback. A run
+whose loss becomes nan or inf stops with one line and exit status 3 (train/divergence.py). A run
+that stopped before its first checkpoint is started over by the same command or by --resume.
+Ctrl-C (SIGINT) and SIGTERM end with what RUN/ckpt/last.pt holds and the command that continues
+the run, the lock released, and exit status 130 or 143 (rank 0 prints).
 DDP: launch with ``torchrun --nproc_per_node=N -m ltpipe.train SHARDS --out RUN ...``.
 """
 
@@ -15,7 +17,9 @@ import contextlib
 import logging
 import os
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -30,14 +34,40 @@ log = logging.getLogger(__name__)
 NAMED_MIXER_OPTIONS = {"fg_r": "fg_r", "otmix_mode": "mode",
                        "otmix_confusion_split": "confusion_split", "m2m_classifier": "classifier"}
 INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command ended by Ctrl-C
+DIVERGED = 3  # the loss became nan or inf: the run stopped (train/divergence.py)
+TERMINATED = 143  # 128 + SIGTERM: a scheduler's or `kill`'s request to stop
 
 
-def fail(message: str, every_rank: bool = True) -> None:
-    """One line on stderr, exit status 2. ``every_rank=False``: under torchrun, only rank 0
-    prints (an error of the options, which every rank finds alike)."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread: handled as Ctrl-C is (the lock released, what
+    was saved and how to go on), but for the exit status."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM raises Terminated in the main thread while the block runs (off the main
+    thread, where no handler can be set, nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
+
+
+def fail(message: str, every_rank: bool = True, status: int = 2) -> None:
+    """One line on stderr, exit status 2 (bad input) or ``status``. ``every_rank=False``:
+    under torchrun, only rank 0 prints (an error every rank finds alike)."""
     if every_rank or os.environ.get("RANK", "0") == "0":
         click.echo(f"ltpipe train: error: {message}", err=True)
-    sys.exit(2)
+    sys.exit(status)
 
 
 class OneLineError(click.ClickException):
@@ -50,8 +80,23 @@ class OneLineError(click.ClickException):
             click.echo(f"ltpipe train: error: {self.format_message()}", err=True)
 
 
+def not_utf8(args: list[str]) -> str | None:
+    """The first argument that is not valid UTF-8 (Python keeps such bytes as surrogates), as
+    printable text (``out/x\\xff``); None when all are."""
+    for arg in args:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            return os.fsencode(arg).decode("utf-8", "backslashreplace")
+    return None
+
+
 class TrainCommand(click.Command):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        bad = not_utf8(args)
+        if bad is not None:  # config.toml records paths and the command in UTF-8
+            raise OneLineError(f"{bad}: not valid UTF-8; ltpipe train records its paths and "
+                               "command in RUN/config.toml, which is UTF-8: rename it")
         try:
             return super().parse_args(ctx, args)
         except click.UsageError as exc:  # bad type, unknown option, missing value
@@ -127,37 +172,47 @@ def defaults_epilog() -> str:
 def train(shards, out, recipe, resume, progress, dump_ranks, mixer_opt, loss_opt, loader_opt,
           **options):
     """Train a classifier on SHARDS (an `ltpipe shard` directory) into RUN."""
+    with sigterm_as_interrupt():
+        return train_command(shards, out, recipe, resume, progress, dump_ranks, mixer_opt,
+                             loss_opt, loader_opt, options)
+
+
+def train_command(shards, out, recipe, resume, progress, dump_ranks, mixer_opt, loss_opt,
+                  loader_opt, options):
     from ltpipe.train.checkpoint import CheckpointError
+    from ltpipe.train.divergence import Diverged
 
     try:
         cfg, shards, run_dir = resolve_run(shards, out, recipe, resume, mixer_opt, loss_opt,
                                            options, loader_opt)
     except ValueError as exc:  # ConfigError, CheckpointError, ShardFormatError
         fail(str(exc), every_rank=False)
-    except KeyboardInterrupt:  # e.g. while torch is imported: nothing written yet
-        interrupted(resume or out, None, 0, resumable=resume is not None)
+    except OSError as exc:  # e.g. a name too long for the file system
+        fail(os_error_line(exc), every_rank=False)
+    except KeyboardInterrupt as exc:  # e.g. while torch is imported: nothing written yet
+        interrupted(resume or out, None, 0, resumable=resume is not None, signal_exc=exc)
     try:
         result = run(cfg, shards, run_dir, resume=resume is not None, progress=progress,
                      dump_ranks=dump_ranks)
     except CheckpointError as exc:
         fail(str(exc))
+    except Diverged as exc:  # every rank finds it at the same step
+        fail(str(exc), every_rank=False, status=DIVERGED)
     except OSError as exc:  # e.g. a full disk while writing metrics or final.json
-        fail(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc))
+        fail(os_error_line(exc))
     return result
+
+
+def os_error_line(exc: OSError) -> str:
+    return f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
 
 
 def resolve_run(shards, out, recipe, resume, mixer_opt, loss_opt, options, loader_opt=()):
     """(resolved config, shard dir, run dir); raises ValueError with a one-line message."""
     from ltpipe.shards.format import load_manifest
     from ltpipe.train.checkpoint import CONFIG, read_config
-    from ltpipe.train.config import (
-        ConfigError,
-        as_used,
-        changes,
-        load_recipe,
-        parse_assignments,
-        resolve,
-    )
+    from ltpipe.train.config import (ConfigError, as_used, changes, check_chosen_params,
+                                     load_recipe, parse_assignments, resolve)
     from ltpipe.train.shard_identity import check_identity
 
     mixer_params = parse_assignments(mixer_opt, "--mixer-opt")
@@ -182,12 +237,14 @@ def resolve_run(shards, out, recipe, resume, mixer_opt, loss_opt, options, loade
         if diff:
             raise ConfigError(f"{Path(resume) / CONFIG}: options change the run: {', '.join(diff)}")
         cfg["run"] = saved["run"]
+        check_apart(Path(out), Path(shards))
         check_identity(resume, shards)
     else:
         if shards is None or out is None:
             raise ConfigError("need SHARDS and --out RUN (or --resume RUN)")
         if Path(out).exists() and not Path(out).is_dir():
             raise ConfigError(f"--out {out}: exists and is not a directory")
+        check_apart(Path(out), Path(shards))
         if os.environ.get("RANK", "0") == "0":
             check_fresh_out(Path(out))
         base = load_recipe(recipe) if recipe else {}
@@ -201,12 +258,27 @@ def resolve_run(shards, out, recipe, resume, mixer_opt, loss_opt, options, loade
     except ImportError as exc:
         raise ConfigError(f"mixer {name!r}: unavailable ({exc})") from None
     check_named_mixer_options(name, cls, cfg["mixer"].get(name, {}), named, resume)
+    check_chosen_params(cfg)  # the constructors' own rules, before anything is written
     manifest = load_manifest(shards)
     manifest.split("train")
     if "val" not in manifest.splits:  # checked now, not after training every epoch
         raise ConfigError(f"{manifest.root / 'manifest.json'}: no val split (a run is evaluated "
                           "on it); shard the data with one")
     return cfg, Path(shards), Path(out)
+
+
+def check_apart(out: Path, shards: Path) -> None:
+    """RUN and SHARDS may not be one directory, nor one inside the other (symlinks followed):
+    run files would mix into the shards, or a shard writer's files into the run."""
+    from ltpipe.train.config import ConfigError
+
+    run, data = out.resolve(), shards.resolve()
+    if run == data or data in run.parents:
+        raise ConfigError(f"--out {out}: is inside the shard directory {shards} (the run's "
+                          "files would mix into the shards); choose a RUN outside it")
+    if run in data.parents:
+        raise ConfigError(f"--out {out}: holds the shard directory {shards}; choose a RUN that "
+                          "does not contain the shards")
 
 
 def check_fresh_out(out: Path) -> None:
@@ -272,9 +344,10 @@ def resume_command(run_dir: Path, argv: list[str], env) -> str:
     return shlex.join(launcher(argv, env)[0] + ["--resume", str(run_dir)])
 
 
-def interrupted(run_dir, saved, epochs: int, resumable: bool) -> None:
-    """Ctrl-C: what RUN/ckpt/last.pt holds (``saved``: its (epoch, step, step_in_epoch), None
-    when this run saved none) and the command that goes on; rank 0 prints; exit status 130.
+def interrupted(run_dir, saved, epochs: int, resumable: bool, signal_exc=None) -> None:
+    """Ctrl-C or SIGTERM (``signal_exc``: the KeyboardInterrupt or Terminated raised): what
+    RUN/ckpt/last.pt holds (``saved``: its (epoch, step, step_in_epoch), None when this run saved
+    none) and the command that goes on; rank 0 prints; exit status 130, or 143 for SIGTERM.
     ``resumable``: RUN/config.toml is this run's, so --resume continues (or starts) it."""
     from ltpipe.train.checkpoint import LAST
     from ltpipe.train.report import position
@@ -292,9 +365,10 @@ def interrupted(run_dir, saved, epochs: int, resumable: bool) -> None:
             again = resume_command(run_dir, sys.argv, os.environ)
         else:
             verb, again = "start again", typed_command(sys.argv, os.environ)
-        click.echo(f"ltpipe train: interrupted; {what}", err=True)
+        how = "terminated (SIGTERM)" if isinstance(signal_exc, Terminated) else "interrupted"
+        click.echo(f"ltpipe train: {how}; {what}", err=True)
         click.echo(f"{verb} with: {again}", err=True)
-    sys.exit(INTERRUPTED)
+    sys.exit(TERMINATED if isinstance(signal_exc, Terminated) else INTERRUPTED)
 
 
 def run(cfg: dict, shards: Path, run_dir: Path, *, resume: bool, progress: bool,
@@ -307,6 +381,7 @@ def run(cfg: dict, shards: Path, run_dir: Path, *, resume: bool, progress: bool,
     from ltpipe.train.checkpoint import CONFIG
     from ltpipe.train.config import to_toml
     from ltpipe.train.dist import init_distributed, shutdown
+    from ltpipe.train.outputs import write_text_atomic
     from ltpipe.train.report import FINAL as FINAL_JSON
     from ltpipe.train.shard_identity import write_identity
     from ltpipe.train.trainer import Trainer
@@ -316,8 +391,8 @@ def run(cfg: dict, shards: Path, run_dir: Path, *, resume: bool, progress: bool,
         info = init_distributed(cfg["train"]["device"])
     except ValueError as exc:
         fail(str(exc))
-    except KeyboardInterrupt:
-        interrupted(run_dir, None, 0, resumable)
+    except KeyboardInterrupt as exc:
+        interrupted(run_dir, None, 0, resumable, signal_exc=exc)
     try:
         cfg["run"]["world"] = info.world
         # the collective backend the ranks talk over ("none": one process, no process group)
@@ -340,14 +415,12 @@ def run(cfg: dict, shards: Path, run_dir: Path, *, resume: bool, progress: bool,
                     fail(f"{results}: {exc.strerror or exc}")
             if info.is_main and not resume:  # before any step, so that --resume finds it
                 write_identity(run_dir, shards)
-                tmp = run_dir / f".{CONFIG}.tmp{os.getpid()}"
-                tmp.write_text(to_toml(cfg))
-                tmp.replace(run_dir / CONFIG)
+                write_text_atomic(run_dir / CONFIG, to_toml(cfg))
             resumable = True
             return trainer.fit()
-    except KeyboardInterrupt:  # after the lock is released (RUN may be removed if still empty)
+    except KeyboardInterrupt as exc:  # after the lock is released (RUN may be removed if empty)
         interrupted(run_dir, trainer.saved if trainer is not None else None,
-                    cfg["train"]["epochs"], resumable)
+                    cfg["train"]["epochs"], resumable, signal_exc=exc)
     finally:
         shutdown(info)
 

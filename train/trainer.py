@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
 import time
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from ltpipe.train.checkpoint import (FINAL, FORMAT, LAST, CheckpointError, check
                                      load_file, rng_state, save_atomic, set_rng_state)
 from ltpipe.train.config import changes
 from ltpipe.train.cuda_stream import compute_stream
+from ltpipe.train.divergence import Diverged, DivergenceWatch
 from ltpipe.train.dist import (DistInfo, all_reduce_sum, barrier, broadcast_buffers,
                                gather_objects)
 from ltpipe.train.evaluate import class_hits, format_table, summarize
@@ -40,11 +39,6 @@ from ltpipe.train.step_timer import StepTimer, tail
 log = logging.getLogger(__name__)
 SHOWN = ("train_loss", "mixed_share", "top1", "many", "medium", "few", "images_per_s",
          "data_wait_ms_per_step")
-
-# Test hooks (tests/test_train_run.py, tests/test_train_console.py): right after optimizer step
-# N, SIGKILL this process, or send SIGINT to its process group, as Ctrl-C in a terminal does.
-KILL_AT_STEP = int(os.environ.get("LTPIPE_TEST_KILL_AT_STEP", "0"))
-INTERRUPT_AT_STEP = int(os.environ.get("LTPIPE_TEST_INTERRUPT_AT_STEP", "0"))
 
 
 class Trainer:
@@ -92,6 +86,7 @@ class Trainer:
         self.autocast = make_autocast(info.device, t["precision"])
         self.train_model = self._wrap(self.model)
         self.sums = EpochSums.zeros(info.device)
+        self.watch = DivergenceWatch(info)  # a nan or inf loss stops the run (divergence.py)
         epochs = range(t["epochs"])
         if info.is_main and not any(self.mixer.mixes_in(e, t["epochs"]) for e in epochs):
             schedule = {k: getattr(self.mixer, k) for k in ("mix_schedule", "start_epoch")
@@ -167,6 +162,7 @@ class Trainer:
         ranks = gather_objects((self.loader.state_dict(), self.sums.state_dict(), rng_state()),
                                self.info)
         loader_states, sums, rngs = (list(per_rank) for per_rank in zip(*ranks))
+        self._stop_if_diverged(weights=True)  # the last checkpoint stays the last good one
         if self.info.is_main:
             save_atomic({
                 "format": FORMAT, "config": self.cfg, "world": self.info.world,
@@ -201,6 +197,7 @@ class Trainer:
             # already points at the next epoch, so only the record and the save are left
             if self.step_in_epoch < len(self.loader):
                 self._train_epoch(epoch)
+            self._stop_if_diverged(weights=True)  # before the epoch's line in metrics.jsonl
             # the epoch's line before its checkpoint: a kill between the two redoes the epoch,
             # and resuming drops the line again (the other order could lose it)
             self.report.epoch(self._epoch_record(epoch))
@@ -238,22 +235,35 @@ class Trainer:
                     optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
                     streams=streams, ctx=self._ctx(epoch, self.step), autocast=self.autocast)
             self.sums.add(loss, parts, n, changed)
+            self.watch.note(loss, self.step)
             self.step += 1
             self.step_in_epoch += 1
             bar.update(1)
             rate = (self.sums.samples - n0) * self.info.world / max(time.perf_counter() - t0, 1e-9)
             bar.set_postfix_str(f"{rate:,.0f} img/s", refresh=False)
+            if self.watch.due(self.step):
+                self._stop_if_diverged()
             if self.t["ckpt_every"] and self.step % self.t["ckpt_every"] == 0:
                 self._synchronize()
                 self.sums.add_timing(timer.collect())
                 self.sums.seconds += time.perf_counter() - t0
                 self._save()
                 t0, n0 = time.perf_counter(), self.sums.samples
-            if self.step == KILL_AT_STEP:
-                os.kill(os.getpid(), signal.SIGKILL)
-            if self.step == INTERRUPT_AT_STEP:
-                os.killpg(os.getpgrp(), signal.SIGINT)
         return timer, t0
+
+    def _stop_if_diverged(self, weights: bool = False) -> None:
+        """Raise Diverged (one line: where, and what the last good checkpoint holds) once a
+        step's loss, or with ``weights`` the model's weights, became nan or inf."""
+        bad = self.watch.first_bad_step(self.model if weights else None, self.step)
+        if bad is None:
+            return
+        epochs = self.t["epochs"]
+        where = f"step {bad + 1}, {epoch_label(bad // len(self.loader), epochs)}"
+        kept = (f"{self.run_dir / LAST} ({position(*self.saved, epochs)}) is the last good "
+                "checkpoint" if self.saved is not None else "no checkpoint was written")
+        raise Diverged(f"the run diverged: the training loss or the weights became nan or inf "
+                       f"in {where}, and the run stopped (a lower --lr may help); {kept}; no "
+                       "final results were written")
 
     def _synchronize(self) -> None:
         if self.info.device.type == "cuda":

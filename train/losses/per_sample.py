@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ltpipe.pipeline import values
 from ltpipe.train.losses.prior import PRIORS, data_prior, log_prior
 from ltpipe.train.params import check_params
 
@@ -31,11 +32,13 @@ class CrossEntropy(nn.Module):
 
 
 class LDAM(nn.Module):
+    # margins on cosine logits in [-1, 1]; the scale multiplies them (fp32 stays finite)
+    RULES = {"max_margin": values.number(0, 10, lo_open=True),
+             "scale": values.number(0, 1000, lo_open=True)}
+
     def __init__(self, class_counts: torch.Tensor, max_margin: float = 0.5, scale: float = 30.0):
+        values.check_values("loss 'ldam'", self.RULES, locals())
         super().__init__()
-        if not (max_margin > 0 and scale > 0):
-            raise ValueError(f"loss 'ldam': max_margin and scale must be > 0, got {max_margin}, "
-                             f"{scale}")
         margins = class_counts.double().clamp_min(1).pow(-0.25)
         self.register_buffer("margins", (margins * (max_margin / margins.max())).float())
         self.scale = scale
@@ -55,12 +58,13 @@ class LogitAdjusted(nn.Module):
     Mixing flattens the labels, so correcting them by π over-corrects (train/METHODS.md, SMC).
     """
 
+    # a negative τ favours the head, the opposite of the correction; τ·log π beyond 100 times
+    # the prior's log only saturates the softmax
+    RULES = {"tau": values.number(0, 100), "prior": values.choice(*PRIORS)}
+
     def __init__(self, class_counts: torch.Tensor, tau: float = 1.0, prior: str = "data"):
+        values.check_values("loss 'la'", self.RULES, locals())
         super().__init__()
-        if tau < 0:  # a negative τ favours the head, the opposite of the correction
-            raise ValueError(f"loss 'la': tau must be >= 0, got {tau}")
-        if prior not in PRIORS:
-            raise ValueError(f"loss: prior must be one of {PRIORS}, got {prior!r}")
         self.tau, self.prior = float(tau), prior
         self.reads_label_prior = prior == "mixed"
         self.register_buffer("shift", self.tau * log_prior(data_prior(class_counts)))
@@ -78,10 +82,11 @@ class LogitAdjusted(nn.Module):
 
 
 class Focal(nn.Module):
+    RULES = {"gamma": values.number(0, 100)}  # (1 − p)^γ: at γ = 100 only p < 0.05 counts
+
     def __init__(self, class_counts: torch.Tensor, gamma: float = 1.0):
+        values.check_values("loss 'focal'", self.RULES, locals())
         super().__init__()
-        if gamma < 0:
-            raise ValueError(f"loss 'focal': gamma must be >= 0, got {gamma}")
         self.gamma = gamma
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

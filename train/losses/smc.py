@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ltpipe.pipeline import values
+
 TEMPERATURE = 0.1  # τ [SMC paper §3.2]
 ETA = 0.1  # η [SMC paper Eq.6, §4.2]
 PROJ_DIM = 128  # projection output width [SMC paper §4.2]
@@ -81,11 +83,16 @@ class SMCLoss(nn.Module):
     SMC mixer's ``extras`` {"y_fg", "y_bg", "lf"} (both [2B] / scalar). Returns the *unweighted*
     L_SMC; the composite loss multiplies by ``weight`` (η)."""
 
+    # similarities of unit vectors are in [-1, 1]: divided by τ >= 0.001 they stay finite in
+    # fp32 softmaxes
+    RULES = {"feature_dim": values.integer(1), "weight": values.number(0, 1000),
+             "temperature": values.number(0.001, 100), "proj_dim": values.integer(1, 65536),
+             "head_name": values.text()}
+
     def __init__(self, env, feature_dim: int, weight: float = ETA, temperature: float = TEMPERATURE,
                  proj_dim: int = PROJ_DIM, head_name: str = "smc"):
+        values.check_values("aux smc", self.RULES, locals())
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"aux smc: temperature must be > 0, got {temperature}")
         self.env = env
         self.feature_dim = int(feature_dim)
         self.weight = float(weight)

@@ -13,6 +13,8 @@ import logging
 
 import torch
 
+from ltpipe.pipeline import values
+
 log = logging.getLogger(__name__)
 
 POLICIES = ("none", "inverse", "drw")
@@ -27,10 +29,15 @@ def effective_number_weights(class_counts: torch.Tensor, beta: float) -> torch.T
 class ClassWeights:
     """``at(epoch) -> w [C]`` on the counts' device, or None when every weight is 1."""
 
+    RULES = {"epochs": values.EPOCHS,
+             "drw_epoch": values.integer(0, values.MAX_EPOCHS, optional=True),
+             "beta": values.number(0, 1, lo_open=True, hi_open=True)}
+
     def __init__(self, policy: str, class_counts: torch.Tensor, *, epochs: int,
                  drw_epoch: int | None = None, beta: float = 0.9999):
         if policy not in POLICIES:
             raise ValueError(f"reweight: unknown {policy!r} (choose from {', '.join(POLICIES)})")
+        values.check_values(f"reweight {policy!r}", self.RULES, locals())
         self.policy = policy
         # Default deferral: 4/5 of the run, as 160/200 (CIFAR) and 80/100 (ImageNet-LT).
         self.drw_epoch = int(drw_epoch) if drw_epoch is not None else (4 * epochs) // 5

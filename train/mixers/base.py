@@ -22,8 +22,12 @@ import torch
 from torch import nn
 
 import ltpipe.train as _train
+from ltpipe.pipeline import values
 from ltpipe.pipeline.batch import Batch, MixedBatch
+from ltpipe.pipeline.mix_plan import SCHEDULES
 from ltpipe.train.step_keys import step_generator
+
+MIX_SCHEDULE = values.choice(*SCHEDULES)  # the epoch window of mixing (``active_in_epoch``)
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,17 @@ class MixerEnv:
     rank: int = 0
     world: int = 1
     skip_corrupt: bool = False  # loaders a mixer opens itself (OTmix's confusion split) skip them
+
+    RULES = {"image_size": values.IMAGE_SIDE, "batch_size": values.integer(1),
+             "epochs": values.EPOCHS, "seed": values.SEED, "rank": values.integer(0),
+             "world": values.integer(1), "skip_corrupt": values.FLAG}
+
+    def __post_init__(self):
+        values.check_values("MixerEnv", self.RULES, self.__dict__)
+        if not isinstance(self.class_counts, torch.Tensor) or self.class_counts.dim() != 1 or \
+                self.class_counts.numel() == 0:
+            raise ValueError("MixerEnv: class_counts must be a 1-D tensor of class counts, got "
+                             f"{self.class_counts!r}")
 
     @property
     def num_classes(self) -> int:
@@ -61,10 +76,10 @@ class MixerEnv:
             world = (dist.get_world_size() if running else 1) if world is None else world
         device = torch.device(device)
         counts = load_manifest(shards).split("train").class_counts
+        # the values as given (no int(): 2.5 epochs is refused, not cut to 2)
         return cls(class_counts=torch.tensor(counts, dtype=torch.int64, device=device),
-                   device=device, image_size=int(image_size), batch_size=int(batch_size),
-                   epochs=int(epochs), seed=int(seed), shards=str(shards), rank=int(rank),
-                   world=int(world))
+                   device=device, image_size=image_size, batch_size=batch_size, epochs=epochs,
+                   seed=seed, shards=str(shards), rank=rank, world=world)
 
 
 @dataclass(frozen=True)
@@ -92,6 +107,9 @@ class Mixer(nn.Module):
     # a pipeline.mix_plan.PlanSpec when the mixer's draws are a host-side mix plan: the loader
     # (make_loader(mixer=...)) then draws each step's plan ahead and decodes Q by it
     mix_plan = None
+    # param -> its pipeline.values rule: the constructor checks its arguments by them, and the
+    # CLI and recipes check --mixer-opt values by the same rules (train/params.py)
+    RULES: dict = {}
 
     def __init__(self, env: MixerEnv):
         super().__init__()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
+from ltpipe.pipeline import values
 from ltpipe.pipeline.batch import Batch, MixedBatch
 from ltpipe.train.mixers.base import Mixer, MixerEnv, StepContext
 
@@ -24,8 +25,10 @@ class NoMix(Mixer):
 
 class MinorityOversampling(Mixer):
     streams = ("minority",)
+    RULES = {"fg_r": values.FG_R}
 
     def __init__(self, env: MixerEnv, fg_r: float = 1.0):
+        values.check_values("mixer ros", self.RULES, locals())
         super().__init__(env)
         self.fg_r = float(fg_r)  # the loader builds the minority stream with this r
 

@@ -26,21 +26,22 @@ from __future__ import annotations
 
 from typing import Mapping
 
+from ltpipe.pipeline import values
 from ltpipe.pipeline.batch import Batch, MixedBatch
 from ltpipe.pipeline.mix_plan import PlanSpec
 from ltpipe.train.mixers.base import Mixer, MixerEnv, StepContext, active_in_epoch, resolve_prob
-from ltpipe.train.mixers.cutmix import (check_common, minority_paste_prior, paste_planned_,
-                                        step_plan)
+from ltpipe.train.mixers.cutmix import BOX_RULES, minority_paste_prior, paste_planned_, step_plan
 
 
 class CMO(Mixer):
     streams = ("uniform", "minority")
+    RULES = {**BOX_RULES, "prob": values.OPTIONAL_PROB, "fg_r": values.FG_R}
 
     def __init__(self, env: MixerEnv, prob: float | None = None, mix_schedule: str = "repo",
                  box: str = "batch", alpha: float = 1.0, fg_r: float = 1.0):
+        values.check_values("mixer cmo", self.RULES, locals())
         super().__init__(env)
         prob = resolve_prob(prob, mix_schedule)  # default: 1.0 under "paper", else 0.5
-        check_common("cmo", prob, alpha, mix_schedule, box)
         self.prob, self.alpha, self.mix_schedule, self.box = prob, alpha, mix_schedule, box
         self.fg_r = float(fg_r)
 

@@ -17,23 +17,17 @@ from typing import Mapping
 import torch
 
 from ltpipe.kernels.boxes import cutmix_boxes, sample_lam
+from ltpipe.pipeline import values
 from ltpipe.pipeline.batch import Batch, MixedBatch
 from ltpipe.pipeline.mix_plan import MixPlan, MixPlanner, PlanSpec
 from ltpipe.pipeline.samplers import class_probabilities
 from ltpipe.train.losses.prior import cutmix_fg_share, data_prior, mixed_label_prior
-from ltpipe.train.mixers.base import Mixer, MixerEnv, StepContext, active_in_epoch, mix_gate
+from ltpipe.train.mixers.base import (MIX_SCHEDULE, Mixer, MixerEnv, StepContext,
+                                      active_in_epoch, mix_gate)
 
-BOX_MODES = ("batch", "sample")
-
-
-def check_common(name: str, prob: float, alpha: float, mix_schedule: str, box: str) -> None:
-    if not 0.0 <= prob <= 1.0:
-        raise ValueError(f"mixer {name}: prob must be in [0, 1], got {prob!r}")
-    if not alpha > 0:
-        raise ValueError(f"mixer {name}: alpha must be > 0, got {alpha!r}")
-    active_in_epoch(0, 1, mix_schedule)  # raises on an unknown schedule
-    if box not in BOX_MODES:
-        raise ValueError(f"mixer {name}: box must be one of {BOX_MODES}, got {box!r}")
+# the rules of the params CutMix, Mixup, CMO and OTmix share
+BOX_RULES = {"prob": values.PROB, "alpha": values.BETA_ALPHA, "mix_schedule": MIX_SCHEDULE,
+             "box": values.BOX}
 
 
 def paste_mix_(images: torch.Tensor, src: torch.Tensor, *, alpha: float, per_sample: bool,
@@ -112,11 +106,12 @@ def paste_planned_(images: torch.Tensor, fg: Batch, plan: MixPlan, rows: int):
 
 class CutMix(Mixer):
     streams = ("uniform",)
+    RULES = BOX_RULES
 
     def __init__(self, env: MixerEnv, prob: float = 0.5, alpha: float = 1.0,
                  mix_schedule: str = "always", box: str = "batch"):
+        values.check_values("mixer cutmix", self.RULES, locals())
         super().__init__(env)
-        check_common("cutmix", prob, alpha, mix_schedule, box)
         self.prob, self.alpha, self.mix_schedule, self.box = prob, alpha, mix_schedule, box
 
     def forward(self, streams: Mapping[str, Batch], ctx: StepContext) -> MixedBatch:
@@ -133,11 +128,12 @@ class CutMix(Mixer):
 
 class Mixup(Mixer):
     streams = ("uniform",)
+    RULES = {k: BOX_RULES[k] for k in ("prob", "alpha", "mix_schedule")}
 
     def __init__(self, env: MixerEnv, prob: float = 1.0, alpha: float = 1.0,
                  mix_schedule: str = "always"):
+        values.check_values("mixer mixup", self.RULES, locals())
         super().__init__(env)
-        check_common("mixup", prob, alpha, mix_schedule, "batch")
         self.prob, self.alpha, self.mix_schedule = prob, alpha, mix_schedule
 
     def forward(self, streams: Mapping[str, Batch], ctx: StepContext) -> MixedBatch:

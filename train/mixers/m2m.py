@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ltpipe.pipeline import values
 from ltpipe.pipeline.batch import Batch, MixedBatch
 from ltpipe.train.mixers.base import Mixer, MixerEnv, StepContext
 from ltpipe.train.mixers.view_aug import loader_normalization
@@ -44,20 +45,26 @@ def _l2_per_sample(t: torch.Tensor) -> torch.Tensor:  # [B,...] -> [B,1,1,1]
 
 class M2m(Mixer):
     streams = ("uniform", "balanced")
+    # lam: the weight of f's term; eta: the step size on [0, 1] pixels; T: steps per batch
+    RULES = {"beta": values.number(0, 1, hi_open=True),
+             "lam": values.number(0, 1000), "gamma": values.number(0, 1, lo_open=True,
+                                                                   hi_open=True),
+             "eta": values.number(0, 1000), "T": values.integer(0, 1000, what="steps"),
+             "start_epoch": values.integer(0, values.MAX_EPOCHS, optional=True),
+             "mean": values.channel_stats(positive=False),
+             "std": values.channel_stats(positive=True)}
 
     def __init__(self, env: MixerEnv, classifier: str | nn.Module | None = None,
                  beta: float = 0.999, lam: float = 0.5, gamma: float = 0.9, eta: float = 0.1,
                  T: int = 10, start_epoch: int | None = None, mean=None, std=None):
+        values.check_values("mixer m2m", self.RULES, locals())
         super().__init__(env)
         if classifier is None:
             raise ValueError("mixer m2m: needs a frozen classifier g (param classifier / "
                              "--m2m-classifier RUN, a finished `ltpipe train` run directory)")
-        if not 0.0 <= beta < 1.0:
-            raise ValueError(f"mixer m2m: beta must be in [0, 1), got {beta}")
-        if not 0.0 < gamma < 1.0:
-            raise ValueError(f"mixer m2m: gamma must be in (0, 1), got {gamma}")
-        if int(T) < 0:
-            raise ValueError(f"mixer m2m: T must be >= 0, got {T}")
+        if not isinstance(classifier, (str, nn.Module)):
+            raise ValueError(f"mixer m2m: classifier must be a run directory or an nn.Module, "
+                             f"got {classifier!r}")
         if isinstance(classifier, nn.Module):
             g = classifier
         else:

@@ -44,11 +44,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ltpipe.pipeline import values
 from ltpipe.pipeline.batch import Batch, MixedBatch
 from ltpipe.pipeline.mix_plan import PlanSpec, host_to_device
 from ltpipe.train.mixers import confusion as conf
 from ltpipe.train.mixers.base import Mixer, MixerEnv, StepContext, active_in_epoch, resolve_prob
-from ltpipe.train.mixers.cutmix import minority_paste_prior, paste_planned_, step_plan
+from ltpipe.train.mixers.cutmix import BOX_RULES, minority_paste_prior, paste_planned_, step_plan
 
 log = logging.getLogger(__name__)
 MODES = ("exact", "bank")
@@ -97,6 +98,16 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 class OTMix(Mixer):
     streams = ("uniform", "minority")
+    # eps: Sinkhorn's regularisation, on costs in [0, 2] (fp32 -C/eps stays finite above 1e-6);
+    # mu: the exponent of (t/T)^mu
+    RULES = {**BOX_RULES, "prob": values.OPTIONAL_PROB, "fg_r": values.FG_R,
+             "mode": values.choice(*MODES), "omega": values.PROB,
+             "eps": values.number(1e-6, 1000), "mu": values.number(0, 1000),
+             "confusion_split": values.text(), "confusion_index": values.choice(*INDEXINGS),
+             "fraction": values.number(0, 1, lo_open=True),
+             "confusion_per_class": values.integer(1, 1_000_000),
+             "preset": values.choice("cifar", "imagenet", optional=True),
+             "bank_dtype": values.choice(*BANK_DTYPES)}
 
     def __init__(self, env: MixerEnv, mode: str = "exact", omega: float = 0.05, eps: float = 0.01,
                  alpha: float = 4.0, mu: float = 1.0, confusion_split: str = "val",
@@ -104,10 +115,9 @@ class OTMix(Mixer):
                  prob: float | None = None, mix_schedule: str = "repo", box: str = "batch",
                  fg_r: float = 1.0, confusion_per_class: int = 20, preset: str | None = None,
                  bank_dtype: str = "float32"):
+        values.check_values("mixer otmix", self.RULES, locals())
         super().__init__(env)
         prob = resolve_prob(prob, mix_schedule)  # default: 1.0 under "paper", else 0.5
-        self._check(mode, omega, eps, alpha, confusion_index, fraction, prob, box)
-        active_in_epoch(0, env.epochs, mix_schedule)  # validates the name
         self.mode, self.omega, self.eps, self.alpha, self.mu = mode, float(omega), float(eps), \
             float(alpha), float(mu)
         self.confusion_split, self.confusion_index = confusion_split, confusion_index
@@ -116,9 +126,6 @@ class OTMix(Mixer):
         self.fg_r = float(fg_r)
         self.confusion_per_class = int(confusion_per_class)
         self.preset = preset or ("cifar" if env.image_size <= 64 else "imagenet")
-        if bank_dtype not in BANK_DTYPES:
-            raise ValueError(f"mixer otmix: bank_dtype must be one of {tuple(BANK_DTYPES)}, "
-                             f"got {bank_dtype!r}")
         self.bank_dtype = BANK_DTYPES[bank_dtype]  # float16 halves the bank (iNat: 3.6 -> 1.8 GB)
         c = env.num_classes
         self.register_buffer("fhat", torch.zeros(c, c, device=env.device))  # F̂ [C,C]
@@ -140,21 +147,6 @@ class OTMix(Mixer):
                         "class term of the cost decides")
         self._loader = None
         self._keep_ids = None
-
-    @staticmethod
-    def _check(mode, omega, eps, alpha, indexing, fraction, prob, box) -> None:
-        checks = [(mode in MODES, f"mode must be one of {MODES}, got {mode!r}"),
-                  (0.0 <= omega <= 1.0, f"omega must be in [0, 1], got {omega}"),
-                  (eps > 0, f"eps must be > 0, got {eps}"),
-                  (alpha > 0, f"alpha must be > 0, got {alpha}"),
-                  (indexing in INDEXINGS,
-                   f"confusion_index must be one of {INDEXINGS}, got {indexing!r}"),
-                  (0.0 < fraction <= 1.0, f"fraction must be in (0, 1], got {fraction}"),
-                  (0.0 <= prob <= 1.0, f"prob must be in [0, 1], got {prob}"),
-                  (box in ("batch", "sample"), f"box must be 'batch' or 'sample', got {box!r}")]
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(f"mixer otmix: {msg}")
 
     # -- per epoch ---------------------------------------------------------------------------
     def use_ot_in(self, epoch: int, epochs: int) -> bool:

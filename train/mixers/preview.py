@@ -206,8 +206,11 @@ def make_preview(shards: Path, mixer: str, out: Path, *, n: int = 8, split: str 
 
     if n <= 0:
         raise ValueError(f"--n: must be a positive integer, got {n}")
-    if image_size is not None and image_size <= 0:
-        raise ValueError(f"--image-size: must be a positive integer, got {image_size}")
+    from ltpipe.pipeline.values import IMAGE_SIDE, SEED
+
+    for option, rule, value in (("--image-size", IMAGE_SIDE, image_size), ("--seed", SEED, seed)):
+        if value is not None and rule.problem(value):
+            raise ValueError(f"{option}: {rule.problem(value)}")
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: torch sees no CUDA device (use --device cpu)")
     manifest = load_manifest(shards)

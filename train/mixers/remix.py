@@ -16,8 +16,10 @@ from typing import Mapping
 import torch
 
 from ltpipe.kernels.boxes import sample_lam
+from ltpipe.pipeline import values
 from ltpipe.pipeline.batch import Batch, MixedBatch
-from ltpipe.train.mixers.base import Mixer, MixerEnv, StepContext, active_in_epoch, gate_open
+from ltpipe.train.mixers.base import (MIX_SCHEDULE, Mixer, MixerEnv, StepContext, active_in_epoch,
+                                      gate_open)
 
 
 def remix_label_weight(lam: torch.Tensor, n_a: torch.Tensor, n_b: torch.Tensor,
@@ -33,15 +35,14 @@ def remix_label_weight(lam: torch.Tensor, n_a: torch.Tensor, n_b: torch.Tensor,
 
 class Remix(Mixer):
     streams = ("uniform",)
+    # kappa: a ratio of class counts; tau: a share of the pixels
+    RULES = {"alpha": values.BETA_ALPHA, "kappa": values.number(1), "tau": values.PROB,
+             "prob": values.PROB, "mix_schedule": MIX_SCHEDULE}
 
     def __init__(self, env: MixerEnv, alpha: float = 1.0, kappa: float = 3.0, tau: float = 0.5,
                  prob: float = 1.0, mix_schedule: str = "always"):
+        values.check_values("mixer remix", self.RULES, locals())
         super().__init__(env)
-        if kappa < 1:
-            raise ValueError(f"mixer remix: kappa must be >= 1, got {kappa}")
-        if not 0 <= tau <= 1:
-            raise ValueError(f"mixer remix: tau must be in [0, 1], got {tau}")
-        active_in_epoch(0, env.epochs, mix_schedule)  # validates the name
         self.alpha, self.kappa, self.tau = float(alpha), float(kappa), float(tau)
         self.prob, self.mix_schedule = float(prob), mix_schedule
         self.register_buffer("counts", env.class_counts.clamp(min=1).clone(), persistent=False)

@@ -13,8 +13,10 @@ from typing import Mapping
 import torch
 
 from ltpipe.kernels.paste import resize_paste_
+from ltpipe.pipeline import values
 from ltpipe.pipeline.batch import Batch, MixedBatch
-from ltpipe.train.mixers.base import Mixer, MixerEnv, StepContext, active_in_epoch, gate_open
+from ltpipe.train.mixers.base import (MIX_SCHEDULE, Mixer, MixerEnv, StepContext, active_in_epoch,
+                                      gate_open)
 
 
 def side_ratio_boxes(batch_size: int, H: int, W: int, gen: torch.Generator,
@@ -38,16 +40,13 @@ def side_ratio_boxes(batch_size: int, H: int, W: int, gen: torch.Generator,
 
 class ResizeMix(Mixer):
     streams = ("uniform",)
+    RULES = {"scale": values.interval_pair(0, 1, lo_open=True), "prob": values.PROB,
+             "mix_schedule": MIX_SCHEDULE, "box": values.BOX}
 
     def __init__(self, env: MixerEnv, scale: tuple[float, float] = (0.1, 0.8), prob: float = 1.0,
                  mix_schedule: str = "always", box: str = "batch"):
+        values.check_values("mixer resizemix", self.RULES, locals())
         super().__init__(env)
-        if box not in ("batch", "sample"):
-            raise ValueError(f"mixer resizemix: box must be 'batch' or 'sample', got {box!r}")
-        active_in_epoch(0, env.epochs, mix_schedule)  # validates the name
-        if not 0.0 < scale[0] <= scale[1] <= 1.0:
-            raise ValueError(f"mixer resizemix: scale must satisfy 0 < lo <= hi <= 1, got "
-                             f"{scale!r}")
         self.scale = (float(scale[0]), float(scale[1]))
         self.prob, self.mix_schedule, self.box = float(prob), mix_schedule, box
 

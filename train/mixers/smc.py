@@ -27,6 +27,7 @@ import torch
 
 from ltpipe.kernels.boxes import resizemix_boxes
 from ltpipe.kernels.paste import resize_paste_
+from ltpipe.pipeline import values
 from ltpipe.pipeline.batch import Batch, MixedBatch
 from ltpipe.pipeline.samplers import class_probabilities
 from ltpipe.train.losses.prior import data_prior, mixed_label_prior, resizemix_fg_share
@@ -39,18 +40,15 @@ VIEW_AUGS = ("sim", "crop", "none")  # full A_v; crop+flip only; no extra augmen
 class SMCMix(Mixer):
     streams = ("uniform", "minority")
     aux_terms = ("smc",)
+    RULES = {"fg_r": values.FG_R, "scale": values.interval_pair(0, 1), "box": values.BOX,
+             "views": values.integer(1, 2), "view_aug": values.choice(*VIEW_AUGS),
+             "mean": values.channel_stats(positive=False),
+             "std": values.channel_stats(positive=True)}
 
     def __init__(self, env: MixerEnv, fg_r: float = 1.0, scale: tuple[float, float] = (0.2, 0.8),
                  box: str = "batch", views: int = 2, view_aug: str = "sim", mean=None, std=None):
+        values.check_values("mixer smc", self.RULES, locals())
         super().__init__(env)
-        if box not in ("batch", "sample"):
-            raise ValueError(f"mixer smc: box must be 'batch' or 'sample', got {box!r}")
-        if view_aug not in VIEW_AUGS:
-            raise ValueError(f"mixer smc: view_aug must be one of {VIEW_AUGS}, got {view_aug!r}")
-        if int(views) not in (1, 2):
-            raise ValueError(f"mixer smc: views must be 1 or 2, got {views}")
-        if not 0.0 <= scale[0] <= scale[1] <= 1.0:
-            raise ValueError(f"mixer smc: scale must satisfy 0 <= lo <= hi <= 1, got {scale!r}")
         self.fg_r = float(fg_r)  # γ: the loader builds the minority stream with this r
         self.scale = (float(scale[0]), float(scale[1]))
         self.box, self.views, self.view_aug = box, int(views), view_aug
