@@ -22,7 +22,7 @@ import numpy as np
 
 from ltpipe.pipeline import step_random
 from ltpipe.pipeline.samplers import class_probabilities
-from ltpipe.shards.lifetime import tie_to_parent
+from ltpipe.shards.lifetime import LEFT_TO_THE_PARENT, tie_to_parent
 
 
 class MinorityDraws:
@@ -122,7 +122,7 @@ class MinoritySource:
 
     def __call__(self, batch_info):
         if not self._bound_to_parent and os.getpid() != self._parent:  # first call in a worker
-            tie_to_parent(self._parent)
+            tie_to_parent(self._parent, ignore=LEFT_TO_THE_PARENT)
             self._bound_to_parent = True
         epoch, step = self.position(batch_info.iteration)
         ids = self.draws.draw(epoch, step, self.batch_size)  # drawn whether or not they decode

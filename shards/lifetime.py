@@ -1,4 +1,5 @@
-"""Worker processes end with the process that forked them, and leave Ctrl-C and SIGTERM to it.
+"""Worker processes end with the process that forked them, and leave Ctrl-C (and, for the loaders'
+readers, SIGTERM) to it.
 
 A forked worker inherits both ends of the pipes it waits on, so it never sees them close: after
 a SIGKILL of its parent (the out-of-memory killer, a scheduler's preemption) it would live on,
@@ -15,18 +16,21 @@ import signal
 import sys
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-LEFT_TO_THE_PARENT = (signal.SIGINT, signal.SIGTERM)  # the parent handles them for the group
+# What the trainer answers for its whole process group. Only the loaders' reader processes leave
+# SIGTERM to it: `ltpipe shard`'s pool stops its own workers with SIGTERM when one of them dies.
+LEFT_TO_THE_PARENT = (signal.SIGINT, signal.SIGTERM)
 
 
-def tie_to_parent(parent_pid: int) -> None:
-    """Ignore SIGINT and SIGTERM, and ask the kernel to SIGKILL this process when its parent dies
-    (exit now if it already has).
+def tie_to_parent(parent_pid: int, ignore=(signal.SIGINT,)) -> None:
+    """Ignore the signals ``ignore`` (Ctrl-C reaches the whole group; the parent answers for it),
+    and ask the kernel to SIGKILL this process when its parent dies (exit now if it already
+    has).
 
     The signal follows the parent *thread* that forked this process: fork from a thread that
     lives as long as the parent (DALI forks from the thread that builds the pipeline, the
     trainer's main thread; ``ltpipe shard`` from its main thread).
     """
-    for signum in LEFT_TO_THE_PARENT:
+    for signum in ignore:
         signal.signal(signum, signal.SIG_IGN)
     if not sys.platform.startswith("linux"):
         return

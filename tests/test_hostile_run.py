@@ -105,7 +105,7 @@ def test_a_run_that_diverges_before_its_first_checkpoint_says_so_and_can_rerun(s
 # ---------------------------------------------------------------- strict JSON
 def test_every_json_the_trainer_writes_is_strict(tmp_path):
     """A nan or inf value is written as null (Python would write bare NaN and Infinity)."""
-    from ltpipe.train.benchmark import write_result
+    from ltpipe.bench.harness import write_result
     from ltpipe.train.report import METRICS, RunReport
 
     report = RunReport(tmp_path, enabled=True, tensorboard=False)
