@@ -291,7 +291,7 @@ def resident_copy(streams: dict[str, Batch]) -> dict[str, Batch]:
     """A private device copy (same dtype, strides) that no loader will ever overwrite; Q's
     tiles too, where the loader decoded Q as tiles."""
     def tiles(t):
-        return None if t is None else Tiles(t.pixels.clone(), t.boxes.clone())
+        return None if t is None else Tiles(t.pixels.clone(), t.boxes.clone(), t.cached)
 
     return {k: Batch(b.images.clone(), b.labels.clone(), b.index.clone(), dict(b.meta),
                      tiles(b.tiles)) for k, b in streams.items()}
