@@ -144,14 +144,15 @@ def _crop_paste(dst, d_cl, pixels, offsets, shapes, slots, windows, boxes, flips
 @njit(cache=True)
 def _store(dst, d_cl, i, y, x0, acc, kind, normalize, mean, inv_std, fbuf, ubuf):
     """Round output row y's sums to uint8 values u and store them (normalised, encoded)."""
+    plain = kind == KIND_F32 and normalize  # the common cases without _encode's branches
+    raw = kind == KIND_U8 or (kind == KIND_F32 and not normalize)
     for c in range(3):
-        plain = kind == KIND_F32 and normalize
         m, s = mean[c], inv_std[c]
         for xx in range(acc.shape[0] // 3):
             u = np.float32(math.floor(acc[3 * xx + c] + _HALF))
             u = min(max(u, _ZERO), np.float32(255.0))
-            out = (u - m) * s if plain else _encode(u, c, kind, normalize, mean, inv_std, fbuf,
-                                                    ubuf)
+            out = (u - m) * s if plain else u if raw else _encode(u, c, kind, normalize, mean,
+                                                                  inv_std, fbuf, ubuf)
             if d_cl:
                 dst[i, y, x0 + xx, c] = out
             else:
