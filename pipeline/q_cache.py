@@ -241,8 +241,10 @@ class QCache:
 
     def describe(self) -> str:
         where = {"cuda": "on the GPU", "pinned": "in pinned host memory", "cpu": "in memory"}
+        size = f"{self.nbytes / GB:.2f} GB" if self.nbytes >= 0.1 * GB else \
+            f"{self.nbytes / 1e6:.1f} MB"
         return (f"Q cache: {len(self.ids):,} of {self.slot_of.size:,} images at <= {self.side} "
-                f"px, {self.nbytes / GB:.2f} GB {where[self.place]}, built in "
+                f"px, {size} {where[self.place]}, built in "
                 f"{self.seconds:.1f} s: {100 * self.expected:.1f} % of Q's draws (expected)")
 
     def rows(self, plan: MixPlan, ids: np.ndarray, *, tiles: bool, preset: str, size: int,

@@ -55,7 +55,9 @@ def loader(path, plan=TILES, preset="imagenet", **kw):
 
 
 def levels(a, b):
-    return (a.float() - b.float()).abs() / LEVEL
+    """|a − b| in uint8 levels (normalised images, or raw uint8 pixels)."""
+    diff = (a.float() - b.float()).abs()
+    return diff if a.dtype == torch.uint8 else diff / LEVEL
 
 
 @pytest.mark.parametrize("r", [1.0, 0.0])  # paper meaning: q_k ∝ n_k^-r
@@ -135,10 +137,15 @@ def test_crop_windows_of_all_rows_at_once_follow_the_per_image_rule(preset):
     assert got.tolist() == [list(w) for w in want]
 
 
-@pytest.mark.parametrize("preset,path", [("imagenet", "s48"), ("cifar", "s32")])
-def test_cached_tiles_equal_dali_tiles_from_the_copy_at_the_cache_size(shards, preset, path):
-    decoded = loader(shards / path, preset=preset, q_cache_gb=0)
-    cached = loader(shards / path, preset=preset, q_cache_gb="auto", count_pixels=True)
+@pytest.mark.parametrize("preset,path,dtype", [("imagenet", "s48", torch.float32),
+                                               ("cifar", "s32", torch.float32),
+                                               ("imagenet", "s48", torch.uint8)])
+def test_cached_tiles_equal_dali_tiles_from_the_copy_at_the_cache_size(shards, preset, path,
+                                                                      dtype):
+    """uint8: the loader's raw pixels (normalised later, pipeline/normalize.py)."""
+    decoded = loader(shards / path, preset=preset, q_cache_gb=0, dtype=dtype)
+    cached = loader(shards / path, preset=preset, q_cache_gb="auto", count_pixels=True,
+                    dtype=dtype)
     served = 0
     for a, b in itertools.islice(zip(decoded, cached), 6):
         assert torch.equal(a["minority"].index, b["minority"].index)  # the same draws
@@ -233,3 +240,35 @@ def test_each_rank_holds_the_same_cache_and_draws_its_own_rows(shards):
             bg = a["uniform"].images
             got = b["minority"].tiles.paste_(bg.clone())
             assert levels(a["minority"].tiles.paste_(bg.clone()), got).max() <= 1.0 + 1e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("place", ["cuda", "pinned"])
+def test_on_the_gpu_cached_rows_equal_the_reference_and_nvjpeg_tiles(shards, monkeypatch, place):
+    """The cache decoded by nvJPEG, on the device or in pinned host memory (the kernel reads it
+    through its device mapping): the CUDA kernel's rows equal the torch reference bit for bit,
+    and nvJPEG's own tiles of the same windows within a level (fp16 output)."""
+    from ltpipe.kernels.crop_paste import SourceImages, crop_resize_paste_reference
+    from ltpipe.pipeline import q_cache
+
+    torch.cuda.init()  # DALI's Python workers are then spawned, as in training
+    if place == "pinned":  # as when the device has no room for the budget
+        monkeypatch.setattr(q_cache, "DEVICE_ROOM", 0.0)
+    kw = dict(device="cuda", dtype=torch.float16, channels_last=True)
+    cached = loader(shards / "s48", q_cache_gb="auto", **kw)
+    cache = cached.q_cache
+    assert cache.place == place and cache.source.pixels.is_cuda == (place == "cuda")
+    decoded = loader(shards / "s48", q_cache_gb=0, q_decode="tiles-whole", **kw)
+    host = SourceImages(*(t.cpu() for t in (cache.source.pixels, cache.source.offsets,
+                                            cache.source.shapes)))
+    for a, b in itertools.islice(zip(decoded, cached), 3):
+        bg = a["uniform"].images
+        rows = b["minority"].tiles.cached
+        got = b["minority"].tiles.paste_(bg.clone())
+        ref = crop_resize_paste_reference(bg.cpu().clone(), host, *(t.cpu() for t in (
+            rows.slots, rows.windows, rows.boxes, rows.flips)), mean=cache._mean,
+            inv_std=cache._inv_std)
+        assert torch.equal(got.cpu().view(torch.int16), ref.view(torch.int16))
+        want = a["minority"].tiles.paste_(bg.clone())
+        assert levels(want.cpu(), got.cpu()).max() <= 1.2  # one level, and fp16's rounding
