@@ -123,6 +123,7 @@ def _crop_paste(dst, d_cl, pixels, offsets, shapes, slots, windows, boxes, flips
     S = dst.shape[2] if d_cl else dst.shape[3]
     fbuf = np.empty(1, np.float32)
     ubuf = fbuf.view(np.uint32)
+    scratch = np.empty(0, np.float32)  # the rows' buffer, reused (a fresh one per row faults)
     for i in range(dst.shape[0]):
         k = slots[i]
         x0, y0, x1, y1 = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
@@ -132,7 +133,10 @@ def _crop_paste(dst, d_cl, pixels, offsets, shapes, slots, windows, boxes, flips
         jx, ax, tx0, tx1 = _taps(x0, x1 - x0, flips[i] != 0, S, ww)
         jy, ay, ty0, ty1 = _taps(y0, y1 - y0, False, S, wh)
         lo, hi = jy.min(), jy.max()
-        rows = np.empty((hi - lo + 1, 3 * (x1 - x0)), np.float32)
+        size = (hi - lo + 1) * 3 * (x1 - x0)
+        if scratch.size < size:
+            scratch = np.empty(size, np.float32)
+        rows = scratch[:size].reshape(hi - lo + 1, 3 * (x1 - x0))
         _horizontal(rows, pixels, offsets[k], shapes[k, 0], shapes[k, 1], wx, wy, lo, jx, ax,
                     tx0, tx1)
         acc = np.empty(3 * (x1 - x0), np.float32)
