@@ -220,6 +220,8 @@ class DaliLoader:
         self._cache_request = q_cache
         if q_cache is not None and q_cache[0] > 0:
             self.q_cache = self._make_cache(budget=q_cache[0], side=q_cache[1])
+            if self.q_cache is not None:
+                log.info("%s", self.q_cache.describe())
 
     def _make_cache(self, budget: int, side: int, images: int | None = None) -> QCache | None:
         q = class_probabilities(self.class_counts, self.r, allow_empty=True)
