@@ -37,7 +37,7 @@ from ltpipe.pipeline.loader_args import (check_arguments, check_values, declared
                                           loader_threads, shard_sizes)
 from ltpipe.pipeline.minority import MinorityDraws, MinoritySource, ShardBytes
 from ltpipe.pipeline.mix_plan import MixPlanner
-from ltpipe.pipeline.q_cache import AUTO, DEFAULT_SIDE, QCache, budget_bytes, check_budget
+from ltpipe.pipeline.q_cache import AUTO, DEFAULT_SIDE, QCache, budget_bytes
 from ltpipe.pipeline.q_decode import PlannedDecode
 from ltpipe.pipeline.samplers import class_probabilities
 from ltpipe.pipeline.shardset import ShardSplit, open_split
@@ -134,7 +134,6 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
     check_values(locals())
     if q_decode not in Q_DECODES:
         raise ValueError(f"q_decode: must be one of {Q_DECODES}, got {q_decode!r}")
-    check_budget(q_cache_gb, q_cache_side)
     if mix_plan is None and mixer is not None:
         mix_plan = getattr(mixer, "mix_plan", None)
     streams, r = declared_streams(mixer, streams, r, split)

@@ -76,18 +76,6 @@ def budget_bytes(q_cache_gb, device: torch.device) -> int:
     return int(AUTO_HOST_SHARE * available_host_bytes() / ranks)
 
 
-def check_budget(q_cache_gb, side) -> None:
-    """One-line ValueErrors for make_loader's q_cache_gb / q_cache_side."""
-    ok = q_cache_gb == AUTO or (isinstance(q_cache_gb, (int, float))
-                                and not isinstance(q_cache_gb, bool)
-                                and np.isfinite(q_cache_gb) and q_cache_gb >= 0)
-    if not ok:
-        raise ValueError(f"q_cache_gb: must be {AUTO!r} or a number >= 0 (0: off), "
-                         f"got {q_cache_gb!r}")
-    if not isinstance(side, (int, np.integer)) or isinstance(side, bool) or side < 8:
-        raise ValueError(f"q_cache_side: must be an integer >= 8, got {side!r}")
-
-
 def ranking(p: np.ndarray) -> np.ndarray:
     """Sample ids by draw probability, highest first (ties: lower id first); p = 0 left out."""
     order = np.argsort(-p, kind="stable")

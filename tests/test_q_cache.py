@@ -20,7 +20,6 @@ from ltpipe.pipeline.dali_graph import IMAGENET_STD
 from ltpipe.pipeline.loader import make_loader
 from ltpipe.pipeline.minority import MinorityDraws
 from ltpipe.pipeline.mix_plan import PlanSpec
-from ltpipe.pipeline.q_cache import check_budget
 from ltpipe.pipeline.q_decode import crop_windows
 from ltpipe.shards.write import write_shards
 from ltpipe.train.mixers.base import MixerEnv, StepContext
@@ -88,10 +87,12 @@ def test_budgets_and_who_gets_a_cache(shards):
     full = loader(shards / "s48").q_cache  # "auto": this tiny set fits whole
     assert len(full.ids) == 63 and math.isclose(full.expected, 1.0)
     assert "Q cache: 63 of 63 images at <= 48 px" in full.describe()
-    for bad in (-1, "lots", float("nan"), True):
-        with pytest.raises(ValueError, match="q_cache_gb: must be 'auto' or a number >= 0"):
-            check_budget(bad, SIDE)
-    with pytest.raises(ValueError, match="q_cache_side"):
+    for bad, says in ((-1, "must be 'auto' or GB in"), ("lots", "must be 'auto' or GB in"),
+                      (1e5, "must be 'auto' or GB in"), (True, "must be 'auto' or GB in"),
+                      (float("nan"), "must be a finite number")):
+        with pytest.raises(ValueError, match=f"q_cache_gb: {says}"):
+            loader(shards / "s48", q_cache_gb=bad)
+    with pytest.raises(ValueError, match=r"q_cache_side: must be an integer in \[8, 4096\]"):
         loader(shards / "s48", q_cache_side=0)
 
 

@@ -228,6 +228,7 @@ LOADER_RULES = {
     "threads": values.integer(0, values.MAX_THREADS, what="0: automatic"),
     "py_workers": values.integer(0, values.MAX_THREADS, what="0: automatic"),
     "prefetch": values.PREFETCH, "hw_decoder_load": values.PROB,
+    "q_cache_gb": values.Q_CACHE_GB, "q_cache_side": values.Q_CACHE_SIDE,
 }
 
 
@@ -291,12 +292,6 @@ def check_loader(table: dict) -> None:
     if table["images"] not in IMAGE_OUTPUTS:
         raise ConfigError(f"[loader] images: must be one of {', '.join(IMAGE_OUTPUTS)}, got "
                           f"{table['images']!r}")
-    from ltpipe.pipeline.q_cache import check_budget
-
-    try:
-        check_budget(table["q_cache_gb"], table["q_cache_side"])
-    except ValueError as exc:
-        raise ConfigError(f"[loader] {exc}") from None
 
 
 def check_chosen_params(cfg: dict) -> None:
