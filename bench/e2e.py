@@ -121,7 +121,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "uniform+minority), qdec (auto: the loader's default; tiles: Q decodes only the "
                    "boxes of the mixer's plan; tiles-whole: the same tiles cut from whole-image "
                    "decodes of the mixed rows; full: whole Q images, no plan in the loader), u8 "
-                   "(1: uint8 out of DALI, normalised on the device); "
+                   "(1: uint8 out of DALI, normalised on the device), qcache (Q's decoded cache "
+                   "per rank: auto, or GB, 0 = off); "
                    "unset keys keep the options above; the fastest is used "
                    "for the other mixers and the reference, e.g. "
                    "'prio=default;prio=high;prio=high,hw=0.8;prio=high,shards=/tmp/inat-400'")
@@ -155,7 +156,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 VARIANT_KEYS = {"hw": float, "threads": int, "workers": int, "prefetch": int, "prio": str,
-                "shards": str, "cpudec": str, "qdec": str, "u8": int}
+                "shards": str, "cpudec": str, "qdec": str, "u8": int, "qcache": str}
 # u8=1: uint8 pixels out of DALI, normalised on the device before the step (pipeline/normalize.py,
 # the trainer's [loader] images = "uint8")
 # qdec: "auto" (the product default), "tiles" and "tiles-whole" build the loader from the mixer
@@ -163,13 +164,27 @@ VARIANT_KEYS = {"hw": float, "threads": int, "workers": int, "prefetch": int, "p
 # Q as box tiles where q_decode says so; "full" decodes whole Q images with no plan in the loader,
 # as every loader did before plans (the mixer then draws the same plan itself)
 QDECS = ("auto", "tiles", "tiles-whole", "full")
+# qcache: Q's decoded cache per rank, "auto" (the product default) or GB (0: off)
+
+
+def q_cache_gb(text: str):
+    """A variant's qcache= value as make_loader's q_cache_gb ("auto", or GB >= 0)."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise ValueError(f"qcache={text}: expected auto or GB >= 0")
+    return value
 
 
 def parse_variants(text: str, args) -> list[dict]:
     """'prio=default;prio=high,hw=0.8' -> full settings dicts (the options fill unset keys)."""
     base = {"hw": args.hw_decoder_load, "threads": args.threads, "workers": None,
             "prefetch": args.prefetch, "prio": args.compute_stream, "shards": "",
-            "cpudec": "", "qdec": "auto", "u8": 0}
+            "cpudec": "", "qdec": "auto", "u8": 0, "qcache": "auto"}
     out = []
     for spec in [v for v in text.split(";") if v.strip()] or [""]:
         v = dict(base)
@@ -181,6 +196,7 @@ def parse_variants(text: str, args) -> list[dict]:
         if v["prio"] not in PRIORITIES or not 0 <= v["hw"] <= 1 or v["qdec"] not in QDECS:
             raise ValueError(f"{spec!r}: prio must be one of {PRIORITIES}, hw in [0, 1], "
                              f"qdec one of {QDECS}")
+        q_cache_gb(v["qcache"])
         if v["shards"] and not (Path(v["shards"]) / "manifest.json").is_file():
             raise ValueError(f"{v['shards']}: not a shard directory (no manifest.json)")
         if v["workers"] is None:  # Q's reader processes: a quarter of DALI's threads
@@ -194,7 +210,7 @@ def variant_label(v: dict) -> str:
     written with ``ltpipe shard --max-size``: the same images, fewer pixels to decode) and
     ``cpudec=`` when streams are decoded on the CPU (a mixer without such a stream ignores it),
     ``qdec=`` when it is not the loader's default."""
-    quiet = {"shards": "", "cpudec": "", "qdec": "auto", "u8": 0}  # left out at these values
+    quiet = {"shards": "", "cpudec": "", "qdec": "auto", "u8": 0, "qcache": "auto"}  # left out
     return ",".join(f"{k}={v[k]}" for k in VARIANT_KEYS if k not in quiet or v[k] != quiet[k])
 
 
@@ -291,7 +307,7 @@ def resident_copy(streams: dict[str, Batch]) -> dict[str, Batch]:
     """A private device copy (same dtype, strides) that no loader will ever overwrite; Q's
     tiles too, where the loader decoded Q as tiles."""
     def tiles(t):
-        return None if t is None else Tiles(t.pixels.clone(), t.boxes.clone())
+        return None if t is None else Tiles(t.pixels.clone(), t.boxes.clone(), t.cached)
 
     return {k: Batch(b.images.clone(), b.labels.clone(), b.index.clone(), dict(b.meta),
                      tiles(b.tiles)) for k, b in streams.items()}
@@ -398,7 +414,8 @@ def measure_mixer(name: str, shards: Path, args, counts: torch.Tensor,
         return dict(num_threads=v["threads"], py_workers=v["workers"],
                     prefetch=v["prefetch"], hw_decoder_load=v["hw"],
                     cpu_decode=tuple(x for x in v["cpudec"].split("+") if x in streams),
-                    max_image_side=args.max_image_side, **source, **common)
+                    max_image_side=args.max_image_side, q_cache_gb=q_cache_gb(v["qcache"]),
+                    **source, **common)
 
     def loader(v: dict):
         data = Path(v["shards"]) if v["shards"] else shards

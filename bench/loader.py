@@ -29,6 +29,16 @@ configuration. CPU (the "inat" profile stored at long side <= 512, i.e. 300-512 
     ltpipe shard synthetic DIR --size inat --classes 60 --max-per-class 40 --max-size 512
     python -m ltpipe.bench.loader --device cpu --shards DIR --plan-probs 0.5,1 --plan-only \
         --workers 2 --batch-size 32 --steps 10 --warmup 3 --repeats 5 --out DIR-results
+Q from its decoded cache (``--cache-probs 1``): P alone (images/s), P+Q with Q's cache warm
+(pairs/s) and P+Q with Q decoded as tiles (pairs/s), in one run: the three loaders are built side
+by side (the cache is built, i.e. warm, before any timing) and timed in alternation, and each
+timed run first takes ``--prefetch`` + 1 steps untimed, so no loader is timed on batches decoded
+while another was timed. A P+Q step includes the paste of Q's boxes into P's images (the tiles,
+or the cached rows' crop-resize), the work the mixer adds. Records each loader's rate, their
+ratios paired by repeat, Q's decoded pixels over P's, and the cache's coverage (expected and
+counted) and size. ``--q-cache-gb`` (default auto) sets its budget. CPU:
+    python -m ltpipe.bench.loader --device cpu --shards DIR --cache-probs 1 --plan-only \
+        --workers 2 --batch-size 32 --steps 10 --warmup 3 --repeats 5 --out DIR-results
 CPU decode cost per core by stored size (iNat-like images; DIR and DIR-384 written by
 ``ltpipe shard synthetic DIR --size inat --classes 200 --max-per-class 60 [--max-size 384]``):
     python -m ltpipe.bench.loader --device cpu --shards DIR --max-sizes 384 --workers 1,2 \
@@ -90,8 +100,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--plan-probs", default="",
                    help="comma-separated CMO probs: full-decode Q vs plan-aware (tiles) Q")
+    p.add_argument("--cache-probs", default="",
+                   help="comma-separated CMO probs: P alone vs P+Q from Q's decoded cache vs "
+                   "P+Q with Q as tiles")
+    p.add_argument("--q-cache-gb", default="auto",
+                   help="Q's cache budget for --cache-probs: auto or GB")
     p.add_argument("--plan-only", action="store_true",
-                   help="only the --plan-probs comparison (no stream sets, no reference)")
+                   help="only the --plan-probs / --cache-probs comparisons (no stream sets, no "
+                   "reference)")
     p.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
     return p.parse_args(argv)
 
@@ -228,15 +244,30 @@ def measure_reference(shards: Path, args, common: dict) -> dict:
     return baselines
 
 
-def plan_probs(args) -> list[float]:
+def plan_probs(args, option: str = "plan_probs") -> list[float]:
+    text = getattr(args, option)
     try:
-        probs = [float(p) for p in args.plan_probs.split(",") if p]
+        probs = [float(p) for p in text.split(",") if p]
     except ValueError:
         probs = [-1.0]
     if not all(0 < p <= 1 for p in probs):
-        raise SystemExit(f"ltpipe.bench.loader: --plan-probs: expected probs in (0, 1], got "
-                         f"{args.plan_probs!r}")
+        raise SystemExit(f"ltpipe.bench.loader: --{option.replace('_', '-')}: expected probs in "
+                         f"(0, 1], got {text!r}")
     return probs
+
+
+def cache_budget(args):
+    """--q-cache-gb as make_loader's q_cache_gb."""
+    if args.q_cache_gb == "auto":
+        return "auto"
+    try:
+        gb = float(args.q_cache_gb)
+    except ValueError:
+        gb = -1.0
+    if not gb > 0:
+        raise SystemExit(f"ltpipe.bench.loader: --q-cache-gb: expected auto or GB > 0, got "
+                         f"{args.q_cache_gb!r}")
+    return gb
 
 
 def measure_plans(shards: Path, args, common: dict) -> dict:
@@ -252,7 +283,7 @@ def measure_plans(shards: Path, args, common: dict) -> dict:
             loaders = {mode: make_loader(shards, streams=("uniform", "minority"),
                                          num_threads=workers, py_workers=max(1, workers // 4),
                                          prefetch=args.prefetch, mix_plan=spec, q_decode=mode,
-                                         count_pixels=True, **common)
+                                         count_pixels=True, q_cache_gb=0, **common)
                        for mode in ("full", "tiles")}
             rates = {mode: [] for mode in loaders}
             steps = {mode: endless(x) for mode, x in loaders.items()}
@@ -284,6 +315,82 @@ def measure_plans(shards: Path, args, common: dict) -> dict:
     return results
 
 
+def pasted(loader):
+    """Steps of ``loader`` with Q's boxes pasted into P's images (the tiles, and rows from Q's
+    decoded cache), the work the mixer adds; P alone as it comes."""
+    for step in endless(loader):
+        q = step.get("minority")
+        if q is not None and q.tiles is not None and step["uniform"].meta["plan"].active:
+            q.tiles[:len(step["uniform"])].paste_(step["uniform"].images)
+        yield step
+
+
+def measure_cache(shards: Path, args, common: dict) -> dict:
+    """P alone vs P+Q from Q's decoded cache vs P+Q with Q as tiles, per prob and worker count
+    (module doc)."""
+    from ltpipe.pipeline.mix_plan import PlanSpec
+
+    results = {}
+    budget = cache_budget(args)
+    for workers in args.workers:
+        for prob in plan_probs(args, "cache_probs"):
+            spec = PlanSpec(prob=prob, mix_schedule="always", epochs=1, alpha=1.0,
+                            per_sample=False)
+            kw = dict(num_threads=workers, py_workers=max(1, workers // 4),
+                      prefetch=args.prefetch, count_pixels=True, **common)
+            loaders = {"p_alone": make_loader(shards, streams=("uniform",), **kw),
+                       "cache": make_loader(shards, streams=("uniform", "minority"),
+                                            mix_plan=spec, q_decode="tiles", q_cache_gb=budget,
+                                            **kw),
+                       "tiles": make_loader(shards, streams=("uniform", "minority"),
+                                            mix_plan=spec, q_decode="tiles", q_cache_gb=0, **kw)}
+            steps = {name: pasted(x) for name, x in loaders.items()}
+            served = [0, 0]
+            rates = {name: [] for name in loaders}
+            for name in loaders:
+                for _ in range(args.warmup):
+                    next(steps[name])
+            order = list(loaders)
+            for r in range(args.repeats):  # alternate, rotating who goes first
+                for name in order[r % 3:] + order[:r % 3]:
+                    for _ in range(args.prefetch + 1):  # what was decoded while others ran
+                        next(steps[name])
+                    t0, n = time.perf_counter(), 0
+                    for _ in range(args.steps):
+                        step = next(steps[name])
+                        n += len(step["uniform"])
+                        if name == "cache":
+                            got = step["uniform"].meta["q_cache"]  # (served, drawn) Q rows
+                            served = [served[0] + got[0], served[1] + got[1]]
+                    rates[name].append(n / (time.perf_counter() - t0))
+            tag = f"cache_cmo_p{prob:g}_w{workers}"
+            cache = loaders["cache"].q_cache
+            px = {name: x.decoded_pixels for name, x in loaders.items()}
+            results[tag] = {
+                "p_alone_images_per_s": summary(rates["p_alone"]),
+                "cache_pairs_per_s": summary(rates["cache"]),
+                "tiles_pairs_per_s": summary(rates["tiles"]),
+                "cache_over_p_alone": summary([c / p for c, p in zip(rates["cache"],
+                                                                     rates["p_alone"])]),
+                "tiles_over_p_alone": summary([t / p for t, p in zip(rates["tiles"],
+                                                                     rates["p_alone"])]),
+                "q_over_p_pixels": {m: px[m]["minority"] / px[m]["uniform"]
+                                    for m in ("cache", "tiles")},
+                "q_cache": {"images": len(cache.ids) if cache else 0,
+                            "gb": cache.nbytes / 1e9 if cache else 0.0,
+                            "build_s": cache.seconds if cache else 0.0,
+                            "coverage_expected": cache.expected if cache else 0.0,
+                            "coverage_counted": served[0] / max(served[1], 1)}}
+            print(f"cache {tag}: P alone {summary(rates['p_alone'])['mean']:.0f} img/s, P+Q "
+                  f"cache {summary(rates['cache'])['mean']:.0f} pairs/s "
+                  f"(x{results[tag]['cache_over_p_alone']['mean']:.2f}), tiles "
+                  f"{summary(rates['tiles'])['mean']:.0f}; Q/P pixels "
+                  f"{results[tag]['q_over_p_pixels']['cache']:.4f} (cache), "
+                  f"{results[tag]['q_over_p_pixels']['tiles']:.3f} (tiles)", file=sys.stderr)
+            del loaders, steps
+    return results
+
+
 def measure(dirs: dict[str, Path], args) -> tuple[dict, dict]:
     common = dict(batch_size=args.batch_size, device=args.device, preset=args.preset,
                   image_size=args.image_size, dtype=DTYPES[args.dtype],
@@ -294,6 +401,8 @@ def measure(dirs: dict[str, Path], args) -> tuple[dict, dict]:
             results.update(measure_dali(shards, args, common, label))
     if args.plan_probs:
         results.update(measure_plans(dirs[""], args, common))
+    if args.cache_probs:
+        results.update(measure_cache(dirs[""], args, common))
     skip = args.skip_reference or args.plan_only
     baselines = {} if skip else measure_reference(dirs[""], args, common)
     return results, baselines
@@ -306,6 +415,8 @@ def main(argv=None) -> int:
         return 2
     stream_sets(args)  # a bad --streams or --plan-probs fails before any data is written
     plan_probs(args)
+    plan_probs(args, "cache_probs")
+    cache_budget(args)
     dirs = shard_dirs(args)
     fit_defaults(args, dirs[""])
     if args.device == "cuda":

@@ -28,12 +28,27 @@ class Tiles:
 
     pixels: torch.Tensor  # [B,3,h_max,w_max] (memory may be channels_last)
     boxes: torch.Tensor  # int32 [B,4] (x0, y0, x1, y1): where each tile goes in the S x S image
+    # rows pasted from the loader's decoded cache instead (pipeline/q_cache.py CachedRows: their
+    # boxes above are empty, their tiles placeholders); ``paste_`` writes both
+    cached: Any = None
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
 
     def __getitem__(self, rows: slice) -> "Tiles":
-        return Tiles(self.pixels[rows], self.boxes[rows])
+        cached = None if self.cached is None else self.cached[rows]
+        return Tiles(self.pixels[rows], self.boxes[rows], cached)
+
+    def paste_(self, dst: torch.Tensor) -> torch.Tensor:
+        """Paste every row's box into ``dst`` [B,3,S,S] in place: the decoded tiles, then the
+        cached rows (a crop-resize from the cache); returns dst. Boxes come from the mix plan:
+        valid by construction, not checked (a check is a host sync on CUDA)."""
+        from ltpipe.kernels.paste_tiles import paste_tiles_
+
+        paste_tiles_(dst, self.pixels, self.boxes, validate=False)
+        if self.cached is not None:
+            self.cached.paste_(dst)
+        return dst
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from ltpipe.pipeline.loader_args import (check_arguments, check_values, declared
                                           loader_threads, shard_sizes)
 from ltpipe.pipeline.minority import MinorityDraws, MinoritySource, ShardBytes
 from ltpipe.pipeline.mix_plan import MixPlanner
+from ltpipe.pipeline.q_cache import AUTO, DEFAULT_SIDE, QCache, budget_bytes
 from ltpipe.pipeline.q_decode import PlannedDecode
 from ltpipe.pipeline.samplers import class_probabilities
 from ltpipe.pipeline.shardset import ShardSplit, open_split
@@ -47,7 +48,8 @@ STATE_VERSION = 1
 Q_DECODES = ("auto", "tiles", "tiles-whole", "full")
 
 
-def resolve_q_decode(q_decode: str, device: str, cpu_decode: tuple[str, ...]) -> str | None:
+def resolve_q_decode(q_decode: str, device: str, cpu_decode: tuple[str, ...],
+                     cached: bool = False) -> str | None:
     """How a planned Q stream is decoded: "tiles", "tiles-whole" (tiles cut from whole-image
     decodes), "full" (whole images at the plan's crops), or None: no plan in the loader, Q
     decoded as before plans (DALI draws its own crop) while the mixer draws the same plan from
@@ -58,10 +60,15 @@ def resolve_q_decode(q_decode: str, device: str, cpu_decode: tuple[str, ...]) ->
     ResNet-50) full decoding won or tied every run: ROI tiles 3,825 vs 5,167 img/s at prob 0.5
     (not profiled); "tiles-whole" level at prob 0.5 and 13-19 % slower at prob 1, where it
     decodes every Q image whole while full decoding decodes only each random-resized crop
-    (bench/results/e2e-*plan*-nvidia-h200.json, e2e-tileswhole-*-nvidia-h200.json)."""
+    (bench/results/e2e-*plan*-nvidia-h200.json, e2e-tileswhole-*-nvidia-h200.json).
+    With a decoded cache (``cached``) Q needs the loader's plan, and on nvJPEG "auto" takes
+    "tiles-whole" for the rows the cache does not hold (the hardware decoder takes whole images;
+    not measured yet: bench/gpu/loader_off_gpu.sh)."""
     if q_decode != "auto":
         return q_decode
-    return "tiles" if device == "cpu" or "minority" in cpu_decode else None
+    if device == "cpu" or "minority" in cpu_decode:
+        return "tiles"
+    return "tiles-whole" if cached else None
 
 
 def make_loader(shards, split: str = "train", batch_size: int = 128,
@@ -73,7 +80,7 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
                 hw_decoder_load: float = 0.65, max_image_side: int = 0, concurrency: str = "full",
                 cpu_decode=(), validate: bool = True, allow_empty_classes: bool = False,
                 skip_corrupt: bool = False, mix_plan=None, q_decode: str = "auto",
-                count_pixels: bool = False):
+                count_pixels: bool = False, q_cache_gb=AUTO, q_cache_side: int = DEFAULT_SIDE):
     """Build the DALI loader of one rank (falls back to the torch reference without DALI).
 
     Args:
@@ -113,6 +120,13 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
             measured faster; the mixer then draws the plan itself).
             Ignored without a plan.
         count_pixels: sum each stream's decoded source pixels in ``decoded_pixels``.
+        q_cache_gb: under a plan, the budget in GB (10⁹ bytes) of Q's decoded cache
+            (pipeline/q_cache.py): Q's most-drawn images kept decoded at a long side <=
+            ``q_cache_side`` px on the loader's device, their rows pasted from there with no
+            decode. 0: off; "auto": 15 % of the GPU's free memory, or on the CPU a quarter of
+            the available memory shared by the node's ranks (``q_cache.budget_bytes``).
+            ``loader.q_cache`` is the cache (None without one); its ``describe()`` says what
+            it holds and the share of Q's draws it serves.
     Returns a DaliLoader: ``for step in loader`` -> {stream: Batch}; len, set_epoch,
     state_dict/load_state_dict, class_counts (int64 [C]), num_classes, and ``skipped``: the
     number of corrupt samples of the split left out (0 unless skip_corrupt).
@@ -146,7 +160,10 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
         raise ValueError(f"cpu_decode: {sorted(set(cpu_decode) - set(streams))} are not among "
                          f"the streams {streams}")
     dev_id = torch.cuda.current_device() if device == "cuda" else None
-    mode = resolve_q_decode(q_decode, device, cpu_decode)
+    cache_budget = 0
+    if mix_plan is not None and split == "train" and "minority" in streams:
+        cache_budget = budget_bytes(q_cache_gb, torch.device(device, dev_id))
+    mode = resolve_q_decode(q_decode, device, cpu_decode, cached=cache_budget > 0)
     size = DEFAULT_SIZE[preset] if image_size is None else image_size  # None: the preset's
     spec = GraphSpec(
         batch_size=int(batch_size), preset=preset, size=int(size),
@@ -164,7 +181,8 @@ def make_loader(shards, split: str = "train", batch_size: int = 128,
     return DaliLoader(data, spec, streams, r=r, seed=seed, rank=rank, world=world, epoch=epoch,
                       dtype=dtype, planner=planner,
                       tiles=planner is not None and mix_plan.tiles
-                      and mode in ("tiles", "tiles-whole"))
+                      and mode in ("tiles", "tiles-whole"),
+                      q_cache=(cache_budget, int(q_cache_side)) if planner is not None else None)
 
 
 def pipeline_seed(seed: int, rank: int, epoch: int) -> int:
@@ -176,7 +194,8 @@ class DaliLoader:
 
     def __init__(self, data: ShardSplit, spec: GraphSpec, streams: tuple[str, ...], *, r: float,
                  seed: int, rank: int, world: int, epoch: int, dtype,
-                 planner: MixPlanner | None = None, tiles: bool = False):
+                 planner: MixPlanner | None = None, tiles: bool = False,
+                 q_cache: tuple[int, int] | None = None):
         self.data, self.spec, self.streams = data, spec, streams
         self.planner, self.tiles = planner, tiles  # the step's mix plan; Q decoded as tiles
         self.decoded_pixels = {name: 0 for name in streams}  # spec.count_pixels: Σ h·w decoded
@@ -196,6 +215,21 @@ class DaliLoader:
         self._pipe_start = None  # epoch the running pipeline was built for
         self._pos = None  # (epoch, step) the running pipeline will produce next
         self._restore = None  # (state dict) to build from on the next iteration
+        self.q_cache = None  # Q's decoded cache (q_cache.py), with its budget and side
+        self._cache_request = q_cache
+        if q_cache is not None and q_cache[0] > 0:
+            self.q_cache = self._make_cache(budget=q_cache[0], side=q_cache[1])
+            if self.q_cache is not None:
+                log.info("%s", self.q_cache.describe())
+
+    def _make_cache(self, budget: int, side: int, images: int | None = None) -> QCache | None:
+        q = class_probabilities(self.class_counts, self.r, allow_empty=True)
+        draws = MinorityDraws(self.data.labels, q, self.seed, self.rank, self.data.good_mask())
+        on_cpu = self.spec.device == "cpu" or "minority" in self.spec.cpu_decode
+        return QCache.build(draws, ShardBytes(self.data.rows, self.data.tar_paths),
+                            budget=budget, side=side, device=self.device,
+                            decoder="cpu" if on_cpu else "mixed",
+                            threads=self.spec.num_threads, images=images)
 
     # ---- epoch bookkeeping -------------------------------------------------------------
     def __len__(self) -> int:
@@ -275,7 +309,9 @@ class DaliLoader:
             draws = MinorityDraws(self.data.labels, q, self.seed, self.rank, allowed)
             planned = None
             if name == "minority" and self.planner is not None:
-                planned = PlannedDecode(self.planner, tiles=self.tiles, preset=self.spec.preset)
+                cached = self.q_cache.mask() if self.q_cache is not None else None
+                planned = PlannedDecode(self.planner, tiles=self.tiles, preset=self.spec.preset,
+                                        cached=cached)
             sources[name] = MinoritySource(draws, payloads, self.spec.batch_size, self._steps,
                                            start_epoch, planned)
         return build_pipeline(spec, reader, sources, checkpoint=checkpoint)
@@ -315,12 +351,33 @@ class DaliLoader:
                 shapes = np.array((tl.as_cpu() if hasattr(tl, "as_cpu") else tl).as_tensor())
                 shapes = shapes.reshape(-1, 3)
                 self.decoded_pixels[name] += int((shapes[:, 0] * shapes[:, 1]).sum())
-            tiles = None
+            tiles = cached = None
+            boxes = plan.tensors(self.device, real)[0] if self.tiles else None
+            if name == "minority" and self.q_cache is not None:
+                cached, boxes, served = self.q_cache.rows(
+                    plan, ids, tiles=self.tiles, preset=self.spec.preset, size=self.spec.size,
+                    device=self.device)
+                meta["q_cache"] = (served, real)  # Q rows the cache served, Q rows drawn
+                if not self.tiles:
+                    images = cached.paste_(self._whole(images, real))
             if name == "minority" and self.tiles:
-                tiles = Tiles(images, plan.tensors(self.device, real)[0])
+                tiles = Tiles(images, boxes, cached)
                 images = images.new_zeros((real, 3, 0, 0))
             result[name] = Batch(images, self._labels[index], index, meta, tiles)
         return {name: result[name] for name in self.streams}
+
+    def _whole(self, images: torch.Tensor, real: int) -> torch.Tensor:
+        """Q's S x S images for the cached rows to be pasted into: DALI's own output when it
+        decoded any row in full (a copy on the GPU, where it is DALI's buffer), else zeros (every
+        row came from the cache: DALI decoded 1 x 1 placeholders)."""
+        s = self.spec.size
+        if images.shape[-2:] != (s, s):
+            images = images.new_zeros((real, 3, s, s))
+            if self.spec.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+        elif images.is_cuda:
+            images = images.clone(memory_format=torch.preserve_format)
+        return images
 
     def _images(self, tl) -> torch.Tensor:
         """DALI batch -> torch [B,3,H,W] (channels_last strides for HWC output).
@@ -361,7 +418,8 @@ class DaliLoader:
         return {"version": STATE_VERSION, "epoch": epoch, "step": step,
                 "pipe_start_epoch": self._pipe_start if dali is not None else epoch,
                 "dali": dali, "streams": list(self.streams), "batch_size": self.spec.batch_size,
-                "seed": self.seed, "rank": self.rank, "world": self.world, "r": self.r}
+                "seed": self.seed, "rank": self.rank, "world": self.world, "r": self.r,
+                "q_cache": self.q_cache.state() if self.q_cache is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
         for key in ("streams", "batch_size", "seed", "rank", "world", "r"):
@@ -374,3 +432,17 @@ class DaliLoader:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self._restore = dict(state)
         self._pipe, self._pos = None, None
+        if "q_cache" in state:  # older states: keep this loader's cache
+            self._keep_cache(state["q_cache"])
+
+    def _keep_cache(self, saved: dict | None) -> None:
+        """Hold the saved run's cache selection (the same rows come from the cache, so the
+        resumed run is exact even when its budget, e.g. "auto", differs)."""
+        mine = self.q_cache.state() if self.q_cache is not None else None
+        if saved == mine or self.planner is None:
+            return
+        self.q_cache = None
+        if saved is not None and saved["images"] > 0:
+            self.q_cache = self._make_cache(budget=0, side=int(saved["side"]),
+                                            images=int(saved["images"]))
+        log.info("loader: the checkpoint's Q cache (%s) replaces this run's (%s)", saved, mine)

@@ -30,7 +30,8 @@ RULES = {
     "py_workers": values.integer(0, values.MAX_THREADS), "hw_decoder_load": values.PROB,
     "max_image_side": values.integer(0), "concurrency": values.choice("full", "backend"),
     "validate": values.FLAG, "allow_empty_classes": values.FLAG, "skip_corrupt": values.FLAG,
-    "count_pixels": values.FLAG, "num_workers": values.integer(0, values.MAX_THREADS),
+    "count_pixels": values.FLAG, "q_cache_gb": values.Q_CACHE_GB,
+    "q_cache_side": values.Q_CACHE_SIDE, "num_workers": values.integer(0, values.MAX_THREADS),
 }
 
 

@@ -46,6 +46,7 @@ class MinorityDraws:
         self._members = members
         self._starts = np.concatenate([[0], np.cumsum(counts)[:-1]])  # [C]
         self._counts = counts
+        self._size = labels.size
         self.seed, self.rank = int(seed), int(rank)
 
     @classmethod
@@ -55,6 +56,15 @@ class MinorityDraws:
 
     def generator(self, epoch: int, step: int) -> np.random.Generator:
         return step_random.step_generator(self.seed, self.rank, epoch, step, step_random.MINORITY)
+
+    def sample_probabilities(self) -> np.ndarray:
+        """float64 [N]: the probability q(y_i)/n_{y_i} that one draw picks sample i (0 for the
+        samples left out), what ``draw`` draws by; it sums to 1 and is the same on every rank."""
+        p = np.zeros(self._size)
+        per_sample = np.divide(self.class_probs, self._counts, out=np.zeros_like(self.class_probs),
+                               where=self._counts > 0)
+        p[self._members] = np.repeat(per_sample, self._counts)
+        return p
 
     def draw(self, epoch: int, step: int, size: int) -> np.ndarray:
         """Sample ids of step ``step`` of ``epoch``; int64 [size]."""

@@ -14,6 +14,8 @@ into the crop window, widened by the resize filter's reach (clipped to the crop 
 the full image's resize clamps too) and decoded alone. A row that does not mix decodes a 1 x 1
 placeholder instead of its bytes, so Q still feeds B samples, as DALI's one batch size requires.
 
+Rows the loader serves from its decoded cache (q_cache.py) decode the placeholder too.
+
 Who gets tiles: mixers that paste only Q's boxes, CMO and OTmix's bank mode (``PlanSpec.tiles``).
 OTmix's exact mode computes features of whole foregrounds and SMC's views re-crop the whole
 foreground, so both keep Q's full decode; ResizeMix draws its source from P, not Q.
@@ -76,32 +78,53 @@ def placeholder_jpeg() -> np.ndarray:
 
 
 def crop_window(u: np.ndarray, width: int, height: int, preset: str, size: int):
-    """Q's crop (x, y, w, h) in source pixels from the plan's numbers u [attempts, 4].
+    """Q's crop (x, y, w, h) in source pixels from the plan's numbers u [attempts, 4]
+    (``crop_windows`` for one image)."""
+    return tuple(int(v) for v in crop_windows(u[None], np.array([width]), np.array([height]),
+                                              preset, size)[0])
+
+
+def crop_windows(u: np.ndarray, widths: np.ndarray, heights: np.ndarray, preset: str,
+                 size: int) -> np.ndarray:
+    """Q's crops, int64 [n, 4] (x, y, w, h) in source pixels, of n images of ``widths`` x
+    ``heights`` from the plan's numbers u [n, attempts, 4], all rows at once (no Python per row).
 
     "imagenet": torchvision's RandomResizedCrop (scale RRC_SCALE, log-uniform ratio RRC_RATIO,
-    10 attempts, then the centre crop of the clamped ratio). "cifar": the S x S window at an
-    anchor uniform in {−4..4}² (zero padding beyond the image)."""
+    10 attempts, the first that fits, else the centre crop of the clamped ratio). "cifar": the
+    S x S window at an anchor uniform in {−4..4}² (zero padding beyond the image). numpy's exp
+    may differ from ``math.exp`` by one ulp, which changes a window only if a side lands within
+    ~1e−16 of a rounding boundary (never seen; ``round`` and numpy both round half to even)."""
+    u = np.asarray(u, dtype=np.float64)
+    width = np.asarray(widths, dtype=np.int64)
+    height = np.asarray(heights, dtype=np.int64)
+    n = u.shape[0]
     if preset == "cifar":
         span = 2 * CIFAR_PAD + 1
-        ax, ay = (np.minimum((u[0, :2] * span).astype(np.int64), span - 1) - CIFAR_PAD).tolist()
-        return ax, ay, size, size
-    area = width * height
+        anchor = np.minimum((u[:, 0, :2] * span).astype(np.int64), span - 1) - CIFAR_PAD
+        return np.stack([anchor[:, 0], anchor[:, 1], np.full(n, size), np.full(n, size)], 1)
+    area = (width * height).astype(np.float64)[:, None]
     lo, hi = math.log(RRC_RATIO[0]), math.log(RRC_RATIO[1])
-    for a_u, r_u, y_u, x_u in u:
-        target = area * (RRC_SCALE[0] + (RRC_SCALE[1] - RRC_SCALE[0]) * a_u)
-        ratio = math.exp(lo + (hi - lo) * r_u)
-        w = round(math.sqrt(target * ratio))
-        h = round(math.sqrt(target / ratio))
-        if 0 < w <= width and 0 < h <= height:
-            return int(x_u * (width - w + 1)), int(y_u * (height - h + 1)), w, h
-    ratio = width / height  # fallback: torchvision's centre crop
-    if ratio < RRC_RATIO[0]:
-        w, h = width, round(width / RRC_RATIO[0])
-    elif ratio > RRC_RATIO[1]:
-        h, w = height, round(height * RRC_RATIO[1])
-    else:
-        w, h = width, height
-    return (width - w) // 2, (height - h) // 2, w, h
+    target = area * (RRC_SCALE[0] + (RRC_SCALE[1] - RRC_SCALE[0]) * u[..., 0])
+    ratio = np.exp(lo + (hi - lo) * u[..., 1])
+    w = np.round(np.sqrt(target * ratio)).astype(np.int64)  # [n, attempts]
+    h = np.round(np.sqrt(target / ratio)).astype(np.int64)
+    fits = (w > 0) & (w <= width[:, None]) & (h > 0) & (h <= height[:, None])
+    first = np.argmax(fits, axis=1)
+    rows = np.arange(n)
+    w, h = w[rows, first], h[rows, first]
+    x = (u[rows, first, 3] * (width - w + 1)).astype(np.int64)
+    y = (u[rows, first, 2] * (height - h + 1)).astype(np.int64)
+    # no attempt fits: torchvision's centre crop of the clamped ratio
+    r = width / height
+    cw = np.where(r < RRC_RATIO[0], width, np.where(r > RRC_RATIO[1],
+                                                    np.round(height * RRC_RATIO[1]), width))
+    ch = np.where(r < RRC_RATIO[0], np.round(width / RRC_RATIO[0]), height)
+    cw, ch = cw.astype(np.int64), ch.astype(np.int64)
+    none = ~fits.any(axis=1)
+    w, h = np.where(none, cw, w), np.where(none, ch, h)
+    x = np.where(none, (width - cw) // 2, x)
+    y = np.where(none, (height - ch) // 2, y)
+    return np.stack([x, y, w, h], 1)
 
 
 def _request(window, box, width: int, height: int, preset: str, size: int):
@@ -149,8 +172,9 @@ class PlannedDecode:
     """Q's planned decode for ``MinoritySource`` (picklable): (epoch, step, ids, ShardBytes) ->
     the columns of ``requests``; only the rows that need pixels are read from the shards."""
 
-    def __init__(self, planner, *, tiles: bool, preset: str):
+    def __init__(self, planner, *, tiles: bool, preset: str, cached: np.ndarray | None = None):
         self.planner, self.tiles, self.preset = planner, bool(tiles), preset
+        self.cached = cached  # bool [N]: ids the loader pastes from its decoded cache (q_cache.py)
 
     def __call__(self, epoch: int, step: int, ids: np.ndarray, data) -> list:
         plan = self.planner.draw(epoch, step)
@@ -159,6 +183,8 @@ class PlannedDecode:
             needed = plan.mixed & (area > 0)  # an empty box (λ₀ = 1) needs no pixels either
         else:
             needed = np.ones(len(plan), dtype=bool)
+        if self.cached is not None:
+            needed &= ~self.cached[ids]
         jpegs = [data.read(int(i)) if need else None for i, need in zip(ids, needed)]
         cols = requests(plan, jpegs, tiles=self.tiles, preset=self.preset,
                         size=self.planner.image_size)

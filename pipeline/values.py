@@ -31,6 +31,7 @@ MAX_R = 100.0  # q ∝ n_k^-r: at r = 100 a class twice the smallest already has
 # Beta(α, α) is a fair coin on {0, 1} to within 1e-6 at α = 1e-6 and the constant 1/2 to within
 # 1e-3 at α = 1e6: a smaller or larger α cannot mean anything else
 MIN_BETA_ALPHA, MAX_BETA_ALPHA = 1e-6, 1e6
+MAX_Q_CACHE_GB = 10_000.0  # Q's decoded cache per rank (pipeline/q_cache.py): 10 TB is no budget
 
 
 def is_number(value) -> bool:
@@ -161,6 +162,10 @@ SEED = integer(0, MAX_SEED)
 THREADS = integer(1, MAX_THREADS)
 PREFETCH = integer(1, MAX_PREFETCH)
 FLAG = flag()
+# Q's decoded cache per rank: "auto" (from the free memory) or GB, 0 = off; its images' long side
+Q_CACHE_GB = Rule(lambda v: v == "auto" or (_finite(v) and 0 <= v <= MAX_Q_CACHE_GB),
+                  f"must be 'auto' or GB in [0, {_fmt(MAX_Q_CACHE_GB)}] (0: off)")
+Q_CACHE_SIDE = integer(8, MAX_IMAGE_SIDE, what="px")
 
 
 def first_problem(rules: Mapping[str, Rule], values: Mapping[str, Any]) -> tuple[str, str] | None:

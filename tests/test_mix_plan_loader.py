@@ -42,8 +42,10 @@ def shards(tmp_path_factory):
 
 
 def loader(shards, mixer, preset, **kw):
+    """Q decoded by DALI on every row (these tests are about its decode; the decoded cache's
+    rows: tests/test_q_cache.py)."""
     return make_loader(shards, batch_size=B, preset=preset, image_size=32, seed=SEED,
-                       mixer=mixer, num_threads=1, py_workers=1, **kw)
+                       mixer=mixer, num_threads=1, py_workers=1, q_cache_gb=0, **kw)
 
 
 def mixer_of(name, params):

@@ -100,10 +100,23 @@ def test_extends_finds_a_file_beside_the_recipe(tmp_path, monkeypatch):
                                            ({"speed": 2}, "unknown keys"),
                                            ({"cpu_decode": ["q"]}, "cpu_decode"),
                                            ({"q_decode": "roi"}, r"q_decode: must be one of "
-                                                                 r"auto, tiles, tiles-whole")])
+                                                                 r"auto, tiles, tiles-whole"),
+                                           ({"q_cache_gb": -1}, r"\[loader\] q_cache_gb: must "
+                                                                r"be 'auto' or GB in \[0, 10000\]"),
+                                           ({"q_cache_gb": "big"}, r"\[loader\] q_cache_gb"),
+                                           ({"q_cache_gb": True}, r"\[loader\] q_cache_gb"),
+                                           ({"q_cache_side": 4}, r"\[loader\] q_cache_side: "
+                                                                 r"must be an integer in \[8, ")])
 def test_bad_loader_values_are_named(loader, needle):
     with pytest.raises(ConfigError, match=needle):
         resolve({}, {}, {}, loader_overrides=loader)
+
+
+@pytest.mark.parametrize("gb", ["auto", 0, 2, 0.5])
+def test_q_cache_budgets_reach_the_loader(gb):
+    cfg = resolve({}, {}, {}, loader_overrides={"q_cache_gb": gb, "q_cache_side": 256})
+    resources = build.loader_resources(cfg["loader"])
+    assert (resources["q_cache_gb"], resources["q_cache_side"]) == (gb, 256)
 
 
 @pytest.mark.parametrize("mode", ["auto", "tiles", "tiles-whole", "full"])

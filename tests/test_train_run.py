@@ -205,6 +205,31 @@ def test_exact_resume_after_sigkill(shards, tmp_path, run_args):
     assert 0 < lines(full)[1]["mixed_share"] < 1  # mixing "always", with p = 0.7 or 0.5
 
 
+# a Q cache of 39 of the 90 images (16 x 16 x 3 bytes each): steps mix cached and decoded rows
+PARTIAL_CACHE = ["--loader-opt", "q_cache_gb=0.00003"]
+
+
+def test_exact_resume_with_a_partial_q_cache(shards, tmp_path):
+    """Killed mid-epoch and resumed with another budget (auto: a cache of every image): the
+    resumed run keeps the checkpoint's cache, so it ends with the same weights and metrics,
+    the share of Q's draws the cache served included."""
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    res = train_process(shards, "--out", full, *CMO_RUN, *PARTIAL_CACHE)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "Q cache: 39 of 90 images" in res.stdout
+    log = tmp_path / "killed.log"
+    assert killed_run([shards, "--out", killed, *CMO_RUN, *PARTIAL_CACHE], 10, log) == -9, \
+        log.read_text()[-2000:]
+    res = train_process("--resume", killed, "--no-progress", "--loader-opt", "q_cache_gb=auto")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "Q cache: 39 of 90 images" in res.stdout  # the checkpoint's, not 90 of 90
+    assert_bitwise_equal(weights(full / "final.pt"), weights(killed / "final.pt"))
+    exact = ("train_loss", "mixed_share", "q_cache_coverage", "q_cache_coverage_expected")
+    assert [[r[k] for k in exact] for r in lines(full)] == \
+        [[r[k] for k in exact] for r in lines(killed)]
+    assert all(0.5 < r["q_cache_coverage"] < 1 for r in lines(full))
+
+
 def test_resume_before_the_first_checkpoint_starts_over(shards, plain_run, tmp_path):
     """Killed in epoch 0 with no checkpoint yet (config.toml only): --resume trains from the
     start (here with --ckpt-every, which a resume may change) instead of refusing."""
@@ -269,7 +294,7 @@ def test_corrupt_or_mismatched_checkpoint_exit_2(shards, plain_run, tmp_path):
 def test_ddp_gloo_two_processes_and_exact_resume(shards, tmp_path):
     """2 ranks: identical weights, each sample once per epoch, and a run killed mid-epoch and
     resumed ends with the same weights and the same metrics (each rank keeps its own share of
-    the epoch's running sums)."""
+    the epoch's running sums), with each rank's Q rows partly from its decoded cache."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc_per_node=2"]
 
@@ -278,7 +303,7 @@ def test_ddp_gloo_two_processes_and_exact_resume(shards, tmp_path):
 
     run, killed = tmp_path / "ddp", tmp_path / "killed"
     opts = ["--epochs", "2", "--mixer", "cmo", "--mixer-opt", "mix_schedule=\"always\"",
-            "--ckpt-every", "4", *FAST]
+            "--ckpt-every", "4", *PARTIAL_CACHE, *FAST]  # each rank: the same partial Q cache
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(torchrun(shards, "--out", run, "--dump-ranks", *opts), env=env,
                           capture_output=True, text=True, timeout=300)
@@ -299,7 +324,10 @@ def test_ddp_gloo_two_processes_and_exact_resume(shards, tmp_path):
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_bitwise_equal(weights(run / "final.pt"), weights(killed / "final.pt"))
-    assert [r["train_loss"] for r in lines(run)] == [r["train_loss"] for r in lines(killed)]
+    exact = ("train_loss", "q_cache_coverage")  # coverage: Q rows of both ranks
+    assert [[r[k] for k in exact] for r in lines(run)] == \
+        [[r[k] for k in exact] for r in lines(killed)]
+    assert all(0.5 < r["q_cache_coverage"] < 1 for r in lines(run))
     shutil.rmtree(run / "tb")
 
 

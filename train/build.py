@@ -32,7 +32,8 @@ def loader_resources(table: dict) -> dict:
     return dict(num_threads=threads, py_workers=workers, prefetch=table["prefetch"],
                 hw_decoder_load=float(table["hw_decoder_load"]),
                 cpu_decode=tuple(table["cpu_decode"]), q_decode=table["q_decode"],
-                images=table["images"])
+                images=table["images"], q_cache_gb=table["q_cache_gb"],
+                q_cache_side=table["q_cache_side"])
 
 
 def scan_once_per_node(shards: Path, info: DistInfo) -> None:

@@ -8,7 +8,8 @@ A recipe (``train/recipes/<name>.toml`` or any ``FILE.toml``) has the tables::
     [mixer.<name>]  params of that mixer (only the chosen mixer's table is used)
     [loss.<name>]   params of that base loss (e.g. [loss.la] tau = 1.0)
     [aux.<name>]    params of an auxiliary term a mixer declares (e.g. [aux.smc] weight = 0.1)
-    [loader]  threads, py_workers, prefetch, hw_decoder_load, cpu_decode, q_decode, images: DALI's
+    [loader]  threads, py_workers, prefetch, hw_decoder_load, cpu_decode, q_decode, images,
+              q_cache_gb, q_cache_side: DALI's
               resources (they change the speed, not the samples, so a resumed run may change
               them; except q_decode/cpu_decode moving Q between DALI-drawn crops on nvJPEG
               and the mix plan's, README.md, Speed settings)
@@ -50,8 +51,11 @@ DEFAULTS: dict[str, Any] = {
     # decodes Q, as measured faster; pipeline/loader.py resolve_q_decode)
     # images: "normalized" by DALI, or "uint8" out of DALI and normalised on the training
     # device before the mixer (pipeline/normalize.py; the same input up to float rounding)
+    # q_cache_gb / q_cache_side: Q's decoded cache per rank, GB ("auto": from the free memory,
+    # 0: off) and the cached images' long side (pipeline/q_cache.py)
     "loader": {"threads": 0, "py_workers": 0, "prefetch": 3, "hw_decoder_load": 0.65,
-               "cpu_decode": [], "q_decode": "auto", "images": "normalized"},
+               "cpu_decode": [], "q_decode": "auto", "images": "normalized",
+               "q_cache_gb": "auto", "q_cache_side": 384},
     "mixer": {}, "loss": {}, "aux": {},
 }
 SCHEDULES = ("step", "cosine", "constant")
@@ -224,6 +228,7 @@ LOADER_RULES = {
     "threads": values.integer(0, values.MAX_THREADS, what="0: automatic"),
     "py_workers": values.integer(0, values.MAX_THREADS, what="0: automatic"),
     "prefetch": values.PREFETCH, "hw_decoder_load": values.PROB,
+    "q_cache_gb": values.Q_CACHE_GB, "q_cache_side": values.Q_CACHE_SIDE,
 }
 
 

@@ -40,6 +40,9 @@ class EpochSums:
     idle_ms: float = 0.0
     timed_steps: int = 0
     waits: list[float] = field(default_factory=list)  # this rank's host wait of every step, ms
+    # Q rows served by the loader's decoded cache, and Q rows drawn (pipeline/q_cache.py)
+    q_served: int = 0
+    q_drawn: int = 0
 
     @classmethod
     def zeros(cls, device: torch.device) -> "EpochSums":
@@ -52,6 +55,14 @@ class EpochSums:
         for k, v in parts.items():
             self.parts[k] = self.parts.get(k, torch.zeros_like(self.loss)) + v * n
         self.samples += n
+
+    def add_q_cache(self, streams: dict) -> None:
+        """A step's (served, drawn) Q rows, where the loader reports them (``meta["q_cache"]``,
+        shared by the step's batches)."""
+        served = next(iter(streams.values())).meta.get("q_cache")
+        if served is not None:
+            self.q_served += served[0]
+            self.q_drawn += served[1]
 
     def add_timing(self, per_step: dict[str, list[float]]) -> None:
         """StepTimer.collect()'s figures."""
@@ -66,7 +77,8 @@ class EpochSums:
                 "parts": {k: v.detach().cpu() for k, v in self.parts.items()},
                 "samples": self.samples,
                 "seconds": self.seconds, "wait_ms": self.wait_ms, "idle_ms": self.idle_ms,
-                "timed_steps": self.timed_steps, "waits": list(self.waits)}
+                "timed_steps": self.timed_steps, "waits": list(self.waits),
+                "q_served": self.q_served, "q_drawn": self.q_drawn}
 
     @classmethod
     def from_state(cls, state: dict, device: torch.device) -> "EpochSums":
@@ -75,7 +87,8 @@ class EpochSums:
                    {k: v.to(device) for k, v in state["parts"].items()},
                    state["samples"], state["seconds"], state.get("wait_ms", 0.0),
                    state.get("idle_ms", 0.0), state.get("timed_steps", 0),
-                   list(state.get("waits", [])))
+                   list(state.get("waits", [])), state.get("q_served", 0),
+                   state.get("q_drawn", 0))
 
 
 def train_step(*, model, mixer, criterion, optimizer, scheduler, scaler, streams,

@@ -152,7 +152,7 @@ def defaults_epilog() -> str:
 @click.option("--loss-opt", multiple=True, metavar="KEY=VALUE", help="Base-loss param, e.g. tau=1.")
 @click.option("--loader-opt", multiple=True, metavar="KEY=VALUE",
               help="DALI resources: threads, py_workers, prefetch, hw_decoder_load, cpu_decode, "
-                   "q_decode.")
+                   "q_decode, images, q_cache_gb, q_cache_side.")
 @click.option("--compute-stream", help="CUDA stream priority of the step: high | default.")
 @click.option("--fg-r", type=float, help="Foreground (minority stream) r.")
 @click.option("--otmix-mode", help="OTmix features: exact (two extra forwards) | bank (stored).")

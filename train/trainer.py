@@ -103,6 +103,9 @@ class Trainer:
         self.report.truncate_from(self.epoch)
         if ckpt is not None and not self.finished and info.is_main:
             print(f"resuming {self.run_dir} at {position(*self.saved, t['epochs'])}", flush=True)
+        self.q_cache = getattr(self.loader, "q_cache", None)  # after a resume: the run's own
+        if self.q_cache is not None and info.is_main and not self.finished:
+            print(self.q_cache.describe(), flush=True)
 
     # ------------------------------------------------------------------ setup helpers
     def _wrap(self, model):
@@ -236,6 +239,7 @@ class Trainer:
                     streams=streams, ctx=self._ctx(epoch, self.step), autocast=self.autocast)
             self.sums.add(loss, parts, n, changed)
             self.watch.note(loss, self.step)
+            self.sums.add_q_cache(streams)
             self.step += 1
             self.step_in_epoch += 1
             bar.update(1)
@@ -273,12 +277,12 @@ class Trainer:
         s = self.sums
         totals = torch.stack([s.loss, s.changed.to(s.loss.dtype)] + [
             torch.tensor(float(v), device=self.info.device)
-            for v in (s.samples, s.wait_ms, s.idle_ms, s.timed_steps)])
+            for v in (s.samples, s.wait_ms, s.idle_ms, s.timed_steps, s.q_served, s.q_drawn)])
         parts = torch.stack(list(self.sums.parts.values())) if self.sums.parts else None
         all_reduce_sum(totals, self.info)
         if parts is not None:
             all_reduce_sum(parts, self.info)
-        loss, changed, samples, wait_ms, idle_ms, steps = totals.tolist()
+        loss, changed, samples, wait_ms, idle_ms, steps, q_served, q_drawn = totals.tolist()
         record = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"],
                   "train_loss": loss / max(samples, 1.0),
                   # the share of the epoch's samples whose image the mixer changed
@@ -300,6 +304,9 @@ class Trainer:
         waits = tail([w for rank in gather_objects(s.waits, self.info) for w in rank])
         record.update({f"data_wait_ms_{k}": v for k, v in waits.items()})
         record.update(self.skipped)
+        if self.q_cache is not None:  # the share of Q's draws the cache served (all ranks)
+            record["q_cache_coverage"] = q_served / q_drawn if q_drawn else None
+            record["q_cache_coverage_expected"] = self.q_cache.expected
         if self.info.is_main:
             tqdm.write(epoch_line(record, self.t["epochs"]))
         return record

@@ -4,12 +4,15 @@
 # prob 1 and prob 0.5; a profile of 3 steps of the best (the loader's kernel ms per step, from
 # the trace); the step with CUDA graphs on both sides; DDP over nccl and a CUDA --resume.
 # Levers: P (and Q) stored small (a --max-size copy), uint8 out of DALI (u8=1), the hardware
-# decoder's share on the small copy (hw=), Q's decoded cache where the loader has one.
-# Each stage has its own time limit (they add up to 345 s), so whatever finishes comes back in
+# decoder's share on the small copy (hw=), Q's decoded cache (qcache=: "auto", the product
+# default, or GB; 0 = off, which today's default is). Then the GPU checks of Q's cache: its CUDA
+# kernel against the torch reference, on the device and from pinned host memory, and its tiles
+# against nvJPEG's (tests/test_q_cache.py -m gpu); the DDP and --resume runs use the cache too.
+# Each stage has its own time limit (they add up to 415 s), so whatever finishes comes back in
 # $OUT; the e2e JSONs carry the host wait's p50/p99/max per step (host_wait_ms_tail).
 # CPU dry run (tiny; about 4 minutes on 2 cores):
 #   DEVICE=cpu SIZE=default E2E_EXTRA=--tiny SMALL=16 DDP_EPOCHS=1 T_P1=300 T_P05=200 T_GRAPHS=200 \
-#   T_DDP=150 bash bench/gpu/loader_off_gpu.sh
+#   T_DDP=150 T_QCACHE=120 bash bench/gpu/loader_off_gpu.sh
 set -uo pipefail
 export PYTHONUNBUFFERED=1 NUMBA_ENABLE_CUDASIM=0 PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 DEVICE=${DEVICE:-cuda} SIZE=${SIZE:-inat} OUT=${OUT:-/tmp/out} DATA=${DATA:-/tmp/ltpipe-$SIZE}
@@ -28,13 +31,18 @@ run_e2e() {  # $1: name, $2: prob, $3: seconds, $4: variants, $5...: more e2e op
   for f in /tmp/e2e-"$name"/e2e-*; do [ -f "$f" ] && cp "$f" "$OUT/$(basename "$f" | sed "s/^e2e-/e2e-$name-/")"; done
 }
 small="shards=$DATA-$SMALL"
-all="prio=high,$small,u8=1"
+today="prio=high,qcache=0"  # before Q's cache: no plan in the loader on nvJPEG
+all="prio=high,$small,u8=1,qcache=auto"
 # prob 1: today's default, each lever alone, the small copy's hardware share, all together;
 # then 3 profiled steps of the fastest
-run_e2e off-p1 1 "${T_P1:-120}" "prio=high;prio=high,u8=1;prio=high,$small;prio=high,$small,hw=0.9;$all" --profile-steps 3
-run_e2e off-p0.5 0.5 "${T_P05:-60}" "prio=high;$all"
+run_e2e off-p1 1 "${T_P1:-150}" "$today;$today,u8=1;$today,$small;$today,$small,hw=0.9;prio=high,qcache=auto;$all" --profile-steps 3
+run_e2e off-p0.5 0.5 "${T_P05:-80}" "$today;prio=high,qcache=auto;$all"
 # CUDA graphs: the same step compiled with mode="reduce-overhead" for the ceiling and ltpipe
-run_e2e graphs-p1 1 "${T_GRAPHS:-50}" "prio=high;$all" --compile-mode reduce-overhead
+run_e2e graphs-p1 1 "${T_GRAPHS:-50}" "$today;$all" --compile-mode reduce-overhead
+# Q's cache on the GPU: the CUDA kernel against the reference (device and pinned host memory;
+# skipped on a CPU dry run)
+log "q cache gpu checks"
+timeout "${T_QCACHE:-40}" python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_q_cache.py 2>&1 | tail -4 | tee "$OUT/q-cache-gpu.log"
 # DDP over the device's backend (nccl on CUDA, gloo on the CPU), one process, and a resume on it
 ddp=(torchrun --standalone --nproc_per_node=1 -m ltpipe.train "$DATA-$SMALL" --recipe synthetic
      --model resnet8 --epochs "${DDP_EPOCHS:-2}" --batch-size 64 --image-size 32 --preset cifar --device "$DEVICE"

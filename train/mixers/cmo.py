@@ -15,7 +15,9 @@ METHODS.md: The meaning of r).
 Every draw of a step (gate, λ₀, boxes, Q's crop and flip) is a mix plan drawn on the host
 (pipeline/mix_plan.py, ``mix_plan`` below): the loader draws it before decoding and decodes only
 Q's boxes (``Batch.tiles``), or the mixer draws the same plan itself when none comes with the
-batch. A step whose gate is off pastes nothing.
+batch. A step whose gate is off pastes nothing. Q's rows held in the loader's decoded cache
+(pipeline/q_cache.py) are not decoded at all: the same paste (``Tiles.paste_``) resizes their
+boxes from the cache, within a uint8 level of a decode.
 
 The paste writes into the background batch ``streams["uniform"].images`` in place (no copy of
 the batch per step); the returned ``MixedBatch.images`` is that same tensor. A caller that keeps

@@ -93,12 +93,11 @@ def paste_planned_(images: torch.Tensor, fg: Batch, plan: MixPlan, rows: int):
     Returns the plan's (boxes int32 [rows,4], lam float32 [rows], mixed bool [rows]) on the
     images' device (``MixPlan.tensors``: shared with the loader's tiles, read-only)."""
     from ltpipe.kernels.paste import paste_
-    from ltpipe.kernels.paste_tiles import paste_tiles_
 
     boxes, lam, mixed = plan.tensors(images.device, rows)
     if plan.active:  # boxes come from the plan: valid by construction, no check (a host sync)
-        if fg.tiles is not None:
-            paste_tiles_(images, fg.tiles.pixels[:rows], boxes, validate=False)
+        if fg.tiles is not None:  # decoded tiles and rows from the loader's cache
+            fg.tiles[:rows].paste_(images)
         else:
             paste_(images, fg.images[:rows], boxes, validate=False)
     return boxes, lam, mixed

@@ -17,7 +17,9 @@ the paper's Eq.6–7 reading F̂[y_bg, y_fg]. ``fraction`` < 1 mixes only round(
 rows (the others stay plain x_bg[j]) [004 Table 7].
 The gate, λ₀, the boxes and the mixed rows are a mix plan drawn on the host (pipeline/mix_plan.py):
 in bank mode the loader decodes only Q's boxes (``Batch.tiles``); exact mode reads whole
-foregrounds for their features, so its Q stays fully decoded.
+foregrounds for their features, so its Q stays fully decoded. Both modes use the loader's
+decoded cache of Q (pipeline/q_cache.py): in bank mode its rows' boxes are pasted from it, as for
+CMO; in exact mode the loader resizes their whole crops from it into Q's images.
 
 Features z (pooled penultimate, ``model.features``), ``mode``:
   "exact": two no-grad forwards of the current model on x_bg and x_fg (the paper: no grad,

@@ -17,6 +17,9 @@ with ``prior="mixed"`` (train/METHODS.md, SMC).
 
 Deviation (documented in ``view_aug``): the loader delivers one augmented view per sample, so A_v
 is an on-device augmentation applied on top of the loader's output, not a second decode.
+Q's decoded cache (pipeline/q_cache.py) does not serve SMC: SMC declares no mix plan, so DALI
+draws Q's crop inside the pipeline and the loader cannot know the window a cached row would
+need; Q is decoded as before. (A plan for SMC would change its random draws.)
 """
 
 from __future__ import annotations
