@@ -8,7 +8,7 @@
 # default, or GB; 0 = off, which today's default is). Then the GPU checks of Q's cache: its CUDA
 # kernel against the torch reference, on the device and from pinned host memory, and its tiles
 # against nvJPEG's (tests/test_q_cache.py -m gpu); the DDP and --resume runs use the cache too.
-# Each stage has its own time limit (they add up to 415 s), so whatever finishes comes back in
+# Each stage has its own time limit (they add up to 360 s: the 6 minutes a device check may take), so whatever finishes comes back in
 # $OUT; the e2e JSONs carry the host wait's p50/p99/max per step (host_wait_ms_tail).
 # CPU dry run (tiny; about 4 minutes on 2 cores):
 #   DEVICE=cpu SIZE=default E2E_EXTRA=--tiny SMALL=16 DDP_EPOCHS=1 T_P1=300 T_P05=200 T_GRAPHS=200 \
@@ -20,8 +20,8 @@ SMALL=${SMALL:-384}  # the recommended stored size for 224-px training (bench/RE
 mkdir -p "$OUT"
 log() { echo "== $(date +%T) $*"; }
 [ "$DEVICE" = cuda ] && { python3 -V; nvidia-smi -L; python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v WARN | tail -3; }
-log generate; timeout "${T_GEN:-60}" ltpipe shard synthetic "$DATA" --size "$SIZE" --workers "$(nproc)" 2>&1 | tail -1
-log "copy --max-size $SMALL"; timeout "${T_COPY:-30}" ltpipe shard "shards:$DATA" "$DATA-$SMALL" --max-size "$SMALL" --workers "$(nproc)" 2>&1 | tail -1
+log generate; timeout "${T_GEN:-50}" ltpipe shard synthetic "$DATA" --size "$SIZE" --workers "$(nproc)" 2>&1 | tail -1
+log "copy --max-size $SMALL"; timeout "${T_COPY:-25}" ltpipe shard "shards:$DATA" "$DATA-$SMALL" --max-size "$SMALL" --workers "$(nproc)" 2>&1 | tail -1
 run_e2e() {  # $1: name, $2: prob, $3: seconds, $4: variants, $5...: more e2e options
   local name=$1 prob=$2 limit=$3 variants=$4; shift 4
   log "e2e $name (prob $prob)"
@@ -35,25 +35,25 @@ today="prio=high,qcache=0"  # before Q's cache: no plan in the loader on nvJPEG
 all="prio=high,$small,u8=1,qcache=auto"
 # prob 1: today's default, each lever alone, the small copy's hardware share, all together;
 # then 3 profiled steps of the fastest
-run_e2e off-p1 1 "${T_P1:-150}" "$today;$today,u8=1;$today,$small;$today,$small,hw=0.9;prio=high,qcache=auto;$all" --profile-steps 3
-run_e2e off-p0.5 0.5 "${T_P05:-80}" "$today;prio=high,qcache=auto;$all"
+run_e2e off-p1 1 "${T_P1:-120}" "$today;$today,u8=1;$today,$small;$today,$small,hw=0.9;prio=high,qcache=auto;$all" --profile-steps 3
+run_e2e off-p0.5 0.5 "${T_P05:-55}" "$today;prio=high,qcache=auto;$all"
 # CUDA graphs: the same step compiled with mode="reduce-overhead" for the ceiling and ltpipe
-run_e2e graphs-p1 1 "${T_GRAPHS:-50}" "$today;$all" --compile-mode reduce-overhead
+run_e2e graphs-p1 1 "${T_GRAPHS:-40}" "$today;$all" --compile-mode reduce-overhead
 # Q's cache on the GPU: the CUDA kernel against the reference (device and pinned host memory;
 # skipped on a CPU dry run)
 log "q cache gpu checks"
-timeout "${T_QCACHE:-40}" python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_q_cache.py 2>&1 | tail -4 | tee "$OUT/q-cache-gpu.log"
+timeout "${T_QCACHE:-25}" python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_q_cache.py 2>&1 | tail -4 | tee "$OUT/q-cache-gpu.log"
 # DDP over the device's backend (nccl on CUDA, gloo on the CPU), one process, and a resume on it
 ddp=(torchrun --standalone --nproc_per_node=1 -m ltpipe.train "$DATA-$SMALL" --recipe synthetic
      --model resnet8 --epochs "${DDP_EPOCHS:-2}" --batch-size 64 --image-size 32 --preset cifar --device "$DEVICE"
      --mixer cmo --ckpt-every 4 --no-progress)
 log "ddp + resume"
 rm -rf /tmp/ddp-run /tmp/ddp-full
-timeout "${T_DDP:-25}" "${ddp[@]}" --out /tmp/ddp-full > "$OUT/ddp-full.log" 2>&1; echo "uninterrupted: exit $?"
-timeout "${T_DDP:-25}" "${ddp[@]}" --out /tmp/ddp-run > "$OUT/ddp-killed.log" 2>&1 & pid=$!
+timeout "${T_DDP:-15}" "${ddp[@]}" --out /tmp/ddp-full > "$OUT/ddp-full.log" 2>&1; echo "uninterrupted: exit $?"
+timeout "${T_DDP:-15}" "${ddp[@]}" --out /tmp/ddp-run > "$OUT/ddp-killed.log" 2>&1 & pid=$!
 for _ in $(seq 250); do [ -f /tmp/ddp-run/ckpt/last.pt ] && break; sleep 0.1; done
 pkill -9 -f "ltpipe.train $DATA-$SMALL.*ddp-run"; wait "$pid"; echo "killed after the first checkpoint: $(ls /tmp/ddp-run/ckpt)"
-timeout "${T_DDP:-25}" torchrun --standalone --nproc_per_node=1 -m ltpipe.train --resume /tmp/ddp-run --no-progress > "$OUT/ddp-resume.log" 2>&1; echo "resumed: exit $?"
+timeout "${T_DDP:-15}" torchrun --standalone --nproc_per_node=1 -m ltpipe.train --resume /tmp/ddp-run --no-progress > "$OUT/ddp-resume.log" 2>&1; echo "resumed: exit $?"
 grep -h '"backend"' /tmp/ddp-run/config.toml; tail -2 "$OUT/ddp-resume.log"
 for r in full run; do cp "/tmp/ddp-$r/metrics.jsonl" "$OUT/ddp-$r-metrics.jsonl" 2>/dev/null; done
 log done; ls -la "$OUT"
