@@ -10,9 +10,14 @@ A config is ``LOSS[-REWEIGHT][(key=value;...)]:MIXER[@key=value;key=value]``, e.
 need no edit here. Finished runs (RUN/final.json) are reused.
 
     python bench/fidelity.py --runs ce:none,ce:cmo,bs:cmo,ldam-drw:cmo --seeds 0,1,2
+    python bench/fidelity.py --data mnist5k --epochs 30 --runs bs:none,bs:cmo
     python bench/fidelity.py --device cuda --recipe synthetic --runs ce:none,ce:cmo,ce:smc
     python bench/fidelity.py --name fidelity-smc \
         --runs 'ce:none,la:none,la:smc@fg_r=0,la(prior="mixed"):smc@fg_r=0'
+
+``--data`` picks the set: ``synthetic`` (the default, ``ltpipe shard synthetic``) or one of the
+real-image sets of bench/real_lt.py (``digits``, ``mnist5k``, ``animals``: packaged images, cut
+long-tailed with a balanced val split), written to out/<name>-lt on first use.
 
 The check: a mixer's Few-class mean must exceed its baseline's (the same loss with
 ``none``, else ``ce:none``) by more than the seeds' spread (sum of the two stds). Each check
@@ -32,6 +37,18 @@ from ltpipe.train.benchmark import ScriptParser
 
 ROOT = Path(__file__).resolve().parent.parent
 METRICS = ("top1", "many", "medium", "few")
+REAL_SETS = ("digits", "mnist5k", "animals")  # bench/real_lt.py
+
+
+def real_lt():
+    """bench/real_lt.py as a module (bench/ is scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ltpipe_bench_real_lt",
+                                                  Path(__file__).with_name("real_lt.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def parse_config(spec: str) -> tuple[str, str, str, list[str], list[str]]:
@@ -124,7 +141,10 @@ def baseline_of(spec: str, specs: list[str]) -> str | None:
     loss_part, _, rest = spec.partition(":")
     if rest.split("@")[0] == "none":
         return None
-    for base in (f"{loss_part}:none", f"{loss_part.partition('(')[0]}:none", "ce:none"):
+    loss = loss_part.partition("(")[0]
+    # BS is LA with τ = 1 (METHODS.md, Losses): either serves as the other's baseline
+    same = None if "tau" in loss_part else {"la": "bs", "bs": "la"}.get(loss)
+    for base in (f"{loss_part}:none", f"{loss}:none", same and f"{same}:none", "ce:none"):
         if base in specs:
             return base
     return None
@@ -166,8 +186,10 @@ def plot(summary: dict, path: Path, title: str) -> None:
 
 def main(argv=None) -> int:
     p = ScriptParser(__file__, __doc__)
-    p.add_argument("--shards", type=Path, default=ROOT / "out" / "synthetic",
-                   help="shard dir (the synthetic default is written there if missing)")
+    p.add_argument("--data", default="synthetic", choices=["synthetic", *REAL_SETS],
+                   help="data set (real ones: bench/real_lt.py)")
+    p.add_argument("--shards", type=Path, default=None,
+                   help="shard dir (default out/synthetic or out/<data>-lt, written if missing)")
     p.add_argument("--runs", default="ce:none,ce:cmo,bs:cmo,ldam-drw:cmo")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--recipe", default="synthetic")
@@ -183,10 +205,15 @@ def main(argv=None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     for spec in specs:
         parse_config(spec)
+    if args.shards is None:
+        args.shards = ROOT / "out" / ("synthetic" if args.data == "synthetic" else f"{args.data}-lt")
     if not (args.shards / "manifest.json").is_file():
-        from ltpipe.shards.write import write_shards
+        if args.data == "synthetic":
+            from ltpipe.shards.write import write_shards
 
-        write_shards("synthetic", args.shards, progress=False)
+            write_shards("synthetic", args.shards, progress=False)
+        else:
+            real_lt().make_shards(args.data, ROOT / "out" / args.data, args.shards)
     per_seed = {}
     for spec in specs:
         tag = run_tag(spec)
@@ -205,13 +232,13 @@ def main(argv=None) -> int:
         print(f"  paired by seed (mean ± standard error): {diffs}")
     from ltpipe.train.benchmark import write_result
 
-    params = {"shards": str(args.shards), "recipe": args.recipe, "epochs": args.epochs or "recipe",
+    params = {"data": args.data, "shards": str(args.shards), "recipe": args.recipe, "epochs": args.epochs or "recipe",
               "seeds": seeds, "runs": specs, "extra": args.extra,
               "command": " ".join(["python", "bench/fidelity.py", *sys.argv[1:]])}
     path = write_result(args.name, params, {"summary": summary, "checks": checks},
                         out_dir=args.out, device="cpu" if args.device == "cpu" else None)
     png = path.with_suffix(".png")
-    plot(summary, png, f"{args.recipe} on {args.shards.name}, seeds {seeds} ({args.device})")
+    plot(summary, png, f"{args.recipe} on {args.data} ({args.shards.name}), seeds {seeds} ({args.device})")
     print(f"wrote {path} and {png}")
     return 0
 
