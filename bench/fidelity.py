@@ -206,7 +206,8 @@ def main(argv=None) -> int:
     for spec in specs:
         parse_config(spec)
     if args.shards is None:
-        args.shards = ROOT / "out" / ("synthetic" if args.data == "synthetic" else f"{args.data}-lt")
+        name = "synthetic" if args.data == "synthetic" else f"{args.data}-lt"
+        args.shards = ROOT / "out" / name
     if not (args.shards / "manifest.json").is_file():
         if args.data == "synthetic":
             from ltpipe.shards.write import write_shards
@@ -232,13 +233,15 @@ def main(argv=None) -> int:
         print(f"  paired by seed (mean ± standard error): {diffs}")
     from ltpipe.train.benchmark import write_result
 
-    params = {"data": args.data, "shards": str(args.shards), "recipe": args.recipe, "epochs": args.epochs or "recipe",
+    params = {"data": args.data, "shards": str(args.shards), "recipe": args.recipe,
+              "epochs": args.epochs or "recipe",
               "seeds": seeds, "runs": specs, "extra": args.extra,
               "command": " ".join(["python", "bench/fidelity.py", *sys.argv[1:]])}
     path = write_result(args.name, params, {"summary": summary, "checks": checks},
                         out_dir=args.out, device="cpu" if args.device == "cpu" else None)
     png = path.with_suffix(".png")
-    plot(summary, png, f"{args.recipe} on {args.data} ({args.shards.name}), seeds {seeds} ({args.device})")
+    plot(summary, png,
+         f"{args.recipe} on {args.data} ({args.shards.name}), seeds {seeds} ({args.device})")
     print(f"wrote {path} and {png}")
     return 0
 

@@ -2,10 +2,13 @@
 foreground.
 
 Background ~ P ("uniform"), foreground ~ Q ("minority", class probability ∝ n_k^{−γ}, γ = fg_r).
-A batch is mixed with probability ``prob`` (1: every batch, the spec's reading; the paper gives no
-value); an unmixed batch gives the two views of the clean backgrounds, with y_fg = y_bg and
-lf = 0, so the classifier also sees whole images as the test set shows them. The foreground ratio lf = 0.2 + 0.6·u (u ~ U(0,1)) gives the box
-h = max(1, round(H√lf)), w likewise, at a uniform position (``kernels.boxes.resizemix_boxes``);
+A batch is mixed with probability ``prob`` (default 1, every batch; the paper gives no value,
+and the SMC recipes use 0.5: train/METHODS.md, SMC). An unmixed batch gives the two views of the
+clean backgrounds, with y_fg = y_bg and lf = 0, so the classifier also sees whole images, as the
+test set shows them.
+
+The foreground ratio lf = 0.2 + 0.6·u (u ~ U(0,1)) gives the box h = max(1, round(H√lf)), w
+likewise, at a uniform position (``kernels.boxes.resizemix_boxes``);
 the *whole* foreground is shrunk bilinearly into it (``resize_paste_``). Components are augmented
 before mixing and two views are made with the same box: x̃_v = A_v(x_bg) ⊕ resize(A_v(x_fg)).
 lf is recomputed from the box, lam = 1 − lf weights y_a = y_bg (SMC's own λ weights the fg).
