@@ -47,8 +47,9 @@ import argparse
 import gzip
 import importlib.util
 import pickletools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
