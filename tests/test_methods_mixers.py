@@ -171,3 +171,25 @@ def test_method_recipes_build_their_mixer(recipe):
         assert mixer.start_epoch == round(0.8 * cfg["train"]["epochs"])
     if name == "smc":
         assert cfg["train"]["loss"] == "la" and cfg["aux"]["smc"]["weight"] == 0.1
+
+
+def test_smc_gate_gives_clean_views_and_draws_nothing_at_prob_one():
+    """prob < 1: a gated-off batch is the two views of the backgrounds alone, labelled by
+    themselves (lam 1, y_fg = y_bg, lf 0); about a share prob of the batches is mixed. prob = 1
+    draws no gate, so the default run's random stream is the one it was before the gate."""
+    s = smc_streams()
+    clean = mixed = 0
+    for seed in range(40):
+        out = SMCMix(env(), view_aug="none", prob=0.5)(s, ctx(seed))
+        if torch.all(out.lam == 1):
+            clean += 1
+            assert torch.equal(out.images, s["uniform"].images.repeat(2, 1, 1, 1))
+            assert torch.equal(out.y_b, out.y_a) and torch.equal(out.extras["y_fg"], out.y_a)
+            assert torch.equal(out.extras["lf"], torch.zeros(16))
+        else:
+            mixed += 1
+    assert clean >= 10 and mixed >= 10
+    always = SMCMix(env(), view_aug="none")(s, ctx(3))
+    assert torch.equal(always.images, SMCMix(env(), view_aug="none", prob=1.0)(s, ctx(3)).images)
+    with pytest.raises(ValueError, match="prob"):
+        SMCMix(env(), prob=1.5)

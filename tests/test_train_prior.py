@@ -132,11 +132,23 @@ def test_smc_declares_the_expected_label_distribution(fg_r):
     assert declared[0] < PI[0] - 0.2  # much flatter than π
 
 
+def test_smc_with_clean_batches_declares_a_prior_between_the_two():
+    """With a share 1 − prob of clean batches the labels follow π + prob·E[lf]·(q − π)."""
+    env = MixerEnv(class_counts=COUNTS, device=torch.device("cpu"), image_size=16, batch_size=8,
+                   epochs=10)
+    q = class_probabilities(COUNTS.numpy(), 0.0)
+    share = resizemix_fg_share(16, 16, (0.2, 0.8))
+    got = SMCMix(env, fg_r=0.0, prob=0.5).label_prior(16, 16).numpy()
+    assert np.allclose(got, mixed_label_prior(PI.numpy(), q, share, prob=0.5))
+    every = SMCMix(env, fg_r=0.0).label_prior(16, 16).numpy()
+    assert every[0] < got[0] < PI[0].item()
+
 
 def test_smc_recipes_correct_by_the_mixed_prior():
     for name in ("synthetic-smc", "cifar100-lt-smc", "imagenet-lt-smc"):
         recipe = load_recipe(name)
         assert recipe["train"]["loss"] == "la" and recipe["loss"]["la"]["prior"] == "mixed"
+        assert recipe["mixer"]["smc"]["prob"] == 0.5  # half the batches clean (METHODS.md, SMC)
 
 
 def test_smc_recipe_trains_with_the_mixed_prior(tmp_path):
@@ -158,7 +170,9 @@ def test_smc_recipe_trains_with_the_mixed_prior(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert 'prior = "mixed"' in (run / "config.toml").read_text()
     line = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
-    assert math.isfinite(line["loss_base"]) and line["mixed_share"] == 1.0
+    # the recipe mixes half the batches: the epoch's share is 0..1 (the gate: test_methods_mixers)
+    assert 'prob = 0.5' in (run / "config.toml").read_text()
+    assert math.isfinite(line["loss_base"]) and 0.0 <= line["mixed_share"] <= 1.0
 
 
 @pytest.mark.parametrize("h,w,alpha", [(32, 32, 1.0), (16, 24, 1.0), (32, 32, 4.0), (7, 9, 0.5)])
