@@ -11,11 +11,14 @@ epoch, without evaluation and checkpoints) and the loader wait (``data_wait_ms_p
                    warms caches; it is reported apart as first_epoch_s)
     data_wait_ms   the same median of the wait per step
 
-Each figure is the median over runs, with the runs' min and max. ``--baseline REF`` (repeatable)
+Each figure is the median over runs, with the runs' min and max; against each baseline, the
+ratio of the medians and the ratios within rounds. ``--baseline REF`` (repeatable)
 also measures a commit of this repository: ``git archive REF`` into the temporary folder, a venv
 that sees this interpreter's packages, ``pip install --no-deps -e`` of that copy. The trees then
 run in alternation (this checkout first in even rounds, the baseline first in odd ones), so the
 load of a shared machine falls on both alike; the load average is recorded around every run.
+While other training processes share the cores, an epoch here can take ten times as long (their
+OpenMP threads and these wait on each other): compare trees by the ratios within rounds.
 
     python -m ltpipe.bench.main_job --baseline 40ba150   # writes bench/results/main-job-cpu.json
 
@@ -118,6 +121,20 @@ def summarize(runs: list[dict]) -> dict:
     return out
 
 
+def compare(current: list[dict], baseline: list[dict]) -> dict:
+    """Current over baseline: the ratio of the medians, and the ratio within each round (two
+    runs back to back, so a load that changes over minutes cancels): its median, min and max."""
+    out = {}
+    for key in ("epoch_s", "data_wait_ms"):
+        mine = [steady(r[key]) for r in current]
+        theirs = [steady(r[key]) for r in baseline]
+        paired = [a / b for a, b in zip(mine, theirs)]
+        out[f"{key}_ratio"] = statistics.median(mine) / statistics.median(theirs)
+        out[f"{key}_paired_ratio_median"] = statistics.median(paired)
+        out[f"{key}_paired_ratio_min"], out[f"{key}_paired_ratio_max"] = min(paired), max(paired)
+    return out
+
+
 def write_shards_once(shards: Path | None, work: Path) -> Path:
     if shards is not None:
         return shards
@@ -163,15 +180,17 @@ def main(argv=None) -> int:
         elapsed = time.perf_counter() - t0
     summaries = {name: summarize(rs) for name, rs in runs.items()}
     results = summaries.pop(CURRENT)
-    for name, base in summaries.items():
-        results.setdefault("vs_baseline", {})[name] = {
-            "epoch_s_ratio": results["epoch_s_median"] / base["epoch_s_median"],
-            "data_wait_ms_ratio": results["data_wait_ms_median"] / base["data_wait_ms_median"]}
+    for name in summaries:
+        results.setdefault("vs_baseline", {})[name] = compare(runs[CURRENT], runs[name])
     print(f"{'tree':>8s}  {'epoch s (min-max)':>20s}  {'data wait ms/step (min-max)':>28s}")
     for name, s in ((CURRENT, results), *summaries.items()):
         print(f"{name:>8s}  {s['epoch_s_median']:7.2f} ({s['epoch_s_min']:.2f}-"
               f"{s['epoch_s_max']:.2f})  {s['data_wait_ms_median']:15.1f} "
               f"({s['data_wait_ms_min']:.1f}-{s['data_wait_ms_max']:.1f})")
+    for name, v in results.get("vs_baseline", {}).items():
+        print(f"current / {name}: epoch x{v['epoch_s_ratio']:.3f} (within rounds: median "
+              f"x{v['epoch_s_paired_ratio_median']:.3f}, {v['epoch_s_paired_ratio_min']:.3f}-"
+              f"{v['epoch_s_paired_ratio_max']:.3f}), data wait x{v['data_wait_ms_ratio']:.3f}")
     params = {"job": "ltpipe train SHARDS --recipe synthetic --mixer cmo --device cpu",
               "shards": "given" if args.shards else "ltpipe shard synthetic (embedded default)",
               "epochs": args.epochs, "reps": args.reps, "order": "alternating",

@@ -65,7 +65,11 @@ def test_baselines_run_in_alternation_and_land_beside_the_results(main_job, smal
     assert current["epoch_s_median"] == pytest.approx(1.05)  # epochs 1.. of the median run
     assert base["epoch_s_median"] == pytest.approx(2.1)
     assert current["first_epoch_s_median"] == 5.0 and len(base["runs"]) == 3
-    assert current["vs_baseline"]["abc1234"]["epoch_s_ratio"] == pytest.approx(0.5)
+    versus = current["vs_baseline"]["abc1234"]
+    assert versus["epoch_s_ratio"] == pytest.approx(0.5)
+    assert versus["epoch_s_paired_ratio_min"] == pytest.approx(0.5)  # every round alike
+    assert versus["epoch_s_paired_ratio_max"] == pytest.approx(0.5)
+    assert versus["data_wait_ms_paired_ratio_median"] == pytest.approx(1.0)
     assert "vs_baseline" not in base
 
 
