@@ -18,31 +18,15 @@ from unittest import mock
 
 import pytest
 import torch
-from click.testing import CliRunner
+from tiny_train import FAST as TINY_FAST
+from tiny_train import STOPPED_AT, invoke, write_tiny
 
-from ltpipe.shards.write import write_shards
-from ltpipe.train.train_cli import train
-
-# 4 classes (48/24/12/6 train images, 12 val each), 16 px: 6 steps of 16 per epoch
-TINY = dict(classes=4, max_per_class=48, imbalance=8, image_size=16, seed=0)
-FAST = ["--model", "resnet8", "--batch-size", "16", "--warmup", "0", "--no-channels-last",
-        "--no-progress", "--preset", "cifar", "--image-size", "16", "--mixer", "none",
-        "--loss", "ce"]
-STOPPED_AT = str(Path(__file__).with_name("train_stopped_at.py"))
+FAST = [*TINY_FAST, "--mixer", "none", "--loss", "ce"]
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shards") / "tiny"
-    write_shards("synthetic", out, progress=False, **TINY)
-    return out
-
-
-def invoke(*args):
-    result = CliRunner().invoke(train, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
+    return write_tiny(tmp_path_factory.mktemp("shards") / "tiny")
 
 
 def train_process(*args, env=None):
@@ -89,6 +73,21 @@ def test_a_diverging_run_stops_in_one_line_and_keeps_its_last_good_checkpoint(sh
     assert res.returncode == 3 and "in step 8, epoch 1 (2/3)" in res.stderr, res.stderr[-2000:]
     assert not (run / "final.json").exists()
     assert torch.load(run / "ckpt" / "last.pt", weights_only=True)["step"] == 6
+
+
+def test_a_stopped_run_in_process_leaves_no_tensorboard_writer_behind(shards, tmp_path):
+    """A library caller's sweep runs many trainings in one process: one that diverges after its
+    first epoch record (TensorBoard open) closes its writer and the writer's thread."""
+    import threading
+
+    def writers():
+        return [t for t in threading.enumerate() if type(t).__name__ == "_AsyncWriterThread"]
+
+    before = writers()
+    res = invoke(shards, "--out", tmp_path / "run", *DIVERGES)
+    assert res.exit_code == 3, res.output
+    assert list((tmp_path / "run" / "tb").iterdir())  # it was open
+    assert writers() == before
 
 
 def test_a_run_that_diverges_before_its_first_checkpoint_says_so_and_can_rerun(shards, tmp_path):

@@ -115,8 +115,12 @@ class RunReport:
         title = ": ".join(x for x in (self.run_dir.name, method) if x)
         title += f", top-1 {result['top1']:.1f} %"
         plot_per_class(result["per_class"], train_counts, self.run_dir / PER_CLASS_PNG, title)
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard writer (and its thread), however the run ended."""
         if self._tb is not None:
             self._tb.close()
+            self._tb = None
 
     def written_line(self, weights: Path) -> str:
         """Where a finished run's results are, printed at its end."""

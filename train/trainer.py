@@ -187,8 +187,11 @@ class Trainer:
     # ------------------------------------------------------------------ the run
     def fit(self) -> dict:
         # a CPU run's config has no compute_stream (config.as_used): the default one on CUDA
-        with compute_stream(self.info.device, self.t.get("compute_stream", "high")):
-            return self._fit()
+        try:
+            with compute_stream(self.info.device, self.t.get("compute_stream", "high")):
+                return self._fit()
+        finally:  # a run that diverged or was stopped leaves no TensorBoard writer thread
+            self.report.close()
 
     def _fit(self) -> dict:
         E = self.t["epochs"]
