@@ -12,30 +12,18 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from tiny_train import FAST as TINY_FAST
+from tiny_train import invoke, write_tiny
 
-from ltpipe.shards.write import write_shards
 from ltpipe.train.checkpoint import FORMAT
 from ltpipe.train.train_cli import train
 
-# 4 classes (48/24/12/6 train images, 12 val each), 16 px, 30 samples a shard: 6 steps an epoch
-TINY = dict(classes=4, max_per_class=48, imbalance=8, image_size=16, seed=0, samples_per_shard=30)
-FAST = ["--model", "resnet8", "--batch-size", "16", "--warmup", "0", "--lr", "0.05",
-        "--no-channels-last", "--no-progress", "--preset", "cifar", "--image-size", "16",
-        "--mixer", "none", "--loss", "ce"]
+FAST = [*TINY_FAST, "--lr", "0.05", "--mixer", "none", "--loss", "ce"]
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shards") / "tiny"
-    write_shards("synthetic", out, progress=False, **TINY)
-    return out
-
-
-def invoke(*args):
-    result = CliRunner().invoke(train, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
+def shards(tmp_path_factory):  # 30 samples a shard: 3 train shards
+    return write_tiny(tmp_path_factory.mktemp("shards") / "tiny", samples_per_shard=30)
 
 
 def one_line_error(res, *needles):
@@ -217,7 +205,7 @@ def test_shards_without_a_val_split_fail_at_start(shards, tmp_path):
 def test_resume_refuses_other_or_changed_shards(shards, half_run, tmp_path):
     run = copy_run(half_run[0], tmp_path)
     other = tmp_path / "other"
-    write_shards("synthetic", other, progress=False, **{**TINY, "seed": 1})
+    write_tiny(other, samples_per_shard=30, seed=1)
     one_line_error(invoke(other, "--resume", run), "manifest")
     gone = tmp_path / "gone"  # shards moved or deleted since the run started
     one_line_error(invoke(gone, "--resume", run), gone / "manifest.json")

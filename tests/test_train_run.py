@@ -7,37 +7,20 @@ import shutil
 import signal
 import subprocess
 import sys
-import tomllib
-from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import torch
-from click.testing import CliRunner
+from tiny_train import FAST as TINY_FAST
+from tiny_train import STOPPED_AT, invoke, write_tiny
 
-from ltpipe.shards.write import write_shards
-from ltpipe.train.train_cli import train
-
-# 4 classes (48/24/12/6 train images, 12 val each), 16 px: 6 steps of 16 per epoch
-TINY = dict(classes=4, max_per_class=48, imbalance=8, image_size=16, seed=0)
-FAST = ["--model", "resnet8", "--batch-size", "16", "--warmup", "0", "--lr", "0.05",
-        "--no-channels-last", "--no-progress", "--preset", "cifar", "--image-size", "16"]
-# `python -m ltpipe.train`, SIGKILLed right after a given step (tests/train_stopped_at.py)
-STOPPED_AT = str(Path(__file__).with_name("train_stopped_at.py"))
+FAST = [*TINY_FAST, "--lr", "0.05"]
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shards") / "tiny"
-    write_shards("synthetic", out, progress=False, **TINY)
-    return out
-
-
-def invoke(*args):
-    result = CliRunner().invoke(train, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
+    return write_tiny(tmp_path_factory.mktemp("shards") / "tiny")
 
 
 def train_process(*args):
