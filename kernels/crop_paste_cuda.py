@@ -22,7 +22,7 @@ from ltpipe.kernels import halfbits
 from ltpipe.kernels import numba_bridge as nb
 from ltpipe.kernels.paste_cuda import _dims, _unflatten
 
-THREADS = 32 if nb.SIMULATOR else 256
+THREADS = nb.SIM_THREADS if nb.SIMULATOR else 256
 MAX_BLOCKS_PER_SAMPLE = 2 if nb.SIMULATOR else 64
 KIND_U8, KIND_F16, KIND_BF16 = nb.KIND_U8, nb.KIND_F16, nb.KIND_BF16
 

@@ -16,6 +16,12 @@ import torch
 from numba import config, cuda
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
+# Threads per block of the element-wise kernels (their threads never share memory or wait for each
+# other) under the simulator. It runs each CUDA thread as a Python thread and takes one lock on
+# every device-function call; with 32 threads a thread preempted while holding that lock stalls
+# the others for a GIL switch interval per call, and a test of seconds took minutes, at random.
+# One thread a block has no one to wait for; two blocks a sample still walk the grid stride.
+SIM_THREADS = 1
 
 # Raw-bit views: a copy is a copy, and numba has no bfloat16 array type.
 _BITS = {torch.uint8: torch.uint8, torch.float16: torch.int16, torch.bfloat16: torch.int16,

@@ -20,9 +20,9 @@ from numba import cuda
 from ltpipe.kernels import halfbits
 from ltpipe.kernels import numba_bridge as nb
 
-THREADS = 32 if nb.SIMULATOR else 256
+THREADS = nb.SIM_THREADS if nb.SIMULATOR else 256
 MAX_BLOCKS_PER_SAMPLE = 2 if nb.SIMULATOR else 64
-PASTE_THREADS = 32 if nb.SIMULATOR else 128  # a box row is ~100-700 elements
+PASTE_THREADS = nb.SIM_THREADS if nb.SIMULATOR else 128  # a box row is ~100-700 elements
 KIND_U8, KIND_F16, KIND_BF16 = nb.KIND_U8, nb.KIND_F16, nb.KIND_BF16
 
 _half_to_float = cuda.jit(device=True)(halfbits.half_to_float_bits)

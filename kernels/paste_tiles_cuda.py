@@ -21,7 +21,7 @@ from numba import cuda
 
 from ltpipe.kernels import numba_bridge as nb
 
-THREADS = 32 if nb.SIMULATOR else 128
+THREADS = nb.SIM_THREADS if nb.SIMULATOR else 128
 MAX_BLOCKS_PER_SAMPLE = 2 if nb.SIMULATOR else 64
 _CACHE_SIZE = 64
 _launchers: dict = {}

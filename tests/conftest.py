@@ -1,8 +1,14 @@
 """Test setup: numba's CUDA simulator must be chosen before numba is first imported."""
 
 import os
+import sys
 
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+# The simulator runs a block's threads as Python threads that take one lock on every
+# device-function call, and a thread that waits for the GIL holds the others up for a whole
+# switch interval: at Python's 5 ms the Sinkhorn kernel's test took 64 s, at 0.1 ms about 9 s
+# (the element-wise kernels avoid it with one thread a block, kernels/numba_bridge.py).
+sys.setswitchinterval(1e-4)
 
 import pytest  # noqa: E402  (after the simulator switch above)
 
