@@ -16,7 +16,6 @@ line torn all the same (a kill or a power cut mid-write) is dropped with a warni
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path

@@ -14,7 +14,6 @@ line naming the file: a resumed run must train on the data it started on.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from pathlib import Path
 
