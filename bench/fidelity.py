@@ -179,7 +179,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", default="synthetic", choices=["synthetic", *REAL_SETS],
                    help="data set (real ones: bench/real_lt.py)")
     p.add_argument("--shards", type=Path, default=None,
-                   help="shard dir (default ./out/synthetic or ./out/<data>-lt, written if missing)")
+                   help="shard dir (default ./out/synthetic or ./out/<data>-lt, written if "
+                        "missing)")
     p.add_argument("--runs", default="ce:none,ce:cmo,bs:cmo,ldam-drw:cmo")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--recipe", default="synthetic")

@@ -174,7 +174,8 @@ def main(argv=None) -> int:
             for name in (order if rep % 2 == 0 else order[::-1]):
                 runs[name].append(run_once(trees[name], shards, work, args.epochs))
                 r = runs[name][-1]
-                print(f"round {rep + 1}/{args.reps} {name:>8s}: epoch {steady(r['epoch_s']):.2f} s, "
+                print(f"round {rep + 1}/{args.reps} {name:>8s}: "
+                      f"epoch {steady(r['epoch_s']):.2f} s, "
                       f"data wait {steady(r['data_wait_ms']):.1f} ms/step "
                       f"(load {r['load_before']:.1f})", flush=True)
         elapsed = time.perf_counter() - t0

@@ -9,7 +9,8 @@ and makes train long-tailed (n_k = n_max·ρ^(−k/(C−1)), class 0 the head, f
     python -m ltpipe.bench.real_lt digits /tmp/digits
     ltpipe shard imagefolder:/tmp/digits /tmp/digits-lt --val-per-class 50 --imbalance 64
 
-``python -m ltpipe.bench.real_lt NAME DIR --shards LT_DIR`` does both steps with the set's own settings.
+``python -m ltpipe.bench.real_lt NAME DIR --shards LT_DIR`` does both steps with the set's own
+settings.
 
 digits (``pip install scikit-learn``)
     scikit-learn's ``load_digits``: the UCI "Optical Recognition of Handwritten Digits" test set

@@ -66,9 +66,10 @@ def build_step(mixer_name: str, args, device, mixer_params: dict):
     mixer = build.make_mixer(cfg, env)
     model, criterion = build.make_model_and_criterion(cfg, env, mixer)
     opt, sched = build.make_optimizer(t, model, criterion, steps_per_epoch=1000)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and args.precision == "fp16")
+    on_cuda = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=on_cuda and args.precision == "fp16")
     autocast = make_autocast(device, args.precision)
-    in_dtype = torch.float16 if device.type == "cuda" and args.precision != "fp32" else torch.float32
+    in_dtype = torch.float16 if on_cuda and args.precision != "fp32" else torch.float32
     gen = torch.Generator(device=device).manual_seed(0)
     streams = fake_streams(mixer.streams, args.batch_size, args.image_size, args.classes, device,
                            in_dtype, args.channels_last, gen)
@@ -137,8 +138,10 @@ def main(argv=None) -> int:
         for m in results:
             results[m]["overhead_vs_none_pct"] = (results[m]["ms_per_step_median"] / base - 1) * 100
     for m, r in results.items():
-        extra = f"  {r['overhead_vs_none_pct']:+.2f}% vs none" if "overhead_vs_none_pct" in r else ""
-        print(f"{m:10s} {r['ms_per_step_median']:9.2f} ms/step  {r['images_per_s']:9.0f} img/s{extra}")
+        overhead = r.get("overhead_vs_none_pct")
+        extra = f"  {overhead:+.2f}% vs none" if overhead is not None else ""
+        print(f"{m:10s} {r['ms_per_step_median']:9.2f} ms/step  "
+              f"{r['images_per_s']:9.0f} img/s{extra}")
     params = {k: getattr(args, k) for k in ("model", "batch_size", "image_size", "classes",
                                             "precision", "channels_last", "compile", "loss",
                                             "warmup", "runs", "rounds")}

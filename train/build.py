@@ -104,9 +104,9 @@ def loader_dtype(device: torch.device, precision: str) -> torch.dtype:
 def check_class_counts(t: dict, class_counts: torch.Tensor, shards) -> None:
     """A class with no training samples (n_k = 0) is a one-line ValueError at build time
     (METHODS.md, Empty classes) when the loss (NEEDS_COUNTS), the re-weighting or the mixer's Q
-    streams (WEIGHTED_STREAMS) use the counts: they would train on max(n_k, 1), which gives that class a
-    prior of about 1/N (LA/BS), the largest margin (LDAM) and the largest weight (DRW). CE/focal,
-    no re-weighting and a P-only mixer still run."""
+    streams (WEIGHTED_STREAMS) use the counts: they would train on max(n_k, 1), which gives that
+    class a prior of about 1/N (LA/BS), the largest margin (LDAM) and the largest weight (DRW).
+    CE/focal, no re-weighting and a P-only mixer still run."""
     empty = torch.nonzero(class_counts.cpu() == 0).flatten().tolist()
     if not empty:
         return
@@ -169,7 +169,8 @@ def make_model_and_criterion(cfg: dict, env: MixerEnv, mixer):
 def make_optimizer(t: dict, model: torch.nn.Module, criterion: torch.nn.Module,
                    steps_per_epoch: int):
     seen, params = set(), []
-    for p in list(model.parameters()) + list(criterion.parameters()):  # an aux term may share a head
+    # an aux term may share a head
+    for p in list(model.parameters()) + list(criterion.parameters()):
         if id(p) not in seen:
             seen.add(id(p))
             params.append(p)

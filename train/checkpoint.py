@@ -32,8 +32,8 @@ CONFIG = "config.toml"
 FORMAT = 2  # 2: RNG states as tensors and plain values (format 1 pickled numpy arrays)
 # what a checkpoint must hold to be used (an incomplete one is an error naming the keys)
 FINAL_KEYS = ("format", "num_classes", "model")
-LAST_KEYS = FINAL_KEYS + ("config", "world", "epoch", "step", "step_in_epoch", "optimizer", "scheduler",
-                          "scaler", "mixer", "criterion", "loader", "sums", "rng")
+LAST_KEYS = FINAL_KEYS + ("config", "world", "epoch", "step", "step_in_epoch", "optimizer",
+                          "scheduler", "scaler", "mixer", "criterion", "loader", "sums", "rng")
 
 log = logging.getLogger(__name__)
 

@@ -5,9 +5,10 @@ epochs with nan weights and ends looking finished, its results those of a consta
 ``DivergenceWatch`` notes the first such step on the device, with no host sync per step, and is
 read at fixed steps: after every step on the CPU (where a read costs nothing), every
 ``CUDA_CHECK_STEPS`` steps on CUDA, and always before a checkpoint, an epoch's metrics line or the
-final results, which also check that the weights and BatchNorm statistics are finite. So no checkpoint, metrics line or
-``final.json`` is ever written from a diverged state, and the last checkpoint stays the last good
-one. Under DDP every rank reads at the same steps and the ranks agree by one all-reduce.
+final results, which also check that the weights and BatchNorm statistics are finite. So no
+checkpoint, metrics line or ``final.json`` is ever written from a diverged state, and the last
+checkpoint stays the last good one. Under DDP every rank reads at the same steps and the ranks
+agree by one all-reduce.
 """
 
 from __future__ import annotations

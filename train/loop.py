@@ -17,7 +17,8 @@ import torch
 from ltpipe.train.mixers.base import StepContext
 
 
-def make_autocast(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
+def make_autocast(device: torch.device,
+                  precision: str) -> Callable[[], contextlib.AbstractContextManager]:
     """bf16/fp16 autocast on CUDA; the CPU always trains in fp32 (exact and reproducible)."""
     if device.type != "cuda" or precision == "fp32":
         return contextlib.nullcontext
