@@ -8,27 +8,20 @@ import re
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from ltpipe.shards.write import write_shards
+from tiny_train import FAST as TINY_FAST
+from tiny_train import STOPPED_AT, write_tiny
 
-# 4 classes (48/24/12/6 train images, 12 val each), 16 px: 6 steps of 16 per epoch
-TINY = dict(classes=4, max_per_class=48, imbalance=8, image_size=16, seed=0)
-FAST = ["--model", "resnet8", "--batch-size", "16", "--warmup", "0", "--lr", "0.05",
-        "--no-channels-last", "--no-progress", "--preset", "cifar", "--image-size", "16",
-        "--mixer", "none", "--loss", "ce", "--epochs", "2"]
+FAST = [*TINY_FAST, "--lr", "0.05", "--mixer", "none", "--loss", "ce", "--epochs", "2"]
 TRAIN = [sys.executable, "-m", "ltpipe.train"]
-STOPPED_AT = str(Path(__file__).with_name("train_stopped_at.py"))  # stops a run after a step
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shards") / "tiny"
-    write_shards("synthetic", out, progress=False, **TINY)
-    return out
+    return write_tiny(tmp_path_factory.mktemp("shards") / "tiny")
 
 
 def ctrl_c_at(step, *args):

@@ -24,6 +24,9 @@ SENDS = {
 
 def main() -> None:
     stop_after, send = int(sys.argv[1]), SENDS[sys.argv[2]]
+    # Ctrl-C as from a terminal: a shell that runs the tests in the background starts them with
+    # SIGINT ignored, this process inherits that, and Python then installs no KeyboardInterrupt
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from ltpipe.train import trainer
     from ltpipe.train.step_timer import StepTimer
 
