@@ -43,7 +43,7 @@ def test_the_readme_loop_runs_on_tiny_shards(tiny_shards, one_torch_thread, caps
 
 @pytest.mark.slow
 def test_the_readme_loop_as_written_learns_the_main_jobs_data(tmp_path, monkeypatch, capsys):
-    """As printed, after `ltpipe shard synthetic out/synthetic` (about 2 minutes on 2 cores)."""
+    """As printed, after `ltpipe shard synthetic out/synthetic` (under a minute on 2 cores)."""
     from ltpipe.shards.write import write_shards
 
     monkeypatch.chdir(tmp_path)
