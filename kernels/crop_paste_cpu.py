@@ -18,11 +18,7 @@ import numpy as np
 import torch
 from numba import njit
 
-from ltpipe.kernels import halfbits
-from ltpipe.kernels.paste_cpu import _KIND, _RAW, KIND_BF16, KIND_F16, KIND_F32, KIND_U8
-
-_f2h = njit(cache=True)(halfbits.float_to_half_bits)
-_f2b = njit(cache=True)(halfbits.float_to_bfloat_bits)
+from ltpipe.kernels.paste_cpu import _KIND, _RAW, KIND_F32, KIND_U8, store_value
 _HALF, _ONE, _ZERO = np.float32(0.5), np.float32(1.0), np.float32(0.0)
 
 
@@ -69,12 +65,7 @@ def _encode(u, c, kind, normalize, mean, inv_std, fbuf, ubuf):
         v = u
     else:
         v = (u - mean[c]) * inv_std[c]
-    if kind == KIND_F16 or kind == KIND_BF16:
-        fbuf[0] = v
-        f = np.int64(ubuf[0])
-        b = _f2h(f) if kind == KIND_F16 else _f2b(f)
-        return np.float32(b - 65536 if b >= 32768 else b)  # signed int16 pattern
-    return v
+    return store_value(v, kind, fbuf, ubuf)
 
 
 @njit(cache=True)

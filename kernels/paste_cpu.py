@@ -66,15 +66,22 @@ def _value(src, j, c, y, x, cl, kind, table):
 
 
 @njit(cache=True)
-def _encode(v, kind, fbuf, ubuf):
-    if kind == KIND_U8:
-        return np.float32(np.rint(min(max(v, np.float32(0.0)), np.float32(255.0))))
+def store_value(v, kind, fbuf, ubuf):
+    """v as the destination's raw storage holds it: float16 / bfloat16 as their bit pattern (a
+    signed int16, exact in float32; fbuf / ubuf: one float32 and its uint32 view), else v."""
     if kind == KIND_F16 or kind == KIND_BF16:
         fbuf[0] = v
         f = np.int64(ubuf[0])
         b = _f2h(f) if kind == KIND_F16 else _f2b(f)
         return np.float32(b - 65536 if b >= 32768 else b)  # signed int16 pattern
     return v
+
+
+@njit(cache=True)
+def _encode(v, kind, fbuf, ubuf):
+    if kind == KIND_U8:
+        return np.float32(np.rint(min(max(v, np.float32(0.0)), np.float32(255.0))))
+    return store_value(v, kind, fbuf, ubuf)
 
 
 @njit(cache=True)
