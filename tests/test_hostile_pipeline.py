@@ -165,6 +165,18 @@ ITERATE = textwrap.dedent("""
 """)
 
 
+def iterate_in_a_child(root, tmp_path):
+    """ITERATE over ``root`` in its own process (a decoder crash fails the test, not pytest):
+    (samples skipped, P's ids, Q's ids)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", LTPIPE_CACHE=str(tmp_path / "cache"))
+    res = subprocess.run([sys.executable, "-c", ITERATE, str(root)], capture_output=True,
+                         text=True, timeout=120, env=env, check=False)
+    assert res.returncode == 0, (res.returncode, res.stderr[-2000:])
+    head, q = res.stdout.strip().split("|")
+    skipped, *ids = head.split()
+    return int(skipped), sorted(map(int, ids)), set(map(int, q.split()))
+
+
 def test_skip_corrupt_iterates_damaged_bodies_without_crashing(shards, tmp_path):
     """Every 8th sample damaged, in DALI's batches: before the pre-scan the DALI CPU decoder
     died with SIGSEGV here (a child process, so a crash is a failure, not the end of pytest)."""
@@ -172,15 +184,10 @@ def test_skip_corrupt_iterates_damaged_bodies_without_crashing(shards, tmp_path)
     damage = {i: dht_length_flipped if i % 16 else huffman_code_oversubscribed
               for i in range(0, N_TRAIN, 8)}
     rewrite(bad, "train", damage)
-    env = dict(os.environ, OMP_NUM_THREADS="1", LTPIPE_CACHE=str(tmp_path / "cache"))
-    res = subprocess.run([sys.executable, "-c", ITERATE, str(bad)], capture_output=True,
-                         text=True, timeout=120, env=env, check=False)
-    assert res.returncode == 0, (res.returncode, res.stderr[-2000:])
-    head, q = res.stdout.strip().split("|")
-    skipped, *ids = head.split()
-    assert int(skipped) == len(damage)
-    assert sorted(map(int, ids)) == sorted(set(range(N_TRAIN)) - set(damage))
-    assert not set(map(int, q.split())) & set(damage)
+    skipped, ids, q = iterate_in_a_child(bad, tmp_path)
+    assert skipped == len(damage)
+    assert ids == sorted(set(range(N_TRAIN)) - set(damage))
+    assert not q & set(damage)
 
 
 def test_damage_in_place_with_the_mtime_restored_never_reaches_dali(shards, tmp_path):
@@ -195,14 +202,9 @@ def test_damage_in_place_with_the_mtime_restored_never_reaches_dali(shards, tmp_
     for tar, st in before.items():
         os.utime(tar, ns=(st.st_atime_ns, st.st_mtime_ns))
         assert (tar.stat().st_size, tar.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
-    env = dict(os.environ, OMP_NUM_THREADS="1", LTPIPE_CACHE=str(tmp_path / "cache"))
-    res = subprocess.run([sys.executable, "-c", ITERATE, str(bad)], capture_output=True,
-                         text=True, timeout=120, env=env, check=False)
-    assert res.returncode == 0, (res.returncode, res.stderr[-2000:])
-    head, _ = res.stdout.strip().split("|")
-    skipped, *ids = head.split()
-    assert int(skipped) == len(damage)
-    assert sorted(map(int, ids)) == sorted(set(range(N_TRAIN)) - set(damage))
+    skipped, ids, _ = iterate_in_a_child(bad, tmp_path)
+    assert skipped == len(damage)
+    assert ids == sorted(set(range(N_TRAIN)) - set(damage))
 
 
 def test_the_scan_runs_once_per_shard_and_again_when_the_bytes_change(shards, tmp_path,

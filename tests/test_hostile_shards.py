@@ -38,19 +38,29 @@ def jpeg(colour=(200, 10, 10), size=(20, 16)) -> bytes:
 
 # --- two writers into one OUT ------------------------------------------------------------------
 
+def paused_writer(out, seconds, **options):
+    """A real `write_shards` into ``out`` in another process, paused for ``seconds`` after its
+    first shard; returned once that shard is written (its stdout said so)."""
+    code = ("import sys, time; from ltpipe.shards.write import write_shards\n"
+            "def pause(record):\n"
+            f"    print('shard', flush=True); time.sleep({seconds})\n"
+            "write_shards('synthetic', sys.argv[1], progress=False, on_shard=pause,\n"
+            f"             **{options!r})\n")
+    writer = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE,
+                              text=True)
+    if writer.stdout.readline().strip() != "shard":
+        writer.kill()
+        writer.wait()
+        pytest.fail("the paused writer never wrote its first shard")
+    return writer
+
+
 def test_second_writer_of_one_out_exits_2(tmp_path):
     """A real writer, paused after its first shard, makes a second `ltpipe shard` into the same
     OUT refuse (it once resumed from the first one's journal and both wrote, exit 0)."""
     out = tmp_path / "out"
-    code = ("import sys, time; from ltpipe.shards.write import write_shards\n"
-            "def pause(record):\n"
-            "    print('shard', flush=True); time.sleep(30)\n"
-            "write_shards('synthetic', sys.argv[1], classes=4, max_per_class=12,\n"
-            "             samples_per_shard=10, progress=False, on_shard=pause)\n")
-    first = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE,
-                             text=True)
+    first = paused_writer(out, 30, classes=4, max_per_class=12, samples_per_shard=10)
     try:
-        assert first.stdout.readline().strip() == "shard"
         line = one_line_error(run("shard", "synthetic", out, *TINY), f"pid {first.pid}")
         assert "delete" in line and not (out / "manifest.json").exists()
     finally:
@@ -727,15 +737,8 @@ def test_encoding_workers_end_with_a_killed_writer(tmp_path):
     import time
 
     out = tmp_path / "out"
-    code = ("import sys, time; from ltpipe.shards.write import write_shards\n"
-            "def pause(record):\n"
-            "    print('shard', flush=True); time.sleep(60)\n"
-            "write_shards('synthetic', sys.argv[1], classes=4, max_per_class=48, workers=2,\n"
-            "             samples_per_shard=10, progress=False, on_shard=pause)\n")
-    writer = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE,
-                              text=True)
+    writer = paused_writer(out, 60, classes=4, max_per_class=48, workers=2, samples_per_shard=10)
     try:
-        assert writer.stdout.readline().strip() == "shard"
         children = open(f"/proc/{writer.pid}/task/{writer.pid}/children").read().split()
         assert len(children) >= 2
     finally:
