@@ -39,16 +39,21 @@ from ltpipe.kernels.paste import DTYPES, _layout
 @dataclass(frozen=True)
 class SourceImages:
     """Decoded images packed one after the other: image k is ``pixels[offsets[k] : offsets[k] +
-    h_k·w_k·3]`` viewed as [h_k, w_k, 3] (HWC, uint8), with ``shapes[k]`` = (h_k, w_k)."""
+    h_k·w_k·3]`` viewed as [h_k, w_k, 3] (HWC, uint8), with ``shapes[k]`` = (h_k, w_k); or, when
+    ``x_major``, as [w_k, h_k, 3] (column by column: the CPU kernel's horizontal pass then reads
+    each source column as one contiguous run; CPU only)."""
 
     pixels: torch.Tensor  # uint8 [total]
     offsets: torch.Tensor  # int64 [n]
     shapes: torch.Tensor  # int32 [n, 2] (h, w)
+    x_major: bool = False
 
     def image(self, k: int) -> torch.Tensor:
+        """Image k as [h, w, 3] (a view)."""
         h, w = self.shapes[k].tolist()
         o = int(self.offsets[k])
-        return self.pixels[o:o + h * w * 3].view(h, w, 3)
+        flat = self.pixels[o:o + h * w * 3]
+        return flat.view(w, h, 3).permute(1, 0, 2) if self.x_major else flat.view(h, w, 3)
 
 
 def _check(dst, source, slots, windows, boxes, flips, mean, inv_std) -> None:
@@ -59,6 +64,8 @@ def _check(dst, source, slots, windows, boxes, flips, mean, inv_std) -> None:
         raise ValueError(f"dst must be [B, 3, S, S], got {list(dst.shape)}")
     if source.pixels.dtype != torch.uint8 or source.pixels.ndim != 1:
         raise ValueError("source.pixels must be a flat uint8 tensor")
+    if source.x_major and dst.is_cuda:
+        raise ValueError("source: x-major images are for a CPU dst (the CUDA kernel reads HWC)")
     for name, t, shape in (("slots", slots, (B,)), ("windows", windows, (B, 4)),
                            ("boxes", boxes, (B, 4)), ("flips", flips, (B,))):
         if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape or t.is_floating_point():

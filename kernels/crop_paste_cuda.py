@@ -123,6 +123,8 @@ def _source_array(pixels: torch.Tensor):
 
 def crop_paste_tensors(dst, source, slots, windows, boxes, flips, mean, inv_std) -> None:
     """Launch on torch's current stream (arguments checked by crop_paste.crop_resize_paste_)."""
+    if source.x_major:
+        raise ValueError("source: x-major images are for the CPU kernel (this one reads HWC)")
     B = dst.shape[0]
     if B == 0:
         return

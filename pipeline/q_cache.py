@@ -125,10 +125,11 @@ def placement(nbytes: int, device: torch.device) -> str:
 
 
 def decode_into(pixels: torch.Tensor, offsets, shapes, jpegs: list, decoder: str,
-                device_id: int | None, threads: int) -> None:
+                device_id: int | None, threads: int, x_major: bool = False) -> None:
     """Decode ``jpegs`` with DALI on ``decoder`` ("mixed" = nvJPEG, "cpu"), resize each to its
     (h, w) of ``shapes`` (antialiased linear, the loader's own filter; a no-op at the stored size)
-    and write it, HWC, at its offset into ``pixels``."""
+    and write it, HWC or ``x_major`` ([w, h, 3], ``SourceImages``), at its offset into
+    ``pixels``."""
     from nvidia.dali import fn, pipeline_def, types
 
     @pipeline_def(batch_size=BUILD_BATCH, num_threads=threads, device_id=device_id,
@@ -150,7 +151,8 @@ def decode_into(pixels: torch.Tensor, offsets, shapes, jpegs: list, decoder: str
         for n in range(len(jpegs[part])):
             h, w = (int(v) for v in shapes[start + n])
             o = int(offsets[start + n])
-            view = pixels[o:o + h * w * 3].view(h, w, 3)
+            view = pixels[o:o + h * w * 3].view(h, w, 3) if not x_major else \
+                pixels[o:o + h * w * 3].view(w, h, 3).permute(1, 0, 2)
             sample = out[n]
             if decoder == "mixed":
                 with torch.cuda.device(device_id):
@@ -212,11 +214,12 @@ class QCache:
         pixels = torch.empty(int(sizes.sum()), dtype=torch.uint8,
                              device=device if place == "cuda" else "cpu",
                              pin_memory=place == "pinned")
+        x_major = place == "cpu"  # the CPU kernel's layout (crop_paste_cpu.py), not the GPU's
         decode_into(pixels, offsets, shapes, payloads.read_many(ids), decoder,
-                    device.index if device.type == "cuda" else None, threads)
+                    device.index if device.type == "cuda" else None, threads, x_major)
         on = pixels.device
         source = SourceImages(pixels, torch.from_numpy(offsets).to(on),
-                              torch.from_numpy(shapes.astype(np.int32)).to(on))
+                              torch.from_numpy(shapes.astype(np.int32)).to(on), x_major)
         return cls(source, ids, shapes, side, float(p[ids].sum()), p.size, place,
                    time.perf_counter() - t0)
 

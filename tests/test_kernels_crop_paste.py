@@ -14,13 +14,14 @@ MEAN = [123.675, 116.28, 103.53]
 INV_STD = [1 / 58.395, 1 / 57.12, 1 / 57.375]
 
 
-def _source(shapes, seed=0):
+def _source(shapes, seed=0, x_major=False):
     g = torch.Generator().manual_seed(seed)
     images = [torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=g) for h, w in shapes]
     sizes = [im.numel() for im in images]
     offsets = torch.tensor([0] + list(np.cumsum(sizes)[:-1]), dtype=torch.int64)
-    return SourceImages(torch.cat([im.reshape(-1) for im in images]), offsets,
-                        torch.tensor(shapes, dtype=torch.int32)), images
+    stored = [im.permute(1, 0, 2) if x_major else im for im in images]  # [w, h, 3] or [h, w, 3]
+    return SourceImages(torch.cat([im.reshape(-1) for im in stored]), offsets,
+                        torch.tensor(shapes, dtype=torch.int32), x_major), images
 
 
 # rows: (slot, window (x, y, w, h), box, flip): downscale (window > S), upscale (< S), unit
@@ -63,6 +64,51 @@ def test_kernels_match_the_reference_bit_for_bit(dtype, channels_last):
             outside[i, :, y0:y1, x0:x1] = False
     assert torch.equal(_bits(ref)[outside], _bits(dst)[outside])  # only the boxes are written
     assert not torch.equal(_bits(ref), _bits(dst))
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_the_cpu_kernel_matches_the_reference_on_loader_sized_rows(dtype):
+    """224-px rows from 384-px sources, as Q's cache pastes them: random-resized-crop windows
+    from 0.3x to 1.7x the output (2 to 5 taps), boxes of every shape, flips, both source layouts
+    (x-major read in place, HWC through a copy) and both dst layouts."""
+    from ltpipe.pipeline.q_decode import crop_windows
+
+    S, n = 224, 12
+    rng = np.random.default_rng(3)
+    shapes = [(288, 384), (384, 256), (300, 300)]
+    slots = rng.integers(0, len(shapes), n)
+    h, w = (np.array([shapes[k][i] for k in slots]) for i in (0, 1))
+    windows = crop_windows(rng.random((n, 10, 4)), w, h, "imagenet", S)
+    x0, y0 = rng.integers(0, S - 1, n), rng.integers(0, S - 1, n)
+    x1, y1 = x0 + rng.integers(1, S - x0 + 1), y0 + rng.integers(1, S - y0 + 1)
+    boxes = np.stack([x0, y0, x1, y1], 1)
+    rows = [(int(k), win.tolist(), box.tolist(), int(f))
+            for k, win, box, f in zip(slots, windows, boxes, rng.integers(0, 2, n))]
+    norm = dict(mean=MEAN, inv_std=INV_STD) if dtype != torch.uint8 else {}
+    dst = torch.zeros(n, 3, S, S, dtype=dtype)
+    ref = crop_resize_paste_reference(dst.clone(), _source(shapes)[0], *_args(rows), **norm)
+    for x_major in (False, True):
+        source = _source(shapes, x_major=x_major)[0]
+        for d in (dst, dst.contiguous(memory_format=torch.channels_last)):
+            assert torch.equal(crop_resize_paste_(d.clone(), source, *_args(rows), **norm), ref)
+
+
+def test_x_major_sources_give_the_same_pixels():
+    """The same images stored column by column: the reference and the CPU kernel paste the
+    same values (the kernel reads windows inside the image in place and copies the "cifar"
+    window that leaves it), and the CUDA kernel, which reads HWC only, refuses them."""
+    from ltpipe.kernels import crop_paste_cuda
+
+    hwc, images = _source(SHAPES)
+    cols, _ = _source(SHAPES, x_major=True)
+    assert all(torch.equal(cols.image(k), im) for k, im in enumerate(images))
+    dst = torch.zeros(len(ROWS), 3, 8, 8, dtype=torch.float32)
+    norm = dict(mean=MEAN, inv_std=INV_STD)
+    want = crop_resize_paste_reference(dst.clone(), hwc, *_args(), **norm)
+    assert torch.equal(crop_resize_paste_reference(dst.clone(), cols, *_args(), **norm), want)
+    assert torch.equal(crop_resize_paste_(dst.clone(), cols, *_args(), **norm), want)
+    with pytest.raises(ValueError, match="x-major"):
+        crop_paste_cuda.crop_paste_tensors(dst.clone(), cols, *_args(), MEAN, INV_STD)
 
 
 def test_the_definition_is_a_crop_resize_and_flip_seen_in_the_box():
