@@ -1,5 +1,5 @@
-"""Kernel benchmark: paste_/resize_paste_/paste_tiles_ and batched Sinkhorn vs torch/POT
-baselines.
+"""Kernel benchmark: paste_/resize_paste_/paste_tiles_, crop_resize_paste_ (Q's decoded cache)
+and batched Sinkhorn vs torch/POT baselines.
 
     python -m ltpipe.bench.kernels --device cuda    # B=256, 3x224x224 fp16; CUDA events
     python -m ltpipe.bench.kernels --device cpu     # smaller batch, wall clock, labelled "cpu"
@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from ltpipe.kernels import (cutmix_boxes, paste_, resize_paste_, resizemix_boxes, sample_lam,
                             sinkhorn, sinkhorn_reference)
+from ltpipe.kernels.crop_paste import crop_resize_paste_
 from ltpipe.kernels.paste import _resize_paste_cpu
 from ltpipe.kernels.paste_tiles import _paste_tiles_loop, paste_tiles_
 from ltpipe.bench.harness import ScriptParser, positive_int, time_cuda, write_result
@@ -109,6 +110,65 @@ def bench_paste(device, B, size, runs, warmup) -> tuple[dict, dict]:
     return results, baselines
 
 
+CROP_SOURCE = (288, 384)  # (h, w): a 4:3 image at the cache's default long side, 384
+CROP_IMAGES = 64
+
+
+def crop_rows(B: int, size: int) -> tuple[list[torch.Tensor], dict]:
+    """(slots, windows, boxes, flips) of B cached rows as the loader pastes them, and what they
+    are: random-resized-crop windows of 288 x 384 images (q_decode.crop_windows), one CutMix box
+    for the batch (CMO's default) of half the image (CMO's mean area), random flips."""
+    import numpy as np
+
+    from ltpipe.pipeline.q_decode import crop_windows
+
+    h, w = CROP_SOURCE
+    rng = np.random.default_rng(2)
+    windows = crop_windows(rng.random((B, 10, 4)), np.full(B, w), np.full(B, h), "imagenet",
+                           size)
+    box, _ = cutmix_boxes(torch.tensor([0.5]), size, size, torch.Generator().manual_seed(2))
+    rows = [torch.from_numpy(rng.integers(0, CROP_IMAGES, B)).int(),
+            torch.from_numpy(windows).int(), box.int().repeat(B, 1),
+            torch.from_numpy(rng.integers(0, 2, B)).int()]
+    about = {"source": list(CROP_SOURCE), "images": CROP_IMAGES, "box": box[0].tolist(),
+             "window_w_mean": float(windows[:, 2].mean()), "dtypes": ["float32", "uint8"]}
+    return rows, about
+
+
+def bench_crop_paste(device, B, size, runs, warmup) -> tuple[dict, dict]:
+    """Q's cached rows (``crop_rows``) pasted into normalised float32 and uint8 dsts, from HWC
+    images and, on the CPU, from the x-major copy Q's host cache keeps. Baseline: the torch
+    reference (3 runs: it is slow)."""
+    from ltpipe.kernels.crop_paste import SourceImages, crop_resize_paste_reference
+
+    g = torch.Generator().manual_seed(2)
+    h, w = CROP_SOURCE
+    pixels = torch.randint(0, 256, (CROP_IMAGES, h, w, 3), dtype=torch.uint8, generator=g)
+    offsets = torch.arange(CROP_IMAGES, dtype=torch.int64) * h * w * 3
+    shapes = torch.tensor([[h, w]] * CROP_IMAGES, dtype=torch.int32)
+    sources = {"": SourceImages(pixels.reshape(-1).to(device), offsets.to(device),
+                                shapes.to(device))}
+    if device == "cpu":
+        sources["_xmajor"] = SourceImages(pixels.permute(0, 2, 1, 3).reshape(-1), offsets, shapes,
+                                          x_major=True)
+    rows = [t.to(device) for t in crop_rows(B, size)[0]]
+    norm = {"mean": [123.675, 116.28, 103.53], "inv_std": [1 / 58.395, 1 / 57.12, 1 / 57.375]}
+    results, baselines = {}, {}
+    for dtype, name in ((torch.float32, "f32"), (torch.uint8, "u8")):
+        kw = norm if dtype == torch.float32 else {}
+        for layout in ("nchw", "nhwc"):
+            fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+            dst = torch.zeros(B, 3, size, size, dtype=dtype, device=device).contiguous(
+                memory_format=fmt)
+            for tag, source in sources.items():
+                results[f"crop_paste_{layout}_{name}{tag}"] = _timed(
+                    lambda: crop_resize_paste_(dst, source, *rows, **kw), runs, warmup)
+        dst = torch.zeros(B, 3, size, size, dtype=dtype, device=device)
+        baselines[f"crop_paste_nchw_{name}_torch_reference"] = _timed(
+            lambda: crop_resize_paste_reference(dst, sources[""], *rows, **kw), 3, 1)
+    return results, baselines
+
+
 def _pot_loop(C, eps, tol):
     import ot
 
@@ -154,8 +214,8 @@ def main(argv=None) -> None:
     ap.add_argument("--runs", type=int, default=50, help="timed runs (>= 2: percentiles)")
     ap.add_argument("--warmup", type=int, default=None, help="(cuda 10, cpu 3)")
     ap.add_argument("--out", default=None, help="results folder (default bench/results)")
-    ap.add_argument("--parts", default="paste,sinkhorn",
-                    help="comma-separated: paste, sinkhorn (its baseline needs POT)")
+    ap.add_argument("--parts", default="paste,crop_paste,sinkhorn",
+                    help="comma-separated: paste, crop_paste, sinkhorn (its baseline needs POT)")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device; use --device cpu")
@@ -169,13 +229,14 @@ def main(argv=None) -> None:
     shapes = [(1, 256), (8, 128)]
     results, baselines = {}, {}
     parts = [p for p in args.parts.split(",") if p]
-    if not parts or set(parts) - {"paste", "sinkhorn"}:
-        ap.error(f"--parts: expected names from paste, sinkhorn, got {args.parts!r}")
+    benches = {"paste": lambda: bench_paste(args.device, B, args.size, args.runs, warmup),
+               "crop_paste": lambda: bench_crop_paste(args.device, B, args.size, args.runs,
+                                                      warmup),
+               "sinkhorn": lambda: bench_sinkhorn(args.device, shapes, args.runs, warmup)}
+    if not parts or set(parts) - set(benches):
+        ap.error(f"--parts: expected names from {', '.join(benches)}, got {args.parts!r}")
     for part in tqdm(parts, desc="kernels bench"):
-        if part == "paste":
-            r, b = bench_paste(args.device, B, args.size, args.runs, warmup)
-        else:
-            r, b = bench_sinkhorn(args.device, shapes, args.runs, warmup)
+        r, b = benches[part]()
         results.update(r)
         baselines.update(b)
     params = {"device": args.device, "batch": B, "image": [3, args.size, args.size],
@@ -184,6 +245,8 @@ def main(argv=None) -> None:
                                             "dtype": "float32"},
               "timer": "cuda events" if cuda else "wall clock",
               "torch_threads": torch.get_num_threads(), "parts": parts}
+    if "crop_paste" in parts:
+        params["crop_paste"] = crop_rows(B, args.size)[1]
     path = write_result("kernels", params, results, baselines,
                         out_dir=args.out, device=None if cuda else "cpu")
     for k, v in {**results, **baselines}.items():
