@@ -38,7 +38,8 @@ from ltpipe.pipeline.loader_args import (check_arguments, check_values, declared
 from ltpipe.pipeline.minority import MinorityDraws, MinoritySource, ShardBytes
 from ltpipe.pipeline.mix_plan import MixPlanner
 from ltpipe.pipeline.q_cache import AUTO, DEFAULT_SIDE, QCache, budget_bytes
-from ltpipe.pipeline.q_decode import PlannedDecode
+from ltpipe.pipeline.normalize import normalize_images
+from ltpipe.pipeline.q_decode import PLACEHOLDER_GREY, PlannedDecode
 from ltpipe.pipeline.samplers import class_probabilities
 from ltpipe.pipeline.shardset import ShardSplit, open_split
 
@@ -221,10 +222,23 @@ class DaliLoader:
             self.q_cache = self._make_cache(budget=q_cache[0], side=q_cache[1])
             if self.q_cache is not None:
                 log.info("%s", self.q_cache.describe())
+        # Q drawn on the host and served by the cache alone, outside the DALI pipeline
+        self.q_on_host = self._q_all_cached()
+        self._host_draws: MinorityDraws | None = None
+
+    def _draws(self, name: str) -> MinorityDraws:
+        """The draws of Q-type stream ``name`` (what its DALI source, or the host, draws)."""
+        r = self.r if name == "minority" else 0.0
+        q = class_probabilities(self.class_counts, r, allow_empty=True)
+        return MinorityDraws(self.data.labels, q, self.seed, self.rank, self.data.good_mask())
+
+    def _q_all_cached(self) -> bool:
+        """Whether Q can leave the pipeline: its cache holds every image it can draw, and P keeps
+        a pipeline to run (q_cache.py)."""
+        return self.q_cache is not None and self.q_cache.complete and "uniform" in self.streams
 
     def _make_cache(self, budget: int, side: int, images: int | None = None) -> QCache | None:
-        q = class_probabilities(self.class_counts, self.r, allow_empty=True)
-        draws = MinorityDraws(self.data.labels, q, self.seed, self.rank, self.data.good_mask())
+        draws = self._draws("minority")
         on_cpu = self.spec.device == "cpu" or "minority" in self.spec.cpu_decode
         return QCache.build(draws, ShardBytes(self.data.rows, self.data.tar_paths),
                             budget=budget, side=side, device=self.device,
@@ -299,14 +313,9 @@ class DaliLoader:
                           num_shards=self.world, pad_last_batch=True,
                           stick_to_shard=not self.train)
         sources = {}
-        allowed = self.data.good_mask()
         payloads = ShardBytes(self.data.rows, self.data.tar_paths)
-        for name in self.streams:
-            if name == "uniform":
-                continue
-            r = self.r if name == "minority" else 0.0
-            q = class_probabilities(self.class_counts, r, allow_empty=True)
-            draws = MinorityDraws(self.data.labels, q, self.seed, self.rank, allowed)
+        for name in (s for s in self._order() if s != "uniform"):
+            draws = self._draws(name)
             planned = None
             if name == "minority" and self.planner is not None:
                 cached = self.q_cache.mask() if self.q_cache is not None else None
@@ -317,8 +326,9 @@ class DaliLoader:
         return build_pipeline(spec, reader, sources, checkpoint=checkpoint)
 
     def _order(self) -> list[str]:
+        """The streams the DALI pipeline outputs, in its order (P first; not Q on the host)."""
         return (["uniform"] if "uniform" in self.streams else []) + \
-            [s for s in self.streams if s != "uniform"]
+            [s for s in self.streams if s != "uniform" and not (s == "minority" and self.q_on_host)]
 
     # ---- iteration ---------------------------------------------------------------------
     def __iter__(self):
@@ -345,26 +355,39 @@ class DaliLoader:
         for i, name in enumerate(self._order()):
             images = self._images(outs[per * i])[:real]
             ids = np.array(outs[per * i + 1].as_tensor(), dtype=np.int64).reshape(-1)[:real]
-            index = torch.from_numpy(ids).to(self.device, non_blocking=True)
             if self.spec.count_pixels:
                 tl = outs[per * i + 2]  # shapes: on the device after a GPU decode
                 shapes = np.array((tl.as_cpu() if hasattr(tl, "as_cpu") else tl).as_tensor())
                 shapes = shapes.reshape(-1, 3)
                 self.decoded_pixels[name] += int((shapes[:, 0] * shapes[:, 1]).sum())
-            tiles = cached = None
-            boxes = plan.tensors(self.device, real)[0] if self.tiles else None
-            if name == "minority" and self.q_cache is not None:
-                cached, boxes, served = self.q_cache.rows(
-                    plan, ids, tiles=self.tiles, preset=self.spec.preset, size=self.spec.size,
-                    device=self.device)
-                meta["q_cache"] = (served, real)  # Q rows the cache served, Q rows drawn
-                if not self.tiles:
-                    images = cached.paste_(self._whole(images, real))
-            if name == "minority" and self.tiles:
-                tiles = Tiles(images, boxes, cached)
-                images = images.new_zeros((real, 3, 0, 0))
-            result[name] = Batch(images, self._labels[index], index, meta, tiles)
+            result[name] = self._batch(name, images, ids, real, plan, meta)
+        if self.q_on_host:  # the ids Q's workers would draw; 1 x 1 images as DALI's placeholders
+            if self._host_draws is None:
+                self._host_draws = self._draws("minority")
+            ids = self._host_draws.draw(epoch, step, self.spec.batch_size)[:real]
+            grey = torch.full((real, 3, 1, 1), PLACEHOLDER_GREY, dtype=torch.uint8,
+                              device=self.device)
+            images = grey if self.spec.raw else normalize_images(grey, self.dtype)
+            result["minority"] = self._batch("minority", images, ids, real, plan, meta)
         return {name: result[name] for name in self.streams}
+
+    def _batch(self, name: str, images: torch.Tensor, ids: np.ndarray, real: int, plan,
+               meta: dict) -> Batch:
+        """One stream's Batch; Q's cached rows and tiles under a plan."""
+        index = torch.from_numpy(ids).to(self.device, non_blocking=True)
+        tiles = cached = None
+        boxes = plan.tensors(self.device, real)[0] if self.tiles else None
+        if name == "minority" and self.q_cache is not None:
+            cached, boxes, served = self.q_cache.rows(
+                plan, ids, tiles=self.tiles, preset=self.spec.preset, size=self.spec.size,
+                device=self.device)
+            meta["q_cache"] = (served, real)  # Q rows the cache served, Q rows drawn
+            if not self.tiles:
+                images = cached.paste_(self._whole(images, real))
+        if name == "minority" and self.tiles:
+            tiles = Tiles(images, boxes, cached)
+            images = images.new_zeros((real, 3, 0, 0))
+        return Batch(images, self._labels[index], index, meta, tiles)
 
     def _whole(self, images: torch.Tensor, real: int) -> torch.Tensor:
         """Q's S x S images for the cached rows to be pasted into: DALI's own output when it
@@ -419,7 +442,8 @@ class DaliLoader:
                 "pipe_start_epoch": self._pipe_start if dali is not None else epoch,
                 "dali": dali, "streams": list(self.streams), "batch_size": self.spec.batch_size,
                 "seed": self.seed, "rank": self.rank, "world": self.world, "r": self.r,
-                "q_cache": self.q_cache.state() if self.q_cache is not None else None}
+                "q_cache": self.q_cache.state() if self.q_cache is not None else None,
+                "q_on_host": self.q_on_host}
 
     def load_state_dict(self, state: dict) -> None:
         for key in ("streams", "batch_size", "seed", "rank", "world", "r"):
@@ -434,6 +458,9 @@ class DaliLoader:
         self._pipe, self._pos = None, None
         if "q_cache" in state:  # older states: keep this loader's cache
             self._keep_cache(state["q_cache"])
+        # the checkpoint's pipeline holds Q unless it was drawn on the host (states from before
+        # Q could leave the pipeline hold it too): DALI restores into the same graph
+        self.q_on_host = bool(state.get("q_on_host", False)) and self._q_all_cached()
 
     def _keep_cache(self, saved: dict | None) -> None:
         """Hold the saved run's cache selection (the same rows come from the cache, so the

@@ -9,16 +9,19 @@ What is kept: the images ranked by p_i (``MinorityDraws.sample_probabilities``, 
 ties by sample id), taken in that order while the budget holds them. Each is decoded once by the
 loader's own decoder (nvJPEG or libjpeg-turbo, through DALI), resized with DALI's antialiased
 linear filter so that its long side is at most ``side`` (smaller images are kept as stored), and
-packed as uint8 HWC (``kernels.crop_paste.SourceImages``): on the loader's GPU, in pinned host
-memory when an explicit budget is larger than the device has room for, in host memory for a CPU
-loader. Coverage, the share of Q's draws the cache serves, is Σ p_i over the cached images
-(expected; the loader also counts it, ``Batch.meta["q_cache"]``).
+packed as uint8 (``kernels.crop_paste.SourceImages``): HWC on the loader's GPU, or in pinned host
+memory when an explicit budget is larger than the device has room for; x-major in host memory for
+a CPU loader (the CPU kernel's layout). Coverage, the share of Q's draws the cache serves, is
+Σ p_i over the cached images (expected; the loader also counts it, ``Batch.meta["q_cache"]``).
 
 A step's cached rows cost a gather (their slots, ``slot_of[ids]``), their crop windows on the
 cached image's size (``q_decode.crop_windows``, all rows at once), one int32 buffer copied to the
 device, and one ``crop_resize_paste_`` from the cache into the background's boxes (or, for a mixer
 that reads Q's whole images, into Q's images): no JPEG decode and no Python per row. Q's workers
-decode a 1 x 1 placeholder for those rows instead (q_decode.py).
+decode a 1 x 1 placeholder for those rows instead (q_decode.py). When the cache holds every image
+Q can draw (``complete``: small sets such as CIFAR-LT, or a large enough budget), Q leaves the
+DALI pipeline altogether: the loader draws Q's ids on the host (the same pure function of
+(seed, rank, epoch, step) as Q's workers) and every row comes from the cache.
 
 Resume: the selection is a prefix of a ranking fixed by the class counts and r, so (images, side)
 name it; the loader's state keeps them and a resumed loader rebuilds the same selection even when
@@ -188,10 +191,12 @@ class QCache:
     """The cached images of one rank (``build``), their coverage, and a step's cached rows."""
 
     def __init__(self, source: SourceImages, ids: np.ndarray, shapes: np.ndarray, side: int,
-                 expected: float, num_samples: int, place: str, seconds: float):
+                 expected: float, num_samples: int, place: str, seconds: float,
+                 complete: bool = False):
         self.source, self.ids, self.side, self.place = source, ids, int(side), place
         self.heights, self.widths = shapes[:, 0], shapes[:, 1]
         self.expected, self.seconds = float(expected), float(seconds)
+        self.complete = bool(complete)  # it holds every image Q can draw (coverage 1)
         self.slot_of = np.full(num_samples, -1, dtype=np.int32)  # sample id -> slot
         self.slot_of[ids] = np.arange(len(ids), dtype=np.int32)
         self.nbytes = int(source.pixels.numel())
@@ -205,7 +210,8 @@ class QCache:
         decode; None when nothing fits."""
         t0 = time.perf_counter()
         p = draws.sample_probabilities()
-        ids, shapes = select(ranking(p), payloads, side, budget, images)
+        order = ranking(p)
+        ids, shapes = select(order, payloads, side, budget, images)
         if not len(ids):
             return None
         sizes = shapes[:, 0] * shapes[:, 1] * 3
@@ -221,7 +227,7 @@ class QCache:
         source = SourceImages(pixels, torch.from_numpy(offsets).to(on),
                               torch.from_numpy(shapes.astype(np.int32)).to(on), x_major)
         return cls(source, ids, shapes, side, float(p[ids].sum()), p.size, place,
-                   time.perf_counter() - t0)
+                   time.perf_counter() - t0, complete=len(ids) == len(order))
 
     def mask(self) -> np.ndarray:
         """bool [N]: the cached sample ids (Q's workers decode a placeholder for them)."""
@@ -236,7 +242,8 @@ class QCache:
             f"{self.nbytes / 1e6:.1f} MB"
         return (f"Q cache: {len(self.ids):,} of {self.slot_of.size:,} images at <= {self.side} "
                 f"px, {size} {where[self.place]}, built in "
-                f"{self.seconds:.1f} s: {100 * self.expected:.1f} % of Q's draws (expected)")
+                f"{self.seconds:.1f} s: {100 * self.expected:.1f} % of Q's draws (expected)"
+                + ("; every image Q can draw, so Q decodes nothing" if self.complete else ""))
 
     def rows(self, plan: MixPlan, ids: np.ndarray, *, tiles: bool, preset: str, size: int,
              device) -> tuple[CachedRows, torch.Tensor, int]:

@@ -40,6 +40,7 @@ from ltpipe.shards.jpegscan import SOF_MARKERS  # the frame headers that carry t
 
 _STANDALONE = frozenset([0x01, 0xD8, *range(0xD0, 0xD8)])
 _placeholder: np.ndarray | None = None
+PLACEHOLDER_GREY = 128  # the placeholder's pixels (a loader without Q in DALI uses the value)
 
 
 def jpeg_size(data) -> tuple[int, int]:
@@ -72,7 +73,7 @@ def placeholder_jpeg() -> np.ndarray:
         from PIL import Image
 
         buf = io.BytesIO()
-        Image.new("RGB", (8, 8), (128, 128, 128)).save(buf, format="JPEG", quality=90)
+        Image.new("RGB", (8, 8), (PLACEHOLDER_GREY,) * 3).save(buf, format="JPEG", quality=90)
         _placeholder = np.frombuffer(buf.getvalue(), dtype=np.uint8)
     return _placeholder
 

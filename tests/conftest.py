@@ -13,6 +13,39 @@ sys.setswitchinterval(1e-4)
 import pytest  # noqa: E402  (after the simulator switch above)
 
 
+def _lock_simulated_shared_arrays() -> None:
+    """numba's simulator creates a block's shared array on first use with an unlocked
+    check-then-set, so two threads can each get an array of their own: the Sinkhorn kernel's
+    warp reduction then read another thread's empty array and took log(0) (seen once in a full
+    run, more likely with the short switch interval above). Same keying (the caller's file and
+    line), under a lock."""
+    import threading
+    import traceback
+
+    import numpy as np
+    from numba.core import types
+    from numba.cuda.simulator.kernelapi import FakeCUDAShared
+    from numba.np import numpy_support
+
+    original, lock = FakeCUDAShared.array, threading.Lock()
+
+    def array(self, shape, dtype, alignment=None):
+        if alignment is not None or shape == 0:  # the original's errors and dynamic memory
+            return original(self, shape, dtype, alignment)
+        caller = tuple(traceback.extract_stack(sys._getframe(1), limit=1)[-1][0:2])
+        with lock:
+            if caller not in self._allocations:
+                kind = numpy_support.as_dtype(dtype) if isinstance(dtype, types.Type) else dtype
+                self._allocations[caller] = np.empty(shape, kind)
+            return self._allocations[caller]
+
+    FakeCUDAShared.array = array
+
+
+if os.environ["NUMBA_ENABLE_CUDASIM"] == "1":
+    _lock_simulated_shared_arrays()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def scan_cache(tmp_path_factory):
     """The JPEG pre-scan's cache (shards/jpegscan.py) in a temp folder, not the user's ~/.cache."""

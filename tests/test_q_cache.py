@@ -159,7 +159,52 @@ def test_cached_tiles_equal_dali_tiles_from_the_copy_at_the_cache_size(shards, p
         assert not torch.equal(got, bg)
         served += b["uniform"].meta["q_cache"][0]
     assert served == 6 * B
-    assert cached.decoded_pixels["minority"] == 6 * B  # 1 x 1 placeholders only
+    assert cached.q_on_host and cached.decoded_pixels["minority"] == 0  # Q decodes nothing
+
+
+def test_a_complete_cache_takes_q_out_of_the_pipeline(shards, monkeypatch):
+    """When the cache holds every image Q can draw, Q is drawn on the host: the same steps
+    (P, Q's ids and labels, the cached rows, the pasted pixels) as with Q's placeholders going
+    through the pipeline; a partial cache keeps Q in it; resume is exact either way, also from
+    a checkpoint whose pipeline held Q (states from before Q could leave it)."""
+    from ltpipe.pipeline.loader import DaliLoader
+
+    host = loader(shards / "s48", q_cache_gb="auto", count_pixels=True)
+    assert host.q_cache.complete and host.q_on_host and "minority" not in host._order()
+    partial = loader(shards / "s48", q_cache_gb=25 * IMAGE_BYTES / 1e9)
+    assert not partial.q_cache.complete and not partial.q_on_host
+    with monkeypatch.context() as m:
+        m.setattr(DaliLoader, "_q_all_cached", lambda self: False)
+        piped = loader(shards / "s48", q_cache_gb="auto", count_pixels=True)
+    assert not piped.q_on_host
+
+    def same(a, b):
+        assert torch.equal(a["uniform"].images, b["uniform"].images)
+        qa, qb = a["minority"], b["minority"]
+        assert torch.equal(qa.index, qb.index) and torch.equal(qa.labels, qb.labels)
+        for k in ("slots", "windows", "boxes", "flips"):
+            assert torch.equal(getattr(qa.tiles.cached, k), getattr(qb.tiles.cached, k))
+        assert a["uniform"].meta["q_cache"] == b["uniform"].meta["q_cache"] == (len(qa), len(qa))
+        bg = a["uniform"].images
+        assert torch.equal(qa.tiles.paste_(bg.clone()), qb.tiles.paste_(bg.clone()))
+
+    steps = len(host) + 2  # into the second epoch
+    for a, b in itertools.islice(zip(piped, host), steps):
+        same(a, b)
+    assert host.decoded_pixels["minority"] == 0 < piped.decoded_pixels["minority"]  # placeholders
+    for source in (host, piped):
+        it = iter(source)
+        next(it)
+        state = source.state_dict()
+        assert state["q_on_host"] == source.q_on_host
+        want = [next(it) for _ in range(3)]
+        for old_state in (False, True) if source is piped else (False,):
+            saved = {k: v for k, v in state.items() if not (old_state and k == "q_on_host")}
+            resumed = loader(shards / "s48", q_cache_gb="auto", count_pixels=True)
+            resumed.load_state_dict(saved)
+            assert resumed.q_on_host == (source.q_on_host and not old_state)
+            for w, g in zip(want, itertools.islice(resumed, 3)):
+                same(w, g)
 
 
 def test_whole_images_of_cached_rows_for_a_mixer_that_reads_them(shards):
