@@ -218,13 +218,13 @@ class DaliLoader:
         self._restore = None  # (state dict) to build from on the next iteration
         self.q_cache = None  # Q's decoded cache (q_cache.py), with its budget and side
         self._cache_request = q_cache
+        self._q_draws = self._draws("minority") if "minority" in streams else None
         if q_cache is not None and q_cache[0] > 0:
             self.q_cache = self._make_cache(budget=q_cache[0], side=q_cache[1])
             if self.q_cache is not None:
                 log.info("%s", self.q_cache.describe())
         # Q drawn on the host and served by the cache alone, outside the DALI pipeline
         self.q_on_host = self._q_all_cached()
-        self._host_draws: MinorityDraws | None = None
 
     def _draws(self, name: str) -> MinorityDraws:
         """The draws of Q-type stream ``name`` (what its DALI source, or the host, draws)."""
@@ -238,9 +238,8 @@ class DaliLoader:
         return self.q_cache is not None and self.q_cache.complete and "uniform" in self.streams
 
     def _make_cache(self, budget: int, side: int, images: int | None = None) -> QCache | None:
-        draws = self._draws("minority")
         on_cpu = self.spec.device == "cpu" or "minority" in self.spec.cpu_decode
-        return QCache.build(draws, ShardBytes(self.data.rows, self.data.tar_paths),
+        return QCache.build(self._q_draws, ShardBytes(self.data.rows, self.data.tar_paths),
                             budget=budget, side=side, device=self.device,
                             decoder="cpu" if on_cpu else "mixed",
                             threads=self.spec.num_threads, images=images)
@@ -315,7 +314,7 @@ class DaliLoader:
         sources = {}
         payloads = ShardBytes(self.data.rows, self.data.tar_paths)
         for name in (s for s in self._order() if s != "uniform"):
-            draws = self._draws(name)
+            draws = self._q_draws if name == "minority" else self._draws(name)
             planned = None
             if name == "minority" and self.planner is not None:
                 cached = self.q_cache.mask() if self.q_cache is not None else None
@@ -362,9 +361,7 @@ class DaliLoader:
                 self.decoded_pixels[name] += int((shapes[:, 0] * shapes[:, 1]).sum())
             result[name] = self._batch(name, images, ids, real, plan, meta)
         if self.q_on_host:  # the ids Q's workers would draw; 1 x 1 images as DALI's placeholders
-            if self._host_draws is None:
-                self._host_draws = self._draws("minority")
-            ids = self._host_draws.draw(epoch, step, self.spec.batch_size)[:real]
+            ids = self._q_draws.draw(epoch, step, self.spec.batch_size)[:real]
             grey = torch.full((real, 3, 1, 1), PLACEHOLDER_GREY, dtype=torch.uint8,
                               device=self.device)
             images = grey if self.spec.raw else normalize_images(grey, self.dtype)
