@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from ltpipe.kernels import (cutmix_boxes, paste_, resize_paste_, resizemix_boxes, sample_lam,
                             sinkhorn, sinkhorn_reference)
-from ltpipe.kernels.crop_paste import crop_resize_paste_
+from ltpipe.kernels.crop_paste import SourceImages, crop_resize_paste_, crop_resize_paste_reference
 from ltpipe.kernels.paste import _resize_paste_cpu
 from ltpipe.kernels.paste_tiles import _paste_tiles_loop, paste_tiles_
 from ltpipe.bench.harness import ScriptParser, positive_int, time_cuda, write_result
@@ -139,18 +139,11 @@ def bench_crop_paste(device, B, size, runs, warmup) -> tuple[dict, dict]:
     """Q's cached rows (``crop_rows``) pasted into normalised float32 and uint8 dsts, from HWC
     images and, on the CPU, from the x-major copy Q's host cache keeps. Baseline: the torch
     reference (3 runs: it is slow)."""
-    from ltpipe.kernels.crop_paste import SourceImages, crop_resize_paste_reference
-
     g = torch.Generator().manual_seed(2)
-    h, w = CROP_SOURCE
-    pixels = torch.randint(0, 256, (CROP_IMAGES, h, w, 3), dtype=torch.uint8, generator=g)
-    offsets = torch.arange(CROP_IMAGES, dtype=torch.int64) * h * w * 3
-    shapes = torch.tensor([[h, w]] * CROP_IMAGES, dtype=torch.int32)
-    sources = {"": SourceImages(pixels.reshape(-1).to(device), offsets.to(device),
-                                shapes.to(device))}
+    pixels = torch.randint(0, 256, (CROP_IMAGES, *CROP_SOURCE, 3), dtype=torch.uint8, generator=g)
+    sources = {"": SourceImages.pack(pixels.to(device))}
     if device == "cpu":
-        sources["_xmajor"] = SourceImages(pixels.permute(0, 2, 1, 3).reshape(-1), offsets, shapes,
-                                          x_major=True)
+        sources["_xmajor"] = SourceImages.pack(pixels, x_major=True)
     rows = [t.to(device) for t in crop_rows(B, size)[0]]
     norm = {"mean": [123.675, 116.28, 103.53], "inv_std": [1 / 58.395, 1 / 57.12, 1 / 57.375]}
     results, baselines = {}, {}

@@ -48,6 +48,18 @@ class SourceImages:
     shapes: torch.Tensor  # int32 [n, 2] (h, w)
     x_major: bool = False
 
+    @classmethod
+    def pack(cls, images, x_major: bool = False) -> "SourceImages":
+        """Pack uint8 [h, w, 3] images (a list, or one [n, h, w, 3] tensor) one after the other,
+        HWC or ``x_major``, on their device (``image(k)`` gives image k back)."""
+        stored = [im.permute(1, 0, 2) if x_major else im for im in images]
+        device = stored[0].device
+        sizes = torch.tensor([im.numel() for im in stored], dtype=torch.int64)
+        offsets = torch.cumsum(sizes, 0) - sizes
+        shapes = torch.tensor([list(im.shape[:2]) for im in images], dtype=torch.int32)
+        return cls(torch.cat([im.reshape(-1) for im in stored]), offsets.to(device),
+                   shapes.to(device), x_major)
+
     def image(self, k: int) -> torch.Tensor:
         """Image k as [h, w, 3] (a view)."""
         h, w = self.shapes[k].tolist()

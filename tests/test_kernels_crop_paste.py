@@ -17,11 +17,7 @@ INV_STD = [1 / 58.395, 1 / 57.12, 1 / 57.375]
 def _source(shapes, seed=0, x_major=False):
     g = torch.Generator().manual_seed(seed)
     images = [torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=g) for h, w in shapes]
-    sizes = [im.numel() for im in images]
-    offsets = torch.tensor([0] + list(np.cumsum(sizes)[:-1]), dtype=torch.int64)
-    stored = [im.permute(1, 0, 2) if x_major else im for im in images]  # [w, h, 3] or [h, w, 3]
-    return SourceImages(torch.cat([im.reshape(-1) for im in stored]), offsets,
-                        torch.tensor(shapes, dtype=torch.int32), x_major), images
+    return SourceImages.pack(images, x_major), images
 
 
 # rows: (slot, window (x, y, w, h), box, flip): downscale (window > S), upscale (< S), unit
