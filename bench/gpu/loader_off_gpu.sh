@@ -54,6 +54,6 @@ timeout "${T_DDP:-15}" "${ddp[@]}" --out /tmp/ddp-run > "$OUT/ddp-killed.log" 2>
 for _ in $(seq 250); do [ -f /tmp/ddp-run/ckpt/last.pt ] && break; sleep 0.1; done
 pkill -9 -f "ltpipe.train $DATA-$SMALL.*ddp-run"; wait "$pid"; echo "killed after the first checkpoint: $(ls /tmp/ddp-run/ckpt)"
 timeout "${T_DDP:-15}" torchrun --standalone --nproc_per_node=1 -m ltpipe.train --resume /tmp/ddp-run --no-progress > "$OUT/ddp-resume.log" 2>&1; echo "resumed: exit $?"
-grep -h '"backend"' /tmp/ddp-run/config.toml; tail -2 "$OUT/ddp-resume.log"
+grep -h '^backend' /tmp/ddp-run/config.toml; tail -2 "$OUT/ddp-resume.log"
 for r in full run; do cp "/tmp/ddp-$r/metrics.jsonl" "$OUT/ddp-$r-metrics.jsonl" 2>/dev/null; done
 log done; ls -la "$OUT"
