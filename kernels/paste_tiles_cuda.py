@@ -1,6 +1,6 @@
 """numba.cuda kernel for paste_tiles_ (definition and torch reference: paste_tiles.py).
 
-Grid (blocks_per_sample, B): the blocks of sample i walk the rows of its box (a contiguous run of
+Grid (blocks_per_sample, tiles): the blocks of tile i walk the rows of its box (a contiguous run of
 w·cs elements per row in both dst and the tile), threads the elements of a row, so loads and
 stores are coalesced and only the box's bytes are touched; raw bits are copied (uint8/int16/int32
 views). Boxes are clipped to the image and the tile inside the kernel.
@@ -26,13 +26,15 @@ MAX_BLOCKS_PER_SAMPLE = 2 if nb.SIMULATOR else 64
 _CACHE_SIZE = 64
 _launchers: dict = {}
 _wrappers: OrderedDict = OrderedDict()
+_aranges: dict = {}
 
 
 @cuda.jit
-def _paste_tiles_kernel(dst, tiles, boxes, planes, H, W, th, tw, cs):
-    """dst [B, planes*H, W*cs], tiles [B, planes*th, tw*cs] in memory order (NCHW: planes=C,
-    cs=1; NHWC: planes=1, cs=C)."""
+def _paste_tiles_kernel(dst, tiles, boxes, rows, planes, H, W, th, tw, cs):
+    """dst [B, planes*H, W*cs], tiles [n, planes*th, tw*cs] in memory order (NCHW: planes=C,
+    cs=1; NHWC: planes=1, cs=C); tile i goes to dst row rows[i]."""
     i = cuda.blockIdx.y
+    d = rows[i]
     x0 = min(max(boxes[i, 0], 0), W)
     y0 = min(max(boxes[i, 1], 0), H)
     w = min(min(max(boxes[i, 2], x0), W) - x0, tw)
@@ -44,7 +46,7 @@ def _paste_tiles_kernel(dst, tiles, boxes, planes, H, W, th, tw, cs):
         drow = plane * H + y0 + yy
         srow = plane * th + yy
         for e in range(cuda.threadIdx.x, length, cuda.blockDim.x):
-            dst[i, drow, first + e] = tiles[i, srow, e]
+            dst[d, drow, first + e] = tiles[i, srow, e]
 
 
 def _wrapped(t: torch.Tensor):
@@ -69,9 +71,20 @@ def _launcher(blocks: int, rows: int, stream):
     return launch
 
 
-def paste_tiles_tensors(dst: torch.Tensor, tiles: torch.Tensor, boxes: torch.Tensor) -> None:
+def _identity(n: int, device: torch.device) -> torch.Tensor:
+    """int64 [n] 0..n−1 on ``device`` (rows=None), made once per size."""
+    key = (n, device)
+    rows = _aranges.get(key)
+    if rows is None:
+        rows = _aranges[key] = torch.arange(n, dtype=torch.int64, device=device)
+    return rows
+
+
+def paste_tiles_tensors(dst: torch.Tensor, tiles: torch.Tensor, boxes: torch.Tensor,
+                        rows: torch.Tensor | None = None) -> None:
     """Launch the tile paste on torch's current stream (args checked by paste_tiles_)."""
-    if dst.shape[0] == 0:
+    n = tiles.shape[0]
+    if n == 0:
         return
     B, C, H, W = dst.shape
     th, tw = tiles.shape[2], tiles.shape[3]
@@ -82,9 +95,10 @@ def paste_tiles_tensors(dst: torch.Tensor, tiles: torch.Tensor, boxes: torch.Ten
     planes, cs = (1, C) if channels_last else (C, 1)
     phys = (lambda t: t.permute(0, 2, 3, 1)) if channels_last else (lambda t: t)  # noqa: E731
     d = phys(dst.view(nb._BITS[dst.dtype])).reshape(B, planes * H, W * cs)
-    s = phys(tiles.view(nb._BITS[tiles.dtype])).reshape(B, planes * th, tw * cs)
+    s = phys(tiles.view(nb._BITS[tiles.dtype])).reshape(n, planes * th, tw * cs)
     with nb.on_device(dst):
         stream = nb.torch_stream(dst)
         blocks = min(planes * max(th, 1), MAX_BLOCKS_PER_SAMPLE)
-        _launcher(blocks, B, stream)(_wrapped(d), _wrapped(s), _wrapped(boxes.contiguous()),
-                                     planes, H, W, th, tw, cs)
+        rows = _identity(n, dst.device) if rows is None else rows.contiguous()
+        _launcher(blocks, n, stream)(_wrapped(d), _wrapped(s), _wrapped(boxes.contiguous()),
+                                     _wrapped(rows), planes, H, W, th, tw, cs)

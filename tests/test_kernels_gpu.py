@@ -136,6 +136,19 @@ def test_cuda_tile_paste_matches_reference_bit_for_bit(dtype, channels_last):
     assert torch.equal(_bits(got.cpu()), _bits(want))
 
 
+def test_cuda_tile_paste_into_some_rows_matches_reference():
+    """Tiles for some rows only (Q's cache misses), into those rows of the batch."""
+    from ltpipe.kernels.paste_tiles import paste_tiles_, paste_tiles_reference
+
+    dst, tiles, boxes = _tile_case(64, 224, torch.bfloat16, True, 2)
+    rows = torch.tensor([5, 17, 63], dtype=torch.int64)
+    want = paste_tiles_reference(dst.clone(), tiles[:3], boxes[:3], rows)
+    got = dst.cuda()
+    paste_tiles_(got, tiles[:3].cuda(), boxes[:3].cuda(), rows.cuda(), validate=False)
+    torch.cuda.synchronize()
+    assert torch.equal(_bits(got.cpu()), _bits(want))
+
+
 def test_cached_views_follow_new_tensors():
     """Same shapes, other memory: each call writes the tensors it was given."""
     from ltpipe.kernels.paste_tiles import paste_tiles_, paste_tiles_reference

@@ -50,6 +50,33 @@ def test_tile_kernel_matches_reference_and_whole_image_paste(dtype, dst_cl, tile
     assert got.is_contiguous(memory_format=torch.channels_last) == dst_cl
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_tiles_for_some_rows_go_to_those_rows(dtype, channels_last):
+    """``rows``: tile i into dst row rows[i], the other rows untouched (kernel, CPU path and
+    reference alike; the whole-image paste of those rows is the definition)."""
+    from ltpipe.kernels import paste_tiles_cuda
+
+    dst = _images(4, 8, 8, dtype, channels_last, 0)
+    full = _images(4, 8, 8, dtype, False, 1)
+    rows = torch.tensor([3, 0], dtype=torch.int64)
+    boxes = BOXES[[3, 1]]  # a corner box into row 3, the whole image into row 0
+    tiles = _tiles_of(full[rows], boxes)
+    want = dst.clone()
+    want[rows] = paste_(dst[rows].clone(), full[rows], boxes)
+    ref = paste_tiles_reference(dst.clone(), tiles, boxes, rows)
+    got = dst.clone()
+    paste_tiles_cuda.paste_tiles_tensors(got, tiles, boxes, rows)
+    cpu = paste_tiles_(dst.clone(), tiles, boxes, rows)
+    for out in (ref, got, cpu):
+        assert torch.equal(_bits(out), _bits(want))
+    assert torch.equal(_bits(got[1:3]), _bits(dst[1:3])) and not torch.equal(got[3], dst[3])
+    with pytest.raises(ValueError, match=r"rows \[4, 0\] outside dst's 4 rows"):
+        paste_tiles_(dst.clone(), tiles, boxes, torch.tensor([4, 0]))
+    with pytest.raises(ValueError, match="rows must be an int64 tensor"):
+        paste_tiles_(dst.clone(), tiles, boxes, torch.tensor([3]))
+
+
 def test_tile_paste_rejects_a_box_larger_than_the_tiles():
     dst = torch.zeros(1, 3, 8, 8)
     with pytest.raises(ValueError, match=r"boxes\[0\].*larger than the 2x2 tiles"):
