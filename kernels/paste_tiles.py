@@ -4,8 +4,9 @@
 ``dst[r_i, :, y0:y1, x0:x1] = tiles[i, :, :y1−y0, :x1−x0]``, an exact copy of the stored bits
 (pipeline/batch.py ``Tiles``: each tile sits at the top-left of its padded slot), where r_i is
 ``rows[i]`` (a few tiles for some rows of the batch: Q's cache misses, pipeline/q_misses.py),
-else i. Empty boxes write nothing. The torch reference below is the definition; CUDA tensors run the numba kernel of
-paste_tiles_cuda.py, CPU tensors a loop of slice copies (what ``paste_`` measured fastest there).
+else i. Empty boxes write nothing. The torch reference below is the definition; CUDA tensors
+run the numba kernel of paste_tiles_cuda.py, CPU tensors a loop of slice copies (what ``paste_``
+measured fastest there).
 """
 
 from __future__ import annotations
