@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 
 
@@ -23,21 +24,27 @@ class Tiles:
     zero beyond. One dense tensor keeps the loader's hand-off, the device copy and the paste
     kernel's indexing as simple as for whole images; the padding costs memory only up to the
     step's largest box, which is every box under the papers' one box per batch. A row that
-    pastes nothing has an empty box and a 1 x 1 placeholder tile.
+    pastes nothing has an empty box and a 1 x 1 placeholder tile. With ``rows``, pixels and
+    boxes hold only those rows of the batch (the ones Q's decoder produced; the loader's decoded
+    cache serves the others).
     """
 
-    pixels: torch.Tensor  # [B,3,h_max,w_max] (memory may be channels_last)
+    pixels: torch.Tensor  # [B,3,h_max,w_max] (memory may be channels_last), or [n,...] with rows
     boxes: torch.Tensor  # int32 [B,4] (x0, y0, x1, y1): where each tile goes in the S x S image
     # rows pasted from the loader's decoded cache instead (pipeline/q_cache.py CachedRows: their
     # boxes above are empty, their tiles placeholders); ``paste_`` writes both
     cached: Any = None
-
-    def __len__(self) -> int:
-        return int(self.boxes.shape[0])
+    rows: np.ndarray | None = None  # int64 [n], ascending: the batch rows of pixels and boxes
 
     def __getitem__(self, rows: slice) -> "Tiles":
+        """The first rows (``tiles[:b]``: a step cut to its real samples)."""
+        if rows.start not in (None, 0) or rows.step not in (None, 1):
+            raise ValueError(f"Tiles: only a slice of the first rows, got {rows}")
         cached = None if self.cached is None else self.cached[rows]
-        return Tiles(self.pixels[rows], self.boxes[rows], cached)
+        if self.rows is None:
+            return Tiles(self.pixels[rows], self.boxes[rows], cached)
+        n = len(self.rows) if rows.stop is None else int(np.searchsorted(self.rows, rows.stop))
+        return Tiles(self.pixels[:n], self.boxes[:n], cached, self.rows[:n])
 
     def paste_(self, dst: torch.Tensor) -> torch.Tensor:
         """Paste every row's box into ``dst`` [B,3,S,S] in place: the decoded tiles, then the
@@ -45,7 +52,9 @@ class Tiles:
         valid by construction, not checked (a check is a host sync on CUDA)."""
         from ltpipe.kernels.paste_tiles import paste_tiles_
 
-        paste_tiles_(dst, self.pixels, self.boxes, validate=False)
+        rows = None if self.rows is None else \
+            torch.from_numpy(self.rows).to(dst.device, non_blocking=True)
+        paste_tiles_(dst, self.pixels, self.boxes, rows, validate=False)
         if self.cached is not None:
             self.cached.paste_(dst)
         return dst

@@ -25,8 +25,10 @@ output size ("imagenet") or a zero-padded ``slice`` ("cifar") -> crop_mirror_nor
 plan's flip -> ``pad`` to the batch's largest tile. With ``tiles`` only the mixed rows' boxes are
 decoded. Why B entries with 1 x 1 placeholders rather than a second pipeline fed only on mixed
 steps, or conditionals: one pipeline keeps one run() per step and one checkpoint for P and Q,
-the graph stays static (no batch split and merge per step), and a placeholder costs
-microseconds to decode.
+and the graph stays static (no batch split and merge per step). A placeholder is not free,
+though: about 60 µs of CPU per row through decode, resize, normalisation and padding (DALI runs
+one batch size per pipeline). With Q's decoded cache, most rows would be placeholders, so Q
+leaves this pipeline and its few uncached rows get one of their own (q_misses.py).
 Normalization: ImageNet mean/std for both presets (CMO/OTmix CIFAR code uses CIFAR statistics; the
 difference is a fixed affine map of the input that the first conv absorbs).
 """
@@ -190,12 +192,13 @@ def build_pipeline(spec: GraphSpec, reader: dict | None, sources: dict, checkpoi
     (``outputs_per_stream``): P first, then ``sources``' order.
 
     ``reader``: kwargs of fn.readers.webdataset for P (None when P is not requested).
-    ``sources``: stream name -> MinoritySource for the Q-type streams.
+    ``sources``: stream name -> MinoritySource for the Q-type streams (or a MissSource: Q's
+    cache misses, with their rows in place of the ids).
     """
     from nvidia.dali import fn, pipeline_def, types
     from nvidia.dali.pipeline import OperatorConcurrency, StreamPolicy
 
-    has_q = bool(sources)
+    workers = any(getattr(src, "parallel", True) for src in sources.values())
     if spec.concurrency not in ("full", "backend"):
         raise ValueError(f"concurrency: must be 'full' or 'backend', got {spec.concurrency!r}")
     full = spec.concurrency == "full"
@@ -203,7 +206,7 @@ def build_pipeline(spec: GraphSpec, reader: dict | None, sources: dict, checkpoi
     @pipeline_def(batch_size=spec.batch_size, num_threads=spec.num_threads,
                   device_id=spec.device_id, seed=spec.seed, prefetch_queue_depth=spec.prefetch,
                   enable_checkpointing=True, checkpoint=checkpoint,
-                  py_num_workers=spec.py_workers if has_q else 1,
+                  py_num_workers=spec.py_workers if workers else 1,
                   py_start_method=spec.py_start_method,
                   concurrency=OperatorConcurrency.FULL if full else OperatorConcurrency.BACKEND,
                   stream_policy=StreamPolicy.PER_OPERATOR if full else StreamPolicy.PER_BACKEND)
@@ -224,9 +227,12 @@ def build_pipeline(spec: GraphSpec, reader: dict | None, sources: dict, checkpoi
             if planned:  # decode anchor, shape, roi start[, roi end], out size, mirror
                 roi = [types.FLOAT] * (3 if spec.preset == "imagenet" else 2)
                 dtypes += [types.INT32, types.INT32, *roi, types.INT32]
+            # Q's workers (minority.py), or a callback of this process (q_misses.py)
+            queue = {"parallel": True, "prefetch_queue_depth": max(2, spec.prefetch,
+                                                                   spec.py_workers)} \
+                if getattr(src, "parallel", True) else {}
             got = fn.external_source(source=src, num_outputs=len(dtypes), batch=True,
-                                     batch_info=True, parallel=True, dtype=dtypes,
-                                     prefetch_queue_depth=max(2, spec.prefetch, spec.py_workers))
+                                     batch_info=True, dtype=dtypes, **queue)
             on_cpu = name in spec.cpu_decode
             if planned:
                 add(_planned([got[0], *got[2:]], spec, on_cpu), got[1])

@@ -38,8 +38,8 @@ from ltpipe.pipeline.loader_args import (check_arguments, check_values, declared
 from ltpipe.pipeline.minority import MinorityDraws, MinoritySource, ShardBytes
 from ltpipe.pipeline.mix_plan import MixPlanner
 from ltpipe.pipeline.q_cache import AUTO, DEFAULT_SIDE, QCache, budget_bytes
-from ltpipe.pipeline.normalize import normalize_images
-from ltpipe.pipeline.q_decode import PLACEHOLDER_GREY, PlannedDecode
+from ltpipe.pipeline.q_decode import PlannedDecode
+from ltpipe.pipeline.q_misses import MissSource, kept_rows
 from ltpipe.pipeline.samplers import class_probabilities
 from ltpipe.pipeline.shardset import ShardSplit, open_split
 
@@ -213,6 +213,7 @@ class DaliLoader:
         self.epoch, self.step = int(epoch), 0
         self._labels = torch.from_numpy(data.labels).to(self.device)  # int64 [N_rows]
         self._pipe = None
+        self._q_pipe = None  # Q's cache misses (q_misses.py), beside the main pipeline
         self._pipe_start = None  # epoch the running pipeline was built for
         self._pos = None  # (epoch, step) the running pipeline will produce next
         self._restore = None  # (state dict) to build from on the next iteration
@@ -223,8 +224,8 @@ class DaliLoader:
             self.q_cache = self._make_cache(budget=q_cache[0], side=q_cache[1])
             if self.q_cache is not None:
                 log.info("%s", self.q_cache.describe())
-        # Q drawn on the host and served by the cache alone, outside the DALI pipeline
-        self.q_on_host = self._q_all_cached()
+        # Q drawn on the host, served by the cache and its misses' pipeline, not the main one
+        self.q_on_host = self._q_can_leave()
 
     def _draws(self, name: str) -> MinorityDraws:
         """The draws of Q-type stream ``name`` (what its DALI source, or the host, draws)."""
@@ -232,10 +233,10 @@ class DaliLoader:
         q = class_probabilities(self.class_counts, r, allow_empty=True)
         return MinorityDraws(self.data.labels, q, self.seed, self.rank, self.data.good_mask())
 
-    def _q_all_cached(self) -> bool:
-        """Whether Q can leave the pipeline: its cache holds every image it can draw, and P keeps
-        a pipeline to run (q_cache.py)."""
-        return self.q_cache is not None and self.q_cache.complete and "uniform" in self.streams
+    def _q_can_leave(self) -> bool:
+        """Whether Q can leave the main pipeline: it has a decoded cache, and P keeps a pipeline
+        to run (q_cache.py)."""
+        return self.q_cache is not None and "uniform" in self.streams
 
     def _make_cache(self, budget: int, side: int, images: int | None = None) -> QCache | None:
         on_cpu = self.spec.device == "cpu" or "minority" in self.spec.cpu_decode
@@ -286,7 +287,7 @@ class DaliLoader:
         self._normalize()
         if self._pipe is not None and self._pos == (self.epoch, self.step):
             return
-        self._pipe = None
+        self._pipe = self._q_pipe = None
         state = self._restore
         if state is not None and (state["epoch"], state["step"]) == (self.epoch, self.step) \
                 and state["dali"] is not None:
@@ -297,6 +298,8 @@ class DaliLoader:
             raise RuntimeError(f"loader: cannot resume at epoch {self.epoch} step {self.step} "
                                "without a checkpoint")
         self._pipe = self._build(start, ckpt)
+        if self.q_on_host and not self.q_cache.complete:
+            self._q_pipe = self._build_misses()
         self._pipe_start, self._pos, self._restore = start, (self.epoch, self.step), None
 
     def _build(self, start_epoch: int, checkpoint):
@@ -323,6 +326,15 @@ class DaliLoader:
             sources[name] = MinoritySource(draws, payloads, self.spec.batch_size, self._steps,
                                            start_epoch, planned)
         return build_pipeline(spec, reader, sources, checkpoint=checkpoint)
+
+    def _build_misses(self):
+        """Q's cache misses from the loader's position on (q_misses.py: no checkpoint)."""
+        planned = PlannedDecode(self.planner, tiles=self.tiles, preset=self.spec.preset,
+                                cached=self.q_cache.mask())
+        source = MissSource(self._q_draws, planned, ShardBytes(self.data.rows,
+                                                               self.data.tar_paths),
+                            self.spec.batch_size, self._steps, (self.epoch, self.step))
+        return build_pipeline(self.spec, None, {"minority": source})
 
     def _order(self) -> list[str]:
         """The streams the DALI pipeline outputs, in its order (P first; not Q on the host)."""
@@ -352,45 +364,62 @@ class DaliLoader:
         result = {}
         per = outputs_per_stream(self.spec)
         for i, name in enumerate(self._order()):
-            images = self._images(outs[per * i])[:real]
-            ids = np.array(outs[per * i + 1].as_tensor(), dtype=np.int64).reshape(-1)[:real]
-            if self.spec.count_pixels:
-                tl = outs[per * i + 2]  # shapes: on the device after a GPU decode
-                shapes = np.array((tl.as_cpu() if hasattr(tl, "as_cpu") else tl).as_tensor())
-                shapes = shapes.reshape(-1, 3)
-                self.decoded_pixels[name] += int((shapes[:, 0] * shapes[:, 1]).sum())
-            result[name] = self._batch(name, images, ids, real, plan, meta)
-        if self.q_on_host:  # the ids Q's workers would draw; 1 x 1 images as DALI's placeholders
+            images, ids = self._stream(name, outs[per * i:per * (i + 1)], self._pipe)
+            result[name] = self._batch(name, images[:real], ids[:real], real, plan, meta)
+        if self.q_on_host:  # the ids Q's workers would draw; only the misses decoded
             ids = self._q_draws.draw(epoch, step, self.spec.batch_size)[:real]
-            grey = torch.full((real, 3, 1, 1), PLACEHOLDER_GREY, dtype=torch.uint8,
-                              device=self.device)
-            images = grey if self.spec.raw else normalize_images(grey, self.dtype)
-            result["minority"] = self._batch("minority", images, ids, real, plan, meta)
+            rows = np.zeros(0, dtype=np.int64)
+            images = torch.empty((0, 3, 1, 1), dtype=self.dtype, device=self.device)
+            if self._q_pipe is not None:
+                images, rows = self._stream("minority", self._q_pipe.run(), self._q_pipe)
+                kept = kept_rows(rows, real)
+                images, rows = images[:kept], rows[:kept]
+            result["minority"] = self._batch("minority", images, ids, real, plan, meta, rows)
         return {name: result[name] for name in self.streams}
 
+    def _stream(self, name: str, outs, pipe) -> tuple[torch.Tensor, np.ndarray]:
+        """(images, ids) of one stream's outputs of ``pipe`` (ids: rows, from Q's misses);
+        counts its decoded pixels under ``count_pixels``."""
+        ids = np.array(outs[1].as_tensor(), dtype=np.int64).reshape(-1)
+        if self.spec.count_pixels:
+            tl = outs[2]  # shapes: on the device after a GPU decode
+            shapes = np.array((tl.as_cpu() if hasattr(tl, "as_cpu") else tl).as_tensor())
+            shapes = shapes.reshape(-1, 3)
+            self.decoded_pixels[name] += int((shapes[:, 0] * shapes[:, 1]).sum())
+        return self._images(outs[0], pipe), ids
+
     def _batch(self, name: str, images: torch.Tensor, ids: np.ndarray, real: int, plan,
-               meta: dict) -> Batch:
-        """One stream's Batch; Q's cached rows and tiles under a plan."""
+               meta: dict, rows: np.ndarray | None = None) -> Batch:
+        """One stream's Batch; Q's cached rows and tiles under a plan. ``rows``: the batch rows
+        that ``images`` hold (Q's cache misses), else every row."""
         index = torch.from_numpy(ids).to(self.device, non_blocking=True)
         tiles = cached = None
         boxes = plan.tensors(self.device, real)[0] if self.tiles else None
         if name == "minority" and self.q_cache is not None:
             cached, boxes, served = self.q_cache.rows(
                 plan, ids, tiles=self.tiles, preset=self.spec.preset, size=self.spec.size,
-                device=self.device)
+                device=self.device, decoded=rows)
             meta["q_cache"] = (served, real)  # Q rows the cache served, Q rows drawn
             if not self.tiles:
-                images = cached.paste_(self._whole(images, real))
+                images = cached.paste_(self._whole(images, real, rows))
         if name == "minority" and self.tiles:
-            tiles = Tiles(images, boxes, cached)
+            tiles = Tiles(images, boxes, cached, rows)
             images = images.new_zeros((real, 3, 0, 0))
         return Batch(images, self._labels[index], index, meta, tiles)
 
-    def _whole(self, images: torch.Tensor, real: int) -> torch.Tensor:
+    def _whole(self, images: torch.Tensor, real: int, rows: np.ndarray | None) -> torch.Tensor:
         """Q's S x S images for the cached rows to be pasted into: DALI's own output when it
         decoded any row in full (a copy on the GPU, where it is DALI's buffer), else zeros (every
-        row came from the cache: DALI decoded 1 x 1 placeholders)."""
+        row came from the cache: DALI decoded 1 x 1 placeholders), with Q's decoded misses at
+        their ``rows``."""
         s = self.spec.size
+        if rows is not None:
+            whole = images.new_zeros((real, 3, s, s))
+            if self.spec.channels_last:
+                whole = whole.contiguous(memory_format=torch.channels_last)
+            if len(rows):
+                whole.index_copy_(0, torch.from_numpy(rows).to(self.device), images)
+            return whole
         if images.shape[-2:] != (s, s):
             images = images.new_zeros((real, 3, s, s))
             if self.spec.channels_last:
@@ -399,7 +428,7 @@ class DaliLoader:
             images = images.clone(memory_format=torch.preserve_format)
         return images
 
-    def _images(self, tl) -> torch.Tensor:
+    def _images(self, tl, pipe) -> torch.Tensor:
         """DALI batch -> torch [B,3,H,W] (channels_last strides for HWC output).
 
         GPU: zero-copy through DLPack under DALI's dynamic executor (outputs are reference
@@ -407,7 +436,7 @@ class DaliLoader:
         CPU: a copy (the tests' path).
         """
         dense = tl.as_tensor()
-        if self.device.type == "cuda" and self._pipe.exec_dynamic:
+        if self.device.type == "cuda" and pipe.exec_dynamic:
             with self.device:
                 out = torch.from_dlpack(dense)
         elif self.device.type == "cuda":
@@ -457,7 +486,7 @@ class DaliLoader:
             self._keep_cache(state["q_cache"])
         # the checkpoint's pipeline holds Q unless it was drawn on the host (states from before
         # Q could leave the pipeline hold it too): DALI restores into the same graph
-        self.q_on_host = bool(state.get("q_on_host", False)) and self._q_all_cached()
+        self.q_on_host = bool(state.get("q_on_host", False)) and self._q_can_leave()
 
     def _keep_cache(self, saved: dict | None) -> None:
         """Hold the saved run's cache selection (the same rows come from the cache, so the

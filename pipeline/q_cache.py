@@ -17,11 +17,12 @@ a CPU loader (the CPU kernel's layout). Coverage, the share of Q's draws the cac
 A step's cached rows cost a gather (their slots, ``slot_of[ids]``), their crop windows on the
 cached image's size (``q_decode.crop_windows``, all rows at once), one int32 buffer copied to the
 device, and one ``crop_resize_paste_`` from the cache into the background's boxes (or, for a mixer
-that reads Q's whole images, into Q's images): no JPEG decode and no Python per row. Q's workers
-decode a 1 x 1 placeholder for those rows instead (q_decode.py). When the cache holds every image
-Q can draw (``complete``: small sets such as CIFAR-LT, or a large enough budget), Q leaves the
-DALI pipeline altogether: the loader draws Q's ids on the host (the same pure function of
-(seed, rank, epoch, step) as Q's workers) and every row comes from the cache.
+that reads Q's whole images, into Q's images): no JPEG decode and no Python per row. With a
+cache, Q is not in the loader's main DALI pipeline: the loader draws Q's ids on the host (the same
+pure function of (seed, rank, epoch, step) as Q's workers), and the rows the cache does not hold
+are decoded by a pipeline of their own (q_misses.py). When the cache holds every image Q can draw
+(``complete``: small sets such as CIFAR-LT, or a large enough budget) there is none: Q decodes
+nothing.
 
 Resume: the selection is a prefix of a ranking fixed by the class counts and r, so (images, side)
 name it; the loader's state keeps them and a resumed loader rebuilds the same selection even when
@@ -246,10 +247,11 @@ class QCache:
                 + ("; every image Q can draw, so Q decodes nothing" if self.complete else ""))
 
     def rows(self, plan: MixPlan, ids: np.ndarray, *, tiles: bool, preset: str, size: int,
-             device) -> tuple[CachedRows, torch.Tensor, int]:
+             device, decoded: np.ndarray | None = None) -> tuple[CachedRows, torch.Tensor, int]:
         """The step's cached rows (``CachedRows``), the boxes of the rows Q's decoder still
-        tiles (int32 [b, 4]: the plan's, empty for the cached rows) and how many of the b rows
-        are cached. ``tiles``: rows paste their boxes, else their whole S x S crop (full mode)."""
+        tiles (int32 [b, 4]: the plan's, empty for the cached rows; or [n, 4]: only the rows
+        ``decoded``, int64 [n], q_misses.py) and how many of the b rows are cached. ``tiles``:
+        rows paste their boxes, else their whole S x S crop (full mode)."""
         b = ids.size
         slots = self.slot_of[ids]
         hit = slots >= 0
@@ -266,14 +268,15 @@ class QCache:
             windows[paste] = crop_windows(plan.crop_u[:b][paste], self.widths[k],
                                           self.heights[k], preset, size)
         keep = paste[:, None]
+        tiled = np.where(keep, 0, plan.boxes[:b]) if decoded is None else plan.boxes[decoded]
         packed = np.concatenate([np.where(paste, slots, -1), windows.reshape(-1),
                                  np.where(keep, box, 0).reshape(-1),
                                  plan.flip[:b].astype(np.int64),
-                                 np.where(keep, 0, plan.boxes[:b]).reshape(-1)]).astype(np.int32)
+                                 tiled.reshape(-1)]).astype(np.int32)
         flat = host_to_device(packed, device)  # one copy, no device sync
-        parts = torch.split(flat, [b, 4 * b, 4 * b, b, 4 * b])
+        parts = torch.split(flat, [b, 4 * b, 4 * b, b, tiled.size])
         rows = CachedRows(self, parts[0], parts[1].view(b, 4), parts[2].view(b, 4), parts[3])
-        return rows, parts[4].view(b, 4), int(hit.sum())
+        return rows, parts[4].view(-1, 4), int(hit.sum())
 
     def paste_(self, dst: torch.Tensor, rows: CachedRows) -> torch.Tensor:
         from ltpipe.kernels.crop_paste import crop_resize_paste_

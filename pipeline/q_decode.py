@@ -14,7 +14,10 @@ into the crop window, widened by the resize filter's reach (clipped to the crop 
 the full image's resize clamps too) and decoded alone. A row that does not mix decodes a 1 x 1
 placeholder instead of its bytes, so Q still feeds B samples, as DALI's one batch size requires.
 
-Rows the loader serves from its decoded cache (q_cache.py) decode the placeholder too.
+With a decoded cache (q_cache.py) Q is not in the loader's main pipeline: only the rows that
+need pixels and are not cached are decoded, by a pipeline of their own whose batch is just those
+rows (``PlannedDecode.misses``, q_misses.py). A loader resumed from a checkpoint whose pipeline
+held Q keeps it there, a placeholder for each cached row too.
 
 Who gets tiles: mixers that paste only Q's boxes, CMO and OTmix's bank mode (``PlanSpec.tiles``).
 OTmix's exact mode computes features of whole foregrounds and SMC's views re-crop the whole
@@ -40,7 +43,7 @@ from ltpipe.shards.jpegscan import SOF_MARKERS  # the frame headers that carry t
 
 _STANDALONE = frozenset([0x01, 0xD8, *range(0xD0, 0xD8)])
 _placeholder: np.ndarray | None = None
-PLACEHOLDER_GREY = 128  # the placeholder's pixels (a loader without Q in DALI uses the value)
+PLACEHOLDER_GREY = 128  # the placeholder's pixels
 
 
 def jpeg_size(data) -> tuple[int, int]:
@@ -154,21 +157,21 @@ FIELD_DTYPES = (np.int32, np.int32, np.float32, np.float32, np.float32, np.int32
 _PLACEHOLDER_REQUEST = ((0, 0), (1, 1), (0, 0), (1, 1), (1, 1), False)
 
 
-def requests(plan: MixPlan, jpegs: list, *, tiles: bool, preset: str, size: int):
+def requests(plan: MixPlan, jpegs: list, *, tiles: bool, preset: str, size: int, rows=None):
     """Per-sample inputs of Q's planned decode (dali_graph.py ``_planned``) for ``jpegs`` (None
-    where a row decodes nothing): [list of B jpg uint8, decode anchor int32 [B,2], decode shape
-    int32 [B,2], roi start float32 [B,2], roi end float32 [B,2], out size float32 [B,2], mirror
-    int32 [B]].
+    where a row decodes nothing), the plan's rows ``rows`` (default: all, in order): [list of
+    jpg uint8, decode anchor int32 [n,2], decode shape int32 [n,2], roi start float32 [n,2],
+    roi end float32 [n,2], out size float32 [n,2], mirror int32 [n]].
 
     Every field but the jpgs is one array with the batch as its leading axis: DALI's parallel
     external source moves an array between processes and into the pipeline as one buffer, but a
     list of B small arrays sample by sample, which cost the training process about 1.3 ms of CPU
     per step for these fields (bench/main_job.py measures the main job)."""
-    jpgs, rows = [], []
-    for i, jpg in enumerate(jpegs):
+    jpgs, fields = [], []
+    for i, jpg in zip(range(len(jpegs)) if rows is None else rows, jpegs):
         if jpg is None:
             jpgs.append(placeholder_jpeg())
-            rows.append(_PLACEHOLDER_REQUEST)
+            fields.append(_PLACEHOLDER_REQUEST)
             continue
         width, height = jpeg_size(jpg)
         window = crop_window(plan.crop_u[i], width, height, preset, size)
@@ -176,22 +179,22 @@ def requests(plan: MixPlan, jpegs: list, *, tiles: bool, preset: str, size: int)
         if plan.flip[i]:  # the flip comes last: the box's unflipped source is S − x1 .. S − x0
             box = [size - box[2], box[1], size - box[0], box[3]]
         jpgs.append(jpg)
-        rows.append((*_request(window, box, width, height, preset, size), plan.flip[i]))
-    fields = [np.array([row[k] for row in rows], dtype=dtype)
-              for k, dtype in enumerate(FIELD_DTYPES)]
-    return [jpgs, *fields]
+        fields.append((*_request(window, box, width, height, preset, size), plan.flip[i]))
+    columns = [np.array([row[k] for row in fields], dtype=dtype)
+               for k, dtype in enumerate(FIELD_DTYPES)]
+    return [jpgs, *columns]
 
 
 class PlannedDecode:
-    """Q's planned decode for ``MinoritySource`` (picklable): (epoch, step, ids, ShardBytes) ->
-    the columns of ``requests``; only the rows that need pixels are read from the shards."""
+    """Q's planned decode (picklable): which rows of a step need pixels, and the columns of
+    ``requests`` that decode them; only those rows are read from the shards."""
 
     def __init__(self, planner, *, tiles: bool, preset: str, cached: np.ndarray | None = None):
         self.planner, self.tiles, self.preset = planner, bool(tiles), preset
         self.cached = cached  # bool [N]: ids the loader pastes from its decoded cache (q_cache.py)
 
-    def __call__(self, epoch: int, step: int, ids: np.ndarray, data) -> list:
-        plan = self.planner.draw(epoch, step)
+    def needed(self, plan: MixPlan, ids: np.ndarray) -> np.ndarray:
+        """bool [B]: the rows whose pixels Q's decoder must produce."""
         if self.tiles:
             area = (plan.boxes[:, 2] - plan.boxes[:, 0]) * (plan.boxes[:, 3] - plan.boxes[:, 1])
             needed = plan.mixed & (area > 0)  # an empty box (λ₀ = 1) needs no pixels either
@@ -199,7 +202,27 @@ class PlannedDecode:
             needed = np.ones(len(plan), dtype=bool)
         if self.cached is not None:
             needed &= ~self.cached[ids]
-        jpegs = [data.read(int(i)) if need else None for i, need in zip(ids, needed)]
+        return needed
+
+    def __call__(self, epoch: int, step: int, ids: np.ndarray, data) -> list:
+        """The columns of all B rows (``MinoritySource``: a placeholder where none is needed)."""
+        plan = self.planner.draw(epoch, step)
+        jpegs = [data.read(int(i)) if need else None
+                 for i, need in zip(ids, self.needed(plan, ids))]
+        return self._columns(requests(plan, jpegs, tiles=self.tiles, preset=self.preset,
+                                      size=self.planner.image_size))
+
+    def misses(self, epoch: int, step: int, ids: np.ndarray, data) -> tuple[np.ndarray, list]:
+        """(rows int64 [n], their columns): only the rows that need pixels (q_misses.py); one
+        placeholder row, numbered −1, when none does (DALI takes no empty batch)."""
+        plan = self.planner.draw(epoch, step)
+        rows = np.flatnonzero(self.needed(plan, ids))
+        jpegs = [data.read(int(ids[r])) for r in rows]
+        if not rows.size:
+            rows, jpegs = np.array([-1]), [None]
         cols = requests(plan, jpegs, tiles=self.tiles, preset=self.preset,
-                        size=self.planner.image_size)
+                        size=self.planner.image_size, rows=rows)
+        return rows.astype(np.int64), self._columns(cols)
+
+    def _columns(self, cols: list) -> list:
         return cols if self.preset == "imagenet" else cols[:4] + cols[5:]  # cifar: no roi end

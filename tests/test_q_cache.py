@@ -162,21 +162,25 @@ def test_cached_tiles_equal_dali_tiles_from_the_copy_at_the_cache_size(shards, p
     assert cached.q_on_host and cached.decoded_pixels["minority"] == 0  # Q decodes nothing
 
 
-def test_a_complete_cache_takes_q_out_of_the_pipeline(shards, monkeypatch):
-    """When the cache holds every image Q can draw, Q is drawn on the host: the same steps
-    (P, Q's ids and labels, the cached rows, the pasted pixels) as with Q's placeholders going
-    through the pipeline; a partial cache keeps Q in it; resume is exact either way, also from
-    a checkpoint whose pipeline held Q (states from before Q could leave it)."""
+@pytest.mark.parametrize("images", [None, 25])  # every image Q can draw; 25 of the 63
+def test_with_a_cache_q_leaves_the_pipeline_and_decodes_only_its_misses(shards, monkeypatch,
+                                                                        images):
+    """With a cache, Q is drawn on the host and only the rows the cache lacks are decoded, by a
+    pipeline of their own (none when the cache is complete): the same steps (P, Q's ids and
+    labels, the cached rows, the pasted pixels, bit for bit) as with Q in the main pipeline,
+    placeholders and all; fewer decoded pixels; resume is exact either way, also from a
+    checkpoint whose pipeline held Q (states from before Q could leave it)."""
     from ltpipe.pipeline.loader import DaliLoader
 
-    host = loader(shards / "s48", q_cache_gb="auto", count_pixels=True)
-    assert host.q_cache.complete and host.q_on_host and "minority" not in host._order()
-    partial = loader(shards / "s48", q_cache_gb=25 * IMAGE_BYTES / 1e9)
-    assert not partial.q_cache.complete and not partial.q_on_host
+    budget = "auto" if images is None else images * IMAGE_BYTES / 1e9
+    host = loader(shards / "s48", q_cache_gb=budget, count_pixels=True)
+    assert host.q_cache.complete == (images is None)
+    assert host.q_on_host and "minority" not in host._order()
     with monkeypatch.context() as m:
-        m.setattr(DaliLoader, "_q_all_cached", lambda self: False)
-        piped = loader(shards / "s48", q_cache_gb="auto", count_pixels=True)
+        m.setattr(DaliLoader, "_q_can_leave", lambda self: False)
+        piped = loader(shards / "s48", q_cache_gb=budget, count_pixels=True)
     assert not piped.q_on_host
+    misses = []
 
     def same(a, b):
         assert torch.equal(a["uniform"].images, b["uniform"].images)
@@ -184,26 +188,41 @@ def test_a_complete_cache_takes_q_out_of_the_pipeline(shards, monkeypatch):
         assert torch.equal(qa.index, qb.index) and torch.equal(qa.labels, qb.labels)
         for k in ("slots", "windows", "boxes", "flips"):
             assert torch.equal(getattr(qa.tiles.cached, k), getattr(qb.tiles.cached, k))
-        assert a["uniform"].meta["q_cache"] == b["uniform"].meta["q_cache"] == (len(qa), len(qa))
+        assert a["uniform"].meta["q_cache"] == b["uniform"].meta["q_cache"]
         bg = a["uniform"].images
         assert torch.equal(qa.tiles.paste_(bg.clone()), qb.tiles.paste_(bg.clone()))
 
     steps = len(host) + 2  # into the second epoch
     for a, b in itertools.islice(zip(piped, host), steps):
         same(a, b)
-    assert host.decoded_pixels["minority"] == 0 < piped.decoded_pixels["minority"]  # placeholders
+        served, drawn = b["uniform"].meta["q_cache"]
+        assert (served == drawn) == (images is None) or served == drawn
+        rows = b["minority"].tiles.rows
+        misses.append(len(rows))
+        assert np.all(np.diff(rows) > 0) and len(rows) <= drawn - served
+    if images is None:
+        assert host._q_pipe is None and host.decoded_pixels["minority"] == 0 and not any(misses)
+    else:  # the misses were decoded, and nothing for the cached rows
+        assert any(misses) and 0 < host.decoded_pixels["minority"] < \
+            piped.decoded_pixels["minority"]
+    def epochs(source):
+        while True:
+            yield from source
+
     for source in (host, piped):
-        it = iter(source)
+        it = epochs(source)
         next(it)
         state = source.state_dict()
         assert state["q_on_host"] == source.q_on_host
-        want = [next(it) for _ in range(3)]
+        want = [next(it) for _ in range(len(source) + 1)]  # across the epoch's end
         for old_state in (False, True) if source is piped else (False,):
             saved = {k: v for k, v in state.items() if not (old_state and k == "q_on_host")}
-            resumed = loader(shards / "s48", q_cache_gb="auto", count_pixels=True)
+            resumed = loader(shards / "s48", q_cache_gb=budget, count_pixels=True)
             resumed.load_state_dict(saved)
             assert resumed.q_on_host == (source.q_on_host and not old_state)
-            for w, g in zip(want, itertools.islice(resumed, 3)):
+            got = list(itertools.islice(epochs(resumed), len(want)))
+            assert len(got) == len(want)
+            for w, g in zip(want, got):
                 same(w, g)
 
 
