@@ -73,6 +73,9 @@ def check_arguments(data: ShardSplit, split: str, batch_size: int, streams, devi
         raise ValueError(f"r: must be a finite number >= 0, got {r}")
     if not isinstance(rank, (int, np.integer)) or not 0 <= rank < world:
         raise ValueError(f"rank/world: need 0 <= rank < world, got rank={rank} world={world}")
+    if world > data.num_samples:  # a rank without a sample: DALI's reader asserts, many lines
+        raise ValueError(f"world: {world} ranks exceed the {data.num_samples} samples of {where} "
+                         f"(every rank needs at least one)")
     empty = np.flatnonzero(data.class_counts == 0)
     if empty.size and not allow_empty_classes and set(streams) & WEIGHTED_STREAMS:
         raise ValueError(f"{data.root / 'manifest.json'}: class {int(empty[0])} has no training "
@@ -103,8 +106,8 @@ def natural_preset(manifest, split: str = "train", preset: str | None = None) ->
     small images (<= 64 px on the long side: CIFAR-like sets, the synthetic default), else
     "imagenet" at 224 px (the papers' crop). A ``preset`` asked for gets its own size where it
     is not the natural one (cifar 32, imagenet 224)."""
-    stats = manifest.raw.get("splits", {}).get(split, {}).get("image_stats", {})
-    side = int(max(stats.get("width", {}).get("max", 0), stats.get("height", {}).get("max", 0)))
+    stats = manifest.image_stats(split)  # informative: None when absent or malformed
+    side = int(max(stats["width"]["max"], stats["height"]["max"])) if stats else 0
     natural = ("cifar", side) if 0 < side <= 64 else ("imagenet", 224)
     if preset is None or preset == natural[0]:
         return natural

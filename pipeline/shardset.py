@@ -79,8 +79,7 @@ def open_split(root, split: str, validate: bool = True, skip_corrupt: bool = Fal
     if root is None or str(root) == "":
         raise ValueError("shards: no shard directory given")
     manifest = load_manifest(root)  # ShardFormatError (a ValueError) names the file
-    info = manifest.split(split)
-    rows = manifest.index(split)
+    rows = manifest.index(split)  # a split the manifest lacks is named there
     tar_paths = manifest.shard_paths(split)
     idx_paths = manifest.dali_index_paths(split)
     for path in tar_paths + idx_paths:
@@ -89,10 +88,9 @@ def open_split(root, split: str, validate: bool = True, skip_corrupt: bool = Fal
     if rows.size == 0:
         raise ShardFormatError(f"{manifest.root / split / 'index.npy'}: split {split!r} is empty")
     labels = np.asarray(rows["label"], dtype=np.int64)
-    has_train = "train" in manifest.splits
-    train_counts = manifest.split("train").class_counts if has_train else info.class_counts
+    train_counts = manifest.split("train").class_counts  # load_manifest requires a train split
     check_class_counts(manifest, split, labels)
-    if has_train and split != "train":  # the n_k every loss and sampler reads
+    if split != "train":  # the n_k every loss and sampler reads
         check_class_counts(manifest, "train", np.asarray(manifest.index("train")["label"]))
     check_index_rows(manifest, split, rows)
     check_dali_indexes(rows, idx_paths)
@@ -121,9 +119,10 @@ def check_class_counts(manifest, split: str, labels: np.ndarray) -> None:
     """manifest.json's ``splits.<split>.class_counts`` must be the counts of index.npy's labels."""
     counts = np.asarray(manifest.split(split).class_counts, dtype=np.int64)
     where = f"{manifest.root / 'manifest.json'}: splits.{split}.class_counts"
-    if labels.size and (labels.min() < 0 or labels.max() >= counts.size):
-        raise ShardFormatError(f"{manifest.root / split / 'index.npy'}: label "
-                               f"{int(labels.max())} outside the manifest's {counts.size} classes")
+    outside = labels[(labels < 0) | (labels >= counts.size)]
+    if outside.size:
+        raise ShardFormatError(f"{manifest.root / split / 'index.npy'}: label {int(outside[0])} "
+                               f"outside the manifest's {counts.size} classes ({RERUN})")
     actual = np.bincount(labels, minlength=counts.size)
     differ = np.flatnonzero(actual != counts)
     if differ.size:
@@ -145,8 +144,9 @@ def check_index_rows(manifest, split: str, rows: np.ndarray) -> None:
     listed = np.array([s.samples for s in manifest.split(split).shards], dtype=np.int64)
     path = manifest.root / split / "index.npy"
     shard = np.asarray(rows["shard"], dtype=np.int64)
-    if shard.min() < 0 or shard.max() >= listed.size:
-        raise ShardFormatError(f"{path}: shard number {int(shard.max())} outside the manifest's "
+    outside = shard[(shard < 0) | (shard >= listed.size)]
+    if outside.size:
+        raise ShardFormatError(f"{path}: shard number {int(outside[0])} outside the manifest's "
                                f"{listed.size} shards ({RERUN})")
     per = np.bincount(shard, minlength=listed.size)
     if (per != listed).any():

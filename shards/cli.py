@@ -113,7 +113,7 @@ def shard(ctx, source, out, **options):
     parts = [f"{s.num_samples} {name}" for name, s in m.splits.items()]
     shards = sum(len(s.shards) for s in m.splits.values())
     size = sum(sh.bytes for s in m.splits.values() for sh in s.shards)
-    rejected = m.raw["totals"]["rejected"]
+    rejected = m.rejected if m.rejected is not None else "unknown"
     done = before is not None and before == _manifest_stamp(out)  # a re-run of a finished job
     root = printable(m.root)
     if "val" not in m.splits:  # `ltpipe train` evaluates on val: say so now, not after training

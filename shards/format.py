@@ -18,13 +18,15 @@ WebDataset key of sample i is ``key_of(i)`` (zero-padded), and its members are
 
 in that order inside the tar.
 
-``manifest.json`` holds ``format_version``, ``source``, ``classes`` (class k's name) and per split
-``class_counts`` and ``shards`` (name, samples, bytes, sha256); for ``list:`` and ``inat:``
-sources also ``class_ids``, the source's own label of class k (the integer of the list file, the
-category id of the json): class indices are dense 0..C-1 whatever labels the source used.
+``manifest.json`` holds ``format_version``, ``source``, ``classes`` (class k's name; at least one)
+and per split (``train`` always) ``class_counts`` and ``shards`` (name, samples, bytes, sha256);
+for ``list:`` and ``inat:`` sources also ``class_ids``, the source's own label of class k (the
+integer of the list file, the category id of the json): class indices are dense 0..C-1 whatever
+labels the source used.
 Readers also obey ``options.max_pixels`` (``Manifest.max_pixels``, the limit the images were
 accepted under; DEFAULT_MAX_PIXELS when absent). Other fields (statistics, the other options,
-command) are informative.
+command) are informative: ``Manifest.rejected`` and ``Manifest.image_stats`` read the ones ltpipe
+shows, None when malformed.
 
 A stored JPEG ends at its EOI marker (nothing after it but at most ``EOI_WINDOW - 2`` bytes of
 padding), has sides of at most MAX_SIDE pixels, an aspect ratio of at most MAX_ASPECT and at most
@@ -119,6 +121,25 @@ class Manifest:
         """The largest image (width x height) the writer accepted: what readers must decode."""
         return self.raw.get("options", {}).get("max_pixels", DEFAULT_MAX_PIXELS)
 
+    @property
+    def rejected(self) -> int | None:
+        """``totals.rejected`` (informative): the inputs not written; None when absent or not a
+        count."""
+        totals = self.raw.get("totals")
+        count = totals.get("rejected") if isinstance(totals, dict) else None
+        return count if isinstance(count, int) and not isinstance(count, bool) and count >= 0 \
+            else None
+
+    def image_stats(self, split: str) -> dict | None:
+        """``splits.<split>.image_stats`` (informative): {"width"|"height"|"jpeg_bytes": {"min",
+        "mean", "max"}} of numbers; None when absent or not of that shape."""
+        stats = self.raw["splits"].get(split, {}).get("image_stats")
+        shaped = isinstance(stats, dict) and all(
+            isinstance(stats.get(what), dict)
+            and all(_is_number(stats[what].get(key)) for key in ("min", "mean", "max"))
+            for what in ("width", "height", "jpeg_bytes"))
+        return stats if shaped else None
+
     def split(self, name: str) -> SplitInfo:
         if name not in self.splits:
             have = ", ".join(sorted(self.splits)) or "none"
@@ -200,6 +221,11 @@ def _field(doc, key, kind, where: str = ""):
     return value
 
 
+def _is_number(value) -> bool:
+    """An int or float, not a bool (JSON's NaN and Infinity never reach here: bounded.py)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 SHARD_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.tar")
 
 
@@ -210,6 +236,14 @@ def _parse_manifest(root: Path, doc) -> Manifest:
     classes = _field(doc, "classes", list)
     if not all(isinstance(c, str) for c in classes):
         raise _FieldError("classes: expected a list of strings")
+    if not classes:
+        raise _FieldError("classes: empty (a shard directory has at least one class)")
+    if "class_ids" in doc:  # `shards:DIR` copies them into its output
+        ids = _field(doc, "class_ids", list)
+        if len(ids) != len(classes) or not all(isinstance(i, (int, str)) and
+                                               not isinstance(i, bool) for i in ids):
+            raise _FieldError(f"class_ids: expected {len(classes)} integers or strings, one a "
+                              f"class")
     splits = {}
     for name, s in _field(doc, "splits", dict).items():
         if name not in SPLITS:  # a split is a folder of root: nothing else may be read
@@ -231,6 +265,8 @@ def _parse_manifest(root: Path, doc) -> Manifest:
                                   f"(shards lie in {root / name})")
             shards.append(info)
         splits[name] = SplitInfo(name, tuple(counts), tuple(shards))
+    if "train" not in splits:  # the writer always writes one; its counts are every n_k
+        raise _FieldError("splits: no 'train' split (`ltpipe shard` always writes one)")
     options = doc.get("options", {})
     if not isinstance(options, dict):
         raise _FieldError("options: expected an object")

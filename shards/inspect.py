@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from ltpipe.shards.bounded import parse_json
-from ltpipe.shards.format import (INDEX, MANIFEST, MEMBERS, REJECTED, Manifest, ShardFormatError,
-                                  decode_sample_id, key_of, payload_max_bytes)
+from ltpipe.shards.format import (INDEX, MANIFEST, MEMBERS, REJECTED, SPLITS, Manifest,
+                                  ShardFormatError, decode_sample_id, key_of, payload_max_bytes)
 from ltpipe.shards.shardscan import MEMBER_JSON_MAX_BYTES
 from ltpipe.shards.text import printable
 from ltpipe.shards.longtail import GROUPS, group_of, group_sizes
@@ -31,7 +31,7 @@ def summary_lines(m: Manifest) -> list[str]:
     if raw.get("command"):
         lines.append(f"command: {printable(raw['command'])}")
     # a class's group is set by its TRAIN count in every split, as in the trainer's report
-    train = np.array(m.splits["train"].class_counts) if "train" in m.splits else None
+    train = np.array(m.split("train").class_counts)
     for name, split in m.splits.items():
         counts = np.array(split.class_counts)
         sizes = np.array([s.bytes for s in split.shards] or [0])
@@ -40,10 +40,7 @@ def summary_lines(m: Manifest) -> list[str]:
         line = (f"{name}: {split.num_samples} images in {len(split.shards)} shard(s), "
                 f"{sizes.sum() / 1e6:.1f} MB; per class {counts.max()}..{lo} "
                 f"(imbalance {counts.max() / max(lo, 1):.1f}); ")
-        if train is None:
-            g = group_sizes(counts.tolist())
-            line += f"many/medium/few classes {g['many']}/{g['medium']}/{g['few']}"
-        elif name == "train":
+        if name == "train":
             g = group_sizes(train.tolist())
             line += f"many/medium/few classes {g['many']}/{g['medium']}/{g['few']}"
         else:
@@ -53,16 +50,23 @@ def summary_lines(m: Manifest) -> list[str]:
         lines.append(line)
         lines.append(f"  shard MB min/mean/max {sizes.min() / 1e6:.2f}/{sizes.mean() / 1e6:.2f}/"
                      f"{sizes.max() / 1e6:.2f}")
-        stats = raw.get("splits", {}).get(name, {}).get("image_stats")
+        stats = m.image_stats(name)
         if stats:
             w, h, b = stats["width"], stats["height"], stats["jpeg_bytes"]
             lines.append(f"  images {w['min']}..{w['max']} x {h['min']}..{h['max']} px "
                          f"(mean {w['mean']:.0f} x {h['mean']:.0f}), "
                          f"JPEG {b['mean'] / 1e3:.1f} KB mean")
+        elif "image_stats" in raw["splits"][name]:  # informative: not worth refusing the output
+            lines.append(f"  images: unknown (splits.{name}.image_stats in {MANIFEST} is "
+                         f"malformed)")
     lines += _class_table(m)
-    rejected = raw.get("totals", {}).get("rejected", 0)
-    lines.append(f"rejected: {rejected}"
-                 + (f" (see {printable(m.root / REJECTED)})" if rejected else ""))
+    rejected = m.rejected
+    if rejected is None:
+        lines.append(f"rejected: unknown (totals.rejected in {MANIFEST} is missing or not a "
+                     f"count)")
+    else:
+        lines.append(f"rejected: {rejected}"
+                     + (f" (see {printable(m.root / REJECTED)})" if rejected else ""))
     return lines
 
 
@@ -123,7 +127,15 @@ def verify(m: Manifest, progress: bool = True) -> list[str]:
                 next_id += shard.samples
                 bar.update(shard.samples)
             problems += _verify_counts(m, split, labels, index)
-    return problems
+    return problems + _unlisted_shards(m)
+
+
+def _unlisted_shards(m: Manifest) -> list[str]:
+    """Tars in a split folder that the manifest does not list (a split or shard removed from
+    it): the writer leaves none, and --verify cannot vouch for them."""
+    listed = {path for split in m.splits for path in m.shard_paths(split)}
+    return [f"{path}: not listed in {m.root / MANIFEST}, not verified" for split in SPLITS
+            for path in sorted((m.root / split).glob("*.tar")) if path not in listed]
 
 
 def _verify_counts(m: Manifest, split: str, labels: list[int], index) -> list[str]:

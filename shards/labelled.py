@@ -13,11 +13,15 @@ without it showing in rejected.tsv:
   increasing order (the original labels are the manifest's ``class_ids``), so nothing is sized by
   the largest label; a larger label is a one-line error;
 - a list file that is not UTF-8, a JSON nested too deeply, and names that are not valid Unicode
-  (a lone surrogate) are one-line errors or rejected rows, never tracebacks.
+  (a lone surrogate) are one-line errors or rejected rows, never tracebacks;
+- a json id of the wrong type (a list, object, float or bool; category ids must be integers),
+  a category name that is not a non-empty string, and a category id given twice are one-line
+  errors naming the field: each would mislabel images or fail deep inside the writer.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections import Counter
@@ -176,6 +180,43 @@ def image_list(spec: str, val_list: str | None, allow_outside: bool):
 
 # --- inat:JSON[:ROOT] ---------------------------------------------------------------------------
 
+class _NotCoco(ValueError):
+    """A field of the json with the wrong type; the message names it."""
+
+
+def _checked(value, field: str, kinds: tuple, want: str):
+    """``value`` when it is one of ``kinds`` (a bool is no integer: ``true`` would be id 1);
+    _NotCoco naming ``field`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        shown = json.dumps(value)
+        raise _NotCoco(f"{field}: expected {want}, got {shown[:40]}{'...' * (len(shown) > 40)}")
+    return value
+
+
+def _coco_fields(doc) -> tuple[list, list, list]:
+    """(images, annotations, categories) of a COCO json as (id, file_name), (image_id,
+    category_id) and (id, name) pairs. Category ids are integers (as in COCO and iNat), image ids
+    integers or strings; a list, object, float or bool id is refused, since it could not be
+    looked up or would equal another (1.0 and true are 1). A category without a name is named
+    by its id."""
+    image_id, category_id = (int, str), (int,)
+    images = [(_checked(im["id"], f"images[{i}].id", image_id, "an integer or a string"),
+               _checked(im["file_name"], f"images[{i}].file_name", (str,), "a string"))
+              for i, im in enumerate(doc["images"])]
+    annotations = [
+        (_checked(a["image_id"], f"annotations[{i}].image_id", image_id, "an integer or a string"),
+         _checked(a["category_id"], f"annotations[{i}].category_id", category_id, "an integer"))
+        for i, a in enumerate(doc.get("annotations", []))]
+    cats = []
+    for i, c in enumerate(doc.get("categories", [])):
+        cid = _checked(c["id"], f"categories[{i}].id", category_id, "an integer")
+        name = _checked(c.get("name", str(cid)), f"categories[{i}].name", (str,), "a string")
+        if not name.strip():
+            raise _NotCoco(f"categories[{i}].name: empty")
+        cats.append((cid, name))
+    return images, annotations, sorted(cats)
+
+
 def _load_json(json_file: Path):
     try:
         doc = read_json(_existing(json_file, "inat"), INAT_MAX_BYTES, "iNaturalist/COCO json")
@@ -184,32 +225,33 @@ def _load_json(json_file: Path):
     except OSError as exc:
         raise ShardInputError(f"{json_file}: {exc.strerror or exc}") from None
     try:
-        images = [(im["id"], im["file_name"]) for im in doc["images"]]
-        annotations = [(a["image_id"], a["category_id"]) for a in doc.get("annotations", [])]
-        cats = sorted(doc.get("categories", []), key=lambda c: c["id"])
-        names = [str(c.get("name", c["id"])) for c in cats]
-        Counter(i for i, _ in images + annotations)  # ids must be hashable
-        if not all(isinstance(name, str) for _, name in images):
-            raise TypeError("a file_name is not a string")
+        images, annotations, cats = _coco_fields(doc)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        detail = " ".join(f"{exc.__class__.__name__}: {exc}".split())[:200]
-        raise ShardInputError(f"{json_file}: not an iNaturalist/COCO json ({detail})") from None
-    bad = next((n for n in names if not is_unicode(n)), None)
+        detail = str(exc) if isinstance(exc, _NotCoco) else f"{exc.__class__.__name__}: {exc}"
+        raise ShardInputError(f"{json_file}: not an iNaturalist/COCO json "
+                              f"({' '.join(detail.split())[:200]})") from None
+    ids = Counter(cid for cid, _ in cats)
+    twice = next((cid for cid, n in ids.items() if n > 1), None)
+    if twice is not None:  # one id with two names: which class its images are is unknown
+        named = ", ".join(repr(name) for cid, name in cats if cid == twice)
+        raise ShardInputError(f"{json_file}: category id {twice} is given {ids[twice]} times "
+                              f"({named}); category ids must be unique")
+    bad = next((name for _, name in cats if not is_unicode(name)), None)
     if bad is not None:
         raise ShardInputError(f"{json_file}: category name {bad.encode('utf-8', 'replace')!r} "
                               f"is not valid Unicode")
-    return images, annotations, cats, names
+    return images, annotations, cats
 
 
 def _inat_split(json_file: Path, root: Path, category_index: dict | None, allow_outside: bool):
     """Items of one COCO-style json; the train json defines the categories."""
-    images, annotations, cats, names = _load_json(json_file)
+    images, annotations, cats = _load_json(json_file)
+    names = None
     if category_index is None:
         if not cats:
             raise ShardInputError(f"{json_file}: no categories")
-        category_index = {c["id"]: k for k, c in enumerate(cats)}
-    else:
-        names = None
+        category_index = {cid: k for k, (cid, _) in enumerate(cats)}
+        names = [name for _, name in cats]
     image_count = Counter(i for i, _ in images)
     notes = Counter(i for i, _ in annotations)
     labels = dict(annotations)

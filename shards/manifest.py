@@ -152,5 +152,7 @@ def print_plan(source: str, plan, orders: dict, options: dict, mean_bytes: dict)
               f"many/medium/few classes {g['many']}/{g['medium']}/{g['few']}, "
               f"~{est / 1e6:.1f} MB in ~{shards} shard(s)")
         print(f"  class counts: {' '.join(map(str, counts.tolist()))}")
-    if plan.rejected:
-        print(f"rejected while planning: {len(plan.rejected)} (unknown labels)")
+    if plan.rejected:  # unknown labels, duplicates, files not read: each a rejected.tsv row
+        path, reason = plan.rejected[0]
+        print(f"rejected while planning: {len(plan.rejected)} (first: {printable(path)}: "
+              f"{printable(reason)})")

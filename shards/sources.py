@@ -27,7 +27,8 @@ from ltpipe.shards.format import INDEX, ShardFormatError, load_manifest
 from ltpipe.shards.longtail import longtail_subset
 from ltpipe.shards.tario import read_dali_index
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+IMAGE_EXTS = {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
+              ".pgm"}
 MEMBER_JSON_MAX_BYTES = 64 << 10  # a sample's .json member: its source path and class name
 SCHEMES = ("synthetic", "imagefolder", "list", "inat", "cifar10", "cifar100", "shards")
 
@@ -46,7 +47,8 @@ def plan_source(source: str, *, imbalance: float | None = None,
                 size: str = "default", classes: int | None = None,
                 max_per_class: int | None = None, image_size: int | None = None,
                 seed: int = 0, allow_outside_root: bool = False,
-                val_per_class: int | None = None) -> SourcePlan:
+                val_per_class: int | None = None, out: Path | None = None) -> SourcePlan:
+    """The plan of ``source``; ``out``: the OUT it will be written to (None: a dry run)."""
     scheme, _, rest = source.partition(":")
     if scheme not in SCHEMES:
         forms = ", ".join(s + ":" for s in SCHEMES[1:])
@@ -75,7 +77,9 @@ def plan_source(source: str, *, imbalance: float | None = None,
     if not rest:
         raise ShardInputError(f"SOURCE {source!r}: missing path after '{scheme}:'")
     class_ids = None
-    if scheme == "imagefolder":
+    if scheme == "imagefolder":  # the one source that lists folders: list:/inat: name files
+        if out is not None:
+            refuse_out_inside(out, Path(rest))
         plan = _imagefolder(Path(rest))
         plan = (plan[0], *linked_duplicates(plan[1], plan[2]))
         if val_per_class is not None:
@@ -164,6 +168,18 @@ def hold_out(splits: dict[str, list[Item]], classes: list[str], per_class: int, 
             "val": [it for i, it in enumerate(train) if i in chosen]}
 
 
+def refuse_out_inside(out: Path, folder: Path) -> None:
+    """OUT must lie outside a folder the source lists to find its inputs: the next run would
+    read it back (imagefolder: OUT became a class, and every later class's label shifted).
+    Paths are compared as written and with symlinks resolved, so neither a link to the folder
+    nor a link inside it (which the scan follows) hides OUT."""
+    targets = {Path(os.path.abspath(out)), Path(os.path.realpath(out))}
+    bases = {Path(os.path.abspath(folder)), Path(os.path.realpath(folder))}
+    if any(t == b or b in t.parents for t in targets for b in bases):
+        raise ShardInputError(f"OUT {out}: inside the SOURCE folder {folder}, where the next "
+                              f"run would read it as input; choose an OUT outside it")
+
+
 def _existing(path: Path, what: str) -> Path:
     if not path.exists():
         raise ShardInputError(f"{what} {path}: no such file or directory")
@@ -171,14 +187,27 @@ def _existing(path: Path, what: str) -> Path:
 
 
 def _imagefolder(root: Path):
-    """PATH/CLASS/*.jpg, or PATH/train/CLASS/* plus optional PATH/val/CLASS/*."""
+    """PATH/CLASS/*.jpg, or PATH/train/CLASS/* plus optional PATH/val/CLASS/*. What is not read
+    goes to rejected.tsv, never skipped silently: files outside a class folder, files without an
+    image extension, and (train/val layout) PATH's other entries, one row each. A train class
+    folder without images is refused: a class with no training image breaks the long-tail
+    losses and samplers."""
     _existing(root, "imagefolder")
     if not root.is_dir():
         raise ShardInputError(f"imagefolder {root}: not a directory")
-    split_roots = {"train": root / "train", "val": root / "val"} if (root / "train").is_dir() \
-        else {"train": root}
     if not labelled.is_unicode(str(root)):
         raise ShardInputError(f"imagefolder {labelled.shown(str(root))}: the path is not UTF-8")
+    rejected = []
+    if (root / "train").is_dir():
+        split_roots = {"train": root / "train", "val": root / "val"}
+        val = split_roots["val"]
+        if (val.exists() or val.is_symlink()) and not val.is_dir():  # the user meant a val split
+            raise ShardInputError(f"imagefolder {val}: not a directory (a val split is "
+                                  f"{val}/CLASS/*)")
+        rejected += [(str(p), "not read: only train/ and val/ are read in this layout")
+                     for p in sorted(root.iterdir()) if p.name not in split_roots]
+    else:
+        split_roots = {"train": root}
     # a folder name that is not UTF-8 cannot be a class name (manifest.json is UTF-8)
     classes = class_folders([d.name for d in split_roots["train"].iterdir()
                              if d.is_dir() and labelled.is_unicode(d.name)],
@@ -186,15 +215,20 @@ def _imagefolder(root: Path):
     if not classes:
         raise ShardInputError(f"imagefolder {split_roots['train']}: no class folders")
     index = {c: k for k, c in enumerate(classes)}
-    splits, rejected = {}, []
+    splits = {}
     for split, base in split_roots.items():
         if not base.is_dir():
             continue
         items = []
-        folders = sorted(d for d in base.iterdir() if d.is_dir())
+        entries = sorted(base.iterdir())
+        folders = [d for d in entries if d.is_dir()]
+        rejected += [(str(f), "not read: not in a class folder") for f in entries
+                     if not f.is_dir()]
         class_folders([d.name for d in folders if labelled.is_unicode(d.name)], base)
         for class_dir in folders:
-            files = sorted(f for f in class_dir.rglob("*") if f.suffix.lower() in IMAGE_EXTS)
+            files, others = _class_files(class_dir)
+            rejected += [(str(f), f"not read: not an image extension ({f.suffix or 'none'})")
+                         for f in others]
             if not labelled.is_unicode(class_dir.name):
                 rejected += [(str(f), "class folder name is not UTF-8") for f in files]
                 continue
@@ -202,13 +236,27 @@ def _imagefolder(root: Path):
             if name not in index:
                 rejected += [(str(f), f"unknown label {class_dir.name!r}") for f in files]
                 continue
+            kept = []
             for f in files:
                 if labelled.is_unicode(str(f)):
-                    items.append(Item(str(f), index[name], read_file, str(f)))
+                    kept.append(Item(str(f), index[name], read_file, str(f)))
                 else:
                     rejected.append((str(f), "file name is not UTF-8"))
+            if split == "train" and not kept:
+                what = "no image whose name is UTF-8" if files else "no images"
+                raise ShardInputError(f"imagefolder {class_dir}: {what}; class {name!r} would "
+                                      f"have no training image (add some or remove the folder)")
+            items += kept
         splits[split] = items
     return classes, splits, rejected
+
+
+def _class_files(class_dir: Path) -> tuple[list[Path], list[Path]]:
+    """(files named as images, other files) in a class folder and its subfolders, sorted."""
+    entries = sorted(class_dir.rglob("*"))
+    images = [f for f in entries if f.suffix.lower() in IMAGE_EXTS]
+    others = [f for f in entries if f.suffix.lower() not in IMAGE_EXTS and not f.is_dir()]
+    return images, others
 
 
 def class_folders(names: list[str], where: Path) -> list[str]:

@@ -79,7 +79,7 @@ def write_shards(source: str, out: str | Path, *, imbalance: float | None = None
                        val_json=options["val_json"], size=size,
                        classes=classes, max_per_class=max_per_class, image_size=image_size,
                        seed=seed, allow_outside_root=allow_outside_root,
-                       val_per_class=val_per_class)
+                       val_per_class=val_per_class, out=None if dry_run else Path(out))
     orders = {split: _shuffled(items, seed, split) for split, items in plan.splits.items() if items}
     if dry_run:
         manifest_mod.print_plan(source, plan, orders, options,

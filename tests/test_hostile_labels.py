@@ -87,12 +87,32 @@ def test_edited_dali_index_offsets_are_refused(copy, edit):
     refused(copy, "train", idx, "(re-run `ltpipe shard`")
 
 
-def test_index_rows_naming_no_shard_are_refused(copy):
+@pytest.mark.parametrize("field, value", [("shard", 99), ("shard", -1), ("label", -1),
+                                          ("label", 4)])
+def test_index_rows_naming_no_shard_or_class_are_refused(copy, field, value):
+    """The message names the offending value (a -1 was reported as the largest one, in range)."""
     path = copy / "train" / "index.npy"
     rows = np.load(path)
-    rows["shard"][3] = 99
+    rows[field][3] = value
     np.save(path, rows)
-    refused(copy, "train", "shard number 99 outside the manifest's")
+    what = "shard number" if field == "shard" else "label"
+    refused(copy, "train", f"index.npy: {what} {value} outside the manifest's")
+
+
+def test_more_ranks_than_samples_is_one_line(shards):
+    """Ranks without a sample: a multi-line C++ assert from DALI's reader."""
+    import torch
+
+    from ltpipe.pipeline.loader_args import check_arguments
+
+    n = open_split(shards, "val").num_samples
+    for build in (make_loader, make_torch_loader):
+        with pytest.raises(ValueError) as err:
+            build(shards, split="val", batch_size=1, rank=n, world=n + 1)
+        assert str(err.value) == (f"world: {n + 1} ranks exceed the {n} samples of "
+                                  f"{shards / 'val'} (every rank needs at least one)")
+    check_arguments(open_split(shards, "val"), "val", 1, ("uniform",), "cpu", "cifar",
+                    torch.float32, 1.0, rank=n - 1, world=n)  # one sample a rank: accepted
 
 
 def test_class_names_swapped_in_the_manifest_are_refused_and_verify_finds_them(copy):

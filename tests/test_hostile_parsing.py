@@ -74,6 +74,80 @@ def test_a_damaged_manifest_is_one_line(shards, tmp_path, edit, needle):
         load_manifest(out)
 
 
+def _set(path: list, value):
+    """An edit of the manifest document: the field at ``path`` set to ``value``."""
+    def edit(doc):
+        *parents, last = path
+        for key in parents:
+            doc = doc[key]
+        doc[last] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit, unknown", [
+    (_set(["totals"], [1]), "rejected: unknown (totals.rejected in manifest.json"),
+    (_set(["totals", "rejected"], True), "rejected: unknown (totals.rejected in manifest.json"),
+    (_set(["splits", "train", "image_stats"], {"width": 5}),
+     "images: unknown (splits.train.image_stats in manifest.json is malformed)"),
+    (_set(["splits", "train", "image_stats"], [1]), "images: unknown (splits.train.image_stats"),
+    (_set(["splits", "val", "image_stats", "width", "mean"], "x"),
+     "images: unknown (splits.val.image_stats"),
+], ids=["totals-list", "rejected-bool", "stats-no-height", "stats-list", "mean-str"])
+def test_a_malformed_informative_field_is_shown_as_unknown(shards, tmp_path, edit, unknown):
+    """They crashed `inspect` (AttributeError, KeyError, a format-code ValueError); they are
+    informative (FORMAT.md), so the rest is shown and the shards still verify and load."""
+    from ltpipe.pipeline.loader_args import natural_preset
+
+    out = copy(shards, tmp_path)
+    path = out / "manifest.json"
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc))
+    r = run("inspect", out, "--verify")
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    assert r.stdout.count(unknown) == 1 and "verify: OK" in r.stdout
+    assert natural_preset(load_manifest(out), "train")[0] in ("cifar", "imagenet")
+
+
+def _no_classes(doc):
+    doc["classes"] = []
+    for split in doc["splits"].values():
+        split["class_counts"] = []
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (_no_classes, "classes: empty"),
+    (_set(["splits"], {}), "splits: no 'train' split"),
+    (lambda doc: doc["splits"].pop("train"), "splits: no 'train' split"),
+    (_set(["class_ids"], 5), "class_ids: expected list"),
+    (_set(["class_ids"], [1, [2], 3]), "class_ids: expected 3 integers or strings"),
+], ids=["no-classes", "no-splits", "no-train", "class-ids-int", "class-ids-list"])
+def test_a_manifest_no_writer_makes_is_one_line(shards, tmp_path, edit, needle):
+    """No classes crashed inspect (a zero-size array); no splits, or no train split, verified
+    "OK (0 samples)" with the tars on disk."""
+    out = copy(shards, tmp_path)
+    path = out / "manifest.json"
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc))
+    one_line(run("inspect", out, "--verify"), path, needle)
+    with pytest.raises(ShardFormatError, match=needle.split(":")[0]):
+        load_manifest(out)
+
+
+def test_verify_names_the_tars_the_manifest_does_not_list(shards, tmp_path):
+    out = copy(shards, tmp_path)
+    path = out / "manifest.json"
+    doc = json.loads(path.read_text())
+    val = doc["splits"].pop("val")
+    path.write_text(json.dumps(doc))
+    r = run("inspect", out, "--verify")
+    assert r.exit_code == 1 and "verify: OK" not in r.stdout, r.output
+    unlisted = [f"{out / 'val' / shard['name']}: not listed in {path}, not verified"
+                for shard in val["shards"]]
+    assert unlisted and all(line in r.stderr for line in unlisted)
+
+
 def test_a_manifest_over_its_size_limit_is_refused_unread(shards, tmp_path, monkeypatch):
     from ltpipe.shards import format as fmt
 

@@ -66,7 +66,7 @@ def folder(tmp_path):
         "train/dog/d.JPEG": _jpeg((50, 60, 70)),
         "train/dog/corrupt.jpg": b"not an image at all",
         "train/dog/truncated.jpg": _jpeg((5, 5, 5), size=(64, 64))[:300],
-        "train/dog/notes.txt": b"ignored: not an image extension",
+        "train/dog/notes.txt": b"not read (not an image extension), recorded",
         "val/cat/e.jpg": _jpeg((220, 30, 30)),
         "val/dog/f.png": _jpeg((30, 30, 220), fmt="PNG"),
         "val/fox/g.jpg": _jpeg((0, 0, 0)),
@@ -87,10 +87,11 @@ def test_imagefolder_round_trip_and_rejections(folder, tmp_path):
     assert_round_trip(m, "val", {t("val/cat/e.jpg"): 0, t("val/dog/f.png"): 1})
     rejected = dict(line.split("\t") for line in (m.root / "rejected.tsv").read_text().splitlines())
     assert set(rejected) == {t("train/dog/corrupt.jpg"), t("train/dog/truncated.jpg"),
-                             t("val/fox/g.jpg")}
+                             t("val/fox/g.jpg"), t("train/dog/notes.txt")}
     assert "corrupt or truncated" in rejected[t("train/dog/truncated.jpg")]
     assert rejected[t("val/fox/g.jpg")] == "unknown label 'fox'"
-    assert m.raw["totals"]["rejected"] == 3
+    assert rejected[t("train/dog/notes.txt")] == "not read: not an image extension (.txt)"
+    assert m.raw["totals"]["rejected"] == 4
     # small JPEGs are kept byte for byte; PNG re-encoded; the large one resized to long side 100
     by_path = {p: sid for sid, (p, _) in _json_paths(m, "train").items()}
     jpegs = {sid: jpg for sid, _, jpg in readback.with_webdataset(m, "train")}
