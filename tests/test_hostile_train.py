@@ -5,6 +5,7 @@ and corrupt samples are refused unless --skip-corrupt, which records what it lef
 import errno
 import json
 import os
+import re
 import shutil
 from unittest import mock
 
@@ -118,6 +119,64 @@ def test_a_checkpoint_missing_keys_is_one_line(half_run, tmp_path):
         one_line_error(invoke("--resume", run), run / "ckpt" / "last.pt", key)
     torch.save({"format": FORMAT}, run / "ckpt" / "last.pt")
     one_line_error(invoke("--resume", run), run / "ckpt" / "last.pt")
+
+
+def _no_run_table(text):
+    return text[:text.index("[run]")]
+
+
+# (how config.toml is damaged, what the line says); each was a traceback (KeyError, TypeError,
+# AttributeError) or, for the NUL, a line that did not name the file
+DAMAGED_CONFIGS = [
+    (_no_run_table, "[run]: missing"),
+    (lambda t: re.sub(r'shards = ".*"', "shards = 5", t), "[run] shards: must be the shard"),
+    (lambda t: re.sub(r'shards = "(.*)"', r'shards = "\1\\u0000"', t), "[run] shards: must be"),
+    (lambda t: 'run = "x"\n' + _no_run_table(t), "[run]: expected a table, got 'x'"),
+    (lambda t: "train = [1]\n" + t[t.index("[loader]"):], "[train]: expected a table, got [1]"),
+    (lambda t: t.replace("[mixer.none]\n", "[mixer]\nnone = 5\n"), "[mixer.none]: expected a"),
+    (lambda t: t.replace("\nepochs = 2\n", '\nepochs = "2"\n'), "[train] epochs: must be"),
+]
+
+
+@pytest.mark.parametrize("damage,needle", DAMAGED_CONFIGS, ids=[n for _, n in DAMAGED_CONFIGS])
+def test_a_damaged_or_foreign_config_toml_is_one_line_naming_the_field(half_run, tmp_path,
+                                                                       damage, needle):
+    run = copy_run(half_run[0], tmp_path)
+    config = run / "config.toml"
+    config.write_text(damage(config.read_text()))
+    one_line_error(invoke("--resume", run), config, needle)
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("train = 5", "[train]: expected a table, got 5"),
+    ("[mixer]\ncmo = 5", "[mixer.cmo]: expected a table, got 5"),
+    ("[aux]\nsmc = 1", "[aux.smc]: expected a table, got 1"),
+    ("[loss]\nce = [1]", "[loss.ce]: expected a table, got [1]"),  # was "unknown parameter 1"
+])
+def test_a_recipe_value_where_a_table_goes_is_one_line(shards, tmp_path, text, needle):
+    recipe = tmp_path / "r1.toml"
+    recipe.write_text(text + "\n")
+    res = invoke(shards, "--out", tmp_path / "r", "--recipe", recipe, "--epochs", "1", *FAST)
+    one_line_error(res, f"{recipe}: {needle}")
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_out_that_is_not_empty_and_not_a_run_is_refused(shards, tmp_path):
+    """A user's folder (or another shard directory): its files were overwritten by the run's
+    metrics.jsonl, final.json, ckpt/ and tb/."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text("my own metrics\n")
+    one_line_error(invoke(shards, "--out", out, "--epochs", "1", *FAST), out, "not a run")
+    assert [p.name for p in out.iterdir()] == ["metrics.jsonl"]
+    assert (out / "metrics.jsonl").read_text() == "my own metrics\n"
+    (out / "config.toml").write_text('name = "my project"\n')  # not a run's: not started over
+    one_line_error(invoke(shards, "--out", out, "--epochs", "1", *FAST), out / "config.toml")
+    assert sorted(p.name for p in out.iterdir()) == ["config.toml", "metrics.jsonl"]
+    other = write_tiny(tmp_path / "other", seed=1)
+    before = sorted(p.name for p in other.iterdir())
+    one_line_error(invoke(shards, "--out", other, "--epochs", "1", *FAST), other, "not a run")
+    assert sorted(p.name for p in other.iterdir()) == before
 
 
 def test_ckpt_that_is_a_plain_file_is_one_line(half_run, tmp_path):

@@ -14,7 +14,7 @@ from ltpipe.kernels.boxes import sample_lam
 from ltpipe.pipeline.loader import make_loader
 from ltpipe.pipeline.torch_loader import make_torch_loader
 from ltpipe.shards.write import write_shards
-from ltpipe.train.losses.per_sample import LDAM, Focal, LogitAdjusted
+from ltpipe.train.losses.per_sample import LDAM, Focal, LogitAdjusted, build_base_loss
 from ltpipe.train.losses.smc import SMCLoss
 from ltpipe.train.losses.weights import ClassWeights
 from ltpipe.train.mixers.base import MixerEnv
@@ -76,6 +76,8 @@ LIBRARY_CASES = [
     (M2m, dict(classifier=G, eta=float("nan")), "mixer m2m: eta must be a finite number"),
     (M2m, dict(classifier=3), "mixer m2m: classifier must be a run directory"),
     (MinorityOversampling, dict(fg_r=-1.0), "mixer ros: fg_r must be in [0, 100]"),
+    # a split name is a folder of the shard directory: only the manifest's names, no path
+    (OTMix, dict(confusion_split="../../etc"), "confusion_split must be one of train, val"),
 ]
 
 
@@ -110,6 +112,53 @@ def test_losses_weights_and_the_mixer_env_refuse_them_too(build, needle):
     with pytest.raises(ValueError) as info:
         build()
     assert needle in str(info.value), str(info.value)
+
+
+# counts no data can have: each made every loss nan, or was accepted by MixerEnv, unchecked
+BAD_COUNTS = [(torch.tensor([float("nan"), 5.0, 3.0]), "got nan for class 0"),
+              (torch.tensor([5.0, float("inf"), 3.0]), "got inf for class 1"),
+              (torch.tensor([5, 3, -1]), "got -1 for class 2"),
+              (torch.tensor([5.0, 1.5, 3.0]), "got 1.5 for class 1"),
+              (torch.tensor([]), "must be a non-empty 1-D tensor"),
+              (torch.tensor([[5, 3]]), "must be a non-empty 1-D tensor")]
+COUNT_USERS = {
+    "bs": lambda c: build_base_loss("bs", c), "la": lambda c: build_base_loss("la", c),
+    "ldam": lambda c: build_base_loss("ldam", c), "ce": lambda c: build_base_loss("ce", c),
+    "inverse": lambda c: ClassWeights("inverse", c, epochs=4),
+    "drw": lambda c: ClassWeights("drw", c, epochs=4),
+    "MixerEnv": lambda c: env(class_counts=c),
+}
+
+
+@pytest.mark.parametrize("counts,needle", BAD_COUNTS,
+                         ids=["nan", "inf", "negative", "fraction", "empty", "2-D"])
+@pytest.mark.parametrize("user", sorted(COUNT_USERS))
+def test_class_counts_no_data_can_have_are_refused_at_construction(user, counts, needle):
+    with pytest.raises(ValueError) as info:
+        COUNT_USERS[user](counts)
+    assert "class_counts" in str(info.value) and needle in str(info.value), str(info.value)
+
+
+def test_whole_float_counts_still_work():
+    """5.0 images is a count: only values that are no count are refused."""
+    counts = torch.tensor([5.0, 3.0, 1.0])
+    loss = build_base_loss("bs", counts)(torch.zeros(2, 3), torch.tensor([0, 2]))
+    assert torch.isfinite(loss).all()
+    assert env(class_counts=counts).num_classes == 3
+
+
+@pytest.mark.parametrize("name", ["ce", "bs", "la", "ldam", "focal"])
+def test_logits_for_another_number_of_classes_name_both_sizes(name):
+    """A raw torch error (or, for some shapes, a silent wrong loss) before."""
+    loss = build_base_loss(name, COUNTS)  # 4 classes
+    with pytest.raises(ValueError, match=r"logits of shape \(2, 3\), but class_counts has 4 "
+                                         r"classes"):
+        loss(torch.zeros(2, 3), torch.tensor([0, 1]))
+
+
+def test_a_mixer_without_an_env_is_refused():
+    with pytest.raises(ValueError, match="mixer CMO: env must be a MixerEnv"):
+        CMO(None)
 
 
 @pytest.mark.parametrize("kw,needle", [
@@ -175,6 +224,8 @@ def invoke(*args):
     (["--loss", "la", "--loss-opt", "class_counts=1"], "'class_counts' is not a parameter"),
     (["--mixer", "otmix", "--mixer-opt", "mu=-1"], "mixer 'otmix': mu must be in [0, 1000]"),
     (["--mixer", "cmo", "--fg-r", "1e30"], "mixer 'cmo': fg_r must be in [0, 100]"),
+    (["--mixer", "otmix", "--otmix-confusion-split", "bogus"],
+     "mixer 'otmix': confusion_split must be one of train, val, got 'bogus'"),
 ])
 def test_the_cli_refuses_them_in_one_line_before_writing(shards, tmp_path, args, needle):
     res = invoke(shards, "--out", tmp_path / "r", *FAST, *args)

@@ -102,6 +102,59 @@ def test_missing_shards_is_one_line(tmp_path):
     assert "nope" in res.output
 
 
+def preview_into(shards, out, *args):
+    return CliRunner().invoke(main, ["preview", str(shards), "--mixer", "none", "--out", str(out),
+                                     "--n", "2", *map(str, args)])
+
+
+def one_line(res, *needles):
+    assert res.exit_code == 2, res.output
+    assert res.output.count("\n") == 1 and "Traceback" not in res.output, res.output
+    assert res.output.startswith("ltpipe preview: error: "), res.output
+    for needle in needles:
+        assert str(needle) in res.output, res.output
+
+
+@pytest.mark.parametrize("inside", ["manifest.json", "train/index.npy", "train/shard-000000.tar",
+                                    "val/new.png"])
+def test_an_out_inside_the_shards_is_refused_and_nothing_changes(shards, inside):
+    """--out SHARDS/manifest.json once replaced the manifest with a PNG, exit status 0."""
+    target = shards / inside
+    before = target.read_bytes() if target.exists() else None
+    one_line(preview_into(shards, target), f"--out {target}", "inside the shard directory")
+    assert (target.read_bytes() if target.exists() else None) == before
+
+
+def test_an_existing_file_that_is_no_png_is_not_overwritten(shards, tmp_path):
+    """A run's ckpt/last.pt, say; an earlier grid is replaced."""
+    last = tmp_path / "last.pt"
+    last.write_bytes(b"a checkpoint")
+    one_line(preview_into(shards, last), last, "not a PNG")
+    assert last.read_bytes() == b"a checkpoint"
+    grid = tmp_path / "grid.png"
+    for _ in range(2):
+        assert preview_into(shards, grid).exit_code == 0
+    assert grid.read_bytes().startswith(b"\x89PNG") and sorted(tmp_path.iterdir()) == [grid, last]
+
+
+def test_a_missing_out_directory_is_named_not_made(shards, tmp_path):
+    out = tmp_path / "no" / "such" / "g.png"
+    one_line(preview_into(shards, out), tmp_path / "no" / "such", "no such directory")
+    assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["SHARDS", "--mixer", "cmo", "--out", "OUT", "--n", "abc"], "'abc' is not a valid integer"),
+    (["--mixer", "cmo", "--out", "OUT"], "Missing argument 'SHARDS'"),
+    (["SHARDS", "--mixer", "cmo", "--out", "DIR"], "is a directory"),
+])
+def test_usage_errors_are_one_line(shards, tmp_path, args, needle):
+    """As `ltpipe train` and `ltpipe shard` say them, not click's three-line usage block."""
+    names = {"SHARDS": shards, "OUT": tmp_path / "g.png", "DIR": tmp_path}
+    res = CliRunner().invoke(main, ["preview", *(str(names.get(a, a)) for a in args)])
+    one_line(res, needle)
+
+
 def test_otmix_preview_takes_its_confusion_from_the_previewed_batch(shards, tmp_path, monkeypatch):
     """Not from a pass over the whole confusion split: the model is untrained, and that pass was
     most of the preview's time."""

@@ -183,7 +183,8 @@ def test_aux_terms_of_a_mixer_get_a_trained_head():
 
 def test_load_model_restores_a_frozen_classifier(tmp_path):
     model = build_model("resnet8", 3)
-    (tmp_path / "config.toml").write_text('[train]\nmodel = "resnet8"\nloss = "ce"\n')
+    (tmp_path / "config.toml").write_text('[train]\nmodel = "resnet8"\nloss = "ce"\n'
+                                          '[run]\nshards = "/data"\n')
     save_atomic({"format": 1, "num_classes": 3, "model": model.state_dict()}, tmp_path / "final.pt")
     g = load_model(tmp_path)
     assert not g.training and not any(p.requires_grad for p in g.parameters())
@@ -198,7 +199,8 @@ def test_load_model_restores_a_frozen_classifier(tmp_path):
 
 def test_load_model_of_an_unfinished_run_warns_and_uses_last(tmp_path, caplog):
     model = build_model("resnet8", 3)
-    (tmp_path / "config.toml").write_text('[train]\nmodel = "resnet8"\nloss = "ce"\nepochs = 9\n')
+    (tmp_path / "config.toml").write_text('[train]\nmodel = "resnet8"\nloss = "ce"\nepochs = 9\n'
+                                          '[run]\nshards = "/data"\n')
     save_atomic({"format": 1, "num_classes": 3, "epoch": 4, "model": model.state_dict()},
                 tmp_path / "ckpt" / "last.pt")
     with caplog.at_level("WARNING"):

@@ -126,14 +126,16 @@ def read_config(run_dir: Path) -> dict:
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise CheckpointError(f"{path}: missing (not an ltpipe run directory)")
-    from ltpipe.train.config import TOML_MAX_BYTES
+    from ltpipe.train.config import TOML_MAX_BYTES, check_run_config
 
     try:
-        return read_toml(path, TOML_MAX_BYTES, "config.toml")
+        doc = read_toml(path, TOML_MAX_BYTES, "config.toml")
     except ParseError as exc:
         raise CheckpointError(str(exc)) from None
     except OSError as exc:
         raise CheckpointError(f"{path}: unreadable ({exc.strerror or exc})") from None
+    check_run_config(doc, path)  # damaged or foreign: one line naming the field
+    return doc
 
 
 def load_model(run_dir: str | Path, device: torch.device | str = "cpu",

@@ -58,6 +58,7 @@ DEFAULTS: dict[str, Any] = {
                "q_cache_gb": "auto", "q_cache_side": 384},
     "mixer": {}, "loss": {}, "aux": {},
 }
+NAMED_TABLES = ("mixer", "loss", "aux")  # tables of [TABLE.NAME] tables, one per method
 SCHEDULES = ("step", "cosine", "constant")
 IMAGE_OUTPUTS = ("normalized", "uint8")
 STREAM_PRIORITIES = ("high", "default")  # the step's CUDA stream (cuda_stream.py)
@@ -98,9 +99,6 @@ def load_recipe(name_or_path: str, _seen: tuple[str, ...] = ()) -> dict:
         raise ConfigError(f"{path}: 'extends' cycle")
     doc = _read_toml(path)
     parent = doc.pop("extends", None)
-    unknown = set(doc) - set(DEFAULTS)
-    if unknown:
-        raise ConfigError(f"{path}: unknown tables {sorted(unknown)} (allowed: {list(DEFAULTS)})")
     check_recipe(doc, path)
     if parent is None:
         return doc
@@ -119,6 +117,7 @@ def check_recipe(doc: dict, path: Path) -> None:
     from ltpipe.train.params import check_params
 
     try:
+        check_tables(doc, allowed=tuple(DEFAULTS))
         check_finite(doc)
         check_train(merge(DEFAULTS["train"], doc.get("train", {})), source="[train] ")
         check_loader(merge(DEFAULTS["loader"], doc.get("loader", {})))
@@ -132,6 +131,44 @@ def check_recipe(doc: dict, path: Path) -> None:
                 check_params(f"[{table}.{name}]", _param_owner(table, name), params, skip=skip)
     except ValueError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def check_tables(doc: dict, allowed: tuple[str, ...]) -> None:
+    """Tables where tables go, in a recipe or a run's config.toml: each top-level key one of
+    ``allowed`` and a table, and each [mixer.NAME], [loss.NAME], [aux.NAME] a table, so the
+    checks and merges after it never meet a number where they index a table."""
+    unknown = set(doc) - set(allowed)
+    if unknown:
+        raise ConfigError(f"unknown tables {sorted(unknown)} (allowed: {list(allowed)})")
+    for key, value in doc.items():
+        if not isinstance(value, dict):
+            raise ConfigError(f"[{key}]: expected a table, got {_short_repr(value)}")
+    for key in NAMED_TABLES:
+        for name, params in doc.get(key, {}).items():
+            if not isinstance(params, dict):
+                raise ConfigError(f"[{key}.{name}]: expected a table, got {_short_repr(params)}")
+
+
+def check_run_config(doc: dict, path: Path) -> None:
+    """A run's config.toml (what --resume and --m2m-classifier read), each error naming the file:
+    the tables a recipe may have, plus [run] with the shard directory's path, and their values
+    by a recipe's rules."""
+    try:
+        check_tables(doc, allowed=(*DEFAULTS, "run"))
+        if "run" not in doc:
+            raise ConfigError("[run]: missing (not a config.toml that ltpipe train wrote)")
+        shards = doc["run"].get("shards")
+        if not isinstance(shards, str) or not shards or "\0" in shards:
+            raise ConfigError(f"[run] shards: must be the shard directory's path, got "
+                              f"{_short_repr(shards)}")
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    check_recipe({k: v for k, v in doc.items() if k != "run"}, path)
+
+
+def _short_repr(value, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _param_owner(table: str, name: str):

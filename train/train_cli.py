@@ -1,11 +1,12 @@
 """``ltpipe train SHARDS --out RUN``: resolve recipe + options, then run the Trainer.
 
 Bad input (unknown mixer/loss/model, a value out of range, missing shards or a missing val
-split, a corrupt, crafted or mismatched checkpoint, other shards on --resume, an output
-directory another run holds, RUN inside the shards or around them, an argument that is not
-UTF-8, a full disk) ends with one line on stderr and exit status 2, never a traceback. A run
-whose loss becomes nan or inf stops with one line and exit status 3 (train/divergence.py). A run
-that stopped before its first checkpoint is started over by the same command or by --resume.
+split, a corrupt, crafted or mismatched checkpoint, a damaged or foreign config.toml, other
+shards on --resume, an output directory another run holds, a non-empty RUN that is no run, RUN
+inside the shards or around them, an argument that is not UTF-8, a full disk) ends with one
+line on stderr and exit status 2, never a traceback. A run whose loss becomes nan or inf stops
+with one line and exit status 3 (train/divergence.py). A run that stopped before its first
+checkpoint is started over by the same command or by --resume.
 Ctrl-C (SIGINT) and SIGTERM end with what RUN/ckpt/last.pt holds and the command that continues
 the run, the lock released, and exit status 130 or 143 (rank 0 prints).
 DDP: launch with ``torchrun --nproc_per_node=N -m ltpipe.train SHARDS --out RUN ...``.
@@ -268,31 +269,50 @@ def resolve_run(shards, out, recipe, resume, mixer_opt, loss_opt, options, loade
 
 
 def check_apart(out: Path, shards: Path) -> None:
-    """RUN and SHARDS may not be one directory, nor one inside the other (symlinks followed):
-    run files would mix into the shards, or a shard writer's files into the run."""
+    """An output (``ltpipe train``'s RUN, ``ltpipe preview``'s PNG) and SHARDS may not be one,
+    nor one inside the other (symlinks followed): what ltpipe writes would mix into the shards
+    (or overwrite them), or a shard writer's files into the run."""
     from ltpipe.train.config import ConfigError
 
     run, data = out.resolve(), shards.resolve()
     if run == data or data in run.parents:
-        raise ConfigError(f"--out {out}: is inside the shard directory {shards} (the run's "
-                          "files would mix into the shards); choose a RUN outside it")
+        raise ConfigError(f"--out {out}: is inside the shard directory {shards} (what ltpipe "
+                          "writes there would mix into the shards); choose an --out outside it")
     if run in data.parents:
-        raise ConfigError(f"--out {out}: holds the shard directory {shards}; choose a RUN that "
-                          "does not contain the shards")
+        raise ConfigError(f"--out {out}: holds the shard directory {shards}; choose an --out "
+                          "that does not contain the shards")
 
 
 def check_fresh_out(out: Path) -> None:
-    """A new run may not write into a run directory that holds a checkpoint or results; one
-    that stopped before its first checkpoint (config.toml only) is started over."""
-    from ltpipe.train.checkpoint import CONFIG, LAST
+    """A new run writes into an empty directory, or a run's: not into one that holds a
+    checkpoint or results; one that stopped before its first checkpoint (config.toml only) is
+    started over. Any other non-empty directory is not a run: the run would overwrite its files
+    (metrics.jsonl, final.json, ...) or mix into them (another shard directory)."""
+    from ltpipe.shards.outlock import LOCK_NAME
+    from ltpipe.train.checkpoint import CONFIG, LAST, read_config
     from ltpipe.train.config import ConfigError
     from ltpipe.train.report import FINAL as FINAL_JSON
+    from ltpipe.train.shard_identity import IDENTITY
 
     if not (out / CONFIG).is_file():
+        # what a run writes before config.toml: this run's lock, a failed run's shards.json
+        theirs = sorted(p.name for p in out.iterdir() if p.name not in (LOCK_NAME, IDENTITY)) \
+            if out.is_dir() else []
+        if theirs:
+            raise ConfigError(f"--out {out}: not empty and not a run (no {CONFIG}; it holds "
+                              f"{_short_list(theirs)}); choose an empty or new directory")
         return
     if (out / LAST).exists() or (out / FINAL_JSON).exists():
         raise ConfigError(f"{out}: already holds a run (use --resume {out} or another --out)")
+    read_config(out)  # a config.toml of one's own is no run to start over: one line naming it
     log.warning("warning: %s: a run that stopped before its first checkpoint: starting over", out)
+
+
+def _short_list(names: list[str], shown: int = 3) -> str:
+    from ltpipe.shards.text import printable  # names from the disk: no terminal control
+
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(printable(n) for n in names[:shown]) + more
 
 
 def check_named_mixer_options(name: str, cls, params: dict, named: dict, resume) -> None:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ltpipe.pipeline import values
+from ltpipe.train.class_counts import check_class_counts, check_logits
 from ltpipe.train.losses.prior import PRIORS, data_prior, log_prior
 from ltpipe.train.params import check_params
 
@@ -26,8 +27,10 @@ from ltpipe.train.params import check_params
 class CrossEntropy(nn.Module):
     def __init__(self, class_counts: torch.Tensor):
         super().__init__()
+        self.num_classes = check_class_counts("loss 'ce'", class_counts)
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        check_logits("loss 'ce'", logits, self.num_classes)
         return F.cross_entropy(logits.float(), y, reduction="none")
 
 
@@ -39,11 +42,13 @@ class LDAM(nn.Module):
     def __init__(self, class_counts: torch.Tensor, max_margin: float = 0.5, scale: float = 30.0):
         values.check_values("loss 'ldam'", self.RULES, locals())
         super().__init__()
+        self.num_classes = check_class_counts("loss 'ldam'", class_counts)
         margins = class_counts.double().clamp_min(1).pow(-0.25)
         self.register_buffer("margins", (margins * (max_margin / margins.max())).float())
         self.scale = scale
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        check_logits("loss 'ldam'", logits, self.num_classes)
         z = logits.float()
         shifted = z.scatter_add(1, y[:, None], -self.margins[y][:, None])  # z − Δ_y at column y
         return F.cross_entropy(self.scale * shifted, y, reduction="none")
@@ -65,12 +70,14 @@ class LogitAdjusted(nn.Module):
     def __init__(self, class_counts: torch.Tensor, tau: float = 1.0, prior: str = "data"):
         values.check_values("loss 'la'", self.RULES, locals())
         super().__init__()
+        self.num_classes = check_class_counts("loss 'la'", class_counts)
         self.tau, self.prior = float(tau), prior
         self.reads_label_prior = prior == "mixed"
         self.register_buffer("shift", self.tau * log_prior(data_prior(class_counts)))
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor,
                 label_prior: torch.Tensor | None = None) -> torch.Tensor:
+        check_logits("loss 'la'", logits, self.num_classes)
         shift = self.shift
         if self.reads_label_prior:
             if label_prior is None:
@@ -87,9 +94,11 @@ class Focal(nn.Module):
     def __init__(self, class_counts: torch.Tensor, gamma: float = 1.0):
         values.check_values("loss 'focal'", self.RULES, locals())
         super().__init__()
+        self.num_classes = check_class_counts("loss 'focal'", class_counts)
         self.gamma = gamma
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        check_logits("loss 'focal'", logits, self.num_classes)
         ce = F.cross_entropy(logits.float(), y, reduction="none")
         return (1 - torch.exp(-ce)).pow(self.gamma) * ce
 

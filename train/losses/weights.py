@@ -14,6 +14,7 @@ import logging
 import torch
 
 from ltpipe.pipeline import values
+from ltpipe.train.class_counts import check_class_counts
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class ClassWeights:
         if policy not in POLICIES:
             raise ValueError(f"reweight: unknown {policy!r} (choose from {', '.join(POLICIES)})")
         values.check_values(f"reweight {policy!r}", self.RULES, locals())
+        check_class_counts(f"reweight {policy!r}", class_counts)
         self.policy = policy
         # Default deferral: 4/5 of the run, as 160/200 (CIFAR) and 80/100 (ImageNet-LT).
         self.drw_epoch = int(drw_epoch) if drw_epoch is not None else (4 * epochs) // 5

@@ -25,6 +25,7 @@ import ltpipe.train as _train
 from ltpipe.pipeline import values
 from ltpipe.pipeline.batch import Batch, MixedBatch
 from ltpipe.pipeline.mix_plan import SCHEDULES
+from ltpipe.train.class_counts import check_class_counts
 from ltpipe.train.step_keys import step_generator
 
 MIX_SCHEDULE = values.choice(*SCHEDULES)  # the epoch window of mixing (``active_in_epoch``)
@@ -51,10 +52,7 @@ class MixerEnv:
 
     def __post_init__(self):
         values.check_values("MixerEnv", self.RULES, self.__dict__)
-        if not isinstance(self.class_counts, torch.Tensor) or self.class_counts.dim() != 1 or \
-                self.class_counts.numel() == 0:
-            raise ValueError("MixerEnv: class_counts must be a 1-D tensor of class counts, got "
-                             f"{self.class_counts!r}")
+        check_class_counts("MixerEnv", self.class_counts)
 
     @property
     def num_classes(self) -> int:
@@ -112,6 +110,9 @@ class Mixer(nn.Module):
     RULES: dict = {}
 
     def __init__(self, env: MixerEnv):
+        if not isinstance(env, MixerEnv):  # its counts and sizes are checked once, there
+            raise ValueError(f"mixer {type(self).__name__}: env must be a MixerEnv (e.g. "
+                             f"MixerEnv.from_shards(...)), got {type(env).__name__}")
         super().__init__()
         self.env = env
         self._warned_off = False  # once per run (not checkpointed): see _warn_if_off

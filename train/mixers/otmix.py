@@ -49,6 +49,7 @@ from torch.nn import functional as F
 from ltpipe.pipeline import values
 from ltpipe.pipeline.batch import Batch, MixedBatch
 from ltpipe.pipeline.mix_plan import PlanSpec, host_to_device
+from ltpipe.shards.format import SPLITS
 from ltpipe.train.mixers import confusion as conf
 from ltpipe.train.mixers.base import Mixer, MixerEnv, StepContext, active_in_epoch, resolve_prob
 from ltpipe.train.mixers.cutmix import BOX_RULES, minority_paste_prior, paste_planned_, step_plan
@@ -105,7 +106,8 @@ class OTMix(Mixer):
     RULES = {**BOX_RULES, "prob": values.OPTIONAL_PROB, "fg_r": values.FG_R,
              "mode": values.choice(*MODES), "omega": values.PROB,
              "eps": values.number(1e-6, 1000), "mu": values.number(0, 1000),
-             "confusion_split": values.text(), "confusion_index": values.choice(*INDEXINGS),
+             "confusion_split": values.choice(*SPLITS),  # a manifest's split names
+             "confusion_index": values.choice(*INDEXINGS),
              "fraction": values.number(0, 1, lo_open=True),
              "confusion_per_class": values.integer(1, 1_000_000),
              "preset": values.choice("cifar", "imagenet", optional=True),

@@ -14,11 +14,14 @@ background label, METHODS.md: Conventions) with y_a / y_b. The loader's normaliz
 Mixing is forced on (prob 1, mix_schedule "always", epoch E−1 of E, OTmix's OT path forced, its
 confusion matrix from the previewed batch and the untrained model);
 ``--mixer-opt KEY=VALUE`` overrides any mixer param (m2m needs ``classifier="RUN"``).
+Bad input, usage errors included, is one line and exit status 2; ``--out`` replaces only an
+earlier PNG, never a file inside SHARDS, and is written whole (a temporary name, then rename).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -185,11 +188,36 @@ def draw_grid(items: list, per_sample: int, n: int, title: str, note: str = ""):
     return grid
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def check_out(out: Path, shards: Path) -> None:
+    """--out may replace an earlier grid, never another file: not one inside SHARDS (a
+    manifest, a tar), not an existing file that is no PNG (a run's checkpoint), and its folder
+    must exist (a typo in it is not made into new folders)."""
+    from ltpipe.train.train_cli import check_apart
+
+    check_apart(out, shards)
+    if not out.parent.is_dir():
+        raise ValueError(f"--out {out}: no such directory {out.parent}")
+    if out.exists() or out.is_symlink():
+        if not out.is_file():
+            raise ValueError(f"--out {out}: exists and is not a file")
+        with open(out, "rb") as fh:
+            if fh.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
+                raise ValueError(f"--out {out}: exists and is not a PNG; ltpipe preview "
+                                 "overwrites only a PNG (choose another name)")
+
+
 def write_png(image, out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    image.save(tmp, format="PNG")
-    tmp.replace(out)
+    """Write by a temporary name and a rename: a grid is whole or absent."""
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return out
 
 
@@ -213,6 +241,7 @@ def make_preview(shards: Path, mixer: str, out: Path, *, n: int = 8, split: str 
             raise ValueError(f"{option}: {rule.problem(value)}")
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: torch sees no CUDA device (use --device cpu)")
+    check_out(out, shards)  # before the step: a refused --out costs no loading
     manifest = load_manifest(shards)
     preset = preset or natural_preset(manifest, split)[0]
     image_size = image_size or (32 if preset == "cifar" else 224)
@@ -227,7 +256,18 @@ def make_preview(shards: Path, mixer: str, out: Path, *, n: int = 8, split: str 
     return write_png(image, out), skipped
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+class PreviewCommand(click.Command):
+    """Usage errors (a bad --n, no SHARDS) as one line, as `ltpipe train` and `ltpipe shard`
+    print them, not click's usage block."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            fail(exc.format_message())
+
+
+@click.command(cls=PreviewCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("shards", type=click.Path(path_type=Path))
 @click.option("--mixer", required=True, help="A registered mixer: none, cmo, smc, otmix, ...")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
