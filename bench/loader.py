@@ -155,10 +155,13 @@ def shard_dirs(args) -> dict[str, Path]:
 
 
 def stored_stats(shards: Path) -> dict:
-    """Mean stored width, height (px) and JPEG size (KB) of the train split (manifest stats)."""
+    """Mean stored width, height (px) and JPEG size (KB) of the train split (manifest stats;
+    empty when they are missing or malformed: they are informative)."""
     from ltpipe.shards.format import load_manifest
 
-    stats = load_manifest(shards).raw["splits"]["train"]["image_stats"]
+    stats = load_manifest(shards).image_stats("train")
+    if stats is None:
+        return {}
     return {"width": stats["width"]["mean"], "height": stats["height"]["mean"],
             "jpeg_kb": round(stats["jpeg_bytes"]["mean"] / 1e3, 1)}
 
