@@ -337,3 +337,31 @@ def test_on_the_gpu_cached_rows_equal_the_reference_and_nvjpeg_tiles(shards, mon
         assert torch.equal(got.cpu().view(torch.int16), ref.view(torch.int16))
         want = a["minority"].tiles.paste_(bg.clone())
         assert levels(want.cpu(), got.cpu()).max() <= 1.2  # one level, and fp16's rounding
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_the_gpu_a_partial_cache_decodes_its_misses_in_their_own_pipeline(shards,
+                                                                             monkeypatch):
+    """nvJPEG: Q's misses from their own pipeline paste what Q in the main pipeline pastes,
+    within a level (the hardware decoder's share of a batch depends on the batch, so the two
+    may decode a row on different engines) and fp16's rounding."""
+    from ltpipe.pipeline.loader import DaliLoader
+
+    torch.cuda.init()
+    kw = dict(device="cuda", dtype=torch.float16, channels_last=True,
+              q_cache_gb=25 * IMAGE_BYTES / 1e9, q_decode="tiles-whole")
+    host = loader(shards / "s48", **kw)
+    with monkeypatch.context() as m:
+        m.setattr(DaliLoader, "_q_can_leave", lambda self: False)
+        piped = loader(shards / "s48", **kw)
+    assert host.q_on_host and not host.q_cache.complete and not piped.q_on_host
+    misses = 0
+    for a, b in itertools.islice(zip(piped, host), 6):
+        assert torch.equal(a["minority"].index, b["minority"].index)
+        bg = a["uniform"].images
+        want = a["minority"].tiles.paste_(bg.clone())
+        got = b["minority"].tiles.paste_(bg.clone())
+        assert levels(want.cpu(), got.cpu()).max() <= 1.2
+        misses += len(b["minority"].tiles.rows)
+    assert misses > 0
