@@ -48,6 +48,7 @@ import statistics
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -55,7 +56,7 @@ import torch
 from ltpipe.bench import trace_summary
 from ltpipe.bench.harness import (ScriptParser, add_shard_source_args, benchmark_shards,
                                   positive_int, write_result)
-from ltpipe.pipeline.batch import Batch, Tiles
+from ltpipe.pipeline.batch import Batch
 from ltpipe.train import build
 from ltpipe.train.config import resolve
 from ltpipe.train.cuda_stream import PRIORITIES, compute_stream
@@ -307,7 +308,7 @@ def resident_copy(streams: dict[str, Batch]) -> dict[str, Batch]:
     """A private device copy (same dtype, strides) that no loader will ever overwrite; Q's
     tiles too, where the loader decoded Q as tiles."""
     def tiles(t):
-        return None if t is None else Tiles(t.pixels.clone(), t.boxes.clone(), t.cached)
+        return None if t is None else replace(t, pixels=t.pixels.clone(), boxes=t.boxes.clone())
 
     return {k: Batch(b.images.clone(), b.labels.clone(), b.index.clone(), dict(b.meta),
                      tiles(b.tiles)) for k, b in streams.items()}

@@ -153,7 +153,9 @@ def _otmix(shards, split):
     return OTMix(env, confusion_split=split)
 
 
-def test_confusion_refresh_reads_only_the_chosen_split(shards):
+def test_confusion_refresh_reads_only_the_chosen_split(shards, tmp_path):
+    import shutil
+
     from ltpipe.train.models import build_model
 
     model = build_model("resnet8", 4)
@@ -162,8 +164,13 @@ def test_confusion_refresh_reads_only_the_chosen_split(shards):
     assert m.last_counts.sum(1).tolist() == VAL_COUNTS  # every val sample once, no train sample
     assert bool(m.has_fhat) and torch.all(m.fhat.diagonal() == 0)
     assert model.training  # switched back after the eval pass
-    # no such split: min(n_k, 20) train samples per class (METHODS.md: OTmix)
-    m = _otmix(shards, "heldout")
+    # shards without the split: min(n_k, 20) train samples per class (METHODS.md: OTmix)
+    train_only = tmp_path / "train-only"
+    shutil.copytree(shards, train_only, ignore=shutil.ignore_patterns("val"))
+    doc = json.loads((train_only / "manifest.json").read_text())
+    del doc["splits"]["val"]
+    (train_only / "manifest.json").write_text(json.dumps(doc))
+    m = _otmix(train_only, "val")
     m.refresh_confusion(model, epoch=1)
     assert m.last_counts.sum(1).tolist() == [min(n, 20) for n in TRAIN_COUNTS]
 
