@@ -37,12 +37,13 @@ class Tiles:
     rows: np.ndarray | None = None  # int64 [n], ascending: the batch rows of pixels and boxes
 
     def __getitem__(self, rows: slice) -> "Tiles":
-        """The first rows (``tiles[:b]``: a step cut to its real samples)."""
-        if rows.start not in (None, 0) or rows.step not in (None, 1):
-            raise ValueError(f"Tiles: only a slice of the first rows, got {rows}")
+        """These rows of the batch (``tiles[:b]``: a step cut to its real samples); with
+        ``self.rows``, only the first rows."""
         cached = None if self.cached is None else self.cached[rows]
         if self.rows is None:
             return Tiles(self.pixels[rows], self.boxes[rows], cached)
+        if rows.start not in (None, 0) or rows.step not in (None, 1):
+            raise ValueError(f"Tiles with rows: only the first rows can be taken, got {rows}")
         n = len(self.rows) if rows.stop is None else int(np.searchsorted(self.rows, rows.stop))
         return Tiles(self.pixels[:n], self.boxes[:n], cached, self.rows[:n])
 

@@ -198,7 +198,7 @@ def build_pipeline(spec: GraphSpec, reader: dict | None, sources: dict, checkpoi
     from nvidia.dali import fn, pipeline_def, types
     from nvidia.dali.pipeline import OperatorConcurrency, StreamPolicy
 
-    workers = any(getattr(src, "parallel", True) for src in sources.values())
+    workers = any(src.parallel for src in sources.values())
     if spec.concurrency not in ("full", "backend"):
         raise ValueError(f"concurrency: must be 'full' or 'backend', got {spec.concurrency!r}")
     full = spec.concurrency == "full"
@@ -230,7 +230,7 @@ def build_pipeline(spec: GraphSpec, reader: dict | None, sources: dict, checkpoi
             # Q's workers (minority.py), or a callback of this process (q_misses.py)
             queue = {"parallel": True, "prefetch_queue_depth": max(2, spec.prefetch,
                                                                    spec.py_workers)} \
-                if getattr(src, "parallel", True) else {}
+                if src.parallel else {}
             got = fn.external_source(source=src, num_outputs=len(dtypes), batch=True,
                                      batch_info=True, dtype=dtypes, **queue)
             on_cpu = name in spec.cpu_decode

@@ -118,6 +118,8 @@ class MinoritySource:
     (only the rows the plan uses are read).
     """
 
+    parallel = True  # dali_graph.build_pipeline: DALI's worker processes call it
+
     def __init__(self, draws: MinorityDraws, data: ShardBytes, batch_size: int,
                  steps_per_epoch: int, start_epoch: int, planned=None):
         self.draws, self.data, self.planned = draws, data, planned
