@@ -46,6 +46,18 @@ if os.environ["NUMBA_ENABLE_CUDASIM"] == "1":
     _lock_simulated_shared_arrays()
 
 
+def pytest_unconfigure(config):
+    """A failed test's traceback can keep a DALI pipeline alive, and with it Q's worker
+    processes; Python's exit then waits for them for ever (multiprocessing joins its children)
+    and a failing run hangs instead of failing. Whatever is left is ended here, after the
+    report."""
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        child.kill()  # Q's workers ignore SIGTERM: it is the trainer's to handle
+        child.join(5)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def scan_cache(tmp_path_factory):
     """The JPEG pre-scan's cache (shards/jpegscan.py) in a temp folder, not the user's ~/.cache."""

@@ -171,3 +171,28 @@ def test_no_garbage_of_the_parent_is_collected_in_a_forked_worker(guarded):
     os.close(read)
     assert (b"child" in seen) is not guarded
     assert seen.startswith(b"parent") is guarded
+
+
+def test_a_failing_test_with_workers_alive_ends_the_run(tmp_path):
+    """A failed test's traceback keeps its loader, and Q's workers, alive to the end of the
+    session; Python's exit would wait for them for ever (tests/conftest.py ends them), and CI
+    would hang instead of failing."""
+    import shutil
+
+    shutil.copy(Path(__file__).with_name("conftest.py"), tmp_path / "conftest.py")
+    (tmp_path / "test_fails.py").write_text(textwrap.dedent("""
+        from ltpipe.pipeline.loader import make_loader
+
+        def test_fails_with_workers_alive(tiny_shards):
+            loader = make_loader(tiny_shards, batch_size=4, streams=("uniform", "minority"),
+                                 num_threads=1, py_workers=2)
+            next(iter(loader))
+            assert False
+    """))
+    try:
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                               str(tmp_path)], capture_output=True, text=True, timeout=90,
+                              cwd=tmp_path)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a failing run with Q's workers alive did not end")
+    assert done.returncode == 1 and "1 failed" in done.stdout
