@@ -548,7 +548,7 @@ def main(argv=None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("ltpipe.bench.e2e: --device cuda but no CUDA device is visible", file=sys.stderr)
         return 2
-    from ltpipe.shards.format import load_manifest
+    from ltpipe.shards.format import ShardFormatError, load_manifest
 
     try:
         shards = shard_dir(args)
@@ -582,6 +582,8 @@ def main(argv=None) -> int:
             label = results[name]["ltpipe_variant"]
             variants = [v for v in variants if variant_label(v) == label]
             params["chosen_variant"] = label
+        except ShardFormatError:  # the data, not this mixer: every mixer would fail alike
+            raise  # one line (bench/cli.py), not a traceback per mixer
         except Exception as exc:  # one GPU session: keep the other mixers' numbers
             traceback.print_exc()
             results[name], baselines[name] = {"error": f"{type(exc).__name__}: {exc}"}, {}

@@ -32,6 +32,7 @@ RULES = {
     "validate": values.FLAG, "allow_empty_classes": values.FLAG, "skip_corrupt": values.FLAG,
     "count_pixels": values.FLAG, "q_cache_gb": values.Q_CACHE_GB,
     "q_cache_side": values.Q_CACHE_SIDE, "num_workers": values.integer(0, values.MAX_THREADS),
+    "split": values.text(),  # which names exist, the manifest says
 }
 
 
@@ -49,11 +50,11 @@ def check_arguments(data: ShardSplit, split: str, batch_size: int, streams, devi
     """One-line ValueErrors naming the field; returns the stream names as a tuple."""
     streams = (streams,) if isinstance(streams, str) else tuple(streams)
     where = f"{data.root / split}"
+    unknown = [s for s in streams if not isinstance(s, str) or s not in STREAMS]
+    if unknown:  # before set(): a list among them is unhashable
+        raise ValueError(f"streams: unknown {unknown}, expected names from {STREAMS}")
     if not streams or len(set(streams)) != len(streams):
         raise ValueError(f"streams: need distinct names from {STREAMS}, got {streams}")
-    unknown = [s for s in streams if s not in STREAMS]
-    if unknown:
-        raise ValueError(f"streams: unknown {unknown}, expected names from {STREAMS}")
     if split != "train" and streams != ("uniform",):
         raise ValueError(f"streams: split {split!r} is read in order by the 'uniform' stream only")
     if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
@@ -87,7 +88,12 @@ def declared_streams(mixer, streams, r, split: str = "train") -> tuple[tuple[str
     """(streams, r) of a loader: the mixer's declaration when one is given, else the arguments,
     else P and Q with r = 1 for training and P alone for evaluation (a val split is read in
     order, once). A ValueError names an argument that contradicts the mixer."""
+    if isinstance(streams, str):  # one name, not its letters
+        streams = (streams,)
     if mixer is not None:
+        if not isinstance(getattr(mixer, "streams", None), (tuple, list)):
+            raise TypeError(f"mixer: must be a mixer (ltpipe.train.mixers: build_mixer(...)), "
+                            f"got {type(mixer).__name__}")
         mine = tuple(mixer.streams)
         if streams is not None and tuple(streams) != mine:
             raise ValueError(f"streams: {tuple(streams)} given, but the mixer "
@@ -117,7 +123,16 @@ def natural_preset(manifest, split: str = "train", preset: str | None = None) ->
 def cpus_per_rank() -> int:
     """This rank's share of the CPUs it may run on (torchrun sets LOCAL_WORLD_SIZE)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cpus or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    return max(1, (cpus or 1) // local_world_size())
+
+
+def local_world_size(default: int = 1) -> int:
+    """torchrun's LOCAL_WORLD_SIZE (the ranks on this node): a one-line ValueError naming it when
+    it is not a positive integer, not int()'s "invalid literal"."""
+    value = os.environ.get("LOCAL_WORLD_SIZE", str(default))
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:
+        raise ValueError(f"environment: LOCAL_WORLD_SIZE={value!r} is not an integer >= 1")
+    return int(value)
 
 
 def loader_threads(num_threads: int, py_workers: int) -> tuple[int, int]:

@@ -35,6 +35,7 @@ padding), has sides of at most MAX_SIDE pixels, an aspect ratio of at most MAX_A
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,6 +183,12 @@ def load_manifest(root: str | Path) -> Manifest:
     names plain ``*.tar`` file names (never ``../x.tar`` or an absolute path)."""
     from ltpipe.shards.bounded import ParseError, read_json
 
+    # the library's callers (make_loader, MixerEnv.from_shards) pass it on unchecked
+    if not isinstance(root, (str, os.PathLike)) or isinstance(os.fspath(root), bytes):
+        raise TypeError(f"shards: must be a shard directory's path (a str or Path), got "
+                        f"{type(root).__name__}")
+    if str(root) == "":
+        raise ShardFormatError("shards: no shard directory given")
     root = Path(root)
     path = root / MANIFEST
     try:

@@ -264,8 +264,13 @@ def plot_counts(m: Manifest, out: str | Path, split: str = "train") -> Path:
     ax.set_title(f"{m.source}: {len(counts)} classes, {int(counts.sum())} {split} images")
     fig.tight_layout()
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    fig.savefig(tmp, format=out.suffix.lstrip(".") or "png", dpi=120)
-    plt.close(fig)
-    os.replace(tmp, out)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")  # whole or absent, as preview's grid
+    try:  # a PNG whatever the name's suffix: the file is checked and documented as one
+        fig.savefig(tmp, format="png", dpi=120)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
     return out

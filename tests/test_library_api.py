@@ -20,7 +20,8 @@ COUNTS = torch.tensor([100, 40, 10, 3])
 
 
 def env(seed=0, rank=0):
-    return MixerEnv(COUNTS, torch.device("cpu"), H, B, epochs=10, seed=seed, rank=rank)
+    return MixerEnv(COUNTS, torch.device("cpu"), H, B, epochs=10, seed=seed, rank=rank,
+                    world=rank + 1)
 
 
 def streams():

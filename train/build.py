@@ -7,12 +7,11 @@ plain keyword arguments. Method names stay in the registries.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import torch
 
-from ltpipe.pipeline.loader_args import loader_threads
+from ltpipe.pipeline.loader_args import loader_threads, local_world_size
 from ltpipe.train.dist import DistInfo, gather_objects
 from ltpipe.train.losses.aux import build_aux_term
 from ltpipe.train.losses.criterion import Criterion
@@ -45,7 +44,7 @@ def scan_once_per_node(shards: Path, info: DistInfo) -> None:
     from ltpipe.pipeline.shardset import scan_for_corrupt
     from ltpipe.shards.shardscan import remember_digests
 
-    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", info.world))
+    per_node = local_world_size(info.world)
     digests = []
     try:
         digests = scan_for_corrupt(shards, info.local_rank, max(per_node, info.local_rank + 1))

@@ -28,8 +28,21 @@ def check_class_counts(owner: str, counts) -> int:
     return counts.numel()
 
 
-def check_logits(owner: str, logits: torch.Tensor, num_classes: int) -> None:
-    """Logits [B, C] of the C classes the counts have (a shape: no host sync)."""
+def check_logits(owner: str, logits: torch.Tensor, num_classes: int,
+                 y: torch.Tensor | None = None) -> None:
+    """Logits [B, C] of the C classes the counts have, and labels ``y`` int64 [B] in [0, C) (a
+    shape; the range only on the CPU, where reading it is no host sync of a CUDA run)."""
     if logits.dim() != 2 or logits.shape[1] != num_classes:
         raise ValueError(f"{owner}: logits of shape {tuple(logits.shape)}, but class_counts has "
                          f"{num_classes} classes (expected [batch, {num_classes}])")
+    if y is None:
+        return
+    if not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or y.dim() != 1 or \
+            y.shape[0] != logits.shape[0]:
+        what = f"{y.dtype} {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
+        raise ValueError(f"{owner}: labels must be an int64 tensor [{logits.shape[0]}] (one class "
+                         f"index per logits row), got {what}")
+    if y.device.type == "cpu" and y.numel() and not \
+            (0 <= int(y.min()) and int(y.max()) < num_classes):
+        raise ValueError(f"{owner}: labels must be in [0, {num_classes}) (the classes of "
+                         f"class_counts), got {int(y.min())}..{int(y.max())}")

@@ -32,27 +32,42 @@ class DistInfo:
         return self.world > 1 or self.launched
 
 
-def _env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int, low: int = 0) -> int:
+    """A torchrun variable: plain decimal digits (not "-1", " 2" or "1_0", which int() takes),
+    at least ``low``; else a one-line ValueError naming it."""
     value = os.environ.get(name, str(default))
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"environment: {name}={value!r} is not an integer") from None
+    if not (value.isascii() and value.isdigit()) or int(value) < low:
+        raise ValueError(f"environment: {name}={value!r} is not an integer >= {low}")
+    return int(value)
 
 
 def init_distributed(device_kind: str) -> DistInfo:
-    """Read the environment once; start the process group when WORLD_SIZE > 1 or torchrun
-    started this process."""
-    rank, world = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
-    local_rank = _env_int("LOCAL_RANK", 0)
+    """Read the environment once and check it (a rank outside the world would wait for its
+    peers until the rendezvous times out); start the process group when WORLD_SIZE > 1 or
+    torchrun started this process."""
+    rank, world = env_int("RANK", 0), env_int("WORLD_SIZE", 1, low=1)
+    local_rank, local_world = env_int("LOCAL_RANK", 0), env_int("LOCAL_WORLD_SIZE", 1, low=1)
+    if rank >= world:
+        raise ValueError(f"environment: RANK={rank} is not below WORLD_SIZE={world}")
+    if "LOCAL_WORLD_SIZE" in os.environ and local_rank >= local_world:
+        raise ValueError(f"environment: LOCAL_RANK={local_rank} is not below "
+                         f"LOCAL_WORLD_SIZE={local_world}")
+    launched = "TORCHELASTIC_RUN_ID" in os.environ
+    if world > 1 or launched:  # env:// rendezvous; torch's own error is a paragraph
+        missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
+        if missing:
+            raise ValueError(f"environment: WORLD_SIZE={world} needs {' and '.join(missing)} "
+                             f"(start the ranks with torchrun)")
     if device_kind == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("--device cuda: no CUDA device is available")
+        if local_rank >= torch.cuda.device_count():
+            raise ValueError(f"environment: LOCAL_RANK={local_rank}, but this node has "
+                             f"{torch.cuda.device_count()} CUDA devices")
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
-    launched = "TORCHELASTIC_RUN_ID" in os.environ
     if (world > 1 or launched) and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return DistInfo(rank, world, local_rank, device, launched)

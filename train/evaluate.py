@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ltpipe.shards.longtail import GROUPS, group_of
+from ltpipe.train.class_counts import check_class_counts, check_logits
 from ltpipe.train.dist import DistInfo, all_reduce_sum
 
 
@@ -29,6 +30,7 @@ def class_hits(model, loader, num_classes: int, device: torch.device, autocast,
         with autocast():
             out = model(batch.images)
         logits = getattr(out, "logits", out)  # ltpipe's ModelOutput, or any model's logits
+        check_logits("evaluate", logits, num_classes)
         pred = logits.argmax(1)
         total += torch.bincount(batch.labels, minlength=num_classes)
         hit = (pred == batch.labels).long()  # no boolean indexing: it would sync on CUDA
@@ -47,9 +49,14 @@ def evaluate(model, loader, train_counts) -> dict:
     split's class counts (``MixerEnv.class_counts``), which define the groups. One process; the
     trainer's DDP path calls ``class_hits`` with its ``DistInfo``. ``format_table`` prints it.
     """
+    num_classes = check_class_counts("evaluate", torch.as_tensor(train_counts))
+    loader_classes = getattr(loader, "num_classes", num_classes)
+    if loader_classes != num_classes:  # labels past C would only fail inside bincount
+        raise ValueError(f"evaluate: the loader's split has {loader_classes} classes, but "
+                         f"train_counts has {num_classes} (a loader of other shards?)")
     device = next(model.parameters()).device
     info = DistInfo(rank=0, world=1, local_rank=0, device=device)
-    correct, total = class_hits(model, loader, len(train_counts), device,
+    correct, total = class_hits(model, loader, num_classes, device,
                                 contextlib.nullcontext, info)
     return summarize(correct, total, train_counts)
 

@@ -268,7 +268,7 @@ def resolve_run(shards, out, recipe, resume, mixer_opt, loss_opt, options, loade
     return cfg, Path(shards), Path(out)
 
 
-def check_apart(out: Path, shards: Path) -> None:
+def check_apart(out: Path, shards: Path, option: str = "--out") -> None:
     """An output (``ltpipe train``'s RUN, ``ltpipe preview``'s PNG) and SHARDS may not be one,
     nor one inside the other (symlinks followed): what ltpipe writes would mix into the shards
     (or overwrite them), or a shard writer's files into the run."""
@@ -276,11 +276,11 @@ def check_apart(out: Path, shards: Path) -> None:
 
     run, data = out.resolve(), shards.resolve()
     if run == data or data in run.parents:
-        raise ConfigError(f"--out {out}: is inside the shard directory {shards} (what ltpipe "
-                          "writes there would mix into the shards); choose an --out outside it")
+        raise ConfigError(f"{option} {out}: is inside the shard directory {shards} (what ltpipe "
+                          f"writes there would mix into the shards); choose an {option} outside it")
     if run in data.parents:
-        raise ConfigError(f"--out {out}: holds the shard directory {shards}; choose an --out "
-                          "that does not contain the shards")
+        raise ConfigError(f"{option} {out}: holds the shard directory {shards}; choose an "
+                          f"{option} that does not contain the shards")
 
 
 def check_fresh_out(out: Path) -> None:

@@ -24,6 +24,14 @@ def mixed_loss(criterion: Callable[..., torch.Tensor], logits: torch.Tensor,
     by the mixed labels' prior (``build_base_loss("la", counts, prior="mixed")``) gets the prior
     the mixer declared on the batch (``mixed.extras["label_prior"]``), as in ltpipe's trainer.
     """
+    rows = logits.shape[0] if isinstance(logits, torch.Tensor) and logits.dim() == 2 else None
+    for name in ("y_a", "y_b", "lam"):  # a [B] each, row for row with the logits
+        t = getattr(mixed, name)
+        if rows is None or not isinstance(t, torch.Tensor) or tuple(t.shape) != (rows,):
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"mixed_loss: logits must be [batch, classes] and mixed.{name} "
+                             f"[batch], got logits {tuple(getattr(logits, 'shape', ()))} and "
+                             f"{name} {got}")
     lam = mixed.lam.to(torch.float32)  # [B]
     extra = {"label_prior": mixed.extras.get("label_prior")} \
         if getattr(criterion, "reads_label_prior", False) else {}

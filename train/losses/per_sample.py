@@ -30,7 +30,7 @@ class CrossEntropy(nn.Module):
         self.num_classes = check_class_counts("loss 'ce'", class_counts)
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        check_logits("loss 'ce'", logits, self.num_classes)
+        check_logits("loss 'ce'", logits, self.num_classes, y)
         return F.cross_entropy(logits.float(), y, reduction="none")
 
 
@@ -48,7 +48,7 @@ class LDAM(nn.Module):
         self.scale = scale
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        check_logits("loss 'ldam'", logits, self.num_classes)
+        check_logits("loss 'ldam'", logits, self.num_classes, y)
         z = logits.float()
         shifted = z.scatter_add(1, y[:, None], -self.margins[y][:, None])  # z − Δ_y at column y
         return F.cross_entropy(self.scale * shifted, y, reduction="none")
@@ -77,7 +77,7 @@ class LogitAdjusted(nn.Module):
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor,
                 label_prior: torch.Tensor | None = None) -> torch.Tensor:
-        check_logits("loss 'la'", logits, self.num_classes)
+        check_logits("loss 'la'", logits, self.num_classes, y)
         shift = self.shift
         if self.reads_label_prior:
             if label_prior is None:
@@ -98,7 +98,7 @@ class Focal(nn.Module):
         self.gamma = gamma
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        check_logits("loss 'focal'", logits, self.num_classes)
+        check_logits("loss 'focal'", logits, self.num_classes, y)
         ce = F.cross_entropy(logits.float(), y, reduction="none")
         return (1 - torch.exp(-ce)).pow(self.gamma) * ce
 

@@ -52,6 +52,9 @@ class MixerEnv:
 
     def __post_init__(self):
         values.check_values("MixerEnv", self.RULES, self.__dict__)
+        if self.rank >= self.world:  # the loaders refuse it too; say so where it was given
+            raise ValueError(f"MixerEnv: need 0 <= rank < world, got rank={self.rank} "
+                             f"world={self.world}")
         check_class_counts("MixerEnv", self.class_counts)
 
     @property
@@ -72,7 +75,10 @@ class MixerEnv:
             running = dist.is_available() and dist.is_initialized()
             rank = (dist.get_rank() if running else 0) if rank is None else rank
             world = (dist.get_world_size() if running else 1) if world is None else world
-        device = torch.device(device)
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(f"MixerEnv.from_shards: device {device!r}: {exc}") from None
         counts = load_manifest(shards).split("train").class_counts
         # the values as given (no int(): 2.5 epochs is refused, not cut to 2)
         return cls(class_counts=torch.tensor(counts, dtype=torch.int64, device=device),
@@ -117,6 +123,7 @@ class Mixer(nn.Module):
         self.env = env
         self._warned_off = False  # once per run (not checkpointed): see _warn_if_off
         self._label_priors: dict = {}  # (H, W, device) -> fp32 [C]: see _declare_label_prior
+        self.register_forward_pre_hook(_check_streams)
         self.register_forward_pre_hook(_warn_if_off)
         self.register_forward_hook(_declare_label_prior)
 
@@ -181,6 +188,60 @@ def active_in_epoch(epoch: int, epochs: int, schedule: str) -> bool:
     from ltpipe.pipeline.mix_plan import in_window  # one definition for plans and mixers
 
     return in_window(epoch, epochs, schedule)
+
+
+def check_streams(mixer: Mixer, streams) -> None:
+    """One-line ValueError for streams a mixer cannot use, before a kernel fails deep inside
+    (or a paste silently reads past a row): each declared stream a Batch of float images
+    [B,3,H,W] and int64 labels [B] on the run's device type, Q at least as long as P. Shapes
+    only, no host sync; labels are range-checked only on the CPU (reading a CUDA tensor's
+    values would sync)."""
+    who = f"mixer {type(mixer).__name__}"
+    if not isinstance(streams, Mapping):
+        raise ValueError(f"{who}: streams must be a mapping of stream name to Batch (what the "
+                         f"loader yields), got {type(streams).__name__}")
+    sizes = {}
+    for name in mixer.streams:
+        batch = streams.get(name)
+        if not isinstance(batch, Batch):
+            got = "missing" if batch is None else f"a {type(batch).__name__}"
+            raise ValueError(f"{who}: stream {name!r} must be a Batch, got {got} (it reads "
+                             f"{mixer.streams}: build the loader with mixer=...)")
+        where = f"{who}: streams[{name!r}]"
+        images, labels = batch.images, batch.labels
+        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3 \
+                or not images.is_floating_point():
+            what = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) \
+                else type(images).__name__
+            raise ValueError(f"{where}.images must be a float tensor [B, 3, H, W], got {what}")
+        if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or \
+                labels.dtype != torch.int64:
+            what = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) \
+                else type(labels).__name__
+            raise ValueError(f"{where}.labels must be an int64 tensor [B], got {what}")
+        rows = len(labels)
+        # Q decoded as tiles has no whole images (an empty [B,3,0,0]), its rows in the tiles
+        if rows == 0 or (batch.tiles is None and images.shape[0] != rows):
+            raise ValueError(f"{where}: {images.shape[0]} images and {rows} labels (need the "
+                             f"same number, at least one)")
+        for tensor in (images, labels):
+            if tensor.device.type != mixer.env.device.type:
+                raise ValueError(f"{where}: on {tensor.device}, but the mixer's env is on "
+                                 f"{mixer.env.device}")
+        if labels.device.type == "cpu" and not \
+                (0 <= int(labels.min()) and int(labels.max()) < mixer.env.num_classes):
+            raise ValueError(f"{where}.labels must be in [0, {mixer.env.num_classes}) (the "
+                             f"env's classes), got {int(labels.min())}..{int(labels.max())}")
+        sizes[name] = rows
+    short = [n for n in sizes if n != "uniform" and sizes[n] < sizes.get("uniform", 0)]
+    if short:  # row i of P is mixed with row i of Q (a longer Q is fine: its rows are spare)
+        raise ValueError(f"{who}: the streams' batch sizes {sizes}: {short[0]!r} has fewer "
+                         f"rows than 'uniform'")
+
+
+def _check_streams(mixer: Mixer, args: tuple) -> None:
+    """Forward pre-hook: ``check_streams`` on every call, the trainer's and a user's."""
+    check_streams(mixer, args[0] if args else None)
 
 
 def _warn_if_off(mixer: Mixer, args: tuple) -> None:

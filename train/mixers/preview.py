@@ -191,21 +191,22 @@ def draw_grid(items: list, per_sample: int, n: int, title: str, note: str = ""):
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def check_out(out: Path, shards: Path) -> None:
+def check_out(out: Path, shards: Path, option: str = "--out",
+              command: str = "ltpipe preview") -> None:
     """--out may replace an earlier grid, never another file: not one inside SHARDS (a
     manifest, a tar), not an existing file that is no PNG (a run's checkpoint), and its folder
-    must exist (a typo in it is not made into new folders)."""
+    must exist (a typo in it is not made into new folders). ``ltpipe inspect --plot`` too."""
     from ltpipe.train.train_cli import check_apart
 
-    check_apart(out, shards)
+    check_apart(out, shards, option)
     if not out.parent.is_dir():
-        raise ValueError(f"--out {out}: no such directory {out.parent}")
+        raise ValueError(f"{option} {out}: no such directory {out.parent}")
     if out.exists() or out.is_symlink():
         if not out.is_file():
-            raise ValueError(f"--out {out}: exists and is not a file")
+            raise ValueError(f"{option} {out}: exists and is not a file")
         with open(out, "rb") as fh:
             if fh.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
-                raise ValueError(f"--out {out}: exists and is not a PNG; ltpipe preview "
+                raise ValueError(f"{option} {out}: exists and is not a PNG; {command} "
                                  "overwrites only a PNG (choose another name)")
 
 
