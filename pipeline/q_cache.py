@@ -76,8 +76,9 @@ def budget_bytes(q_cache_gb, device: torch.device) -> int:
         return int(float(q_cache_gb) * GB)
     if device.type == "cuda":
         return int(AUTO_DEVICE_SHARE * torch.cuda.mem_get_info(device)[0])
-    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return int(AUTO_HOST_SHARE * available_host_bytes() / ranks)
+    from ltpipe.pipeline.loader_args import local_world_size
+
+    return int(AUTO_HOST_SHARE * available_host_bytes() / local_world_size())
 
 
 def ranking(p: np.ndarray) -> np.ndarray:
