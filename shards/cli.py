@@ -153,10 +153,10 @@ def inspect(out, verify, plot):
     for line in insp.summary_lines(m):
         click.echo(line)
     if plot is not None:
-        from ltpipe.train.mixers.preview import check_out
+        from ltpipe.shards.outputs import check_png_out
 
         try:  # preview's rules: never over a file that is not a PNG, nor into the shards
-            check_out(plot, Path(out), "--plot", "ltpipe inspect")
+            check_png_out(plot, Path(out), "--plot", "ltpipe inspect")
             click.echo(f"plot: {insp.plot_counts(m, plot)}")
         except ValueError as exc:
             raise InputError(str(exc)) from None

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import click
 
+from ltpipe.shards.outputs import check_apart
+
 # CLI option -> [train] key (None = not given, so the recipe's value stays)
 TRAIN_OPTIONS = ("mixer", "loss", "reweight", "model", "epochs", "batch_size", "lr", "wd",
                  "momentum", "warmup", "schedule", "milestones", "gamma", "drw_epoch", "device",
@@ -266,21 +268,6 @@ def resolve_run(shards, out, recipe, resume, mixer_opt, loss_opt, options, loade
         raise ConfigError(f"{manifest.root / 'manifest.json'}: no val split (a run is evaluated "
                           "on it); shard the data with one")
     return cfg, Path(shards), Path(out)
-
-
-def check_apart(out: Path, shards: Path, option: str = "--out") -> None:
-    """An output (``ltpipe train``'s RUN, ``ltpipe preview``'s PNG) and SHARDS may not be one,
-    nor one inside the other (symlinks followed): what ltpipe writes would mix into the shards
-    (or overwrite them), or a shard writer's files into the run."""
-    from ltpipe.train.config import ConfigError
-
-    run, data = out.resolve(), shards.resolve()
-    if run == data or data in run.parents:
-        raise ConfigError(f"{option} {out}: is inside the shard directory {shards} (what ltpipe "
-                          f"writes there would mix into the shards); choose an {option} outside it")
-    if run in data.parents:
-        raise ConfigError(f"{option} {out}: holds the shard directory {shards}; choose an "
-                          f"{option} that does not contain the shards")
 
 
 def check_fresh_out(out: Path) -> None:

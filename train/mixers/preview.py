@@ -27,6 +27,8 @@ from pathlib import Path
 
 import click
 
+from ltpipe.shards.outputs import check_png_out
+
 TILE = 128  # px, every tile is TILE x TILE
 CAPTION = 28  # px below each tile (two text lines)
 HEADER = 32  # px above the grid (two lines: mixer, split, streams; how to read the tiles)
@@ -188,28 +190,6 @@ def draw_grid(items: list, per_sample: int, n: int, title: str, note: str = ""):
     return grid
 
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def check_out(out: Path, shards: Path, option: str = "--out",
-              command: str = "ltpipe preview") -> None:
-    """--out may replace an earlier grid, never another file: not one inside SHARDS (a
-    manifest, a tar), not an existing file that is no PNG (a run's checkpoint), and its folder
-    must exist (a typo in it is not made into new folders). ``ltpipe inspect --plot`` too."""
-    from ltpipe.train.train_cli import check_apart
-
-    check_apart(out, shards, option)
-    if not out.parent.is_dir():
-        raise ValueError(f"{option} {out}: no such directory {out.parent}")
-    if out.exists() or out.is_symlink():
-        if not out.is_file():
-            raise ValueError(f"{option} {out}: exists and is not a file")
-        with open(out, "rb") as fh:
-            if fh.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
-                raise ValueError(f"{option} {out}: exists and is not a PNG; {command} "
-                                 "overwrites only a PNG (choose another name)")
-
-
 def write_png(image, out: Path) -> Path:
     """Write by a temporary name and a rename: a grid is whole or absent."""
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
@@ -242,7 +222,8 @@ def make_preview(shards: Path, mixer: str, out: Path, *, n: int = 8, split: str 
             raise ValueError(f"{option}: {rule.problem(value)}")
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: torch sees no CUDA device (use --device cpu)")
-    check_out(out, shards)  # before the step: a refused --out costs no loading
+    # before the step: a refused --out costs no loading
+    check_png_out(out, shards, "--out", "ltpipe preview")
     manifest = load_manifest(shards)
     preset = preset or natural_preset(manifest, split)[0]
     image_size = image_size or (32 if preset == "cifar" else 224)
