@@ -220,6 +220,7 @@ class DaliLoader:
         self.q_cache = None  # Q's decoded cache (q_cache.py), with its budget and side
         self._cache_request = q_cache
         self._q_draws = self._draws("minority") if "minority" in streams else None
+        self._payloads = ShardBytes(data.rows, data.tar_paths)  # Q's random-access reads
         if q_cache is not None and q_cache[0] > 0:
             self.q_cache = self._make_cache(budget=q_cache[0], side=q_cache[1])
             if self.q_cache is not None:
@@ -240,7 +241,7 @@ class DaliLoader:
 
     def _make_cache(self, budget: int, side: int, images: int | None = None) -> QCache | None:
         on_cpu = self.spec.device == "cpu" or "minority" in self.spec.cpu_decode
-        return QCache.build(self._q_draws, ShardBytes(self.data.rows, self.data.tar_paths),
+        return QCache.build(self._q_draws, self._payloads,
                             budget=budget, side=side, device=self.device,
                             decoder="cpu" if on_cpu else "mixed",
                             threads=self.spec.num_threads, images=images)
@@ -315,7 +316,6 @@ class DaliLoader:
                           num_shards=self.world, pad_last_batch=True,
                           stick_to_shard=not self.train)
         sources = {}
-        payloads = ShardBytes(self.data.rows, self.data.tar_paths)
         for name in (s for s in self._order() if s != "uniform"):
             draws = self._q_draws if name == "minority" else self._draws(name)
             planned = None
@@ -323,7 +323,7 @@ class DaliLoader:
                 cached = self.q_cache.mask() if self.q_cache is not None else None
                 planned = PlannedDecode(self.planner, tiles=self.tiles, preset=self.spec.preset,
                                         cached=cached)
-            sources[name] = MinoritySource(draws, payloads, self.spec.batch_size, self._steps,
+            sources[name] = MinoritySource(draws, self._payloads, self.spec.batch_size, self._steps,
                                            start_epoch, planned)
         return build_pipeline(spec, reader, sources, checkpoint=checkpoint)
 
@@ -331,9 +331,8 @@ class DaliLoader:
         """Q's cache misses from the loader's position on (q_misses.py: no checkpoint)."""
         planned = PlannedDecode(self.planner, tiles=self.tiles, preset=self.spec.preset,
                                 cached=self.q_cache.mask())
-        source = MissSource(self._q_draws, planned, ShardBytes(self.data.rows,
-                                                               self.data.tar_paths),
-                            self.spec.batch_size, self._steps, (self.epoch, self.step))
+        source = MissSource(self._q_draws, planned, self._payloads, self.spec.batch_size,
+                            self._steps, (self.epoch, self.step))
         return build_pipeline(self.spec, None, {"minority": source})
 
     def _order(self) -> list[str]:
