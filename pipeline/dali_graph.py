@@ -37,7 +37,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ltpipe.pipeline.worker_lifetime import no_garbage_across_fork, sigint_ignored_while_forking
+from ltpipe.pipeline.worker_lifetime import (no_garbage_across_fork, sigint_ignored_while_forking,
+                                             tied_at_fork)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -241,7 +242,8 @@ def build_pipeline(spec: GraphSpec, reader: dict | None, sources: dict, checkpoi
         return tuple(outs)
 
     pipe = graph()
-    # Q's workers are forked here: Ctrl-C is the trainer's, and no garbage crosses the fork
-    with sigint_ignored_while_forking(), no_garbage_across_fork():
+    # Q's workers are forked here: Ctrl-C is the trainer's, they die with it, and no garbage
+    # crosses the fork
+    with sigint_ignored_while_forking(), tied_at_fork(), no_garbage_across_fork():
         pipe.build()
     return pipe

@@ -5,10 +5,11 @@ DALI forks its ``external_source`` workers, and a forked worker inherits both en
 waits on, so it never sees them close: after a SIGKILL of the trainer (an OOM kill, a scheduler's
 preemption) the workers would live on, holding memory and mmapped shards. Linux's
 PR_SET_PDEATHSIG has the kernel kill them instead (``tie_to_parent``, shards/lifetime.py, which
-``ltpipe shard``'s workers use too). Elsewhere this is a no-op. Ctrl-C reaches the whole process
-group, and so does a scheduler's SIGTERM; the trainer handles both (and its exit ends the
-workers), so the workers ignore them rather than each print a traceback or die before the
-trainer has said what it saved. They must ignore them from birth
+``ltpipe shard``'s workers use too), from birth (``tied_at_fork``): a worker that has not yet
+had a task when the trainer dies would otherwise never learn of it. Elsewhere this is a no-op.
+Ctrl-C reaches the whole process group, and so does a scheduler's SIGTERM; the trainer handles
+both (and its exit ends the workers), so the workers ignore them rather than each print a
+traceback or die before the trainer has said what it saved. They must ignore them from birth
 (``sigint_ignored_while_forking``): a worker that has not yet run its first task would otherwise
 still hold the trainer's handlers when the signal comes.
 """
@@ -17,10 +18,39 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import signal
 import threading
 
-from ltpipe.shards.lifetime import LEFT_TO_THE_PARENT
+from ltpipe.shards.lifetime import LEFT_TO_THE_PARENT, tie_to_parent
+
+# (pid, thread id) of a ``tied_at_fork`` block while it runs; a fork from that thread ties the child
+_forking: tuple[int, int] | None = None
+
+
+def _tie_child_of_the_block() -> None:
+    global _forking
+    block, _forking = _forking, None  # the child's own forks (if any) are not tied to us
+    if block is not None and threading.get_ident() == block[1]:  # forked by the block's thread
+        tie_to_parent(block[0], ignore=LEFT_TO_THE_PARENT)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_tie_child_of_the_block)
+
+
+@contextlib.contextmanager
+def tied_at_fork():
+    """Processes forked (``os.fork``, multiprocessing's "fork") by this thread inside the block are
+    tied to this process from their first instruction in Python: the kernel kills them when it
+    dies, and they ignore Ctrl-C and SIGTERM. Spawned processes are not forked: they tie
+    themselves on their first task (``MinoritySource``)."""
+    global _forking
+    _forking = (os.getpid(), threading.get_ident())
+    try:
+        yield
+    finally:
+        _forking = None
 
 
 @contextlib.contextmanager

@@ -76,6 +76,44 @@ def test_workers_exit_when_the_trainer_is_killed(tiny_shards):
         proc.kill()
 
 
+FORKS = textwrap.dedent("""
+    import os, time
+    from ltpipe.pipeline.worker_lifetime import tied_at_fork
+
+    def child():
+        if (pid := os.fork()) == 0:  # a worker that never gets a task: it only waits
+            time.sleep(60)
+            os._exit(0)
+        return pid
+
+    with tied_at_fork():
+        tied = child()
+    untied = child()
+    print(tied, untied, flush=True)
+    time.sleep(60)
+""")
+
+
+def test_a_worker_forked_in_the_block_dies_with_its_parent_before_any_task():
+    """The kernel kills what the loader forked even if it never ran a line of ltpipe (a worker
+    whose first task had not come when the trainer was SIGKILLed used to live on); a fork after
+    the block is left alone."""
+    proc = subprocess.Popen([sys.executable, "-c", FORKS], stdout=subprocess.PIPE, text=True)
+    tied, untied = (int(pid) for pid in proc.stdout.readline().split())
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while alive(tied) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(tied), "a process forked in tied_at_fork outlived its parent"
+        assert alive(untied), "a fork outside tied_at_fork was tied too"
+    finally:
+        for pid in (tied, untied):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 def test_ctrl_c_is_left_to_the_trainer(tiny_shards, tmp_path):
     """Ctrl-C signals the whole process group: the workers stay quiet (no KeyboardInterrupt
     traceback each) and end with the trainer."""
