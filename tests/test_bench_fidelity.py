@@ -104,3 +104,30 @@ def test_paired_differences_and_their_standard_error(fidelity):
     assert got["few"]["se"] == pytest.approx(1.0 / 3 ** 0.5)  # std 1 over 3 seeds
     method["few"]["values"] = [81.0, 72.0]  # a group missing in a seed: not paired
     assert "few" not in fidelity.paired(base, method)
+
+
+def test_stored_size_pairs_each_copy_with_the_original_by_seed():
+    """bench/stored_size.py: a copy's cost is its accuracy minus the original's of the same seed
+    (the seeds' shared spread cancels), per config; the original itself has no cost row."""
+    from ltpipe.bench import stored_size
+
+    def runs(top1s):
+        return [{"top1": t, "many": t + 10, "medium": t, "few": None} for t in top1s]
+
+    per_stored = {"original": {"bs:cmo": runs([70.0, 80.0, 90.0])},
+                  "max-size 55": {"bs:cmo": runs([69.0, 78.0, 90.0])}}
+    summary, costs = stored_size.compare(per_stored)
+    assert list(costs) == ["max-size 55"]
+    cost = costs["max-size 55"]["bs:cmo"]
+    assert cost["top1"]["mean"] == pytest.approx(-1.0)
+    assert cost["top1"]["se"] == pytest.approx(1.0 / 3 ** 0.5)  # std of (-1, -2, 0) / sqrt(3)
+    assert "few" not in cost  # a group without classes has nothing to pair
+    assert summary["original"]["bs:cmo"]["top1"]["std"] == pytest.approx(10.0)
+    assert [stored_size.label(k) for k in ("", "px55")] == ["original", "max-size 55"]
+
+
+def test_stored_size_refuses_one_seed(tmp_path):
+    from ltpipe.bench import stored_size
+
+    with pytest.raises(SystemExit, match="at least two"):
+        stored_size.main(["--shards", str(tmp_path), "--max-sizes", "55", "--seeds", "0"])
