@@ -18,7 +18,9 @@ Only full batches are fed (a ragged epoch end would recompile the model; its wai
 On CUDA the host time per step is split into the wait in ``next(it)`` and the time to issue the
 step (host syncs show there). ``--variants`` sweeps loader settings (stream priority, hardware-
 decoder share, threads, prefetch, a smaller copy of the data, CPU decode) on the first mixer; the
-fastest feeds "ltpipe" of every mixer. The step runs on a high-priority CUDA stream unless
+fastest feeds "ltpipe" of every mixer; each variant records what Q's decoded cache held
+(``q_cache``: images, GB, place, the share of Q's draws it is expected to serve), as ``qcache=``
+sets its budget. The step runs on a high-priority CUDA stream unless
 ``prio=default`` (train/cuda_stream.py, as the trainer does). ``--profile-steps N`` profiles N
 ceiling steps and N ltpipe steps of the fastest variant (torch.profiler: top ops on stderr,
 ``e2e-<mixer>[-ceiling]-<device>-trace.json.gz`` in ``--out``; on CUDA the per-step split of GPU
@@ -292,6 +294,16 @@ def steady_state(mixer, model) -> None:
 
 # ---------------------------------------------------------------- feeding and timing
 
+def cache_summary(loader) -> dict | None:
+    """What Q's decoded cache of a variant's loader holds, and the share of Q's draws it is
+    expected to serve (None without a cache)."""
+    cache = getattr(getattr(loader, "loader", loader), "q_cache", None)  # NormalizedLoader wraps
+    if cache is None:
+        return None
+    return {"images": len(cache.ids), "gb": cache.nbytes / 1e9, "place": cache.place,
+            "expected_coverage": cache.expected, "complete": cache.complete}
+
+
 def full_steps(loader, batch_size: int):
     """Endless {stream: Batch} steps of exactly ``batch_size`` P images (epochs chained)."""
     while True:
@@ -442,9 +454,12 @@ def measure_mixer(name: str, shards: Path, args, counts: torch.Tensor,
         label = variant_label(v)
         source = None
         try:
-            source = full_steps(loader(v), args.batch_size)
+            built = loader(v)
+            source = full_steps(built, args.batch_size)
             with compute_stream(step.device, v["prio"]):
                 swept[label] = timed(step, source, args.steps, args.repeats, args.warmup)
+            if (held := cache_summary(built)) is not None:
+                swept[label]["q_cache"] = held
         except Exception as exc:  # one GPU session: a setting that breaks must not end the sweep
             traceback.print_exc()
             failed[label] = f"{type(exc).__name__}: {exc}"

@@ -44,14 +44,21 @@ def test_e2e_three_ways_in_one_run(shards, tmp_path):
     res = invoke(["e2e", shards, "--device", "cpu", "--out", tmp_path, *TINY_E2E,
                   "--mixers", "cmo,otmix", "--profile-steps", "1",
                   "--variants",
-                  f"threads=1,workers=1;threads=2,prefetch=2,shards={shards},cpudec=minority,u8=1"])
+                  f"threads=1,workers=1,qcache=0;threads=2,prefetch=2,shards={shards},"
+                  "cpudec=minority,u8=1"])
     assert res.exit_code == 0, res.output
     doc = load(tmp_path / "e2e-cpu.json")
     # the first mixer sweeps the loader variants; the fastest feeds "ltpipe" and the next mixers
     sweep = doc["results"]["cmo"]["variants"]
-    assert len(sweep) == 2 and "hw=0.65,threads=1,workers=1,prefetch=3,prio=high" in sweep
-    assert f"hw=0.65,threads=2,workers=1,prefetch=2,prio=high,shards={shards},cpudec=minority," \
-        "u8=1" in sweep  # uint8 out of DALI, normalised before the step
+    no_cache = "hw=0.65,threads=1,workers=1,prefetch=3,prio=high,qcache=0"
+    cached = f"hw=0.65,threads=2,workers=1,prefetch=2,prio=high,shards={shards}," \
+        "cpudec=minority,u8=1"  # uint8 out of DALI, normalised before the step
+    assert sorted(sweep) == sorted([no_cache, cached])
+    # what Q's cache held in each variant ("auto" holds this small set whole)
+    assert "q_cache" not in sweep[no_cache]
+    held = sweep[cached]["q_cache"]
+    assert held["complete"] and held["expected_coverage"] == pytest.approx(1.0)
+    assert held["images"] > 0 and held["gb"] > 0 and held["place"] == "cpu"
     chosen = max(sweep, key=lambda k: sweep[k]["images_per_s"]["mean"])
     assert doc["results"]["cmo"]["ltpipe"] == sweep[chosen]
     assert doc["params"]["chosen_variant"] == chosen
