@@ -35,6 +35,7 @@ difference is a fixed affine map of the input that the first conv absorbs).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from ltpipe.pipeline.worker_lifetime import (no_garbage_across_fork, sigint_ignored_while_forking,
@@ -242,8 +243,26 @@ def build_pipeline(spec: GraphSpec, reader: dict | None, sources: dict, checkpoi
         return tuple(outs)
 
     pipe = graph()
-    # Q's workers are forked here: Ctrl-C is the trainer's, they die with it, and no garbage
-    # crosses the fork
-    with sigint_ignored_while_forking(), tied_at_fork(), no_garbage_across_fork():
+    with _starting_workers(spec.py_start_method if workers else None):
         pipe.build()
     return pipe
+
+
+@contextlib.contextmanager
+def _starting_workers(start_method: str | None):
+    """Guards ``pipe.build()``, where DALI starts the reader processes of the parallel sources
+    (Q's) by ``start_method``; None, without any: no guard. Forked readers are tied to this
+    process at birth (they ignore Ctrl-C and SIGTERM, and die with it) and no garbage crosses
+    the fork; this process keeps its handlers, so a signal that comes meanwhile still reaches
+    it. Spawned readers (CUDA already initialised) inherit only an ignored disposition, so the
+    signals are ignored here too while they start, and one that comes then is lost
+    (train/SAFETY.md)."""
+    if start_method is None:
+        yield
+        return
+    with contextlib.ExitStack() as guards:
+        if start_method != "fork":
+            guards.enter_context(sigint_ignored_while_forking())
+        guards.enter_context(tied_at_fork())
+        guards.enter_context(no_garbage_across_fork())
+        yield

@@ -9,9 +9,11 @@ PR_SET_PDEATHSIG has the kernel kill them instead (``tie_to_parent``, shards/lif
 had a task when the trainer dies would otherwise never learn of it. Elsewhere this is a no-op.
 Ctrl-C reaches the whole process group, and so does a scheduler's SIGTERM; the trainer handles
 both (and its exit ends the workers), so the workers ignore them rather than each print a
-traceback or die before the trainer has said what it saved. They must ignore them from birth
-(``sigint_ignored_while_forking``): a worker that has not yet run its first task would otherwise
-still hold the trainer's handlers when the signal comes.
+traceback or die before the trainer has said what it saved. They must ignore them from birth:
+a worker that has not yet run its first task would otherwise still hold the trainer's handlers
+when the signal comes. A forked worker does so from its first instruction (``tied_at_fork``),
+while the trainer keeps its handlers; a spawned one inherits only an ignored disposition
+(``sigint_ignored_while_forking``), so the trainer ignores the signals while it spawns.
 """
 
 from __future__ import annotations

@@ -169,6 +169,40 @@ def test_workers_ignore_ctrl_c_and_sigterm_from_birth(tiny_shards):
         del pipe
 
 
+def test_the_trainer_keeps_its_handlers_while_a_pipeline_is_built(tiny_shards, monkeypatch):
+    """A SIGTERM or Ctrl-C that comes while a pipeline is built still reaches the trainer: a
+    pipeline without reader processes (P alone, the val split) changes no handler, and one that
+    forks Q's readers ties them at birth instead (test above), so neither ignores the signal
+    (it used to, for about a second at every evaluation: a scheduler's SIGTERM was lost)."""
+    from nvidia.dali.pipeline import Pipeline
+
+    from ltpipe.pipeline.dali_graph import GraphSpec, build_pipeline
+    from ltpipe.pipeline.loader import make_loader
+    from ltpipe.pipeline.minority import MinorityDraws, MinoritySource, ShardBytes
+    from ltpipe.pipeline.shardset import open_split
+
+    seen, build = [], Pipeline.build
+
+    def spying_build(self, *args, **kwargs):
+        seen.append({s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)})
+        return build(self, *args, **kwargs)
+
+    monkeypatch.setattr(Pipeline, "build", spying_build)
+    mine = {signal.SIGINT: signal.getsignal(signal.SIGINT),
+            signal.SIGTERM: signal.getsignal(signal.SIGTERM)}
+    val = make_loader(tiny_shards, split="val", batch_size=4, num_threads=1)
+    next(iter(val))
+    data = open_split(tiny_shards, "train")
+    draws = MinorityDraws.for_r(data.labels, data.class_counts, 1.0, seed=0, rank=0)
+    source = MinoritySource(draws, ShardBytes(data.rows, data.tar_paths), 4, 10, 0)
+    spec = GraphSpec(batch_size=4, preset="cifar", size=32, train=True, device="cpu", half=False,
+                     channels_last=False, num_threads=1, prefetch=2, seed=0, device_id=None,
+                     py_workers=2)
+    pipe = build_pipeline(spec, None, {"minority": source})
+    del pipe
+    assert len(seen) >= 2 and all(handlers == mine for handlers in seen)
+
+
 class _Cycle:
     """Garbage with a finaliser that reports where it ran (stands in for a DALI Pipeline)."""
 
