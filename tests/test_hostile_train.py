@@ -319,3 +319,35 @@ def test_a_truncated_train_shard_is_refused_unless_skip_corrupt(shards, tmp_path
     (line,) = [json.loads(ln) for ln in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert (line["skipped_train"], line["skipped_val"]) == (final["skipped_train"], 0)
     assert f"skipped {final['skipped_train']} corrupt train" in res.output
+
+
+def test_a_sigterm_during_a_checkpoint_write_waits_until_the_file_is_whole(tmp_path, monkeypatch):
+    """A scheduler's SIGTERM that comes while torch.save writes last.pt: the file is finished and
+    renamed first, no temporary is left, and then the trainer's handler runs (it used to run
+    inside torch's zip writer, which reported a RuntimeError instead: a traceback, exit 1)."""
+    import signal
+
+    from ltpipe.train import checkpoint
+
+    class Stop(Exception):
+        pass
+
+    def trainers_handler(signum, frame):
+        raise Stop()
+
+    real_save = torch.save
+
+    def save_hit_by_sigterm(obj, fh):
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler would run here, mid-write
+        real_save(obj, fh)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save_hit_by_sigterm)
+    before = signal.signal(signal.SIGTERM, trainers_handler)
+    try:
+        with pytest.raises(Stop):
+            checkpoint.save_atomic({"step": torch.tensor(7)}, tmp_path / "last.pt")
+        assert signal.getsignal(signal.SIGTERM) is trainers_handler
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["step"].item() == 7

@@ -3,7 +3,8 @@
 ``RUN/ckpt/last.pt`` holds everything a bit-identical resume needs: model, optimizer, scheduler,
 scaler, mixer and criterion state, loader state, all RNG states, the step counters and the
 running epoch sums. It is written to a temporary name and renamed, so a kill leaves either the
-old or the new file, never half of one. ``RUN/final.pt`` holds the final model only.
+old or the new file, never half of one; Ctrl-C or SIGTERM during the write take effect once it
+is done. ``RUN/final.pt`` holds the final model only.
 
 Loading never unpickles code: ``torch.load(weights_only=True)`` accepts tensors and plain values
 (dicts, lists, tuples, numbers, strings, bytes) only, which is all ltpipe saves. The RNG states are
@@ -19,6 +20,8 @@ import logging
 import os
 import pickle
 import random
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +45,36 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, corrupt or belongs to another configuration (names the file)."""
 
 
+@contextlib.contextmanager
+def signals_held():
+    """Ctrl-C and SIGTERM that come during the block take effect when it ends (main thread;
+    elsewhere no handler can be set, and nothing changes). torch.save stopped midway by the
+    trainer's KeyboardInterrupt reports an unrelated RuntimeError from its zip writer instead,
+    and leaves the temporary file behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    before = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum))
+              for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        for signum in dict.fromkeys(caught):  # once each, to the handlers of before the block
+            signal.raise_signal(signum)
+
+
 def save_atomic(obj: dict, path: Path) -> None:
     """Write ``obj`` to a temporary name, then rename: a kill or a full disk leaves the previous
-    file in place (an OSError becomes a one-line CheckpointError)."""
+    file in place (an OSError becomes a one-line CheckpointError); a Ctrl-C or SIGTERM meanwhile
+    waits until the file is in place."""
+    with signals_held():
+        _save_atomic(obj, path)
+
+
+def _save_atomic(obj: dict, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
