@@ -143,28 +143,37 @@ def ignored(pid: int, signum: int = signal.SIGINT) -> bool:
     raise AssertionError(f"/proc/{pid}/status has no SigIgn")
 
 
-def test_workers_ignore_ctrl_c_and_sigterm_from_birth(tiny_shards):
-    """Before any task reaches them (a worker may get its first only later in the run), Q's
-    workers already ignore SIGINT and SIGTERM (a scheduler's SIGTERM to the process group is the
-    trainer's to handle); the building process keeps its own handlers."""
+def build_q_pipeline(shards):
+    """A DALI pipeline of Q alone whose 2 reader processes are forked as the loader's are."""
     from ltpipe.pipeline.dali_graph import GraphSpec, build_pipeline
     from ltpipe.pipeline.minority import MinorityDraws, MinoritySource, ShardBytes
     from ltpipe.pipeline.shardset import open_split
 
-    data = open_split(tiny_shards, "train")
+    data = open_split(shards, "train")
     draws = MinorityDraws.for_r(data.labels, data.class_counts, 1.0, seed=0, rank=0)
     source = MinoritySource(draws, ShardBytes(data.rows, data.tar_paths), 4, 10, 0)
     spec = GraphSpec(batch_size=4, preset="cifar", size=32, train=True, device="cpu", half=False,
                      channels_last=False, num_threads=1, prefetch=2, seed=0, device_id=None,
                      py_workers=2)
+    return build_pipeline(spec, None, {"minority": source})
+
+
+def handlers_now() -> dict:
+    return {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+def test_workers_ignore_ctrl_c_and_sigterm_from_birth(tiny_shards):
+    """Before any task reaches them (a worker may get its first only later in the run), Q's
+    workers already ignore SIGINT and SIGTERM (a scheduler's SIGTERM to the process group is the
+    trainer's to handle); the building process keeps its own handlers."""
     before = set(children(os.getpid()))
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    pipe = build_pipeline(spec, None, {"minority": source})
+    handlers = handlers_now()
+    pipe = build_q_pipeline(tiny_shards)
     try:
         workers = [w for w in children(os.getpid()) if w not in before]
         assert len(workers) >= 2
         assert all(ignored(w, s) for w in workers for s in handlers)
-        assert {s: signal.getsignal(s) for s in handlers} == handlers
+        assert handlers_now() == handlers
     finally:
         del pipe
 
@@ -176,29 +185,20 @@ def test_the_trainer_keeps_its_handlers_while_a_pipeline_is_built(tiny_shards, m
     (it used to, for about a second at every evaluation: a scheduler's SIGTERM was lost)."""
     from nvidia.dali.pipeline import Pipeline
 
-    from ltpipe.pipeline.dali_graph import GraphSpec, build_pipeline
     from ltpipe.pipeline.loader import make_loader
-    from ltpipe.pipeline.minority import MinorityDraws, MinoritySource, ShardBytes
-    from ltpipe.pipeline.shardset import open_split
 
     seen, build = [], Pipeline.build
 
     def spying_build(self, *args, **kwargs):
-        seen.append({s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)})
+        seen.append(handlers_now())
         return build(self, *args, **kwargs)
 
     monkeypatch.setattr(Pipeline, "build", spying_build)
-    mine = {signal.SIGINT: signal.getsignal(signal.SIGINT),
-            signal.SIGTERM: signal.getsignal(signal.SIGTERM)}
+    mine = handlers_now()
     val = make_loader(tiny_shards, split="val", batch_size=4, num_threads=1)
     next(iter(val))
-    data = open_split(tiny_shards, "train")
-    draws = MinorityDraws.for_r(data.labels, data.class_counts, 1.0, seed=0, rank=0)
-    source = MinoritySource(draws, ShardBytes(data.rows, data.tar_paths), 4, 10, 0)
-    spec = GraphSpec(batch_size=4, preset="cifar", size=32, train=True, device="cpu", half=False,
-                     channels_last=False, num_threads=1, prefetch=2, seed=0, device_id=None,
-                     py_workers=2)
-    pipe = build_pipeline(spec, None, {"minority": source})
+    del val
+    pipe = build_q_pipeline(tiny_shards)
     del pipe
     assert len(seen) >= 2 and all(handlers == mine for handlers in seen)
 
