@@ -125,7 +125,7 @@ class MinoritySource:
         self.draws, self.data, self.planned = draws, data, planned
         self.batch_size, self.steps_per_epoch = int(batch_size), int(steps_per_epoch)
         self.start_epoch = int(start_epoch)
-        self._parent = os.getpid()  # the process that builds the pipeline and forks the workers
+        self._parent = os.getpid()  # the process that builds the pipeline and starts the workers
         self._bound_to_parent = False
 
     def position(self, iteration: int) -> tuple[int, int]:
@@ -133,7 +133,9 @@ class MinoritySource:
         return self.start_epoch + epoch, step
 
     def __call__(self, batch_info):
-        if not self._bound_to_parent and os.getpid() != self._parent:  # first call in a worker
+        # first call in a worker: a spawned one ties itself here (a forked one already is,
+        # worker_lifetime.tied_at_fork; tying again is harmless)
+        if not self._bound_to_parent and os.getpid() != self._parent:
             tie_to_parent(self._parent, ignore=LEFT_TO_THE_PARENT)
             self._bound_to_parent = True
         epoch, step = self.position(batch_info.iteration)
